@@ -1,0 +1,992 @@
+//! json1 operations (npm `ot-json1` 1.0.2 with `ot-text-unicode` 4) for the subset VizHub V3
+//! content needs: building, normalizing, applying and diffing ops over JSON documents whose
+//! containers are objects.
+//!
+//! # Supported subset
+//! * An op is `null` (no-op) or a JSON array. Path keys are strings (object keys); list indices
+//!   (numbers), moves (`p`/`d`) and embedded types other than text (`e`/`et`) are rejected with
+//!   [`Json1Error::Unsupported`].
+//! * Components: `{"r": x}` remove (any `r` value means remove, as in ot-json1; normalize keeps the
+//!   value), `{"i": v}` insert, `{"r": x, "i": v}` replace, `{"es": [...]}` text edit and
+//!   `{"ena": n}` number add. An insert and an edit in one component edit the inserted value.
+//! * Text edits count **Unicode code points** (not UTF-16 units, not bytes): a number skips N code
+//!   points, a string inserts, `{"d": N}` deletes N code points and `{"d": "str"}` deletes as many
+//!   code points as `str` has (its content is not checked, like ot-text-unicode).
+//!
+//! # Normal form (what [`normalize`] produces and what every builder and [`diff`] return)
+//! * Same-path pieces are merged (ot-json1's `mergeTree`), single child descents are inlined
+//!   (`["files", ["a", {..}]]` -> `["files", "a", {..}]`), sibling descents (at least two) come last,
+//!   sorted by key with JS `<` on strings (UTF-16 code-unit order); several top-level branches give
+//!   `[["files", ..], ["title", ..]]`; a component on the root is the first element (`[{"r": true, "i": v}]`).
+//! * Inside a component the keys are written edit first (`es`/`ena`), then `r`, then `i`, exactly as
+//!   ot-json1's `normalize` writes them (so `{"r": true, "i": v}` for a replace).
+//! * An `es` list has no zero-length items, no trailing skip, and no two adjacent items of the same
+//!   kind (skips added, inserts concatenated, deletes summed — or concatenated when both are strings).
+//!   An empty `es` is no edit; components and descents left empty disappear; an empty op is `None`.
+//!   `{"ena": 0}` is kept, as ot-json1 keeps it (but [`add_number`] returns `None` for 0).
+//!
+//! # Apply
+//! [`apply`] follows ot-json1's two phases (all removals, then all inserts and edits) on the
+//! *normalized* form of the op, mutating the document in place. Like the conformance vectors it is
+//! lenient about op shape (unsorted descents, zero or trailing skips), and stricter than the JS code
+//! about the document: skipping or deleting past the end of a text, removing a missing key, editing
+//! a non-string with `es` or a non-number with `ena` are all errors. Key order follows JS objects:
+//! removed keys disappear in place, inserted keys (including replaced ones) go to the end.
+//!
+//! # Diff and composition
+//! [`diff`] returns the minimal normalized op turning one document into another: objects recurse per
+//! key, two strings get a code-point `es` diff (Myers via `similar` on chars after stripping the
+//! common prefix and suffix, with a 1 s deadline after which a correct but coarser diff is used), and
+//! any other difference is a replace. Numbers are compared by value (`500` equals `500.0`).
+//! Decision: a commit made of several edits is **composed by diffing its start and end states**
+//! ([`compose_on`]) rather than by json1 `compose`; that always yields one normalized op, and the
+//! replay of the commit chain reaches exactly the same states.
+use serde_json::{Map, Value};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+/// Why an op could not be normalized or applied. `path` is the JSON array of keys where it happened.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Json1Error {
+    /// The op is not a well-formed json1 op.
+    #[error("malformed json1 op at {path}: {reason}")]
+    Malformed { path: String, reason: String },
+    /// Well-formed json1 outside the supported subset (list indices, moves, other embedded types).
+    #[error("unsupported json1 op at {path}: {reason}")]
+    Unsupported { path: String, reason: String },
+    /// The op needs a value at `path` that the document does not have.
+    #[error("cannot apply json1 op at {path}: {reason}")]
+    PathMissing { path: String, reason: String },
+    /// The op descends through (or inserts into) a value that is not an object.
+    #[error(
+        "cannot apply json1 op at {path}: the op descends into it but it is {found}, not an object"
+    )]
+    NotAnObject { path: String, found: String },
+    /// An insert without `r` onto a key that already has a value.
+    #[error("cannot apply json1 op at {path}: insert onto an existing value (the component needs \"r\" to replace it)")]
+    AlreadyExists { path: String },
+    /// A text edit (`es`) that does not fit the value.
+    #[error("cannot apply json1 text edit at {path}: {reason}")]
+    Text { path: String, reason: String },
+    /// A number add (`ena`) that does not fit the value.
+    #[error("cannot apply json1 number add at {path}: {reason}")]
+    Number { path: String, reason: String },
+    /// The op removes the document root without inserting a new one.
+    #[error("cannot apply json1 op: it removes the document root and inserts nothing")]
+    RootRemoved,
+}
+
+type Result<T> = std::result::Result<T, Json1Error>;
+
+/// Minimal, normalized json1 op that turns `old` into `new`; `None` when they are equal.
+///
+/// Objects recurse per key (removed keys -> `{"r": true}`, added keys -> `{"i": v}`); two strings
+/// -> `{"es": <minimal code-point diff>}`; anything else that differs (types, numbers, arrays,
+/// null) -> `{"r": true, "i": new}`. The same rule holds at the root, so two different non-object
+/// roots give `[{"r": true, "i": new}]` (ot-json1 accepts a component at the root).
+pub fn diff(old: &Value, new: &Value) -> Option<Value> {
+    if json_eq(old, new) {
+        return None;
+    }
+    let mut root = Node::default();
+    diff_into(&mut root, old, new);
+    finish(root)
+}
+
+/// Apply an op (`Value::Null` = no-op) with ot-json1 semantics for the supported subset; returns the
+/// new document. The op is applied in its normalized form (see the module docs).
+pub fn apply(doc: Value, op: &Value) -> Result<Value> {
+    let Some(root) = parse(op.clone())? else {
+        return Ok(doc);
+    };
+    let mut path = Vec::new();
+    let mut doc = Some(doc);
+    // Phase 1: removals.
+    pick_children(doc.as_mut(), &root, &mut path)?;
+    if root.comp.r.is_some() {
+        doc = None;
+    }
+    // Phase 2: inserts and edits.
+    let Node { comp, children } = root;
+    if let Some(v) = comp.i {
+        if doc.is_some() {
+            return Err(Json1Error::AlreadyExists {
+                path: fmt_path(&path),
+            });
+        }
+        doc = Some(v);
+    }
+    if comp.es.is_some() || comp.ena.is_some() {
+        let Some(v) = doc.as_mut() else {
+            return Err(Json1Error::PathMissing {
+                path: fmt_path(&path),
+                reason: "edit of a removed document root".into(),
+            });
+        };
+        apply_edit(v, comp.es, comp.ena, &path)?;
+    }
+    drop_children(doc.as_mut(), children, &mut path)?;
+    doc.ok_or(Json1Error::RootRemoved)
+}
+
+/// Normalize an op of the supported subset: merge same-path pieces, sort and inline descents, drop
+/// empty components, write `r` before `i`, normalize `es` lists; `None` for an empty op.
+pub fn normalize(op: Value) -> Result<Option<Value>> {
+    Ok(parse(op)?.and_then(finish))
+}
+
+/// True when `normalize(op.clone())` returns `op` itself, key order included (`null` is normalized).
+pub fn is_normalized(op: &Value) -> bool {
+    match normalize(op.clone()) {
+        Ok(None) => op.is_null(),
+        Ok(Some(n)) => ordered_eq(&n, op),
+        Err(_) => false,
+    }
+}
+
+/// Compose several ops applied in sequence to `doc` into one normalized op (apply all, then diff
+/// the start state against the end state).
+pub fn compose_on(doc: &Value, ops: &[Value]) -> Result<Option<Value>> {
+    let mut end = doc.clone();
+    for op in ops {
+        end = apply(end, op)?;
+    }
+    Ok(diff(doc, &end))
+}
+
+/// `[..path, {"i": value}]`.
+pub fn insert(path: &[&str], value: Value) -> Value {
+    at_path(path, component(None, None, Some(value)))
+}
+
+/// `[..path, {"r": true}]`.
+pub fn remove(path: &[&str]) -> Value {
+    at_path(path, component(None, Some(Value::Bool(true)), None))
+}
+
+/// `[..path, {"r": true, "i": value}]`.
+pub fn replace(path: &[&str], value: Value) -> Value {
+    at_path(path, component(None, Some(Value::Bool(true)), Some(value)))
+}
+
+/// `[..path, {"es": text::diff(old, new)}]`, or `None` when the texts are equal.
+pub fn edit_text(path: &[&str], old: &str, new: &str) -> Option<Value> {
+    let es = text::diff(old, new);
+    if es.is_empty() {
+        return None;
+    }
+    Some(at_path(
+        path,
+        component(Some(("es", Value::Array(es))), None, None),
+    ))
+}
+
+/// `[..path, {"ena": n}]`, or `None` when `n == 0`.
+pub fn add_number(path: &[&str], n: i64) -> Option<Value> {
+    if n == 0 {
+        return None;
+    }
+    Some(at_path(
+        path,
+        component(Some(("ena", Value::from(n))), None, None),
+    ))
+}
+
+fn at_path(path: &[&str], comp: Value) -> Value {
+    let mut items: Vec<Value> = path
+        .iter()
+        .map(|k| Value::String((*k).to_owned()))
+        .collect();
+    items.push(comp);
+    Value::Array(items)
+}
+
+fn component(edit: Option<(&str, Value)>, r: Option<Value>, i: Option<Value>) -> Value {
+    let mut m = Map::new();
+    if let Some((k, v)) = edit {
+        m.insert(k.to_owned(), v);
+    }
+    if let Some(r) = r {
+        m.insert("r".to_owned(), r);
+    }
+    if let Some(i) = i {
+        m.insert("i".to_owned(), i);
+    }
+    Value::Object(m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Op tree (the merged form of an op; serializing it gives the normal form)
+
+/// An object key ordered like JS `<` on strings (UTF-16 code units).
+#[derive(Debug, PartialEq, Eq)]
+struct Key(String);
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        utf16_cmp(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+fn utf16_cmp(a: &str, b: &str) -> Ordering {
+    // UTF-8 byte order equals code point order; it differs from UTF-16 order only between BMP
+    // characters at or above U+E000 and astral characters, so compare the first differing chars.
+    for (x, y) in a.chars().zip(b.chars()) {
+        if x != y {
+            let mut bx = [0u16; 2];
+            let mut by = [0u16; 2];
+            return x
+                .encode_utf16(&mut bx)
+                .iter()
+                .cmp(y.encode_utf16(&mut by).iter());
+        }
+    }
+    // One is a prefix of the other: the shorter one sorts first.
+    a.len().cmp(&b.len())
+}
+
+#[derive(Debug, Default)]
+struct Comp {
+    r: Option<Value>,
+    i: Option<Value>,
+    /// Already normalized; never empty.
+    es: Option<Vec<Value>>,
+    ena: Option<Value>,
+}
+
+impl Comp {
+    fn is_empty(&self) -> bool {
+        self.r.is_none() && self.i.is_none() && self.es.is_none() && self.ena.is_none()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    comp: Comp,
+    children: BTreeMap<Key, Node>,
+}
+
+fn has_pick(node: &Node) -> bool {
+    node.comp.r.is_some() || node.children.values().any(has_pick)
+}
+
+fn has_drop(node: &Node) -> bool {
+    node.comp.i.is_some()
+        || node.comp.es.is_some()
+        || node.comp.ena.is_some()
+        || node.children.values().any(has_drop)
+}
+
+fn fmt_path(path: &[String]) -> String {
+    serde_json::to_string(path).unwrap_or_default()
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("a string of {} code points", s.chars().count()),
+        Value::Array(a) => format!("an array of {} items", a.len()),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+fn parse(op: Value) -> Result<Option<Node>> {
+    match op {
+        Value::Null => Ok(None),
+        Value::Array(items) => {
+            let mut root = Node::default();
+            merge_items(&mut root, items, &mut Vec::new())?;
+            Ok(Some(root))
+        }
+        other => Err(Json1Error::Malformed {
+            path: "[]".into(),
+            reason: format!("an op must be null or an array, got {}", describe(&other)),
+        }),
+    }
+}
+
+/// ot-json1 `mergeTree`: keys descend, arrays recurse from the current position, objects are
+/// components merged into the current node.
+fn merge_items(node: &mut Node, items: Vec<Value>, path: &mut Vec<String>) -> Result<()> {
+    let base = path.len();
+    let mut cur = node;
+    for (idx, item) in items.into_iter().enumerate() {
+        match item {
+            Value::String(k) => {
+                if k == "__proto__" {
+                    return Err(Json1Error::Malformed {
+                        path: fmt_path(path),
+                        reason: "the key \"__proto__\" is not a valid json1 path key".into(),
+                    });
+                }
+                path.push(k.clone());
+                cur = cur.children.entry(Key(k)).or_default();
+            }
+            Value::Array(sub) => merge_items(cur, sub, path)?,
+            Value::Object(c) => merge_comp(&mut cur.comp, c, path)?,
+            Value::Number(n) => {
+                return Err(Json1Error::Unsupported {
+                    path: fmt_path(path),
+                    reason: format!(
+                        "item {idx} is the list index {n}; only object keys are supported"
+                    ),
+                })
+            }
+            other => {
+                return Err(Json1Error::Malformed {
+                    path: fmt_path(path),
+                    reason: format!(
+                        "item {idx} is {}; expected a key, a component or a child descent",
+                        describe(&other)
+                    ),
+                })
+            }
+        }
+    }
+    path.truncate(base);
+    Ok(())
+}
+
+fn merge_comp(comp: &mut Comp, c: Map<String, Value>, path: &[String]) -> Result<()> {
+    let malformed = |reason: String| Json1Error::Malformed {
+        path: fmt_path(path),
+        reason,
+    };
+    for (k, v) in c {
+        match k.as_str() {
+            "r" => match &comp.r {
+                Some(prev) if !(prev == &v && !v.is_object() && !v.is_array()) => {
+                    return Err(malformed("two components remove the same value".into()))
+                }
+                _ => comp.r = Some(v),
+            },
+            "i" => {
+                if comp.i.is_some() {
+                    return Err(malformed("two components insert at the same path".into()));
+                }
+                comp.i = Some(v);
+            }
+            "es" | "ena" => {
+                if comp.es.is_some() || comp.ena.is_some() {
+                    return Err(malformed("more than one edit at the same path".into()));
+                }
+                if k == "es" {
+                    let Value::Array(es) = v else {
+                        return Err(malformed(format!(
+                            "\"es\" must be an array, got {}",
+                            describe(&v)
+                        )));
+                    };
+                    if let Some(bad) = es.iter().position(|c| text::Item::of(c).is_none()) {
+                        return Err(malformed(format!(
+                            "\"es\" item {bad} ({}) is not a skip (non-negative integer), an insert (string) or a delete ({{\"d\": n or string}})",
+                            es[bad]
+                        )));
+                    }
+                    let es = text::normalize(es);
+                    // An es list that normalizes to nothing is no edit at all (ot-json1 drops it).
+                    if !es.is_empty() {
+                        comp.es = Some(es);
+                    }
+                } else {
+                    if !v.is_number() {
+                        return Err(malformed(format!(
+                            "\"ena\" must be a number, got {}",
+                            describe(&v)
+                        )));
+                    }
+                    comp.ena = Some(v);
+                }
+            }
+            "p" | "d" => {
+                return Err(Json1Error::Unsupported {
+                    path: fmt_path(path),
+                    reason: format!("moves (\"{k}\") are not supported"),
+                })
+            }
+            "e" | "et" => {
+                return Err(Json1Error::Unsupported {
+                    path: fmt_path(path),
+                    reason: format!(
+                        "embedded edits (\"{k}\") other than \"es\"/\"ena\" are not supported"
+                    ),
+                })
+            }
+            _ => return Err(malformed(format!("unknown component key {k:?}"))),
+        }
+    }
+    Ok(())
+}
+
+fn comp_value(comp: Comp) -> Option<Value> {
+    if comp.is_empty() {
+        return None;
+    }
+    let edit = match (comp.es, comp.ena) {
+        (Some(es), _) => Some(("es", Value::Array(es))),
+        (None, Some(n)) => Some(("ena", n)),
+        (None, None) => None,
+    };
+    Some(component(edit, comp.r, comp.i))
+}
+
+/// The items of a node in normal form: its component, then its children (inlined when single).
+fn node_items(node: Node) -> Vec<Value> {
+    let mut items = Vec::new();
+    if let Some(c) = comp_value(node.comp) {
+        items.push(c);
+    }
+    let mut kids: Vec<(String, Vec<Value>)> = node
+        .children
+        .into_iter()
+        .filter_map(|(k, n)| {
+            let it = node_items(n);
+            (!it.is_empty()).then_some((k.0, it))
+        })
+        .collect();
+    if kids.len() == 1 {
+        let (k, it) = kids.pop().expect("one child");
+        items.push(Value::String(k));
+        items.extend(it);
+    } else {
+        for (k, it) in kids {
+            let mut d = Vec::with_capacity(it.len() + 1);
+            d.push(Value::String(k));
+            d.extend(it);
+            items.push(Value::Array(d));
+        }
+    }
+    items
+}
+
+fn finish(root: Node) -> Option<Value> {
+    let items = node_items(root);
+    (!items.is_empty()).then_some(Value::Array(items))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Apply
+
+fn pick_children(val: Option<&mut Value>, node: &Node, path: &mut Vec<String>) -> Result<()> {
+    if !node.children.values().any(has_pick) {
+        return Ok(());
+    }
+    let obj = match val {
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            return Err(Json1Error::NotAnObject {
+                path: fmt_path(path),
+                found: describe(other),
+            })
+        }
+        None => {
+            return Err(Json1Error::PathMissing {
+                path: fmt_path(path),
+                reason: "no value here, but the op removes something below it".into(),
+            })
+        }
+    };
+    for (key, child) in &node.children {
+        if !has_pick(child) {
+            continue;
+        }
+        path.push(key.0.clone());
+        match obj.get_mut(&key.0) {
+            Some(v) => pick_children(Some(v), child, path)?,
+            None => {
+                return Err(Json1Error::PathMissing {
+                    path: fmt_path(path),
+                    reason: if child.comp.r.is_some() {
+                        "remove (\"r\") of a missing key".into()
+                    } else {
+                        "no value here, but the op removes something below it".into()
+                    },
+                })
+            }
+        }
+        if child.comp.r.is_some() {
+            obj.shift_remove(&key.0);
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+fn drop_children(
+    val: Option<&mut Value>,
+    children: BTreeMap<Key, Node>,
+    path: &mut Vec<String>,
+) -> Result<()> {
+    if !children.values().any(has_drop) {
+        return Ok(());
+    }
+    let obj = match val {
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            return Err(Json1Error::NotAnObject {
+                path: fmt_path(path),
+                found: describe(other),
+            })
+        }
+        None => {
+            return Err(Json1Error::PathMissing {
+                path: fmt_path(path),
+                reason: "no value here, but the op inserts or edits something below it".into(),
+            })
+        }
+    };
+    for (Key(key), child) in children {
+        if !has_drop(&child) {
+            continue;
+        }
+        path.push(key);
+        let key = path.last().expect("just pushed");
+        let Node { comp, children } = child;
+        if let Some(v) = comp.i {
+            if obj.contains_key(key) {
+                return Err(Json1Error::AlreadyExists {
+                    path: fmt_path(path),
+                });
+            }
+            obj.insert(key.clone(), v);
+        }
+        if comp.es.is_some() || comp.ena.is_some() {
+            match obj.get_mut(key) {
+                Some(v) => apply_edit(v, comp.es, comp.ena, path)?,
+                None => {
+                    return Err(Json1Error::PathMissing {
+                        path: fmt_path(path),
+                        reason: "edit (\"es\"/\"ena\") of a missing key".into(),
+                    })
+                }
+            }
+        }
+        let v = obj.get_mut(key);
+        drop_children(v, children, path)?;
+        path.pop();
+    }
+    Ok(())
+}
+
+fn apply_edit(
+    v: &mut Value,
+    es: Option<Vec<Value>>,
+    ena: Option<Value>,
+    path: &[String],
+) -> Result<()> {
+    if let Some(es) = es {
+        let Value::String(s) = v else {
+            return Err(Json1Error::Text {
+                path: fmt_path(path),
+                reason: format!("\"es\" needs a string, found {}", describe(v)),
+            });
+        };
+        *s = text::apply(s, &es).map_err(|reason| Json1Error::Text {
+            path: fmt_path(path),
+            reason,
+        })?;
+    }
+    if let Some(n) = ena {
+        let number_err = |reason: String| Json1Error::Number {
+            path: fmt_path(path),
+            reason,
+        };
+        let Value::Number(cur) = &*v else {
+            return Err(number_err(format!(
+                "\"ena\" needs a number, found {}",
+                describe(v)
+            )));
+        };
+        let sum = match (cur.as_i64(), n.as_i64()) {
+            (Some(a), Some(b)) if a.checked_add(b).is_some() => Value::from(a + b),
+            _ => {
+                let (a, b) = (
+                    cur.as_f64().unwrap_or(f64::NAN),
+                    n.as_f64().unwrap_or(f64::NAN),
+                );
+                js_number(a + b).ok_or_else(|| number_err(format!("{cur} + {n} is not finite")))?
+            }
+        };
+        *v = sum;
+    }
+    Ok(())
+}
+
+/// A JS number as JSON: integral values in the safe range are written as integers.
+fn js_number(x: f64) -> Option<Value> {
+    const SAFE: f64 = 9_007_199_254_740_991.0;
+    if x.fract() == 0.0 && x.abs() <= SAFE {
+        Some(Value::from(x as i64))
+    } else {
+        serde_json::Number::from_f64(x).map(Value::Number)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Diff and equality
+
+fn diff_into(node: &mut Node, old: &Value, new: &Value) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, va) in a {
+                match b.get(k) {
+                    None => {
+                        let child = node.children.entry(Key(k.clone())).or_default();
+                        child.comp.r = Some(Value::Bool(true));
+                    }
+                    Some(vb) if !json_eq(va, vb) => {
+                        diff_into(node.children.entry(Key(k.clone())).or_default(), va, vb)
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (k, vb) in b {
+                if !a.contains_key(k) {
+                    let child = node.children.entry(Key(k.clone())).or_default();
+                    child.comp.i = Some(vb.clone());
+                }
+            }
+        }
+        (Value::String(a), Value::String(b)) => {
+            let es = text::diff(a, b);
+            if !es.is_empty() {
+                node.comp.es = Some(es);
+            }
+        }
+        _ => {
+            node.comp.r = Some(Value::Bool(true));
+            node.comp.i = Some(new.clone());
+        }
+    }
+}
+
+/// JSON equality as JS sees it: object key order ignored, numbers compared by value.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y
+                || match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+                    (Some(p), Some(q), _, _) => p == q,
+                    (_, _, Some(p), Some(q)) => p == q,
+                    _ => x.as_f64() == y.as_f64(),
+                }
+        }
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Exact structural equality, object key order included (what `JSON.stringify` would compare).
+fn ordered_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| ordered_eq(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((k1, v1), (k2, v2))| k1 == k2 && ordered_eq(v1, v2))
+        }
+        _ => a == b,
+    }
+}
+
+/// ot-text-unicode edit lists (`es`), counted in Unicode code points.
+pub mod text {
+    use serde_json::{Map, Value};
+    use std::time::{Duration, Instant};
+
+    /// How long Myers may search for a minimal diff before falling back to a coarser one.
+    const DIFF_DEADLINE: Duration = Duration::from_secs(1);
+
+    /// One parsed `es` item.
+    pub(super) enum Item<'a> {
+        Skip(u64),
+        Insert(&'a str),
+        Delete(u64),
+    }
+
+    impl<'a> Item<'a> {
+        pub(super) fn of(v: &'a Value) -> Option<Self> {
+            match v {
+                Value::Number(n) => n.as_u64().map(Item::Skip),
+                Value::String(s) => Some(Item::Insert(s)),
+                Value::Object(m) if m.len() == 1 => match m.get("d")? {
+                    Value::Number(n) => n.as_u64().map(Item::Delete),
+                    Value::String(s) => Some(Item::Delete(s.chars().count() as u64)),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+    }
+
+    /// Minimal es list (code points) turning `old` into `new`; empty when equal. The list is
+    /// normalized and, between two skips, holds at most one delete (`{"d": n}`) followed by at
+    /// most one insert.
+    pub fn diff(old: &str, new: &str) -> Vec<Value> {
+        if old == new {
+            return Vec::new();
+        }
+        let (ob, nb) = (old.as_bytes(), new.as_bytes());
+        let mut pre = common_prefix(ob, nb);
+        while !(old.is_char_boundary(pre) && new.is_char_boundary(pre)) {
+            pre -= 1;
+        }
+        let max_suf = ob.len().min(nb.len()) - pre;
+        let mut suf = common_suffix(&ob[pre..], &nb[pre..]).min(max_suf);
+        while !(old.is_char_boundary(ob.len() - suf) && new.is_char_boundary(nb.len() - suf)) {
+            suf -= 1;
+        }
+        let old_mid: Vec<char> = old[pre..ob.len() - suf].chars().collect();
+        let new_mid: Vec<char> = new[pre..nb.len() - suf].chars().collect();
+
+        let mut out = Builder::default();
+        out.skip(old[..pre].chars().count() as u64);
+        if old_mid.is_empty() || new_mid.is_empty() {
+            out.delete(old_mid.len() as u64);
+            out.insert(&new_mid);
+        } else {
+            let ops = similar::capture_diff_slices_deadline(
+                similar::Algorithm::Myers,
+                &old_mid,
+                &new_mid,
+                Some(Instant::now() + DIFF_DEADLINE),
+            );
+            for op in ops {
+                let (tag, o, n) = op.as_tag_tuple();
+                match tag {
+                    similar::DiffTag::Equal => out.skip(o.len() as u64),
+                    similar::DiffTag::Delete => out.delete(o.len() as u64),
+                    similar::DiffTag::Insert => out.insert(&new_mid[n]),
+                    similar::DiffTag::Replace => {
+                        out.delete(o.len() as u64);
+                        out.insert(&new_mid[n]);
+                    }
+                }
+            }
+        }
+        out.finish()
+    }
+
+    fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+        const CHUNK: usize = 256;
+        let n = a.len().min(b.len());
+        let mut i = 0;
+        while i + CHUNK <= n && a[i..i + CHUNK] == b[i..i + CHUNK] {
+            i += CHUNK;
+        }
+        while i < n && a[i] == b[i] {
+            i += 1;
+        }
+        i
+    }
+
+    fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+        const CHUNK: usize = 256;
+        let n = a.len().min(b.len());
+        let (la, lb) = (a.len(), b.len());
+        let mut i = 0;
+        while i + CHUNK <= n && a[la - i - CHUNK..la - i] == b[lb - i - CHUNK..lb - i] {
+            i += CHUNK;
+        }
+        while i < n && a[la - i - 1] == b[lb - i - 1] {
+            i += 1;
+        }
+        i
+    }
+
+    /// Accumulates a canonical es list: `[skip?, {d}?, insert?, skip, ...]`, no trailing skip.
+    #[derive(Default)]
+    struct Builder {
+        out: Vec<Value>,
+        skip: u64,
+        del: u64,
+        ins: String,
+    }
+
+    impl Builder {
+        fn flush_edits(&mut self) {
+            if self.del > 0 {
+                let mut m = Map::new();
+                m.insert("d".to_owned(), Value::from(self.del));
+                self.out.push(Value::Object(m));
+                self.del = 0;
+            }
+            if !self.ins.is_empty() {
+                self.out.push(Value::String(std::mem::take(&mut self.ins)));
+            }
+        }
+        fn flush_skip(&mut self) {
+            if self.skip > 0 {
+                self.out.push(Value::from(self.skip));
+                self.skip = 0;
+            }
+        }
+        fn skip(&mut self, n: u64) {
+            if n > 0 {
+                self.flush_edits();
+                self.skip += n;
+            }
+        }
+        fn delete(&mut self, n: u64) {
+            if n > 0 {
+                self.flush_skip();
+                self.del += n;
+            }
+        }
+        fn insert(&mut self, chars: &[char]) {
+            if !chars.is_empty() {
+                self.flush_skip();
+                self.ins.extend(chars);
+            }
+        }
+        fn finish(mut self) -> Vec<Value> {
+            self.flush_edits();
+            self.out
+        }
+    }
+
+    /// Apply an es list to a string with ot-text-unicode semantics (code points). Zero-length
+    /// items, adjacent items of one kind and a trailing skip are accepted; skipping or deleting past
+    /// the end of the text is an error.
+    pub fn apply(s: &str, es: &[Value]) -> Result<String, String> {
+        let extra: usize = es.iter().map(|v| v.as_str().map_or(0, str::len)).sum();
+        let mut out = String::with_capacity(s.len() + extra);
+        let mut rest = s;
+        let mut pos: u64 = 0; // code points of `s` consumed so far
+        for (idx, item) in es.iter().enumerate() {
+            match Item::of(item) {
+                Some(Item::Skip(n)) => {
+                    let b = advance(rest, n).ok_or_else(|| past_end(idx, "skip", n, pos, rest))?;
+                    out.push_str(&rest[..b]);
+                    rest = &rest[b..];
+                    pos += n;
+                }
+                Some(Item::Insert(ins)) => out.push_str(ins),
+                Some(Item::Delete(n)) => {
+                    let b =
+                        advance(rest, n).ok_or_else(|| past_end(idx, "delete", n, pos, rest))?;
+                    rest = &rest[b..];
+                    pos += n;
+                }
+                None => {
+                    return Err(format!(
+                        "es item {idx} ({item}) is not a skip (non-negative integer), an insert (string) or a delete ({{\"d\": n or string}})"
+                    ))
+                }
+            }
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn past_end(idx: usize, what: &str, n: u64, pos: u64, rest: &str) -> String {
+        let len = pos + rest.chars().count() as u64;
+        format!(
+            "es item {idx}: {what} of {n} code points at code point {pos} goes past the end of the text ({len} code points)"
+        )
+    }
+
+    /// Byte length of the first `n` code points of `s`, or `None` when `s` is shorter.
+    fn advance(s: &str, n: u64) -> Option<usize> {
+        if n == 0 {
+            return Some(0);
+        }
+        let n = usize::try_from(n).ok()?;
+        s.char_indices().nth(n - 1).map(|(i, c)| i + c.len_utf8())
+    }
+
+    /// Normalize an es list like ot-text-unicode's `normalize`: drop zero-length items, merge
+    /// adjacent items of the same kind (deletes stay strings only when both are strings), drop a
+    /// trailing skip. Items that are not valid es items are kept as they are.
+    pub fn normalize(es: Vec<Value>) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::with_capacity(es.len());
+        for item in es {
+            let kind = kind_of(&item);
+            match kind {
+                Kind::Skip(0) | Kind::DelNum(0) => continue,
+                Kind::Insert if item.as_str() == Some("") => continue,
+                Kind::DelStr if item["d"].as_str() == Some("") => continue,
+                _ => {}
+            }
+            let Some(last) = out.last_mut() else {
+                out.push(item);
+                continue;
+            };
+            match (kind_of(last), kind) {
+                (Kind::Skip(a), Kind::Skip(b)) => *last = Value::from(a + b),
+                (Kind::Insert, Kind::Insert) => {
+                    if let (Value::String(a), Value::String(b)) = (&mut *last, &item) {
+                        a.push_str(b);
+                    }
+                }
+                (Kind::DelStr, Kind::DelStr) => {
+                    if let (Some(Value::String(a)), Some(b)) =
+                        (last.get_mut("d"), item["d"].as_str())
+                    {
+                        a.push_str(b);
+                    }
+                }
+                (Kind::DelNum(_) | Kind::DelStr, Kind::DelNum(_) | Kind::DelStr) => {
+                    let total = del_len(last) + del_len(&item);
+                    if let Some(d) = last.get_mut("d") {
+                        *d = Value::from(total);
+                    }
+                }
+                _ => out.push(item),
+            }
+        }
+        if matches!(out.last().map(kind_of), Some(Kind::Skip(_))) {
+            out.pop();
+        }
+        out
+    }
+
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Skip(u64),
+        Insert,
+        DelNum(u64),
+        DelStr,
+        Other,
+    }
+
+    fn kind_of(v: &Value) -> Kind {
+        match v {
+            Value::Number(n) => n.as_u64().map_or(Kind::Other, Kind::Skip),
+            Value::String(_) => Kind::Insert,
+            Value::Object(m) if m.len() == 1 => match m.get("d") {
+                Some(Value::Number(n)) => n.as_u64().map_or(Kind::Other, Kind::DelNum),
+                Some(Value::String(_)) => Kind::DelStr,
+                _ => Kind::Other,
+            },
+            _ => Kind::Other,
+        }
+    }
+
+    fn del_len(v: &Value) -> u64 {
+        match &v["d"] {
+            Value::Number(n) => n.as_u64().unwrap_or(0),
+            Value::String(s) => s.chars().count() as u64,
+            _ => 0,
+        }
+    }
+}

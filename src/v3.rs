@@ -1,0 +1,232 @@
+//! The V3 data model: the payloads we write (Info, Content, Commit, User, Upvote, Permission,
+//! AnalyticsEvent — spec 2.1) and the rules V3 reads them by (spec 2.2): content at a commit is
+//! the json1 replay of its ancestor chain from `{}`, across vizzes, and a handful of invariants
+//! tie Info to its start and end commits.
+//!
+//! Payloads are plain serde types; the ShareDB envelope (`_type`, `_v`, `_m`, `_o`) and op logs
+//! are added by the store that writes them, because they depend on what is already in V3.
+
+use crate::json1;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// The OT type name (and URI) V3 registers for its json1-presence build.
+pub const OT_TYPE: &str = "p";
+
+/// ShareDB collections and the plain `commit` collection, by entity.
+pub mod collections {
+    pub const INFO: &str = "info";
+    pub const CONTENT: &str = "content";
+    pub const COMMIT: &str = "commit";
+    pub const USER: &str = "user";
+    pub const UPVOTE: &str = "upvote";
+    pub const PERMISSION: &str = "permission";
+    pub const ANALYTICS_EVENT: &str = "analyticsevent";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Info {
+    pub id: String,
+    pub owner: String,
+    pub title: String,
+    /// `None` only for the primordial viz.
+    pub forked_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from_is_backfilled: Option<bool>,
+    pub created: i64,
+    pub updated: i64,
+    pub start: String,
+    pub end: String,
+    pub committed: bool,
+    pub commit_authors: Vec<String>,
+    pub forks_count: i64,
+    pub upvotes_count: i64,
+    pub visibility: String,
+    #[serde(rename = "migratedFromV2")]
+    pub migrated_from_v2: bool,
+    pub migrated_timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub viz: String,
+    pub authors: Vec<String>,
+    pub timestamp: i64,
+    /// A json1 op, or `null` for "no change".
+    pub ops: Value,
+    pub milestone: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    pub user_name: String,
+    pub display_name: String,
+    pub primary_email: String,
+    pub secondary_emails: Vec<String>,
+    pub picture: String,
+    pub plan: String,
+    pub company: String,
+    pub website: String,
+    pub location: String,
+    pub bio: String,
+    #[serde(rename = "migratedFromV2")]
+    pub migrated_from_v2: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upvote {
+    pub id: String,
+    pub user: String,
+    pub viz: String,
+    pub timestamp: i64,
+    #[serde(rename = "migratedFromV2")]
+    pub migrated_from_v2: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permission {
+    pub id: String,
+    pub user: String,
+    pub resource: String,
+    pub role: String,
+    pub timestamp: i64,
+    pub granted_by: String,
+    #[serde(rename = "migratedFromV2")]
+    pub migrated_from_v2: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalyticsEvent {
+    pub id: String,
+    pub intervals: serde_json::Map<String, Value>,
+}
+
+/// Build a V3 content payload. `files` must already be keyed by file id, in display order.
+pub fn content(
+    viz: &str,
+    files: serde_json::Map<String, Value>,
+    title: &str,
+    height: &Value,
+) -> Value {
+    let mut m = serde_json::Map::with_capacity(4);
+    m.insert("id".into(), Value::String(viz.to_string()));
+    m.insert("files".into(), Value::Object(files));
+    m.insert("title".into(), Value::String(title.to_string()));
+    m.insert("height".into(), height.clone());
+    Value::Object(m)
+}
+
+/// A commit chain problem: V3 could not open the viz.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChainError {
+    #[error("commit {0} is referenced but missing")]
+    MissingCommit(String),
+    #[error("commit chain through {0} has a cycle")]
+    Cycle(String),
+    #[error("commit {commit} does not apply: {reason}")]
+    Apply { commit: String, reason: String },
+}
+
+/// The ancestors of `commit`, oldest first (the commit itself last), following `parent` across vizzes.
+pub fn ancestry<'a>(
+    commits: &'a HashMap<String, Commit>,
+    commit: &str,
+) -> Result<Vec<&'a Commit>, ChainError> {
+    let mut chain = Vec::new();
+    let mut next = Some(commit.to_string());
+    while let Some(id) = next {
+        let c = commits
+            .get(&id)
+            .ok_or_else(|| ChainError::MissingCommit(id.clone()))?;
+        if chain.len() > commits.len() {
+            return Err(ChainError::Cycle(id));
+        }
+        chain.push(c);
+        next = c.parent.clone();
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// Content at `commit`, the way V3 computes it: replay every ancestor's ops from `{}`.
+pub fn content_at(commits: &HashMap<String, Commit>, commit: &str) -> Result<Value, ChainError> {
+    replay(ancestry(commits, commit)?)
+}
+
+/// Replay a chain of commits (oldest first) from `{}`.
+pub fn replay<'a>(chain: impl IntoIterator<Item = &'a Commit>) -> Result<Value, ChainError> {
+    chain
+        .into_iter()
+        .try_fold(Value::Object(Default::default()), |doc, c| {
+            json1::apply(doc, &c.ops).map_err(|e| ChainError::Apply {
+                commit: c.id.clone(),
+                reason: e.to_string(),
+            })
+        })
+}
+
+/// The invariants V3 validates on a viz (spec 2.2), as human-readable violations (empty = valid).
+pub fn invariant_violations(
+    info: &Info,
+    content: &Value,
+    commits: &HashMap<String, Commit>,
+    user_exists: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    match (commits.get(&info.start), commits.get(&info.end)) {
+        (Some(start), Some(end)) => {
+            if start.timestamp != info.created {
+                bad.push(format!(
+                    "start commit timestamp {} != created {}",
+                    start.timestamp, info.created
+                ));
+            }
+            if end.timestamp != info.updated {
+                bad.push(format!(
+                    "end commit timestamp {} != updated {}",
+                    end.timestamp, info.updated
+                ));
+            }
+            if start.authors != [info.owner.clone()] {
+                bad.push(format!(
+                    "start authors {:?} != [owner {}]",
+                    start.authors, info.owner
+                ));
+            }
+            if let Some(parent) = &start.parent {
+                match commits.get(parent) {
+                    Some(p) if Some(&p.viz) == info.forked_from.as_ref() => {}
+                    Some(p) => bad.push(format!(
+                        "start parent commit belongs to {} but forkedFrom is {:?}",
+                        p.viz, info.forked_from
+                    )),
+                    None => bad.push(format!("start parent commit {parent} missing")),
+                }
+            }
+            match content_at(commits, &info.end) {
+                Ok(replayed) if &replayed == content => {}
+                Ok(_) => bad.push("replayed commit chain != content".to_string()),
+                Err(e) => bad.push(e.to_string()),
+            }
+        }
+        (s, e) => bad.push(format!(
+            "start commit {} {}, end commit {} {}",
+            info.start,
+            if s.is_some() { "present" } else { "missing" },
+            info.end,
+            if e.is_some() { "present" } else { "missing" }
+        )),
+    }
+    if !user_exists(&info.owner) {
+        bad.push(format!("owner {} has no user doc", info.owner));
+    }
+    bad
+}

@@ -1,0 +1,250 @@
+//! Spec 3.5, table-driven: every outcome the pure core can decide, from the viz's own V2 docs.
+//! (Transient errors, panics and the queues are the fleet's tests.)
+
+mod common;
+use common::{synthetic_viz, World};
+use serde_json::json;
+use vizhub_migrate::history::Mode;
+use vizhub_migrate::outcome::{plan, LastMigration, Plan};
+use vizhub_migrate::translate::{self, Config, TranslateError};
+use vizhub_migrate::{Disposition, Outcome};
+
+const V: &str = "0123456789abcdef0123456789abcdef";
+
+fn base() -> translate::V2Viz {
+    synthetic_viz(
+        V,
+        "68416",
+        None,
+        1_600_000_000,
+        json!([{"name": "index.html", "text": "hi"}]),
+        &[],
+    )
+}
+
+fn with(f: impl FnOnce(&mut translate::V2Viz)) -> translate::V2Viz {
+    let mut v = base();
+    f(&mut v);
+    v
+}
+
+/// Outcome of a job for this input: the error's disposition, or migrated.
+fn outcome_of(w: &mut World, v: translate::V2Viz) -> (Outcome, String) {
+    w.translations.remove(V);
+    w.v2.insert(V.into(), v);
+    match w.migrate(V) {
+        Ok(_) => (Outcome::Migrated, String::new()),
+        Err(e) => (e.disposition().final_outcome(), e.to_string()),
+    }
+}
+
+#[test]
+fn outcomes_table() {
+    let big = "x".repeat(Config::default().max_content_bytes + 1);
+    let rows: Vec<(&str, translate::V2Viz, Outcome, &str)> = vec![
+        (
+            "tombstone",
+            with(|v| v.info = json!({"_id": V, "_type": null, "_v": 4, "forksCount": 1})),
+            Outcome::Skipped,
+            "tombstone",
+        ),
+        (
+            "no id",
+            with(|v| {
+                v.info.as_object_mut().unwrap().remove("id");
+            }),
+            Outcome::Skipped,
+            "no `id`",
+        ),
+        (
+            "dataset",
+            with(|v| v.info["documentType"] = json!("dataset")),
+            Outcome::Skipped,
+            "not a visualization",
+        ),
+        (
+            "partial doc",
+            with(
+                |v| v.info = json!({"_id": V, "id": V, "_type": "http://sharejs.org/types/JSONv0", "imagesUpdatedTimestamp": 5}),
+            ),
+            Outcome::Skipped,
+            "partial",
+        ),
+        (
+            "no owner",
+            with(|v| {
+                v.info.as_object_mut().unwrap().remove("owner");
+            }),
+            Outcome::Skipped,
+            "partial",
+        ),
+        (
+            "only bundle.js",
+            with(|v| {
+                v.content.as_mut().unwrap()["files"] = json!([{"name": "bundle.js", "text": "b"}])
+            }),
+            Outcome::Skipped,
+            "no files",
+        ),
+        (
+            "content missing",
+            with(|v| v.content = None),
+            Outcome::Failed,
+            "documentContent is missing",
+        ),
+        (
+            "content tombstone",
+            with(|v| v.content = Some(json!({"_id": V, "_type": null, "_v": 9}))),
+            Outcome::Failed,
+            "tombstone",
+        ),
+        (
+            "content too large",
+            with(|v| {
+                v.content.as_mut().unwrap()["files"] = json!([{"name": "a.csv", "text": big}])
+            }),
+            Outcome::Failed,
+            "over the",
+        ),
+        (
+            "_id != id",
+            with(|v| v.info["_id"] = json!("ffffffffffffffffffffffffffffffff")),
+            Outcome::Failed,
+            "differs from id",
+        ),
+        (
+            "owner missing",
+            with(|v| v.info["owner"] = json!("nobody")),
+            Outcome::Failed,
+            "owner nobody is missing",
+        ),
+        (
+            "malformed info",
+            with(|v| v.info["title"] = json!(42)),
+            Outcome::Failed,
+            "malformed",
+        ),
+        (
+            "files not a list",
+            with(|v| v.content.as_mut().unwrap()["files"] = json!("x")),
+            Outcome::Failed,
+            "malformed",
+        ),
+        (
+            "upvoter missing",
+            with(|v| v.info["upvotes"] = json!([{"userId": "ghost", "timestamp": 1_600_000_100}])),
+            Outcome::Migrated,
+            "",
+        ),
+        (
+            "op log unusable",
+            with(|v| {
+                v.content.as_mut().unwrap()["_v"] = json!(8);
+                v.ops = vec![
+                    json!({"v": 7, "op": [{"p": ["files", 0, "text", 0], "si": "zzz"}], "m": {"ts": 1}}),
+                ];
+            }),
+            Outcome::Migrated,
+            "",
+        ),
+    ];
+    let mut w = World::with_fixtures(&["ghost", "nobody"]);
+    for (name, input, want, reason) in rows {
+        let (got, msg) = outcome_of(&mut w, input);
+        assert_eq!(got, want, "{name}: {msg}");
+        assert!(
+            msg.contains(reason),
+            "{name}: reason {msg:?} lacks {reason:?}"
+        );
+        if want != Outcome::Migrated && name != "no id" {
+            assert!(
+                msg.contains(V) || msg.contains("ffffffff"),
+                "{name}: reason names the viz: {msg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fallback_and_skipped_entries_are_recorded() {
+    let mut w = World::with_fixtures(&["ghost"]);
+    let mut v = base();
+    v.content.as_mut().unwrap()["_v"] = json!(8);
+    v.ops =
+        vec![json!({"v": 7, "op": [{"p": ["files", 0, "text", 0], "si": "zzz"}], "m": {"ts": 1}})];
+    v.info["upvotes"] =
+        json!([{"userId": "ghost", "timestamp": 1}, {"userId": "68416", "timestamp": 2}]);
+    v.info["collaborators"] = json!([{"userId": "ghost"}]);
+    w.add(v);
+    let t = w.migrate(V).unwrap();
+    match &t.history {
+        Mode::Fallback { reason } => assert!(
+            reason.contains("v7") && reason.contains("does not match"),
+            "{reason}"
+        ),
+        other => panic!("expected fallback, got {other:?}"),
+    }
+    assert_eq!(t.upvotes.len(), 1);
+    assert_eq!(t.skipped.len(), 2);
+    assert!(t
+        .skipped
+        .iter()
+        .all(|s| s.user == "ghost" && s.reason.contains(V)));
+}
+
+#[test]
+fn unchanged_resync_and_conflict() {
+    let p = translate::prepare(&base(), &Config::default()).unwrap();
+    let fp = p.source_fingerprint();
+    let last = LastMigration {
+        fingerprint: &fp,
+        analytics: None,
+        end_commit: "e1",
+    };
+    assert_eq!(plan(Some(&last), &fp, None, Some("e1")), Plan::Unchanged);
+    let changed = translate::prepare(
+        &with(|v| v.info["title"] = json!("New")),
+        &Config::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        plan(Some(&last), &changed.source_fingerprint(), None, Some("e1")),
+        Plan::Resync
+    );
+    // An hourly score rewrite bumps info `_v` but changes nothing we migrate.
+    let rescored = translate::prepare(
+        &with(|v| {
+            v.info["_v"] = json!(99);
+            v.info["scoreWilson"] = json!(0.5);
+        }),
+        &Config::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        plan(
+            Some(&last),
+            &rescored.source_fingerprint(),
+            None,
+            Some("e1")
+        ),
+        Plan::Unchanged
+    );
+    assert!(matches!(
+        plan(Some(&last), &fp, None, Some("v3-edit")),
+        Plan::Conflict { .. }
+    ));
+}
+
+#[test]
+fn dispositions() {
+    let e = TranslateError::OwnerMissing {
+        viz: V.into(),
+        owner: "x".into(),
+    };
+    assert_eq!(e.disposition(), Disposition::DeadLetter);
+    assert_eq!(e.kind(), "owner_missing");
+    assert_eq!(
+        TranslateError::NoFiles { viz: V.into() }.disposition(),
+        Disposition::Skip
+    );
+}
