@@ -241,10 +241,8 @@ fn utf16_cmp(a: &str, b: &str) -> Ordering {
         if x != y {
             let mut bx = [0u16; 2];
             let mut by = [0u16; 2];
-            return x
-                .encode_utf16(&mut bx)
-                .iter()
-                .cmp(y.encode_utf16(&mut by).iter());
+            let (ux, uy): (&[u16], &[u16]) = (x.encode_utf16(&mut bx), y.encode_utf16(&mut by));
+            return ux.cmp(uy);
         }
     }
     // One is a prefix of the other: the shorter one sorts first.
@@ -987,6 +985,937 @@ pub mod text {
             Value::Number(n) => n.as_u64().unwrap_or(0),
             Value::String(s) => s.chars().count() as u64,
             _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn vectors() -> Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/conformance/ot-vectors.json"
+        );
+        let text = std::fs::read_to_string(path).expect("read ot-vectors.json");
+        serde_json::from_str(&text).expect("parse ot-vectors.json")
+    }
+
+    fn content() -> Value {
+        json!({
+            "id": "v",
+            "title": "Old",
+            "height": 500,
+            "files": {
+                "a1b2c3d4": {"name": "index.html", "text": "hi 🐧 there"},
+                "ffff0000": {"name": "README.md", "text": ""}
+            }
+        })
+    }
+
+    /// `normalize` output compared with key order (what JSON.stringify would compare).
+    fn assert_ordered(actual: &Value, expected: &Value) {
+        assert!(
+            ordered_eq(actual, expected),
+            "\n  actual: {actual}\nexpected: {expected}"
+        );
+    }
+
+    fn norm(op: Value) -> Value {
+        normalize(op).unwrap().unwrap_or(Value::Null)
+    }
+
+    // ------------------------------------------------------------------ conformance vectors
+
+    #[test]
+    fn json1_vectors_apply() {
+        let v = vectors();
+        let cases = v["json1"].as_array().unwrap();
+        assert!(cases.len() >= 14);
+        for c in cases {
+            let name = c["name"].as_str().unwrap();
+            let got = apply(c["doc"].clone(), &c["op"])
+                .unwrap_or_else(|e| panic!("vector {name:?}: apply failed: {e}"));
+            assert_eq!(got, c["result"], "vector {name:?}: apply(doc, op)");
+            // The normalized op gives the same result.
+            let got = apply(c["doc"].clone(), &c["normalized"]).unwrap();
+            assert_eq!(got, c["result"], "vector {name:?}: apply(doc, normalized)");
+        }
+    }
+
+    #[test]
+    fn json1_vectors_apply_key_order_matches_js() {
+        // Removed keys disappear in place and inserted/replaced keys go last, as in JS objects.
+        let v = vectors();
+        for c in v["json1"].as_array().unwrap() {
+            let got = apply(c["doc"].clone(), &c["op"]).unwrap();
+            assert_ordered(&got, &c["result"]);
+        }
+    }
+
+    #[test]
+    fn json1_vectors_normalize() {
+        let v = vectors();
+        for c in v["json1"].as_array().unwrap() {
+            let name = c["name"].as_str().unwrap();
+            let got = normalize(c["op"].clone())
+                .unwrap_or_else(|e| panic!("vector {name:?}: normalize failed: {e}"))
+                .unwrap_or(Value::Null);
+            assert!(
+                ordered_eq(&got, &c["normalized"]),
+                "vector {name:?}: normalize gave {got}, expected {}",
+                c["normalized"]
+            );
+            // Normalizing is idempotent.
+            assert!(
+                is_normalized(&got),
+                "vector {name:?}: normalized op not normalized"
+            );
+        }
+    }
+
+    #[test]
+    fn json1_vectors_is_normalized() {
+        let v = vectors();
+        let mut falses = 0;
+        for c in v["json1"].as_array().unwrap() {
+            let name = c["name"].as_str().unwrap();
+            let expected = c["isNormalized"].as_bool().unwrap();
+            falses += usize::from(!expected);
+            assert_eq!(is_normalized(&c["op"]), expected, "vector {name:?}");
+        }
+        assert!(falses >= 3, "the vectors include non-normalized ops");
+    }
+
+    #[test]
+    fn text_unicode_vectors_apply() {
+        let v = vectors();
+        let cases = v["textUnicode"].as_array().unwrap();
+        assert!(cases.len() >= 5);
+        for c in cases {
+            let doc = c["doc"].as_str().unwrap();
+            let got = text::apply(doc, c["op"].as_array().unwrap()).unwrap();
+            assert_eq!(got, c["result"].as_str().unwrap(), "textUnicode {c}");
+            // The same edit embedded in json1.
+            let op = json!(["t", {"es": c["op"]}]);
+            let got = apply(json!({"t": doc}), &op).unwrap();
+            assert_eq!(got, json!({"t": c["result"]}));
+        }
+    }
+
+    // ------------------------------------------------------------------ normalize (outputs recorded from ot-json1 1.0.2)
+
+    #[test]
+    fn normalize_matches_ot_json1() {
+        let cases = [
+            (json!(["t", {"es": []}]), json!(null)),
+            (json!(["t", {"ena": 0}]), json!(["t", {"ena": 0}])),
+            (json!(["t", {}]), json!(null)),
+            (
+                json!(["t", {"r": true}, "a", {"i": 2}]),
+                json!(["t", {"r": true}, "a", {"i": 2}]),
+            ),
+            (
+                json!([["t", {"r": true}], ["t", {"i": 2}]]),
+                json!(["t", {"r": true, "i": 2}]),
+            ),
+            (
+                json!([["t", ["a", {"r": true}]], ["t", ["b", {"r": true}]]]),
+                json!(["t", ["a", {"r": true}], ["b", {"r": true}]]),
+            ),
+            (
+                json!([["t", ["a", {"r": true}]], ["t", "a", {"i": 1}]]),
+                json!(["t", "a", {"r": true, "i": 1}]),
+            ),
+            (
+                json!(["t", ["a", {"r": true}]]),
+                json!(["t", "a", {"r": true}]),
+            ),
+            (json!([["t", {"r": true}]]), json!(["t", {"r": true}])),
+            (json!([[["t", {"r": true}]]]), json!(["t", {"r": true}])),
+            (
+                json!([["a", {"r": true}], ["B", {"r": true}], ["é", {"r": true}], ["😀", {"r": true}], ["\u{ffff}", {"r": true}]]),
+                json!([["B", {"r": true}], ["a", {"r": true}], ["é", {"r": true}], ["😀", {"r": true}], ["\u{ffff}", {"r": true}]]),
+            ),
+            (
+                json!([{"r": true}, ["a", {"r": true}]]),
+                json!([{"r": true}, "a", {"r": true}]),
+            ),
+            (
+                json!(["t", {"es": [{"d": "ab"}, {"d": 1}, {"d": "c"}, "x", "", 0, "y", 3, 0]}]),
+                json!(["t", {"es": [{"d": 4}, "xy"]}]),
+            ),
+            (
+                json!(["t", {"es": [{"d": "ab"}, {"d": "c"}, {"d": 0}, {"d": ""}]}]),
+                json!(["t", {"es": [{"d": "abc"}]}]),
+            ),
+            (json!(["t", {"es": [3]}]), json!(null)),
+            (json!([]), json!(null)),
+            (json!([[]]), json!(null)),
+            (json!(["a", "b"]), json!(null)),
+            (
+                json!(["t", {"i": 1, "r": true, "es": ["x"]}]),
+                json!(["t", {"es": ["x"], "r": true, "i": 1}]),
+            ),
+            (json!(["t", {"i": null}]), json!(["t", {"i": null}])),
+            (
+                json!(["title", {"i": "B", "r": "Old"}]),
+                json!(["title", {"r": "Old", "i": "B"}]),
+            ),
+            (json!(null), json!(null)),
+        ];
+        for (op, expected) in cases {
+            let got = norm(op.clone());
+            assert!(
+                ordered_eq(&got, &expected),
+                "normalize({op}) = {got}, expected {expected}"
+            );
+            assert!(is_normalized(&got), "{got} should be normalized");
+            assert_eq!(
+                is_normalized(&op),
+                ordered_eq(&op, &expected),
+                "is_normalized({op})"
+            );
+        }
+    }
+
+    #[test]
+    fn normalize_keeps_three_way_descents_sorted_and_nested() {
+        let op = json!([
+            ["title", {"r": true, "i": "x"}],
+            ["files", ["ffff0000", {"r": true}], ["a1b2c3d4", "text", {"es": [0, "x", 0]}]],
+            ["height", {"r": true, "i": 1}]
+        ]);
+        let expected = json!([
+            ["files", ["a1b2c3d4", "text", {"es": ["x"]}], ["ffff0000", {"r": true}]],
+            ["height", {"r": true, "i": 1}],
+            ["title", {"r": true, "i": "x"}]
+        ]);
+        assert_ordered(&norm(op.clone()), &expected);
+        assert!(!is_normalized(&op));
+        assert!(is_normalized(&expected));
+    }
+
+    #[test]
+    fn normalize_errors_say_where_and_why() {
+        let err = normalize(json!({"r": true})).unwrap_err();
+        assert!(matches!(err, Json1Error::Malformed { .. }));
+        assert!(
+            err.to_string().contains("must be null or an array"),
+            "{err}"
+        );
+
+        let err = normalize(json!(["files", "a", {"x": 1}])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "malformed json1 op at [\"files\",\"a\"]: unknown component key \"x\""
+        );
+
+        let err = normalize(json!(["t", {"es": [1, -2]}])).unwrap_err();
+        assert!(err.to_string().contains("\"es\" item 1 (-2)"), "{err}");
+        assert!(normalize(json!(["t", {"es": [{"d": true}]}])).is_err());
+        assert!(normalize(json!(["t", {"es": "x"}])).is_err());
+        assert!(normalize(json!(["t", {"ena": "1"}])).is_err());
+        assert!(normalize(json!(["t", {"es": ["x"], "ena": 1}])).is_err());
+        assert!(normalize(json!([["t", {"i": 1}], ["t", {"i": 2}]])).is_err());
+        assert!(normalize(json!(["__proto__", {"i": 1}])).is_err());
+        assert!(normalize(json!(["t", true])).is_err());
+
+        let err = normalize(json!(["files", 0, {"r": true}])).unwrap_err();
+        assert!(matches!(err, Json1Error::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("list index 0"), "{err}");
+        let err = normalize(json!([["a", {"p": 0}], ["b", {"d": 0}]])).unwrap_err();
+        assert!(err.to_string().contains("moves"), "{err}");
+        let err = normalize(json!(["a", {"et": "rich-text", "e": []}])).unwrap_err();
+        assert!(matches!(err, Json1Error::Unsupported { .. }), "{err}");
+
+        assert!(!is_normalized(&json!(["files", 0, {"r": true}])));
+        assert!(!is_normalized(&json!("x")));
+        // Merging identical removes is fine (ot-json1 allows `true === true`).
+        assert_ordered(
+            &norm(json!([["t", {"r": true}], ["t", {"r": true}]])),
+            &json!(["t", {"r": true}]),
+        );
+    }
+
+    #[test]
+    fn utf16_key_order() {
+        let mut keys = vec![
+            "\u{ffff}",
+            "😀",
+            "é",
+            "a",
+            "B",
+            "",
+            "ab",
+            "a\u{10000}",
+            "a\u{fffd}",
+        ];
+        keys.sort_by(|a, b| utf16_cmp(a, b));
+        assert_eq!(
+            keys,
+            vec![
+                "",
+                "B",
+                "a",
+                "ab",
+                "a\u{10000}",
+                "a\u{fffd}",
+                "é",
+                "😀",
+                "\u{ffff}"
+            ]
+        );
+    }
+
+    // ------------------------------------------------------------------ apply
+
+    #[test]
+    fn apply_nested_and_mixed() {
+        let doc = content();
+        let op = json!([
+            ["files", ["a1b2c3d4", "text", {"es": [3, {"d": 1}, "🐱", 2, {"d": "here"}, "ey"]}], ["ffff0000", "name", {"r": true, "i": "notes.md"}], ["new00000", {"i": {"name": "a.js", "text": ""}}]],
+            ["height", {"ena": -20}],
+            ["id", {"r": true}]
+        ]);
+        let got = apply(doc, &op).unwrap();
+        let expected = json!({
+            "title": "Old",
+            "height": 480,
+            "files": {
+                "a1b2c3d4": {"name": "index.html", "text": "hi 🐱 tey"},
+                "ffff0000": {"text": "", "name": "notes.md"},
+                "new00000": {"name": "a.js", "text": ""}
+            }
+        });
+        assert_ordered(&got, &expected);
+    }
+
+    #[test]
+    fn apply_insert_then_edit_and_nested_insert_into_inserted() {
+        // Insert and edit in one component: the edit applies to the inserted value.
+        let got = apply(json!({}), &json!(["u", {"i": "q", "es": ["z"]}])).unwrap();
+        assert_eq!(got, json!({"u": "zq"}));
+        // Replace with an object, then insert inside it (drop phase goes top-down).
+        let got = apply(
+            json!({"t": {"a": 1}}),
+            &json!(["t", {"r": true, "i": {}}, "a", {"i": 2}]),
+        )
+        .unwrap();
+        assert_eq!(got, json!({"t": {"a": 2}}));
+        // Insert into a missing key of an existing object.
+        let got = apply(
+            json!({"files": {}}),
+            &json!(["files", "x", {"i": {"name": "n"}}]),
+        )
+        .unwrap();
+        assert_eq!(got, json!({"files": {"x": {"name": "n"}}}));
+        // Insert null, remove null.
+        let got = apply(json!({}), &json!(["n", {"i": null}])).unwrap();
+        assert_eq!(got, json!({"n": null}));
+        let got = apply(got, &json!(["n", {"r": true}])).unwrap();
+        assert_eq!(got, json!({}));
+        // Any r value removes.
+        assert_eq!(
+            apply(json!({"t": 1}), &json!(["t", {"r": false}])).unwrap(),
+            json!({})
+        );
+    }
+
+    #[test]
+    fn apply_root_components_and_numbers() {
+        assert_eq!(
+            apply(json!({"t": "a"}), &json!([{"r": true, "i": 5}])).unwrap(),
+            json!(5)
+        );
+        assert_eq!(
+            apply(json!("abc"), &json!([{"es": [1, "X"]}])).unwrap(),
+            json!("aXbc")
+        );
+        assert_eq!(apply(json!(1), &json!([{"ena": 1.5}])).unwrap(), json!(2.5));
+        assert_eq!(apply(json!(1.5), &json!([{"ena": 1.5}])).unwrap(), json!(3));
+        assert_eq!(
+            apply(json!(i64::MAX), &json!([{"ena": 1}])).unwrap(),
+            json!(9.223372036854776e18)
+        );
+        assert_eq!(
+            apply(json!({"n": 2}), &json!(["n", {"ena": 0}])).unwrap(),
+            json!({"n": 2})
+        );
+        assert_eq!(
+            apply(json!({"n": 2}), &Value::Null).unwrap(),
+            json!({"n": 2})
+        );
+        assert_eq!(
+            apply(json!({"n": 2}), &json!(["n", {"es": []}])).unwrap(),
+            json!({"n": 2})
+        );
+        assert_eq!(
+            apply(json!({"t": "a"}), &json!([{"r": true}])).unwrap_err(),
+            Json1Error::RootRemoved
+        );
+        assert!(matches!(
+            apply(json!({}), &json!([{"i": 1}])).unwrap_err(),
+            Json1Error::AlreadyExists { .. }
+        ));
+    }
+
+    #[test]
+    fn apply_errors_have_useful_messages() {
+        let doc = content();
+        let check = |op: Value, expected: &str| {
+            let err = apply(content(), &op).unwrap_err();
+            assert_eq!(err.to_string(), expected, "op {op}");
+        };
+        check(
+            json!(["files", "zzzzzzzz", "text", {"es": ["x"]}]),
+            "cannot apply json1 op at [\"files\",\"zzzzzzzz\"]: no value here, but the op inserts or edits something below it",
+        );
+        check(
+            json!(["files", "zzzzzzzz", "text", {"r": true}]),
+            "cannot apply json1 op at [\"files\",\"zzzzzzzz\"]: no value here, but the op removes something below it",
+        );
+        check(
+            json!(["title", "x", {"i": 1}]),
+            "cannot apply json1 op at [\"title\"]: the op descends into it but it is a string of 3 code points, not an object",
+        );
+        check(
+            json!(["height", "x", {"r": true}]),
+            "cannot apply json1 op at [\"height\"]: the op descends into it but it is the number 500, not an object",
+        );
+        check(
+            json!(["nope", {"r": true}]),
+            "cannot apply json1 op at [\"nope\"]: remove (\"r\") of a missing key",
+        );
+        check(
+            json!(["title", {"i": "New"}]),
+            "cannot apply json1 op at [\"title\"]: insert onto an existing value (the component needs \"r\" to replace it)",
+        );
+        check(
+            json!(["height", {"es": ["x"]}]),
+            "cannot apply json1 text edit at [\"height\"]: \"es\" needs a string, found the number 500",
+        );
+        check(
+            json!(["files", "a1b2c3d4", "text", {"es": [12, "x"]}]),
+            "cannot apply json1 text edit at [\"files\",\"a1b2c3d4\",\"text\"]: es item 0: skip of 12 code points at code point 0 goes past the end of the text (10 code points)",
+        );
+        check(
+            json!(["files", "a1b2c3d4", "text", {"es": [4, {"d": 8}]}]),
+            "cannot apply json1 text edit at [\"files\",\"a1b2c3d4\",\"text\"]: es item 1: delete of 8 code points at code point 4 goes past the end of the text (10 code points)",
+        );
+        check(
+            json!(["title", {"ena": 1}]),
+            "cannot apply json1 number add at [\"title\"]: \"ena\" needs a number, found a string of 3 code points",
+        );
+        check(
+            json!(["title", {"r": true}, "x", {"i": 1}]),
+            "cannot apply json1 op at [\"title\"]: no value here, but the op inserts or edits something below it",
+        );
+        check(
+            json!(["nope", {"ena": 1}]),
+            "cannot apply json1 op at [\"nope\"]: edit (\"es\"/\"ena\") of a missing key",
+        );
+        // Malformed / unsupported ops are reported, not applied.
+        assert!(matches!(
+            apply(doc.clone(), &json!(5)).unwrap_err(),
+            Json1Error::Malformed { .. }
+        ));
+        assert!(matches!(
+            apply(doc, &json!(["files", 0, {"r": true}])).unwrap_err(),
+            Json1Error::Unsupported { .. }
+        ));
+        // Error messages from text::apply.
+        assert_eq!(
+            text::apply("a🐧", &[json!(1), json!({"d": 2})]).unwrap_err(),
+            "es item 1: delete of 2 code points at code point 1 goes past the end of the text (2 code points)"
+        );
+        assert!(text::apply("a", &[json!(true)])
+            .unwrap_err()
+            .contains("es item 0 (true)"));
+        assert!(text::apply("a", &[json!(-1)]).is_err());
+    }
+
+    #[test]
+    fn apply_leaves_untouched_subtrees_and_paths_without_edits_alone() {
+        // A descent through a missing key with nothing to do there is a no-op, like ot-json1.
+        let got = apply(json!({"a": 1}), &json!(["a", {"ena": 1}])).unwrap();
+        assert_eq!(got, json!({"a": 2}));
+        let got = apply(json!({"a": 1}), &json!([["a", {"ena": 1}], ["b", "c", {}]])).unwrap();
+        assert_eq!(got, json!({"a": 2}));
+    }
+
+    // ------------------------------------------------------------------ text
+
+    #[test]
+    fn text_apply_semantics() {
+        assert_eq!(
+            text::apply("hi 🐧 there", &[json!(4), json!("!")]).unwrap(),
+            "hi 🐧! there"
+        );
+        assert_eq!(
+            text::apply("abc", &[json!({"d": "xy"}), json!("Z")]).unwrap(),
+            "Zc"
+        );
+        // Lenient about shape: zero skips, trailing and adjacent skips, empty items.
+        assert_eq!(
+            text::apply(
+                "abcdef",
+                &[
+                    json!(0),
+                    json!(1),
+                    json!(1),
+                    json!(""),
+                    json!({"d": 0}),
+                    json!("X"),
+                    json!(2)
+                ]
+            )
+            .unwrap(),
+            "abXcdef"
+        );
+        assert_eq!(text::apply("", &[]).unwrap(), "");
+        assert_eq!(text::apply("ab", &[json!(2), json!("c")]).unwrap(), "abc");
+        assert_eq!(
+            text::apply("\u{10FFFF}\u{FFFF}x", &[json!(2), json!({"d": 1})]).unwrap(),
+            "\u{10FFFF}\u{FFFF}"
+        );
+    }
+
+    #[test]
+    fn text_normalize_rules() {
+        let n = |v: Value| Value::Array(text::normalize(v.as_array().unwrap().clone()));
+        assert_eq!(n(json!([0, "x", 5])), json!(["x"]));
+        assert_eq!(
+            n(json!([1, 2, "a", "b", {"d": 1}, {"d": 2}, 3, 0])),
+            json!([3, "ab", {"d": 3}])
+        );
+        assert_eq!(n(json!([{"d": "ab"}, {"d": "🐧"}])), json!([{"d": "ab🐧"}]));
+        assert_eq!(n(json!([{"d": "ab"}, {"d": 1}])), json!([{"d": 3}]));
+        assert_eq!(n(json!([{"d": 1}, {"d": "🐧x"}])), json!([{"d": 3}]));
+        assert_eq!(n(json!([5])), json!([]));
+        assert_eq!(n(json!([])), json!([]));
+        assert_eq!(n(json!(["", {"d": ""}, {"d": 0}, 0])), json!([]));
+        // Not merged across kinds, order kept.
+        assert_eq!(n(json!(["a", {"d": 1}, "b"])), json!(["a", {"d": 1}, "b"]));
+    }
+
+    #[test]
+    fn text_diff_examples() {
+        assert!(text::diff("", "").is_empty());
+        assert!(text::diff("same 🐧", "same 🐧").is_empty());
+        assert_eq!(text::diff("", "new"), vec![json!("new")]);
+        assert_eq!(text::diff("old", ""), vec![json!({"d": 3})]);
+        assert_eq!(
+            text::diff("Dancing 🐧", "Dancing 🐧!"),
+            vec![json!(9), json!("!")]
+        );
+        assert_eq!(
+            text::diff("Dancing 🐧 here", "Dancing 🐧! here"),
+            vec![json!(9), json!("!")]
+        );
+        assert_eq!(text::diff("🐧🐧", "🐧🐱🐧"), vec![json!(1), json!("🐱")]);
+        assert_eq!(text::diff("a🐧b", "ab"), vec![json!(1), json!({"d": 1})]);
+        // Same leading UTF-8 byte, different chars: boundaries respected.
+        assert_eq!(text::diff("é", "ê"), vec![json!({"d": 1}), json!("ê")]);
+        assert_eq!(
+            text::diff("x😀", "x😁"),
+            vec![json!(1), json!({"d": 1}), json!("😁")]
+        );
+        assert_eq!(text::diff("😀x", "😁x"), vec![json!({"d": 1}), json!("😁")]);
+        assert_eq!(
+            text::diff("hello world", "hello, world"),
+            vec![json!(5), json!(",")]
+        );
+        assert_eq!(text::diff("abcabc", "abc"), vec![json!(3), json!({"d": 3})]);
+        // Replace inside: delete before insert between skips.
+        assert_eq!(
+            text::diff("a🐧c", "aXc"),
+            vec![json!(1), json!({"d": 1}), json!("X")]
+        );
+        for (a, b) in [
+            ("kitten", "sitting"),
+            ("🐧a🐧b", "b🐧a"),
+            ("\u{FFFF}\u{10000}", "\u{10000}\u{FFFF}"),
+        ] {
+            let es = text::diff(a, b);
+            assert_eq!(text::apply(a, &es).unwrap(), b);
+            assert_eq!(text::normalize(es.clone()), es);
+        }
+    }
+
+    #[test]
+    fn text_diff_large_texts_are_fast_and_correct() {
+        // 5 MiB with an edit in the middle: prefix/suffix stripping keeps this linear.
+        let base: String =
+            "function f(x) { return x * 2; } // 🐧 ünïcödé\n".repeat(5 * 1024 * 1024 / 50);
+        let mid = base.len() / 2;
+        let mid = (mid..).find(|&i| base.is_char_boundary(i)).unwrap();
+        let end = (mid + 10..).find(|&i| base.is_char_boundary(i)).unwrap();
+        let edited = format!("{}🐱 inserted{}", &base[..mid], &base[end..]);
+        let start = std::time::Instant::now();
+        let es = text::diff(&base, &edited);
+        assert!(es.len() <= 6, "{es:?}");
+        assert_eq!(text::apply(&base, &es).unwrap(), edited);
+        let op = diff(&json!({"t": base}), &json!({"t": edited})).unwrap();
+        assert!(is_normalized(&op));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn text_diff_unrelated_texts_hit_the_deadline_but_stay_correct() {
+        // Two unrelated pseudo-random texts: Myers would be quadratic, the deadline caps it.
+        let mut seed = 12345u64;
+        let mut gen = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ['a', 'b', 'c', 'd', '🐧', 'é', '\n', ' '][(seed >> 60) as usize % 8]
+                })
+                .collect()
+        };
+        let (a, b) = (gen(60_000), gen(60_000));
+        let start = std::time::Instant::now();
+        let es = text::diff(&a, &b);
+        let took = start.elapsed();
+        assert_eq!(text::apply(&a, &es).unwrap(), b);
+        assert_eq!(text::normalize(es.clone()), es);
+        assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+    }
+
+    // ------------------------------------------------------------------ diff (spec examples)
+
+    #[test]
+    fn diff_from_empty_gives_full_content_exactly() {
+        let new = json!({"id": "v", "title": "T", "height": 500, "files": {}});
+        let op = diff(&json!({}), &new).unwrap();
+        assert_eq!(
+            serde_json::to_string(&op).unwrap(),
+            r#"[["files",{"i":{}}],["height",{"i":500}],["id",{"i":"v"}],["title",{"i":"T"}]]"#
+        );
+        assert_eq!(apply(json!({}), &op).unwrap(), new);
+    }
+
+    #[test]
+    fn diff_spec_examples() {
+        let old = content();
+        let mut new = old.clone();
+        new["files"]["00000001"] = json!({"name": "index.js", "text": "x"});
+        let op = diff(&old, &new).unwrap();
+        assert_ordered(
+            &op,
+            &json!(["files", "00000001", {"i": {"name": "index.js", "text": "x"}}]),
+        );
+
+        let mut new = old.clone();
+        new["files"]
+            .as_object_mut()
+            .unwrap()
+            .shift_remove("ffff0000");
+        assert_ordered(
+            &diff(&old, &new).unwrap(),
+            &json!(["files", "ffff0000", {"r": true}]),
+        );
+
+        // Rename: names are strings, so the rename is a text edit of the name (the rule for all
+        // strings); applying the spec's replace form gives the same document.
+        let mut new = old.clone();
+        new["files"]["ffff0000"]["name"] = json!("notes.md");
+        let op = diff(&old, &new).unwrap();
+        assert_ordered(
+            &op,
+            &json!(["files", "ffff0000", "name", {"es": [{"d": 6}, "notes"]}]),
+        );
+        assert_eq!(apply(old.clone(), &op).unwrap(), new);
+        let spec_form = json!(["files", "ffff0000", "name", {"r": true, "i": "notes.md"}]);
+        assert_eq!(apply(old.clone(), &spec_form).unwrap(), new);
+
+        // Title (string: text edit) and height (number: replace).
+        let mut new = old.clone();
+        new["title"] = json!("New");
+        new["height"] = json!(960);
+        let op = diff(&old, &new).unwrap();
+        assert_ordered(
+            &op,
+            &json!([["height", {"r": true, "i": 960}], ["title", {"es": [{"d": 3}, "New"]}]]),
+        );
+        assert_eq!(apply(old.clone(), &op).unwrap(), new);
+
+        let old = json!({"title": "Dancing 🐧", "files": {"a1b2c3d4": {"name": "index.html", "text": "<h1>Dancing 🐧</h1>"}}});
+        let mut new = old.clone();
+        new["files"]["a1b2c3d4"]["text"] = json!("<h1>Dancing 🐧🐧</h1>");
+        let op = diff(&old, &new).unwrap();
+        // 13 code points ("<h1>Dancing 🐧"); UTF-16 would count 14.
+        assert_ordered(
+            &op,
+            &json!(["files", "a1b2c3d4", "text", {"es": [13, "🐧"]}]),
+        );
+        assert_eq!(apply(old.clone(), &op).unwrap(), new);
+        assert_eq!(
+            edit_text(
+                &["files", "a1b2c3d4", "text"],
+                "<h1>Dancing 🐧</h1>",
+                "<h1>Dancing 🐧🐧</h1>"
+            ),
+            Some(op)
+        );
+
+        // Several edits at once, sorted, with a removal and a text edit.
+        let old = content();
+        let mut new = old.clone();
+        new["files"]["a1b2c3d4"]["text"] = json!("<!-- x -->hi 🐧 there");
+        new["files"]
+            .as_object_mut()
+            .unwrap()
+            .shift_remove("ffff0000");
+        new["title"] = json!("Older");
+        assert_ordered(
+            &diff(&old, &new).unwrap(),
+            &json!([["files", ["a1b2c3d4", "text", {"es": ["<!-- x -->"]}], ["ffff0000", {"r": true}]], ["title", {"es": [3, "er"]}]]),
+        );
+
+        assert_eq!(diff(&old, &old.clone()), None);
+        assert_eq!(diff(&json!({}), &json!({})), None);
+        assert_eq!(diff(&json!({"h": 500}), &json!({"h": 500.0})), None);
+    }
+
+    #[test]
+    fn diff_replaces_type_changes_arrays_and_roots() {
+        let op = diff(
+            &json!({"a": [1, 2], "b": null, "c": {"x": 1}, "d": 1}),
+            &json!({"a": [1, 3], "b": 0, "c": "s", "d": "1"}),
+        )
+        .unwrap();
+        assert_ordered(
+            &op,
+            &json!([["a", {"r": true, "i": [1, 3]}], ["b", {"r": true, "i": 0}], ["c", {"r": true, "i": "s"}], ["d", {"r": true, "i": "1"}]]),
+        );
+        assert_ordered(
+            &diff(&json!([1]), &json!({"a": 1})).unwrap(),
+            &json!([{"r": true, "i": {"a": 1}}]),
+        );
+        assert_ordered(
+            &diff(&json!(null), &json!({})).unwrap(),
+            &json!([{"r": true, "i": {}}]),
+        );
+        assert_ordered(
+            &diff(&json!("ab"), &json!("abc")).unwrap(),
+            &json!([{"es": [2, "c"]}]),
+        );
+        assert_eq!(
+            apply(json!([1]), &diff(&json!([1]), &json!({"a": 1})).unwrap()).unwrap(),
+            json!({"a": 1})
+        );
+        // Keys sorted in UTF-16 order, nested objects recurse.
+        let op = diff(&json!({}), &json!({"😀": 1, "\u{ffff}": 2, "a": {"b": 1}})).unwrap();
+        assert_ordered(
+            &op,
+            &json!([["a", {"i": {"b": 1}}], ["😀", {"i": 1}], ["\u{ffff}", {"i": 2}]]),
+        );
+        let op = diff(
+            &json!({"a": {"b": 1, "c": 2}}),
+            &json!({"a": {"b": 2, "c": 2, "d": 3}}),
+        )
+        .unwrap();
+        assert_ordered(
+            &op,
+            &json!(["a", ["b", {"r": true, "i": 2}], ["d", {"i": 3}]]),
+        );
+    }
+
+    // ------------------------------------------------------------------ builders and compose
+
+    #[test]
+    fn builders() {
+        assert_ordered(
+            &insert(&["files", "x"], json!({"name": "a"})),
+            &json!(["files", "x", {"i": {"name": "a"}}]),
+        );
+        assert_ordered(
+            &remove(&["files", "x"]),
+            &json!(["files", "x", {"r": true}]),
+        );
+        assert_ordered(
+            &replace(&["title"], json!("T")),
+            &json!(["title", {"r": true, "i": "T"}]),
+        );
+        assert_ordered(&replace(&[], json!({})), &json!([{"r": true, "i": {}}]));
+        assert_eq!(edit_text(&["t"], "a", "a"), None);
+        assert_ordered(
+            &edit_text(&["t"], "", "🐧").unwrap(),
+            &json!(["t", {"es": ["🐧"]}]),
+        );
+        assert_eq!(add_number(&["n"], 0), None);
+        assert_ordered(&add_number(&["n"], -3).unwrap(), &json!(["n", {"ena": -3}]));
+        for op in [
+            insert(&["a"], json!(1)),
+            remove(&["a"]),
+            replace(&["a"], json!(null)),
+            edit_text(&["a", "b"], "x🐧", "🐧").unwrap(),
+            add_number(&["a"], 7).unwrap(),
+        ] {
+            assert!(is_normalized(&op), "{op}");
+        }
+    }
+
+    #[test]
+    fn compose_on_diffs_start_and_end() {
+        let doc = content();
+        let ops = vec![
+            edit_text(
+                &["files", "a1b2c3d4", "text"],
+                "hi 🐧 there",
+                "hi 🐧 there!",
+            )
+            .unwrap(),
+            Value::Null,
+            replace(&["title"], json!("Mid")),
+            replace(&["title"], json!("Old")),
+            insert(&["files", "00000001"], json!({"name": "tmp", "text": ""})),
+            remove(&["files", "00000001"]),
+            edit_text(
+                &["files", "a1b2c3d4", "text"],
+                "hi 🐧 there!",
+                "hey 🐧 there!",
+            )
+            .unwrap(),
+        ];
+        let op = compose_on(&doc, &ops).unwrap().unwrap();
+        assert_ordered(
+            &op,
+            &json!(["files", "a1b2c3d4", "text", {"es": [1, {"d": 1}, "ey", 8, "!"]}]),
+        );
+        let mut seq = doc.clone();
+        for o in &ops {
+            seq = apply(seq, o).unwrap();
+        }
+        assert_eq!(apply(doc.clone(), &op).unwrap(), seq);
+        // Changes that cancel out compose to no op.
+        assert_eq!(compose_on(&doc, &ops[2..4]).unwrap(), None);
+        assert_eq!(compose_on(&doc, &[]).unwrap(), None);
+        // A failing op is reported.
+        assert!(compose_on(&doc, &[remove(&["nope"])]).is_err());
+    }
+
+    // ------------------------------------------------------------------ properties
+
+    fn text_strategy() -> impl Strategy<Value = String> {
+        let chars = prop::sample::select(vec![
+            'a',
+            'b',
+            'c',
+            ' ',
+            '\n',
+            '<',
+            '>',
+            'é',
+            'ß',
+            '中',
+            '🐧',
+            '🐱',
+            '😀',
+            '\u{FFFF}',
+            '\u{E000}',
+            '\u{10000}',
+            '\u{10FFFF}',
+            '\u{200D}',
+        ]);
+        prop::collection::vec(chars, 0..24).prop_map(|v| v.into_iter().collect())
+    }
+
+    fn file_strategy() -> impl Strategy<Value = Value> {
+        (
+            prop::sample::select(vec!["index.html", "index.js", "README.md", "🐧.txt"]),
+            text_strategy(),
+        )
+            .prop_map(|(name, text)| json!({"name": name, "text": text}))
+    }
+
+    fn content_strategy() -> impl Strategy<Value = Value> {
+        let key = prop::sample::select(vec![
+            "0000000a", "0000000b", "a1b2c3d4", "ffff0000", "deadbeef",
+        ]);
+        let height = prop_oneof![
+            (0i64..3).prop_map(|h| json!(400 + h * 100)),
+            Just(json!(null)),
+            Just(json!("500")),
+        ];
+        (
+            prop::sample::select(vec!["v", "w"]),
+            text_strategy(),
+            prop::option::of(height),
+            prop::collection::btree_map(key, file_strategy(), 0..5),
+        )
+            .prop_map(|(id, title, height, files)| {
+                let mut doc = json!({"id": id, "title": title});
+                if let Some(h) = height {
+                    doc["height"] = h;
+                }
+                let files: Map<String, Value> =
+                    files.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                doc["files"] = Value::Object(files);
+                doc
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn prop_diff_roundtrips(a in content_strategy(), b in content_strategy()) {
+            match diff(&a, &b) {
+                None => prop_assert!(json_eq(&a, &b)),
+                Some(op) => {
+                    prop_assert!(is_normalized(&op), "not normalized: {}", op);
+                    let got = apply(a.clone(), &op).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(&got, &b, "op {}", op);
+                    // The result diffs back to nothing.
+                    prop_assert_eq!(diff(&got, &b), None);
+                }
+            }
+            prop_assert_eq!(diff(&a, &a), None);
+            prop_assert_eq!(diff(&b, &b.clone()), None);
+        }
+
+        #[test]
+        fn prop_compose_on_matches_sequential_apply(a in content_strategy(), b in content_strategy(), c in content_strategy()) {
+            let ops: Vec<Value> = [diff(&a, &b), diff(&b, &c)].into_iter().map(|o| o.unwrap_or(Value::Null)).collect();
+            let composed = compose_on(&a, &ops).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got = apply(a.clone(), composed.as_ref().unwrap_or(&Value::Null)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(got, c);
+        }
+
+        #[test]
+        fn prop_text_diff_roundtrips(a in text_strategy(), b in text_strategy()) {
+            let es = text::diff(&a, &b);
+            prop_assert_eq!(text::apply(&a, &es).unwrap(), b.clone());
+            prop_assert_eq!(text::normalize(es.clone()), es.clone());
+            prop_assert_eq!(es.is_empty(), a == b);
+            if let Some(Value::Number(_)) = es.last() {
+                prop_assert!(false, "trailing skip");
+            }
+            // No skip exceeds the text, deletes and skips cover at most the old length.
+            let consumed: u64 = es.iter().map(|v| v.as_u64().unwrap_or_else(|| v["d"].as_u64().unwrap_or(0))).sum();
+            prop_assert!(consumed <= a.chars().count() as u64);
+        }
+
+        #[test]
+        fn prop_normalize_is_idempotent_and_preserves_apply(a in content_strategy(), b in content_strategy()) {
+            // Denormalize a diff (wrap descents, add zero skips), then normalize it back.
+            if let Some(op) = diff(&a, &b) {
+                let wrapped = json!([[op.clone()]]);
+                let back = normalize(wrapped.clone()).unwrap().unwrap();
+                prop_assert!(ordered_eq(&back, &op), "{} vs {}", back, op);
+                prop_assert_eq!(apply(a.clone(), &wrapped).unwrap(), b);
+            }
         }
     }
 }

@@ -7,11 +7,14 @@
 //! job ends. See `shared/spec/MIGRATION.md` for the contract.
 
 pub mod analytics;
+pub mod config;
 pub mod fixtures;
 pub mod history;
 pub mod ids;
 pub mod json0;
 pub mod json1;
+pub mod ledger;
+pub mod migrate;
 pub mod outcome;
 pub mod translate;
 pub mod v2;

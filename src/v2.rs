@@ -10,6 +10,8 @@
 //! [`crate::translate`]. A field of the wrong *type* (a title that is a number, files that are not
 //! a list) is a [`V2Error`], never a panic.
 
+pub mod reader;
+
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
@@ -230,6 +232,11 @@ pub fn raw_id(raw: &Value) -> String {
         .iter()
         .find_map(|k| id_string(raw.get(*k)?))
         .unwrap_or_else(|| "<no id>".to_string())
+}
+
+/// The `_id` (else `id`) of a raw document.
+pub fn raw_id_of(raw: &Value) -> Option<String> {
+    ["_id", "id"].iter().find_map(|k| id_string(raw.get(*k)?))
 }
 
 pub fn parse_info(raw: &Value) -> Result<DocumentInfo, V2Error> {

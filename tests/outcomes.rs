@@ -5,7 +5,7 @@ mod common;
 use common::{synthetic_viz, World};
 use serde_json::json;
 use vizhub_migrate::history::Mode;
-use vizhub_migrate::outcome::{plan, LastMigration, Plan};
+use vizhub_migrate::outcome::{plan, LastMigration, Plan, V3Now};
 use vizhub_migrate::translate::{self, Config, TranslateError};
 use vizhub_migrate::{Disposition, Outcome};
 
@@ -194,21 +194,24 @@ fn fallback_and_skipped_entries_are_recorded() {
 
 #[test]
 fn unchanged_resync_and_conflict() {
-    let p = translate::prepare(&base(), &Config::default()).unwrap();
-    let fp = p.source_fingerprint();
+    let cfg = Config::default();
+    let fp = translate::prepare(&base(), &cfg)
+        .unwrap()
+        .source_fingerprint();
     let last = LastMigration {
         fingerprint: &fp,
         analytics: None,
         end_commit: "e1",
+        v3_content_v: 2,
     };
-    assert_eq!(plan(Some(&last), &fp, None, Some("e1")), Plan::Unchanged);
-    let changed = translate::prepare(
-        &with(|v| v.info["title"] = json!("New")),
-        &Config::default(),
-    )
-    .unwrap();
+    let v3 = Some(V3Now {
+        end: "e1",
+        content_v: 2,
+    });
+    assert_eq!(plan(Some(&last), &fp, None, v3), Plan::Unchanged);
+    let changed = translate::prepare(&with(|v| v.info["title"] = json!("New")), &cfg).unwrap();
     assert_eq!(
-        plan(Some(&last), &changed.source_fingerprint(), None, Some("e1")),
+        plan(Some(&last), &changed.source_fingerprint(), None, v3),
         Plan::Resync
     );
     // An hourly score rewrite bumps info `_v` but changes nothing we migrate.
@@ -217,20 +220,20 @@ fn unchanged_resync_and_conflict() {
             v.info["_v"] = json!(99);
             v.info["scoreWilson"] = json!(0.5);
         }),
-        &Config::default(),
+        &cfg,
     )
     .unwrap();
     assert_eq!(
-        plan(
-            Some(&last),
-            &rescored.source_fingerprint(),
-            None,
-            Some("e1")
-        ),
+        plan(Some(&last), &rescored.source_fingerprint(), None, v3),
         Plan::Unchanged
     );
+    // V2 changed and V3 was edited meanwhile: a human decides.
+    let edited = Some(V3Now {
+        end: "v3-edit",
+        content_v: 2,
+    });
     assert!(matches!(
-        plan(Some(&last), &fp, None, Some("v3-edit")),
+        plan(Some(&last), &changed.source_fingerprint(), None, edited),
         Plan::Conflict { .. }
     ));
 }

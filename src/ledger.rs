@@ -1,0 +1,196 @@
+//! The ledger: what the migration itself remembers, kept in the V3 database (never in V2).
+//!
+//! - `migrationviz`: one doc per viz — its last outcome and reason, attempts, batch, and, once
+//!   migrated, what re-sync needs: V2 fingerprints, V3 start/end commits, the V3 content version
+//!   we left, the file-id map aligned with V2's files array, the V2 analytics record last merged.
+//! - `migrationbatch`: one doc per planner run, id derived from its parameters.
+//! - `migrationstate`: cursors — the `--since-last` high-water mark and the `--next-batch` cursor.
+
+use crate::outcome::Outcome;
+use crate::v2::Intervals;
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, doc, Document};
+use mongodb::options::ReplaceOptions;
+use mongodb::{Collection, Database};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub const VIZ: &str = "migrationviz";
+pub const BATCH: &str = "migrationbatch";
+pub const STATE: &str = "migrationstate";
+
+/// What the last successful migration of a viz left in V3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Migrated {
+    pub fingerprint: String,
+    pub analytics_fingerprint: Option<String>,
+    pub info_v: i64,
+    pub content_v: i64,
+    pub start: String,
+    pub end: String,
+    pub end_timestamp: i64,
+    /// `_v` of the V3 content snapshot after our write: anything else later is a V3 edit.
+    pub v3_content_v: i64,
+    pub file_ids: Vec<String>,
+    pub analytics: Option<Intervals>,
+    pub forked_from: Option<String>,
+    pub forked_from_is_backfilled: Option<bool>,
+    pub history: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VizRecord {
+    #[serde(rename = "_id")]
+    pub viz: String,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub error_kind: Option<String>,
+    pub batch: Option<String>,
+    pub attempts: i64,
+    /// Unix seconds of the last job on this viz.
+    pub time: i64,
+    pub migrated: Option<Migrated>,
+    /// Upvotes/permissions skipped because their user is missing from V2.
+    #[serde(default)]
+    pub skipped_entries: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Batch {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub mode: String,
+    pub params: serde_json::Value,
+    pub planned: i64,
+    pub published: i64,
+    /// `publishing` until every job is confirmed by the broker, then `published`.
+    pub status: String,
+    pub created: i64,
+    pub published_at: Option<i64>,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    db: Database,
+}
+
+fn encode<T: Serialize>(v: &T) -> mongodb::error::Result<Document> {
+    bson::to_document(v).map_err(|e| mongodb::error::Error::custom(e.to_string()))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(d: Document) -> Option<T> {
+    // Through JSON so numbers stored as int32/int64/double all read back.
+    serde_json::from_value(bson::Bson::Document(d).into_relaxed_extjson()).ok()
+}
+
+impl Ledger {
+    pub fn new(db: Database) -> Self {
+        Ledger { db }
+    }
+
+    fn vizzes(&self) -> Collection<Document> {
+        self.db.collection(VIZ)
+    }
+
+    pub async fn get(&self, viz: &str) -> mongodb::error::Result<Option<VizRecord>> {
+        Ok(self
+            .vizzes()
+            .find_one(doc! {"_id": viz})
+            .await?
+            .and_then(decode))
+    }
+
+    pub async fn get_many(
+        &self,
+        ids: &[String],
+    ) -> mongodb::error::Result<HashMap<String, VizRecord>> {
+        let docs: Vec<Document> = self
+            .vizzes()
+            .find(doc! {"_id": {"$in": ids}})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(decode::<VizRecord>)
+            .map(|r| (r.viz.clone(), r))
+            .collect())
+    }
+
+    /// Record the outcome of a job (one upsert). `attempts` counts jobs on this viz.
+    pub async fn record(&self, rec: &VizRecord) -> mongodb::error::Result<()> {
+        let opts = ReplaceOptions::builder().upsert(true).build();
+        self.vizzes()
+            .replace_one(doc! {"_id": &rec.viz}, encode(rec)?)
+            .with_options(opts)
+            .await?;
+        Ok(())
+    }
+
+    /// Every record (for status and verify). Small: one doc per viz.
+    pub async fn all(&self) -> mongodb::error::Result<Vec<VizRecord>> {
+        let docs: Vec<Document> = self.vizzes().find(doc! {}).await?.try_collect().await?;
+        Ok(docs.into_iter().filter_map(decode).collect())
+    }
+
+    pub async fn batch(&self, id: &str) -> mongodb::error::Result<Option<Batch>> {
+        Ok(self
+            .db
+            .collection::<Document>(BATCH)
+            .find_one(doc! {"_id": id})
+            .await?
+            .and_then(decode))
+    }
+
+    pub async fn batches(&self) -> mongodb::error::Result<Vec<Batch>> {
+        let docs: Vec<Document> = self
+            .db
+            .collection::<Document>(BATCH)
+            .find(doc! {})
+            .sort(doc! {"created": 1})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.into_iter().filter_map(decode).collect())
+    }
+
+    pub async fn put_batch(&self, b: &Batch) -> mongodb::error::Result<()> {
+        let opts = ReplaceOptions::builder().upsert(true).build();
+        self.db
+            .collection::<Document>(BATCH)
+            .replace_one(doc! {"_id": &b.id}, encode(b)?)
+            .with_options(opts)
+            .await?;
+        Ok(())
+    }
+
+    /// A named cursor in `migrationstate`.
+    pub async fn state(&self, key: &str) -> mongodb::error::Result<Option<serde_json::Value>> {
+        let d = self
+            .db
+            .collection::<Document>(STATE)
+            .find_one(doc! {"_id": key})
+            .await?;
+        Ok(d.and_then(|mut d| d.remove("value"))
+            .map(|b| b.into_relaxed_extjson()))
+    }
+
+    pub async fn set_state(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> mongodb::error::Result<()> {
+        let opts = ReplaceOptions::builder().upsert(true).build();
+        let value =
+            bson::to_bson(value).map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
+        self.db
+            .collection::<Document>(STATE)
+            .replace_one(doc! {"_id": key}, doc! {"_id": key, "value": value})
+            .with_options(opts)
+            .await?;
+        Ok(())
+    }
+}

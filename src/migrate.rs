@@ -1,0 +1,894 @@
+//! Migrating one viz end to end: read V2, decide (fresh / re-sync / unchanged / conflict), make
+//! sure its parent is in V3, translate, write V3 in the order that keeps a half-done job
+//! invisible (users → commits → content → upvotes, permissions, analytics → info last), record
+//! the ledger. [`Migrator::migrate`] is the one function a job runs; it returns an [`Outcome`] or
+//! a [`JobError`] whose [`JobError::disposition`] tells the worker to retry or dead-letter.
+
+use crate::ledger::{Ledger, Migrated, VizRecord};
+use crate::outcome::{self, LastMigration, Plan, V3Now};
+use crate::translate::{
+    self, Config, Context, Parent, ParentRequest, Prepared, Previous, TranslateError, Translation,
+};
+use crate::v2::reader::Reader;
+use crate::v3::store::{is_transient_mongo, Policy, Store, StoreError, SyncReport};
+use crate::v3::{collections as c3, Commit};
+use crate::{history, ids, v2, v3, Disposition, Outcome, PRIMORDIAL_VIZ_ID};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// How deep a chain of missing parents a job migrates before giving up (spec 3.2).
+pub const MAX_PARENT_DEPTH: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
+    #[error("viz {viz}: reading V2: {source}")]
+    V2 {
+        viz: String,
+        source: mongodb::error::Error,
+    },
+    #[error("viz {viz}: writing V3: {source}")]
+    V3 { viz: String, source: StoreError },
+    #[error("viz {viz}: not in V2 documentInfo")]
+    NotFound { viz: String },
+    #[error("viz {viz}: parent {parent} cannot be used: {reason}")]
+    Parent {
+        viz: String,
+        parent: String,
+        reason: String,
+    },
+    #[error("viz {viz}: V3 chain of {commit}: {reason}")]
+    Chain {
+        viz: String,
+        commit: String,
+        reason: String,
+    },
+    #[error("viz {viz}: a concurrent V3 edit changed {docs:?} while we wrote; will retry")]
+    Raced { viz: String, docs: Vec<String> },
+    #[error("bad job message: {0}")]
+    BadMessage(String),
+    #[error("viz {viz}: panic while migrating: {message}")]
+    Panic { viz: String, message: String },
+}
+
+impl JobError {
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            JobError::Translate(e) => e.disposition(),
+            JobError::V2 { source, .. } if is_transient_mongo(source) => Disposition::Retry,
+            JobError::V3 { source, .. } if source.is_transient() => Disposition::Retry,
+            JobError::Raced { .. } => Disposition::Retry,
+            JobError::NotFound { .. } => Disposition::Skip,
+            JobError::V2 { .. }
+            | JobError::V3 { .. }
+            | JobError::Parent { .. }
+            | JobError::Chain { .. }
+            | JobError::BadMessage(_)
+            | JobError::Panic { .. } => Disposition::DeadLetter,
+        }
+    }
+
+    /// Short, stable name for headers, metrics and `dlq stats`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobError::Translate(e) => e.kind(),
+            JobError::V2 { .. } => "v2_read",
+            JobError::V3 { .. } => "v3_write",
+            JobError::NotFound { .. } => "not_found",
+            JobError::Parent { .. } => "parent",
+            JobError::Chain { .. } => "chain",
+            JobError::Raced { .. } => "raced",
+            JobError::BadMessage(_) => "bad_message",
+            JobError::Panic { .. } => "panic",
+        }
+    }
+}
+
+/// A job's end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub viz: String,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+}
+
+/// Everything a job needs; cheap to clone (shared handles).
+#[derive(Clone)]
+pub struct Migrator {
+    pub v2: Reader,
+    pub v3: Store,
+    pub ledger: Ledger,
+    pub cfg: Config,
+    /// V3 content at a commit never changes (commits are immutable): cache it across jobs.
+    content_cache: Arc<Mutex<HashMap<String, Arc<Value>>>>,
+}
+
+const CONTENT_CACHE_MAX: usize = 512;
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn v2_err(viz: &str) -> impl FnOnce(mongodb::error::Error) -> JobError + '_ {
+    move |source| JobError::V2 {
+        viz: viz.to_string(),
+        source,
+    }
+}
+
+fn v3_err(viz: &str) -> impl FnOnce(StoreError) -> JobError + '_ {
+    move |source| JobError::V3 {
+        viz: viz.to_string(),
+        source,
+    }
+}
+
+fn ledger_err(viz: &str) -> impl FnOnce(mongodb::error::Error) -> JobError + '_ {
+    move |source| JobError::V3 {
+        viz: viz.to_string(),
+        source: StoreError::Mongo(source),
+    }
+}
+
+/// The parent a viz hangs from, resolved in V3.
+struct ParentLink {
+    viz: String,
+    commit: String,
+    content: Arc<Value>,
+    backfilled: bool,
+}
+
+/// Everything [`Migrator::write`] needs besides the translation.
+struct WriteSet<'a> {
+    p: &'a Prepared,
+    t: &'a Translation,
+    batch: Option<&'a str>,
+    attempts: i64,
+    fingerprint: String,
+    analytics_fingerprint: Option<String>,
+    parent: Option<&'a str>,
+    previous_upvoters: bool,
+}
+
+impl Migrator {
+    pub fn new(v2: Reader, v3: Store, ledger: Ledger, cfg: Config) -> Self {
+        Migrator {
+            v2,
+            v3,
+            ledger,
+            cfg,
+            content_cache: Arc::default(),
+        }
+    }
+
+    /// Migrate one viz (the job). Records the ledger for every outcome it returns; errors are
+    /// recorded by the caller once it has decided between retry and dead-letter.
+    pub async fn migrate(&self, viz: &str, batch: Option<&str>) -> Result<Done, JobError> {
+        let mut visiting = HashSet::new();
+        self.migrate_depth(viz, batch, 0, &mut visiting).await
+    }
+
+    fn migrate_depth<'a>(
+        &'a self,
+        viz: &'a str,
+        batch: Option<&'a str>,
+        depth: usize,
+        visiting: &'a mut HashSet<String>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, JobError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            visiting.insert(viz.to_string());
+            let raw = self
+                .v2
+                .viz(viz)
+                .await
+                .map_err(v2_err(viz))?
+                .ok_or_else(|| JobError::NotFound {
+                    viz: viz.to_string(),
+                })?;
+            let last = self.ledger.get(viz).await.map_err(ledger_err(viz))?;
+            let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
+            let p = match translate::prepare(&raw, &self.cfg) {
+                Ok(p) => p,
+                Err(e) if e.disposition() == Disposition::Skip => {
+                    let done = Done {
+                        viz: viz.to_string(),
+                        outcome: Outcome::Skipped,
+                        reason: Some(e.to_string()),
+                    };
+                    self.record(
+                        &done,
+                        Some(e.kind()),
+                        batch,
+                        attempts,
+                        last.and_then(|l| l.migrated),
+                        Vec::new(),
+                    )
+                    .await?;
+                    return Ok(done);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let analytics = self
+                .v2
+                .event_record(&p.analytics_id)
+                .await
+                .map_err(v2_err(viz))?;
+            let fingerprint = p.source_fingerprint();
+            let analytics_fingerprint = analytics.as_ref().map(ids::fingerprint);
+            let (info_now, content_now) = tokio::try_join!(
+                self.v3.snapshots(c3::INFO, std::slice::from_ref(&p.viz)),
+                self.v3.snapshots(c3::CONTENT, std::slice::from_ref(&p.viz)),
+            )
+            .map_err(v3_err(viz))?;
+            let info_now = info_now.get(viz).filter(|s| s.doc_type.is_some());
+            let content_now = content_now.get(viz).filter(|s| s.doc_type.is_some());
+            let migrated = last
+                .as_ref()
+                .and_then(|l| l.migrated.clone())
+                .filter(|_| last.as_ref().is_some_and(|l| l.outcome != Outcome::Skipped));
+            let last_view = migrated.as_ref().map(|m| LastMigration {
+                fingerprint: &m.fingerprint,
+                analytics: m.analytics_fingerprint.as_deref(),
+                end_commit: &m.end,
+                v3_content_v: m.v3_content_v,
+            });
+            let end_now = info_now
+                .and_then(|s| s.data.get("end"))
+                .and_then(Value::as_str);
+            let v3_now = match (end_now, content_now) {
+                (Some(end), Some(c)) => Some(V3Now {
+                    end,
+                    content_v: c.version,
+                }),
+                _ => None,
+            };
+            let plan = outcome::plan(
+                last_view.as_ref(),
+                &fingerprint,
+                analytics_fingerprint.as_deref(),
+                v3_now,
+            );
+            let users = self.v2.users(&p.user_ids).await.map_err(v2_err(viz))?;
+            let v3_analytics = match &analytics {
+                Some(_) => self
+                    .v3
+                    .snapshots(c3::ANALYTICS_EVENT, std::slice::from_ref(&p.analytics_id))
+                    .await
+                    .map_err(v3_err(viz))?,
+                None => HashMap::new(),
+            };
+            let v3_analytics = v3_analytics
+                .get(&p.analytics_id)
+                .filter(|s| s.doc_type.is_some())
+                .and_then(|s| s.data.get("intervals"))
+                .and_then(Value::as_object);
+            match plan {
+                Plan::Unchanged => {
+                    let done = Done {
+                        viz: viz.to_string(),
+                        outcome: Outcome::Unchanged,
+                        reason: None,
+                    };
+                    self.record(
+                        &done,
+                        None,
+                        batch,
+                        attempts,
+                        migrated,
+                        last.map(|l| l.skipped_entries).unwrap_or_default(),
+                    )
+                    .await?;
+                    Ok(done)
+                }
+                Plan::Conflict { reason } => {
+                    tracing::warn!(viz, %reason, "conflict: V3 edited since the last migration; left for a human");
+                    let done = Done {
+                        viz: viz.to_string(),
+                        outcome: Outcome::Conflict,
+                        reason: Some(reason),
+                    };
+                    self.record(
+                        &done,
+                        Some("conflict"),
+                        batch,
+                        attempts,
+                        migrated,
+                        Vec::new(),
+                    )
+                    .await?;
+                    Ok(done)
+                }
+                Plan::AnalyticsOnly => {
+                    let mut m = migrated.expect("analytics-only implies a migration");
+                    let rec = analytics
+                        .as_ref()
+                        .map(v2::parse_event_record)
+                        .transpose()
+                        .map_err(|source| TranslateError::Malformed {
+                            viz: viz.to_string(),
+                            source,
+                        })?;
+                    if let Some(rec) = rec {
+                        let intervals = crate::analytics::merge(
+                            v3_analytics,
+                            &rec.intervals,
+                            m.analytics.as_ref(),
+                        );
+                        let doc = serde_json::to_value(v3::AnalyticsEvent {
+                            id: rec.id.clone(),
+                            intervals,
+                        })
+                        .expect("serializes");
+                        self.v3
+                            .sync(
+                                c3::ANALYTICS_EVENT,
+                                &[(rec.id, doc)],
+                                Policy::Update,
+                                now_ms(),
+                            )
+                            .await
+                            .map_err(v3_err(viz))?;
+                        m.analytics = Some(rec.intervals);
+                    }
+                    m.analytics_fingerprint = analytics_fingerprint;
+                    let done = Done {
+                        viz: viz.to_string(),
+                        outcome: Outcome::Migrated,
+                        reason: Some("analytics merged".into()),
+                    };
+                    self.record(&done, None, batch, attempts, Some(m), Vec::new())
+                        .await?;
+                    Ok(done)
+                }
+                Plan::Fresh | Plan::Resync => {
+                    let resync = plan == Plan::Resync;
+                    let parent = if resync {
+                        None
+                    } else {
+                        self.resolve_parent(&p, batch, depth, visiting).await?
+                    };
+                    let previous = match (resync, &migrated, content_now) {
+                        (true, Some(m), Some(c)) => Some(Previous {
+                            content_v: m.content_v as u64,
+                            start_commit: m.start.clone(),
+                            end_commit: m.end.clone(),
+                            end_timestamp: m.end_timestamp,
+                            content: c.data.clone(),
+                            file_ids: m.file_ids.clone(),
+                            analytics: m.analytics.clone(),
+                            forked_from: m.forked_from.clone(),
+                            forked_from_is_backfilled: m.forked_from_is_backfilled,
+                        }),
+                        _ => None,
+                    };
+                    let ctx = Context {
+                        parent: match &parent {
+                            None => Parent::Root,
+                            Some(l) => Parent::Fork {
+                                viz: &l.viz,
+                                commit: &l.commit,
+                                content: &l.content,
+                                backfilled: l.backfilled,
+                            },
+                        },
+                        users: &users,
+                        analytics: analytics.as_ref(),
+                        v3_analytics,
+                        previous: previous.as_ref(),
+                        now: now_secs(),
+                    };
+                    let t = translate::translate(&p, &ctx, &self.cfg)?;
+                    let set = WriteSet {
+                        p: &p,
+                        t: &t,
+                        batch,
+                        attempts,
+                        fingerprint,
+                        analytics_fingerprint,
+                        parent: parent.as_ref().map(|l| l.viz.as_str()),
+                        previous_upvoters: previous.is_some(),
+                    };
+                    self.write(set).await
+                }
+            }
+        })
+    }
+
+    /// Find (or first migrate) the parent and its commit at the fork point (spec 3.1, 3.2).
+    async fn resolve_parent(
+        &self,
+        p: &Prepared,
+        batch: Option<&str>,
+        depth: usize,
+        visiting: &mut HashSet<String>,
+    ) -> Result<Option<ParentLink>, JobError> {
+        let (wanted, backfilled) = match &p.parent {
+            ParentRequest::Root => return Ok(None),
+            ParentRequest::Viz(id) => (id.clone(), p.info.fork_from_backfilled == Some(true)),
+            ParentRequest::Primordial => (PRIMORDIAL_VIZ_ID.to_string(), true),
+        };
+        if let Some(link) = self
+            .parent_link(&p.viz, &wanted, p.created, batch, depth, visiting)
+            .await?
+        {
+            return Ok(Some(ParentLink { backfilled, ..link }));
+        }
+        if wanted == PRIMORDIAL_VIZ_ID {
+            return Err(JobError::Parent {
+                viz: p.viz.clone(),
+                parent: wanted,
+                reason: "the primordial viz is not migratable".into(),
+            });
+        }
+        tracing::info!(viz = %p.viz, parent = %wanted, "parent not migratable; hanging the viz from the primordial viz");
+        let link = self
+            .parent_link(&p.viz, PRIMORDIAL_VIZ_ID, p.created, batch, depth, visiting)
+            .await?;
+        let link = link.ok_or_else(|| JobError::Parent {
+            viz: p.viz.clone(),
+            parent: PRIMORDIAL_VIZ_ID.into(),
+            reason: "the primordial viz is not migratable".into(),
+        })?;
+        Ok(Some(ParentLink {
+            backfilled: true,
+            ..link
+        }))
+    }
+
+    /// `None` when the parent cannot be migrated (missing, tombstone, skipped, failed, a cycle, too deep).
+    async fn parent_link(
+        &self,
+        viz: &str,
+        parent: &str,
+        created: i64,
+        batch: Option<&str>,
+        depth: usize,
+        visiting: &mut HashSet<String>,
+    ) -> Result<Option<ParentLink>, JobError> {
+        let mut commits = self.v3.commits_of(parent).await.map_err(v3_err(viz))?;
+        let info = self
+            .v3
+            .snapshots(c3::INFO, &[parent.to_string()])
+            .await
+            .map_err(v3_err(viz))?;
+        let visible = info.get(parent).is_some_and(|s| s.doc_type.is_some());
+        if !visible || commits.is_empty() {
+            if visiting.contains(parent) || depth >= MAX_PARENT_DEPTH {
+                tracing::warn!(viz, parent, depth, "fork cycle or chain too deep");
+                return Ok(None);
+            }
+            match self.migrate_depth(parent, batch, depth + 1, visiting).await {
+                Ok(done)
+                    if matches!(
+                        done.outcome,
+                        Outcome::Migrated | Outcome::Unchanged | Outcome::Conflict
+                    ) => {}
+                Ok(_) | Err(JobError::NotFound { .. }) => return Ok(None),
+                Err(e) if e.disposition() == Disposition::DeadLetter => {
+                    tracing::warn!(viz, parent, error = %e, "parent failed; it is dead-lettered on its own job");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+            commits = self.v3.commits_of(parent).await.map_err(v3_err(viz))?;
+        }
+        let Some(fork) = translate::fork_point(&commits, created) else {
+            return Ok(None);
+        };
+        let content = self.content_at(viz, fork, &commits).await?;
+        Ok(Some(ParentLink {
+            viz: parent.to_string(),
+            commit: fork.id.clone(),
+            content,
+            backfilled: false,
+        }))
+    }
+
+    /// V3 content at `at` (a commit of `chain`), replaying ancestors across vizzes, cached.
+    async fn content_at(
+        &self,
+        viz: &str,
+        at: &Commit,
+        chain: &[Commit],
+    ) -> Result<Arc<Value>, JobError> {
+        if let Some(c) = self.content_cache.lock().expect("cache lock").get(&at.id) {
+            return Ok(c.clone());
+        }
+        let mut all: HashMap<String, Commit> =
+            chain.iter().map(|c| (c.id.clone(), c.clone())).collect();
+        // Walk up to the root, one query per ancestor viz.
+        let mut root = chain.first().cloned();
+        while let Some(parent_id) = root.as_ref().and_then(|c| c.parent.clone()) {
+            if all.contains_key(&parent_id) {
+                return Err(JobError::Chain {
+                    viz: viz.into(),
+                    commit: parent_id,
+                    reason: "cycle in commit parents".into(),
+                });
+            }
+            let found = self
+                .v3
+                .commits(std::slice::from_ref(&parent_id))
+                .await
+                .map_err(v3_err(viz))?;
+            let Some(pc) = found.into_iter().next() else {
+                return Err(JobError::Chain {
+                    viz: viz.into(),
+                    commit: parent_id,
+                    reason: "parent commit missing from V3".into(),
+                });
+            };
+            let ancestors = self.v3.commits_of(&pc.viz).await.map_err(v3_err(viz))?;
+            root = ancestors.first().cloned();
+            all.extend(ancestors.into_iter().map(|c| (c.id.clone(), c)));
+        }
+        let content = v3::content_at(&all, &at.id).map_err(|e| JobError::Chain {
+            viz: viz.into(),
+            commit: at.id.clone(),
+            reason: e.to_string(),
+        })?;
+        let content = Arc::new(content);
+        let mut cache = self.content_cache.lock().expect("cache lock");
+        if cache.len() >= CONTENT_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(at.id.clone(), content.clone());
+        Ok(content)
+    }
+
+    /// Write a translation in the order that keeps a half-done job invisible, then the ledger.
+    async fn write(&self, w: WriteSet<'_>) -> Result<Done, JobError> {
+        let (p, t) = (w.p, w.t);
+        let viz = p.viz.as_str();
+        let ts = now_ms();
+        let err = v3_err(viz);
+        let mut raced = Vec::new();
+        let mut note = |r: SyncReport| raced.extend(r.lost_races);
+        let users: Vec<(String, Value)> = t
+            .users
+            .iter()
+            .map(|u| (u.id.clone(), to_value(u)))
+            .collect();
+        note(
+            self.v3
+                .sync(c3::USER, &users, Policy::UpdateIfMigrated, ts)
+                .await
+                .map_err(err)?,
+        );
+        self.v3
+            .insert_commits(&t.commits)
+            .await
+            .map_err(v3_err(viz))?;
+        let content = [(viz.to_string(), t.content.clone())];
+        let content_report = self
+            .v3
+            .sync(c3::CONTENT, &content, Policy::Update, ts)
+            .await
+            .map_err(v3_err(viz))?;
+        note(content_report);
+        let upvotes: Vec<(String, Value)> = t
+            .upvotes
+            .iter()
+            .map(|u| (u.id.clone(), to_value(u)))
+            .collect();
+        let perms: Vec<(String, Value)> = t
+            .permissions
+            .iter()
+            .map(|u| (u.id.clone(), to_value(u)))
+            .collect();
+        note(
+            self.sync_set(c3::UPVOTE, "viz", viz, &upvotes, w.previous_upvoters, ts)
+                .await?,
+        );
+        note(
+            self.sync_set(
+                c3::PERMISSION,
+                "resource",
+                viz,
+                &perms,
+                w.previous_upvoters,
+                ts,
+            )
+            .await?,
+        );
+        if let Some(a) = &t.analytics {
+            note(
+                self.v3
+                    .sync(
+                        c3::ANALYTICS_EVENT,
+                        &[(a.id.clone(), to_value(a))],
+                        Policy::Update,
+                        ts,
+                    )
+                    .await
+                    .map_err(v3_err(viz))?,
+            );
+        }
+        // Info last: it makes the viz visible. Counts are recomputed from V3, never incremented.
+        let mut info = t.info.clone();
+        info.forks_count = self.v3.forks_count(viz).await.map_err(v3_err(viz))?;
+        info.upvotes_count = if t.upvotes.is_empty() && !w.previous_upvoters {
+            0
+        } else {
+            self.v3.upvotes_count(viz).await.map_err(v3_err(viz))?
+        };
+        note(
+            self.v3
+                .sync(
+                    c3::INFO,
+                    &[(viz.to_string(), to_value(&info))],
+                    Policy::Update,
+                    ts,
+                )
+                .await
+                .map_err(v3_err(viz))?,
+        );
+        if let Some(parent) = w.parent {
+            note(self.recount_forks(viz, parent, ts).await?);
+        }
+        if !raced.is_empty() {
+            return Err(JobError::Raced {
+                viz: viz.to_string(),
+                docs: raced,
+            });
+        }
+        let v3_content_v = self
+            .v3
+            .snapshots(c3::CONTENT, &[viz.to_string()])
+            .await
+            .map_err(v3_err(viz))?
+            .get(viz)
+            .map_or(0, |s| s.version);
+        let history = match &t.history {
+            history::Mode::Replayed { base_v, ops } => format!(
+                "replayed {ops} ops from v{base_v}, {} new commits",
+                t.commits.len()
+            ),
+            history::Mode::Fallback { reason } => {
+                format!("fallback ({reason}), {} new commits", t.commits.len())
+            }
+        };
+        let migrated = Migrated {
+            fingerprint: w.fingerprint,
+            analytics_fingerprint: w.analytics_fingerprint,
+            info_v: p.info_v as i64,
+            content_v: p.content_v as i64,
+            start: t.info.start.clone(),
+            end: t.info.end.clone(),
+            end_timestamp: t.info.updated,
+            v3_content_v,
+            file_ids: t.file_ids.clone(),
+            analytics: t.analytics_v2.clone(),
+            forked_from: t.info.forked_from.clone(),
+            forked_from_is_backfilled: t.info.forked_from_is_backfilled,
+            history: history.clone(),
+        };
+        let skipped: Vec<String> = t.skipped.iter().map(|s| s.reason.clone()).collect();
+        for s in &skipped {
+            tracing::warn!(viz, "{s}");
+        }
+        let reason = match (&t.history, skipped.len()) {
+            (history::Mode::Fallback { .. }, _) => Some(history),
+            (_, 0) => None,
+            (_, n) => Some(format!(
+                "{n} upvotes/collaborators skipped (user missing from V2)"
+            )),
+        };
+        let done = Done {
+            viz: viz.to_string(),
+            outcome: Outcome::Migrated,
+            reason,
+        };
+        self.record(&done, None, w.batch, w.attempts, Some(migrated), skipped)
+            .await?;
+        Ok(done)
+    }
+
+    /// Make the migrated docs of a per-viz set (upvotes, permissions) match V2: create new ones,
+    /// delete migrated ones that left V2, never touch V3-native ones.
+    async fn sync_set(
+        &self,
+        coll: &str,
+        field: &str,
+        viz: &str,
+        wanted: &[(String, Value)],
+        look_for_stale: bool,
+        ts: i64,
+    ) -> Result<SyncReport, JobError> {
+        let mut report = self
+            .v3
+            .sync(coll, wanted, Policy::UpdateIfMigrated, ts)
+            .await
+            .map_err(v3_err(viz))?;
+        if look_for_stale {
+            let filter =
+                mongodb::bson::doc! {field: viz, "migratedFromV2": true, "_type": v3::OT_TYPE};
+            let existing = self
+                .v3
+                .find_snapshots(coll, filter)
+                .await
+                .map_err(v3_err(viz))?;
+            for (id, s) in existing {
+                if !wanted.iter().any(|(w, _)| w == &id) {
+                    self.v3
+                        .delete(coll, &s, ts, &mut report)
+                        .await
+                        .map_err(v3_err(viz))?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Recompute the parent's `forksCount` from V3 (a json1 op on its Info if it changed).
+    async fn recount_forks(
+        &self,
+        viz: &str,
+        parent: &str,
+        ts: i64,
+    ) -> Result<SyncReport, JobError> {
+        let count = self.v3.forks_count(parent).await.map_err(v3_err(viz))?;
+        let snaps = self
+            .v3
+            .snapshots(c3::INFO, &[parent.to_string()])
+            .await
+            .map_err(v3_err(viz))?;
+        let Some(s) = snaps.get(parent).filter(|s| s.doc_type.is_some()) else {
+            return Ok(SyncReport::default());
+        };
+        if s.data.get("forksCount").and_then(Value::as_i64) == Some(count) {
+            return Ok(SyncReport::default());
+        }
+        let mut data = s.data.clone();
+        data["forksCount"] = Value::from(count);
+        self.v3
+            .sync(c3::INFO, &[(parent.to_string(), data)], Policy::Update, ts)
+            .await
+            .map_err(v3_err(viz))
+    }
+
+    /// Record a job's outcome in the ledger.
+    pub async fn record(
+        &self,
+        done: &Done,
+        kind: Option<&str>,
+        batch: Option<&str>,
+        attempts: i64,
+        migrated: Option<Migrated>,
+        skipped_entries: Vec<String>,
+    ) -> Result<(), JobError> {
+        let rec = VizRecord {
+            viz: done.viz.clone(),
+            outcome: done.outcome,
+            reason: done.reason.clone(),
+            error_kind: kind.map(str::to_string),
+            batch: batch.map(str::to_string),
+            attempts,
+            time: now_secs(),
+            migrated,
+            skipped_entries,
+        };
+        self.ledger
+            .record(&rec)
+            .await
+            .map_err(ledger_err(&done.viz))
+    }
+
+    /// Record a failure (after retries, before dead-lettering). Keeps what an earlier successful
+    /// migration left, so a later re-sync still knows it.
+    pub async fn record_failure(
+        &self,
+        viz: &str,
+        err: &JobError,
+        batch: Option<&str>,
+    ) -> Result<(), JobError> {
+        let last = self.ledger.get(viz).await.map_err(ledger_err(viz))?;
+        let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
+        let done = Done {
+            viz: viz.to_string(),
+            outcome: err.disposition().final_outcome(),
+            reason: Some(err.to_string()),
+        };
+        self.record(
+            &done,
+            Some(err.kind()),
+            batch,
+            attempts,
+            last.and_then(|l| l.migrated),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// What a job would write, writing nothing (for `worker preview`).
+    pub async fn preview(&self, viz: &str) -> Result<Value, JobError> {
+        let raw = self
+            .v2
+            .viz(viz)
+            .await
+            .map_err(v2_err(viz))?
+            .ok_or_else(|| JobError::NotFound {
+                viz: viz.to_string(),
+            })?;
+        let p = translate::prepare(&raw, &self.cfg)?;
+        let users = self.v2.users(&p.user_ids).await.map_err(v2_err(viz))?;
+        let analytics = self
+            .v2
+            .event_record(&p.analytics_id)
+            .await
+            .map_err(v2_err(viz))?;
+        // The parent as V3 has it now; a parent not yet migrated previews as the primordial.
+        let mut link = None;
+        for candidate in [
+            match &p.parent {
+                ParentRequest::Viz(id) => Some(id.as_str()),
+                ParentRequest::Primordial => Some(PRIMORDIAL_VIZ_ID),
+                ParentRequest::Root => None,
+            },
+            Some(PRIMORDIAL_VIZ_ID),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.parent == ParentRequest::Root {
+                break;
+            }
+            let commits = self.v3.commits_of(candidate).await.map_err(v3_err(viz))?;
+            if let Some(fork) = translate::fork_point(&commits, p.created) {
+                let content = self.content_at(viz, fork, &commits).await?;
+                link = Some(ParentLink {
+                    viz: candidate.to_string(),
+                    commit: fork.id.clone(),
+                    content,
+                    backfilled: candidate != p.info.forked_from.as_deref().unwrap_or_default()
+                        || p.info.fork_from_backfilled == Some(true),
+                });
+                break;
+            }
+        }
+        if p.parent != ParentRequest::Root && link.is_none() {
+            return Err(JobError::Parent {
+                viz: viz.into(),
+                parent: PRIMORDIAL_VIZ_ID.into(),
+                reason: "no parent migrated to V3 yet (migrate the primordial viz first)".into(),
+            });
+        }
+        let ctx = Context {
+            parent: match &link {
+                None => Parent::Root,
+                Some(l) => Parent::Fork {
+                    viz: &l.viz,
+                    commit: &l.commit,
+                    content: &l.content,
+                    backfilled: l.backfilled,
+                },
+            },
+            users: &users,
+            analytics: analytics.as_ref(),
+            v3_analytics: None,
+            previous: None,
+            now: now_secs(),
+        };
+        let t = translate::translate(&p, &ctx, &self.cfg)?;
+        Ok(serde_json::json!({
+            "info": t.info, "content": t.content, "commits": t.commits, "users": t.users,
+            "upvotes": t.upvotes, "permissions": t.permissions, "analyticsevent": t.analytics,
+            "history": format!("{:?}", t.history), "skipped": t.skipped,
+        }))
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("V3 payloads serialize")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,162 @@
+//! Reading V2: the only code that talks to the V2 MongoDB. It can only read — no method here
+//! issues a write, an index build or any other command that changes V2 — and every read first
+//! takes a token from a per-process rate limiter (`governor`), so a fleet of N pods reads V2 at
+//! no more than N × the configured budget. Reads prefer a secondary when one exists.
+
+use crate::translate::V2Viz;
+use futures_util::TryStreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use mongodb::bson::{doc, Document};
+use mongodb::options::{CollectionOptions, FindOptions, ReadPreference, SelectionCriteria};
+use mongodb::{Collection, Database};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// V2 collection names (production database `vizhub`).
+pub mod collections {
+    pub const INFO: &str = "documentInfo";
+    pub const CONTENT: &str = "documentContent";
+    pub const CONTENT_OPS: &str = "o_documentContent";
+    pub const USER: &str = "user";
+    pub const EVENT_RECORDS: &str = "eventRecords";
+}
+
+/// Read-only, rate-limited access to V2.
+#[derive(Clone)]
+pub struct Reader {
+    db: Database,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    reads: Arc<AtomicU64>,
+    waits: Arc<AtomicU64>,
+}
+
+impl Reader {
+    /// `reads_per_sec`: this process's V2 read budget (queries per second).
+    pub fn new(db: Database, reads_per_sec: NonZeroU32) -> Self {
+        Reader {
+            db,
+            limiter: Arc::new(RateLimiter::direct(Quota::per_second(reads_per_sec))),
+            reads: Arc::default(),
+            waits: Arc::default(),
+        }
+    }
+
+    /// Queries issued so far, and how many had to wait for the rate limiter.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.reads.load(Ordering::Relaxed),
+            self.waits.load(Ordering::Relaxed),
+        )
+    }
+
+    async fn token(&self) {
+        if self.limiter.check().is_err() {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+            self.limiter.until_ready().await;
+        }
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn coll(&self, name: &str) -> Collection<Document> {
+        let secondary =
+            SelectionCriteria::ReadPreference(ReadPreference::SecondaryPreferred { options: None });
+        self.db.collection_with_options(
+            name,
+            CollectionOptions::builder()
+                .selection_criteria(secondary)
+                .build(),
+        )
+    }
+
+    async fn find_one(
+        &self,
+        coll: &str,
+        filter: Document,
+    ) -> mongodb::error::Result<Option<Value>> {
+        self.token().await;
+        Ok(self
+            .coll(coll)
+            .find_one(filter)
+            .await?
+            .map(super::from_bson))
+    }
+
+    async fn find_all(
+        &self,
+        coll: &str,
+        filter: Document,
+        opts: Option<FindOptions>,
+    ) -> mongodb::error::Result<Vec<Value>> {
+        self.token().await;
+        let cursor = self.coll(coll).find(filter).with_options(opts).await?;
+        let docs: Vec<Document> = cursor.try_collect().await?;
+        Ok(docs.into_iter().map(super::from_bson).collect())
+    }
+
+    /// `documentInfo`, `documentContent` and the content op log of one viz (3 queries, run
+    /// concurrently). `None` when there is no `documentInfo` with that `_id`.
+    pub async fn viz(&self, id: &str) -> mongodb::error::Result<Option<V2Viz>> {
+        let ops_opts = FindOptions::builder().sort(doc! {"v": 1}).build();
+        let (info, content, ops) = tokio::try_join!(
+            self.find_one(collections::INFO, doc! {"_id": id}),
+            self.find_one(collections::CONTENT, doc! {"_id": id}),
+            self.find_all(collections::CONTENT_OPS, doc! {"d": id}, Some(ops_opts)),
+        )?;
+        Ok(info.map(|info| V2Viz { info, content, ops }))
+    }
+
+    /// Raw `user` docs by id, one query. Missing ids are simply absent from the map.
+    pub async fn users(&self, ids: &[String]) -> mongodb::error::Result<HashMap<String, Value>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let docs = self
+            .find_all(collections::USER, doc! {"_id": {"$in": ids}}, None)
+            .await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| Some((super::raw_id_of(&d)?, d)))
+            .collect())
+    }
+
+    /// The raw `eventRecords` doc with this event id, if any.
+    pub async fn event_record(&self, id: &str) -> mongodb::error::Result<Option<Value>> {
+        self.find_one(collections::EVENT_RECORDS, doc! {"id": id})
+            .await
+    }
+
+    /// Projected `documentInfo` docs matching `filter`, sorted by `(createdTimestamp, _id)`.
+    /// One query; the cursor is drained in batches by the driver.
+    pub async fn scan_infos(
+        &self,
+        filter: Document,
+        limit: Option<i64>,
+    ) -> mongodb::error::Result<Vec<Document>> {
+        self.token().await;
+        let opts = FindOptions::builder()
+            .projection(doc! {"_id": 1, "createdTimestamp": 1})
+            .sort(doc! {"createdTimestamp": 1, "_id": 1})
+            .limit(limit)
+            .batch_size(1000)
+            .build();
+        let mut cursor = self
+            .coll(collections::INFO)
+            .find(filter)
+            .with_options(opts)
+            .await?;
+        let mut out = Vec::new();
+        let mut seen = 0usize;
+        while let Some(d) = cursor.try_next().await? {
+            out.push(d);
+            seen += 1;
+            // Each further batch of the cursor is another query against V2: budget it too.
+            if seen % 1000 == 0 {
+                self.token().await;
+            }
+        }
+        Ok(out)
+    }
+}

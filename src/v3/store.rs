@@ -1,0 +1,532 @@
+//! Writing V3: ShareDB snapshots and op logs exactly as `sharedb-mongo` lays them out, so the V3
+//! web app opens and edits what we write as if ShareDB had created it (spec 2.1).
+//!
+//! - A new doc is a `v = 0` `create` op in `o_<collection>` followed by the snapshot
+//!   (`_type: "p"`, `_v: 1`, `_m`, `_o` = that op), the order `sharedb-mongo` uses.
+//! - A changed doc gets a json1 op (the diff between what V3 has and what we want) appended to its
+//!   op log, then the snapshot is replaced *on the condition that `_v` is still what we read*,
+//!   as ShareDB does. If a concurrent ShareDB edit won the race, our update matches nothing and we
+//!   report it (the op we inserted is an orphan that `sharedb-mongo` ignores: it follows `_o`).
+//! - Op `_id`s are derived from (collection, doc id, version), so two workers racing on one doc
+//!   insert the same op once (duplicate-key errors are expected and ignored).
+//! - Reads and writes are batched per collection (`$in` finds, unordered `insert_many`) to keep
+//!   round trips per viz low; [`Store::round_trips`] counts them for the benchmark.
+
+use crate::json1;
+use crate::v3::{collections, Commit, OT_TYPE};
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, doc, oid::ObjectId, Bson, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::InsertManyOptions;
+use mongodb::{Collection, Database};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Fields of a ShareDB snapshot that are envelope, not payload.
+const ENVELOPE: [&str; 5] = ["_id", "_type", "_v", "_m", "_o"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("V3 MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("V3 document {collection}/{id} cannot be stored: {reason}")]
+    Encode {
+        collection: String,
+        id: String,
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Network errors, timeouts, elections, write conflicts: worth retrying.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Mongo(e) => is_transient_mongo(e),
+            StoreError::Encode { .. } => false,
+        }
+    }
+}
+
+/// Whether a MongoDB error is worth retrying (network, pool, election, write conflict).
+pub fn is_transient_mongo(e: &mongodb::error::Error) -> bool {
+    const RETRYABLE_CODES: [i32; 12] = [
+        6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13436,
+    ];
+    if e.contains_label("RetryableWriteError") || e.contains_label("TransientTransactionError") {
+        return true;
+    }
+    match e.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::ServerSelection { .. } => true,
+        ErrorKind::Command(c) => RETRYABLE_CODES.contains(&c.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => RETRYABLE_CODES.contains(&w.code),
+        _ => false,
+    }
+}
+
+/// What may happen to a doc that already exists in V3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Bring it to the wanted payload with an op.
+    Update,
+    /// Update only docs we created (`migratedFromV2: true`); leave V3-native ones alone.
+    UpdateIfMigrated,
+    /// Create if absent, never modify.
+    CreateOnly,
+}
+
+/// A ShareDB snapshot as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub id: String,
+    pub version: i64,
+    /// `None` for a deleted doc (`_type: null`).
+    pub doc_type: Option<String>,
+    pub data: Value,
+    pub last_op: Option<ObjectId>,
+}
+
+/// What a sync did, per doc.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub deleted: usize,
+    /// Left alone by policy (V3-native docs).
+    pub kept: usize,
+    /// A concurrent ShareDB edit moved the doc on between our read and our write.
+    pub lost_races: Vec<String>,
+}
+
+impl SyncReport {
+    pub fn wrote(&self) -> bool {
+        self.created + self.updated + self.deleted > 0
+    }
+}
+
+/// V3 database handle.
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    round_trips: Arc<AtomicU64>,
+}
+
+/// A deterministic ObjectId for op `v` of `collection/id`.
+pub fn op_id(collection: &str, id: &str, v: i64) -> ObjectId {
+    let mut h = Sha256::new();
+    for part in [collection, id, &v.to_string()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 12];
+    bytes.copy_from_slice(&digest[..12]);
+    ObjectId::from_bytes(bytes)
+}
+
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(im) => {
+            im.write_concern_error.is_none()
+                && im
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|errs| errs.iter().all(|w| w.code == DUPLICATE_KEY))
+        }
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+pub fn to_bson(collection: &str, id: &str, v: &Value) -> Result<Bson, StoreError> {
+    bson::to_bson(v).map_err(|e| StoreError::Encode {
+        collection: collection.to_string(),
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn to_document(collection: &str, id: &str, v: &Value) -> Result<Document, StoreError> {
+    match to_bson(collection, id, v)? {
+        Bson::Document(d) => Ok(d),
+        other => Err(StoreError::Encode {
+            collection: collection.to_string(),
+            id: id.to_string(),
+            reason: format!("payload is not an object: {other}"),
+        }),
+    }
+}
+
+/// The JSON view of a BSON value the way the V3 app sees it (ints as numbers, no `$numberLong`).
+pub fn to_json(b: Bson) -> Value {
+    b.into_relaxed_extjson()
+}
+
+impl Store {
+    pub fn new(db: Database) -> Self {
+        Store {
+            db,
+            round_trips: Arc::default(),
+        }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Database commands issued so far.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn coll(&self, name: &str) -> Collection<Document> {
+        self.db.collection(name)
+    }
+
+    /// Snapshots by id (one query).
+    pub async fn snapshots(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Snapshot>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.find_snapshots(collection, doc! {"_id": {"$in": ids}})
+            .await
+    }
+
+    /// Snapshots matching a filter on payload fields (one query).
+    pub async fn find_snapshots(
+        &self,
+        collection: &str,
+        filter: Document,
+    ) -> Result<HashMap<String, Snapshot>, StoreError> {
+        self.trip();
+        let docs: Vec<Document> = self
+            .coll(collection)
+            .find(filter)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(snapshot_of)
+            .map(|s| (s.id.clone(), s))
+            .collect())
+    }
+
+    /// Make the docs of `collection` match `wanted` (id → payload), per `policy`.
+    /// `ts_ms` stamps new ops and `_m`.
+    pub async fn sync(
+        &self,
+        collection: &str,
+        wanted: &[(String, Value)],
+        policy: Policy,
+        ts_ms: i64,
+    ) -> Result<SyncReport, StoreError> {
+        let mut report = SyncReport::default();
+        if wanted.is_empty() {
+            return Ok(report);
+        }
+        let ids: Vec<String> = wanted.iter().map(|(id, _)| id.clone()).collect();
+        let existing = self.snapshots(collection, &ids).await?;
+        let mut creates = Vec::new();
+        for (id, data) in wanted {
+            match existing.get(id) {
+                None => creates.push((id.as_str(), data)),
+                Some(s) if s.doc_type.is_none() => {
+                    // Deleted in V3 (e.g. an upvote withdrawn, then given again in V2): re-create
+                    // it at the next version, as ShareDB would.
+                    self.submit_create(collection, s, data, ts_ms, &mut report)
+                        .await?;
+                }
+                Some(s) => {
+                    let allowed = match policy {
+                        Policy::Update => true,
+                        Policy::UpdateIfMigrated => {
+                            s.data.get("migratedFromV2") == Some(&Value::Bool(true))
+                        }
+                        Policy::CreateOnly => false,
+                    };
+                    match json1::diff(&s.data, data) {
+                        None => report.unchanged += 1,
+                        Some(_) if !allowed => report.kept += 1,
+                        Some(op) => {
+                            self.submit(collection, s, op, data, ts_ms, &mut report)
+                                .await?
+                        }
+                    }
+                }
+            }
+        }
+        self.create_many(collection, &creates, ts_ms).await?;
+        report.created += creates.len();
+        Ok(report)
+    }
+
+    /// Create several docs: their `create` ops, then their snapshots (two unordered inserts).
+    async fn create_many(
+        &self,
+        collection: &str,
+        docs: &[(&str, &Value)],
+        ts_ms: i64,
+    ) -> Result<(), StoreError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(docs.len());
+        let mut snaps = Vec::with_capacity(docs.len());
+        for (id, data) in docs {
+            let oid = op_id(collection, id, 0);
+            ops.push(doc! {
+                "_id": oid, "src": "vizhub-migrate", "seq": 1_i64, "v": 0_i64,
+                "create": {"type": OT_TYPE, "data": to_bson(collection, id, data)?},
+                "m": {"ts": ts_ms}, "c": collection, "d": *id, "o": Bson::Null,
+            });
+            let mut snap = doc! {"_id": *id, "_type": OT_TYPE, "_v": 1_i64, "_m": {"ctime": ts_ms, "mtime": ts_ms}, "_o": oid};
+            snap.extend(to_document(collection, id, data)?);
+            snaps.push(snap);
+        }
+        self.insert_ignoring_duplicates(&format!("o_{collection}"), ops)
+            .await?;
+        self.insert_ignoring_duplicates(collection, snaps).await
+    }
+
+    async fn insert_ignoring_duplicates(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+    ) -> Result<(), StoreError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        self.trip();
+        let opts = InsertManyOptions::builder().ordered(false).build();
+        match self
+            .coll(collection)
+            .insert_many(docs)
+            .with_options(opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Written by an earlier attempt or a racing worker: same deterministic content.
+            Err(e) if is_duplicate(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn submit(
+        &self,
+        collection: &str,
+        s: &Snapshot,
+        op: Value,
+        data: &Value,
+        ts_ms: i64,
+        report: &mut SyncReport,
+    ) -> Result<(), StoreError> {
+        let op = to_bson(collection, &s.id, &op)?;
+        self.append(collection, s, doc! {"op": op}, Some(data), ts_ms, report)
+            .await
+    }
+
+    async fn submit_create(
+        &self,
+        collection: &str,
+        s: &Snapshot,
+        data: &Value,
+        ts_ms: i64,
+        report: &mut SyncReport,
+    ) -> Result<(), StoreError> {
+        let create = doc! {"create": {"type": OT_TYPE, "data": to_bson(collection, &s.id, data)?}};
+        self.append(collection, s, create, Some(data), ts_ms, report)
+            .await
+    }
+
+    /// ShareDB delete: a `del` op, then a tombstone snapshot (`_type: null`, no payload).
+    pub async fn delete(
+        &self,
+        collection: &str,
+        s: &Snapshot,
+        ts_ms: i64,
+        report: &mut SyncReport,
+    ) -> Result<(), StoreError> {
+        self.append(collection, s, doc! {"del": true}, None, ts_ms, report)
+            .await
+    }
+
+    /// Append one op at `s.version`, then move the snapshot on, conditional on `_v`.
+    async fn append(
+        &self,
+        collection: &str,
+        s: &Snapshot,
+        body: Document,
+        data: Option<&Value>,
+        ts_ms: i64,
+        report: &mut SyncReport,
+    ) -> Result<(), StoreError> {
+        let oid = op_id(collection, &s.id, s.version);
+        let mut op =
+            doc! {"_id": oid, "src": "vizhub-migrate", "seq": s.version + 1, "v": s.version};
+        op.extend(body);
+        op.extend(doc! {"m": {"ts": ts_ms}, "c": collection, "d": &s.id, "o": s.last_op.map_or(Bson::Null, Bson::ObjectId)});
+        self.insert_ignoring_duplicates(&format!("o_{collection}"), vec![op])
+            .await?;
+        let mut snap = doc! {
+            "_id": &s.id,
+            "_type": if data.is_some() { Bson::String(OT_TYPE.into()) } else { Bson::Null },
+            "_v": s.version + 1,
+            "_m": {"ctime": s.ctime(), "mtime": ts_ms},
+            "_o": oid,
+        };
+        if let Some(data) = data {
+            snap.extend(to_document(collection, &s.id, data)?);
+        }
+        self.trip();
+        let res = self
+            .coll(collection)
+            .replace_one(doc! {"_id": &s.id, "_v": s.version}, snap)
+            .await?;
+        if res.matched_count == 0 {
+            report.lost_races.push(s.id.clone());
+        } else if data.is_none() {
+            report.deleted += 1;
+        } else {
+            report.updated += 1;
+        }
+        Ok(())
+    }
+
+    /// Insert commits (plain docs, `_id = id`); commits already there are left as they are —
+    /// commits are immutable and ids deterministic.
+    pub async fn insert_commits(&self, commits: &[Commit]) -> Result<(), StoreError> {
+        let docs = commits
+            .iter()
+            .map(|c| {
+                let v = serde_json::to_value(c).expect("commits serialize");
+                let mut d = to_document(collections::COMMIT, &c.id, &v)?;
+                d.insert("_id", &c.id);
+                Ok(d)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.insert_ignoring_duplicates(collections::COMMIT, docs)
+            .await
+    }
+
+    /// Every commit of a viz, in chain order (start first). One query.
+    pub async fn commits_of(&self, viz: &str) -> Result<Vec<Commit>, StoreError> {
+        self.trip();
+        let docs: Vec<Document> = self
+            .coll(collections::COMMIT)
+            .find(doc! {"viz": viz})
+            .await?
+            .try_collect()
+            .await?;
+        let commits: Vec<Commit> = docs.into_iter().filter_map(commit_of).collect();
+        Ok(chain_order(commits))
+    }
+
+    /// Commits by id (one query).
+    pub async fn commits(&self, ids: &[String]) -> Result<Vec<Commit>, StoreError> {
+        self.trip();
+        let docs: Vec<Document> = self
+            .coll(collections::COMMIT)
+            .find(doc! {"_id": {"$in": ids}})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.into_iter().filter_map(commit_of).collect())
+    }
+
+    /// Number of live `info` docs whose `forkedFrom` is `viz`.
+    pub async fn forks_count(&self, viz: &str) -> Result<i64, StoreError> {
+        self.trip();
+        Ok(self
+            .coll(collections::INFO)
+            .count_documents(doc! {"forkedFrom": viz, "_type": OT_TYPE})
+            .await? as i64)
+    }
+
+    /// Number of live `upvote` docs for `viz`.
+    pub async fn upvotes_count(&self, viz: &str) -> Result<i64, StoreError> {
+        self.trip();
+        Ok(self
+            .coll(collections::UPVOTE)
+            .count_documents(doc! {"viz": viz, "_type": OT_TYPE})
+            .await? as i64)
+    }
+}
+
+impl Snapshot {
+    fn ctime(&self) -> Bson {
+        // Kept from the original snapshot; `_m` is not part of `data`.
+        Bson::Null
+    }
+}
+
+/// Payload of a stored snapshot.
+fn snapshot_of(mut d: Document) -> Option<Snapshot> {
+    let id = d.get_str("_id").ok()?.to_string();
+    let version = match d.get("_v") {
+        Some(Bson::Int32(v)) => *v as i64,
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Double(v)) => *v as i64,
+        _ => 0,
+    };
+    let doc_type = d.get_str("_type").ok().map(str::to_string);
+    let last_op = d.get_object_id("_o").ok();
+    for k in ENVELOPE {
+        d.remove(k);
+    }
+    Some(Snapshot {
+        id,
+        version,
+        doc_type,
+        data: to_json(Bson::Document(d)),
+        last_op,
+    })
+}
+
+fn commit_of(mut d: Document) -> Option<Commit> {
+    d.remove("_id");
+    serde_json::from_value(to_json(Bson::Document(d))).ok()
+}
+
+/// Order commits parent → child (each viz's commits form one chain).
+pub fn chain_order(commits: Vec<Commit>) -> Vec<Commit> {
+    let ids: std::collections::HashSet<&str> = commits.iter().map(|c| c.id.as_str()).collect();
+    let mut by_parent: HashMap<Option<String>, Commit> = HashMap::new();
+    let mut root = None;
+    for c in &commits {
+        match &c.parent {
+            Some(p) if ids.contains(p.as_str()) => {
+                by_parent.insert(Some(p.clone()), c.clone());
+            }
+            _ => root = Some(c.clone()),
+        }
+    }
+    let mut out = Vec::with_capacity(commits.len());
+    let mut next = root;
+    while let Some(c) = next {
+        next = by_parent.remove(&Some(c.id.clone()));
+        out.push(c);
+        if out.len() > commits.len() {
+            break;
+        }
+    }
+    out
+}
