@@ -1,1 +1,137 @@
-fn main() {}
+//! `dlq`: inspect, export and requeue dead-lettered migration jobs.
+
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+use vizhub_migrate::broker::{self, Topology};
+use vizhub_migrate::cli::{BrokerArgs, LogArgs};
+use vizhub_migrate::dlq::{self, Filter};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Inspect and requeue dead-lettered VizHub migration jobs"
+)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One line (or JSON entry) per dead letter; non-destructive.
+    List {
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters grouped by failure fingerprint.
+    Stats {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back to the work queue (publish with confirm, then ack).
+    Requeue(RequeueArgs),
+    /// Write every dead letter to a JSON file; non-destructive.
+    Export {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+#[derive(Args)]
+#[group(id = "which", required = true, multiple = false)]
+struct RequeueArgs {
+    /// Every dead letter.
+    #[arg(long, group = "which")]
+    all: bool,
+    /// Only dead letters with this fingerprint (see `dlq stats`).
+    #[arg(long, group = "which")]
+    fingerprint: Option<String>,
+    /// Only dead letters of this viz.
+    #[arg(long, group = "which")]
+    viz: Option<String>,
+    /// Show how many would move; move nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.log.init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("dlq: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = broker::connect(&cli.broker.amqp_uri).await?;
+    let t = Topology::new(&cli.broker.queue_prefix);
+    broker::declare(&conn.create_channel().await?, &t).await?;
+    match cli.command {
+        Command::List { json } => {
+            let letters = dlq::list(&conn, &t).await?;
+            if json {
+                println!("{}", serde_json::to_string(&letters)?);
+            } else {
+                for l in &letters {
+                    println!(
+                        "{}  {:<18} attempts {:<2} {}  {}",
+                        l.viz, l.error_kind, l.attempts, l.fingerprint, l.reason
+                    );
+                }
+                println!("{} dead letters", letters.len());
+            }
+        }
+        Command::Stats { json } => {
+            let groups = dlq::stats(&dlq::list(&conn, &t).await?);
+            if json {
+                println!("{}", serde_json::to_string(&groups)?);
+            } else {
+                for g in &groups {
+                    println!(
+                        "{:>6}  {:<28} {:<18} {}",
+                        g.count, g.fingerprint, g.error_kind, g.example
+                    );
+                }
+            }
+        }
+        Command::Requeue(a) => {
+            let filter = match (a.all, a.fingerprint, a.viz) {
+                (_, Some(f), _) => Filter::Fingerprint(f),
+                (_, _, Some(v)) => Filter::Viz(v),
+                _ => Filter::All,
+            };
+            let n = dlq::requeue(&conn, &t, &filter, a.dry_run).await?;
+            println!(
+                "{} {n} dead letters to {}",
+                if a.dry_run {
+                    "would requeue"
+                } else {
+                    "requeued"
+                },
+                t.work()
+            );
+        }
+        Command::Export { out } => {
+            let letters = dlq::list(&conn, &t).await?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&letters)?)?;
+            println!(
+                "exported {} dead letters to {}",
+                letters.len(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,175 @@
-fn main() {}
+//! `planner`: plans jobs (one per viz) onto the work queue, and reports status.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use std::num::NonZeroU32;
+use std::process::ExitCode;
+use vizhub_migrate::broker::{self, Publisher, Topology};
+use vizhub_migrate::cli::{self, BrokerArgs, LogArgs, MongoArgs};
+use vizhub_migrate::config::{mongo_database, redact};
+use vizhub_migrate::ledger::Ledger;
+use vizhub_migrate::planner::{self, Selection};
+use vizhub_migrate::status;
+use vizhub_migrate::v2::reader::Reader;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Plan VizHub V2 → V3 migration jobs and watch their progress"
+)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish one job per selected V2 viz, in (createdTimestamp, _id) order.
+    Plan(PlanArgs),
+    /// Queue depths, batches and outcomes.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+#[group(id = "selection", required = true, multiple = false, args = ["from", "next_batch", "since_last", "all"])]
+struct PlanArgs {
+    #[command(flatten)]
+    mongo: MongoArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Window start (inclusive): vizzes created, updated or upvoted in [FROM, TO). Unix seconds or RFC 3339.
+    #[arg(long, requires = "to", value_parser = cli::parse_time)]
+    from: Option<i64>,
+    /// Window end (exclusive).
+    #[arg(long, requires = "from", value_parser = cli::parse_time)]
+    to: Option<i64>,
+    /// The next N vizzes by creation after the previous --next-batch run.
+    #[arg(long, value_name = "N")]
+    next_batch: Option<u64>,
+    /// Cron mode: from the last high-water mark (minus --overlap) to now (minus --settle).
+    #[arg(long)]
+    since_last: bool,
+    /// Every viz (full catch-up or reconcile).
+    #[arg(long)]
+    all: bool,
+    /// Count only: publish nothing, record nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+    /// --since-last: seconds re-planned before the high-water mark.
+    #[arg(long, env = "PLAN_OVERLAP_SECS", default_value_t = 3600)]
+    overlap: i64,
+    /// --since-last: edits younger than this many seconds wait for the next run.
+    #[arg(long, env = "PLAN_SETTLE_SECS", default_value_t = 300)]
+    settle: i64,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// V3 MongoDB URI (holds the ledger).
+    #[arg(long, env = "V3_MONGO_URI", hide_env_values = true)]
+    v3_uri: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.log.init();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("planner: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plan(a) => {
+            let selection = match (a.from, a.to, a.next_batch, a.since_last) {
+                (Some(from), Some(to), _, _) => Selection::Window { from, to },
+                (_, _, Some(n), _) => Selection::NextBatch(n),
+                (_, _, _, true) => Selection::SinceLast {
+                    overlap_secs: a.overlap,
+                    settle_secs: a.settle,
+                },
+                _ => Selection::All,
+            };
+            let reads = NonZeroU32::new(a.mongo.v2_reads_per_sec)
+                .context("--v2-reads-per-sec must be > 0")?;
+            let reader = Reader::new(
+                mongo_database(&a.mongo.v2_uri, "vizhub-migrate-planner").await?,
+                reads,
+            );
+            let ledger =
+                Ledger::new(mongo_database(&a.mongo.v3_uri, "vizhub-migrate-planner").await?);
+            let topology = Topology::new(&a.broker.queue_prefix);
+            let conn = if a.dry_run {
+                None
+            } else {
+                Some(broker::connect(&a.broker.amqp_uri).await?)
+            };
+            let publisher = match &conn {
+                Some(c) => {
+                    broker::declare(&c.create_channel().await?, &topology).await?;
+                    Some(Publisher::new(c).await?)
+                }
+                None => None,
+            };
+            tracing::info!(amqp = %redact(&a.broker.amqp_uri), ?selection, "planning");
+            let report = planner::plan(
+                &reader,
+                &ledger,
+                publisher.as_ref(),
+                &topology,
+                &selection,
+                a.dry_run,
+            )
+            .await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else if report.already_published {
+                println!(
+                    "batch {}: already published earlier ({} vizzes); nothing published",
+                    report.batch, report.planned
+                );
+            } else if report.dry_run {
+                println!(
+                    "batch {}: {} vizzes would be planned (dry run)",
+                    report.batch, report.planned
+                );
+            } else {
+                println!(
+                    "batch {}: planned {} vizzes, published {} jobs to {}",
+                    report.batch,
+                    report.planned,
+                    report.published,
+                    topology.work()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(a) => {
+            let ledger = Ledger::new(mongo_database(&a.v3_uri, "vizhub-migrate-planner").await?);
+            let conn = broker::connect(&a.broker.amqp_uri).await?;
+            let s = status::collect(&ledger, &conn, &Topology::new(&a.broker.queue_prefix)).await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                print!("{}", s.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,1 +1,150 @@
-fn main() {}
+//! `worker`: consumes migration jobs until stopped (or idle), or previews one viz.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use std::num::NonZeroU32;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use vizhub_migrate::broker::Topology;
+use vizhub_migrate::cli::{self, BrokerArgs, LogArgs, MongoArgs};
+use vizhub_migrate::config::mongo_database;
+use vizhub_migrate::ledger::Ledger;
+use vizhub_migrate::migrate::Migrator;
+use vizhub_migrate::translate::Config;
+use vizhub_migrate::v2::reader::Reader;
+use vizhub_migrate::v3::store::Store;
+use vizhub_migrate::worker::{self, Options, Stats};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Migrate VizHub V2 vizzes to V3, one job per viz from the work queue"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the V3 documents a job would write for one viz; writes nothing.
+    Preview(PreviewArgs),
+}
+
+#[derive(Args)]
+struct TranslateArgs {
+    /// Idle gap that separates two commits of the rebuilt history, in minutes.
+    #[arg(long, env = "SESSION_GAP_MINS", default_value_t = 15)]
+    session_gap_mins: i64,
+    /// Content size limit without bundle.js, in bytes (larger vizzes are dead-lettered).
+    #[arg(long, env = "MAX_CONTENT_BYTES", default_value_t = 5 * 1024 * 1024)]
+    max_content_bytes: usize,
+}
+
+impl TranslateArgs {
+    fn config(&self) -> Config {
+        Config {
+            session_gap_secs: self.session_gap_mins * 60,
+            max_content_bytes: self.max_content_bytes,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    mongo: Option<MongoArgs>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(flatten)]
+    translate: TranslateArgs,
+    /// Jobs run at once (also the per-consumer prefetch).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Exit 0 once the work and retry queues were empty with nothing in flight for SECS.
+    #[arg(long, value_name = "SECS")]
+    until_idle: Option<u64>,
+    /// On SIGTERM/SIGINT, seconds to let in-flight jobs finish before they are returned to the queue.
+    #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 25)]
+    drain_deadline: u64,
+}
+
+#[derive(Args)]
+struct PreviewArgs {
+    #[command(flatten)]
+    mongo: MongoArgs,
+    #[command(flatten)]
+    translate: TranslateArgs,
+    /// The viz id.
+    viz: String,
+}
+
+async fn migrator(mongo: &MongoArgs, cfg: Config) -> anyhow::Result<Migrator> {
+    let reads =
+        NonZeroU32::new(mongo.v2_reads_per_sec).context("--v2-reads-per-sec must be > 0")?;
+    let v2 = Reader::new(
+        mongo_database(&mongo.v2_uri, "vizhub-migrate-worker").await?,
+        reads,
+    );
+    let v3 = mongo_database(&mongo.v3_uri, "vizhub-migrate-worker").await?;
+    Ok(Migrator::new(
+        v2,
+        Store::new(v3.clone()),
+        Ledger::new(v3),
+        cfg,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.log.init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("worker: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Preview(a)) => {
+            let m = migrator(&a.mongo, a.translate.config()).await?;
+            let docs = m.preview(&a.viz).await?;
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+            Ok(())
+        }
+        None => {
+            let r = cli.run;
+            let mongo = r
+                .mongo
+                .context("--v2-uri and --v3-uri (or V2_MONGO_URI / V3_MONGO_URI) are required")?;
+            let m = migrator(&mongo, r.translate.config()).await?;
+            let opts = Options {
+                concurrency: r.concurrency.max(1),
+                until_idle: r.until_idle.map(Duration::from_secs),
+                drain_deadline: Duration::from_secs(r.drain_deadline),
+            };
+            let stats = Arc::new(Stats::default());
+            worker::run(
+                m,
+                &r.broker.amqp_uri,
+                &Topology::new(&r.broker.queue_prefix),
+                &opts,
+                stats,
+                cli::shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}

@@ -7,7 +7,10 @@
 //! job ends. See `shared/spec/MIGRATION.md` for the contract.
 
 pub mod analytics;
+pub mod broker;
+pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod fixtures;
 pub mod history;
 pub mod ids;
@@ -16,9 +19,12 @@ pub mod json1;
 pub mod ledger;
 pub mod migrate;
 pub mod outcome;
+pub mod planner;
+pub mod status;
 pub mod translate;
 pub mod v2;
 pub mod v3;
+pub mod worker;
 
 pub use outcome::{Disposition, Outcome};
 

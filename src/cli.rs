@@ -1,0 +1,125 @@
+//! Command-line plumbing shared by the three binaries: the connection arguments (flags with
+//! environment fallbacks, spec 4.4), logging set-up (JSON in Kubernetes or when asked, readable on
+//! a terminal), time parsing (RFC 3339 or Unix seconds) and shutdown signals.
+
+use crate::config::Endpoints;
+use clap::{Args, ValueEnum};
+use std::io::IsTerminal;
+
+#[derive(Debug, Clone, Args)]
+pub struct MongoArgs {
+    /// V2 MongoDB URI; must name its database (read only).
+    #[arg(long, env = "V2_MONGO_URI", hide_env_values = true)]
+    pub v2_uri: String,
+    /// V3 MongoDB URI; must name its database (also holds the ledger).
+    #[arg(long, env = "V3_MONGO_URI", hide_env_values = true)]
+    pub v3_uri: String,
+    /// Per-process budget of V2 queries per second.
+    #[arg(long, env = "V2_READS_PER_SEC", default_value_t = 200)]
+    pub v2_reads_per_sec: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// RabbitMQ URI.
+    #[arg(
+        long,
+        env = "AMQP_URI",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_uri: String,
+    /// Prefix of every queue name (several environments can share one broker).
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "vizhub-migrate")]
+    pub queue_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// JSON when running in Kubernetes or when stderr is not a terminal, text otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl LogArgs {
+    /// Install the global subscriber. Logs go to stderr: stdout is for `--json` output.
+    pub fn init(&self) {
+        let json = match self.log_format {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => {
+                std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+                    || !std::io::stderr().is_terminal()
+            }
+        };
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let _ = if json {
+            builder.json().try_init()
+        } else {
+            builder.try_init()
+        };
+    }
+}
+
+pub fn endpoints(m: &MongoArgs, b: &BrokerArgs) -> Endpoints {
+    Endpoints {
+        v2_uri: m.v2_uri.clone(),
+        v3_uri: m.v3_uri.clone(),
+        amqp_uri: b.amqp_uri.clone(),
+        queue_prefix: b.queue_prefix.clone(),
+    }
+}
+
+/// Parse a time given as Unix seconds or RFC 3339 (`2019-01-01T00:00:00Z`).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(n) = s.trim().parse::<i64>() {
+        return Ok(n);
+    }
+    mongodb::bson::DateTime::parse_rfc3339_str(s.trim())
+        .map(|d| d.timestamp_millis().div_euclid(1000))
+        .map_err(|_| format!("{s:?} is neither Unix seconds nor an RFC 3339 time"))
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1534246611"), Ok(1534246611));
+        assert_eq!(parse_time("2018-08-14T11:36:51Z"), Ok(1534246611));
+        assert!(parse_time("yesterday").is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! The dead-letter queue, for operators: list and group what failed, export it, and move it back
+//! to the work queue once the cause is fixed. Listing and exporting are non-destructive (messages
+//! are browsed and returned untouched); requeueing publishes with confirm first and acks second.
+
+use crate::broker::{self, BrokerError, Browsed, HeaderValue, Topology};
+use crate::worker::headers;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One dead letter, as operators see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub viz: String,
+    pub error_kind: String,
+    pub reason: String,
+    pub fingerprint: String,
+    pub attempts: i64,
+    pub first_failure: Option<i64>,
+    pub last_failure: Option<i64>,
+    /// Raw job body.
+    pub job: serde_json::Value,
+}
+
+fn text(h: &BTreeMap<String, HeaderValue>, k: &str) -> String {
+    match h.get(k) {
+        Some(HeaderValue::Str(s)) => s.clone(),
+        Some(HeaderValue::Int(n)) => n.to_string(),
+        None => String::new(),
+    }
+}
+
+fn int(h: &BTreeMap<String, HeaderValue>, k: &str) -> Option<i64> {
+    match h.get(k) {
+        Some(HeaderValue::Int(n)) => Some(*n),
+        Some(HeaderValue::Str(s)) => s.parse().ok(),
+        None => None,
+    }
+}
+
+impl DeadLetter {
+    pub fn from_browsed(b: &Browsed) -> Self {
+        let job: serde_json::Value = serde_json::from_slice(&b.body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&b.body).into_owned())
+        });
+        let viz = match text(&b.headers, headers::VIZ) {
+            v if !v.is_empty() => v,
+            _ => job
+                .get("viz")
+                .and_then(|v| v.as_str())
+                .unwrap_or("<unknown>")
+                .to_string(),
+        };
+        let kind = text(&b.headers, headers::ERROR_KIND);
+        DeadLetter {
+            viz,
+            // A dead letter without our headers came from the broker's delivery limit (a crash loop).
+            error_kind: if kind.is_empty() {
+                "delivery_limit".into()
+            } else {
+                kind
+            },
+            reason: match text(&b.headers, headers::ERROR_MESSAGE) {
+                r if r.is_empty() => {
+                    "delivered too many times without an outcome (worker crash loop?)".into()
+                }
+                r => r,
+            },
+            fingerprint: match text(&b.headers, headers::FINGERPRINT) {
+                f if f.is_empty() => "delivery_limit".into(),
+                f => f,
+            },
+            attempts: int(&b.headers, headers::ATTEMPTS)
+                .or_else(|| int(&b.headers, "x-delivery-count"))
+                .unwrap_or(0),
+            first_failure: int(&b.headers, headers::FIRST_FAILURE),
+            last_failure: int(&b.headers, headers::LAST_FAILURE),
+            job,
+        }
+    }
+}
+
+/// Every dead letter (non-destructive).
+pub async fn list(conn: &lapin::Connection, t: &Topology) -> Result<Vec<DeadLetter>, BrokerError> {
+    let browsed = broker::browse(conn, &t.dead(), usize::MAX).await?;
+    Ok(browsed.iter().map(DeadLetter::from_browsed).collect())
+}
+
+/// Count per fingerprint, with an example reason, most frequent first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Group {
+    pub fingerprint: String,
+    pub error_kind: String,
+    pub count: usize,
+    pub example: String,
+    pub vizzes: Vec<String>,
+}
+
+pub fn stats(letters: &[DeadLetter]) -> Vec<Group> {
+    let mut groups: BTreeMap<&str, Group> = BTreeMap::new();
+    for l in letters {
+        let g = groups.entry(&l.fingerprint).or_insert_with(|| Group {
+            fingerprint: l.fingerprint.clone(),
+            error_kind: l.error_kind.clone(),
+            count: 0,
+            example: l.reason.clone(),
+            vizzes: Vec::new(),
+        });
+        g.count += 1;
+        g.vizzes.push(l.viz.clone());
+    }
+    let mut out: Vec<Group> = groups.into_values().collect();
+    out.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.fingerprint.cmp(&b.fingerprint))
+    });
+    out
+}
+
+/// Which dead letters to requeue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    Fingerprint(String),
+    Viz(String),
+}
+
+impl Filter {
+    pub fn matches(&self, l: &DeadLetter) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Fingerprint(f) => &l.fingerprint == f,
+            Filter::Viz(v) => &l.viz == v,
+        }
+    }
+}
+
+/// Move matching dead letters back to the work queue (attempt counters reset). Returns how many
+/// moved (or, with `dry_run`, would move).
+pub async fn requeue(
+    conn: &lapin::Connection,
+    t: &Topology,
+    filter: &Filter,
+    dry_run: bool,
+) -> Result<usize, BrokerError> {
+    broker::requeue(conn, &t.dead(), &t.work(), dry_run, |b| {
+        filter.matches(&DeadLetter::from_browsed(b))
+    })
+    .await
+}

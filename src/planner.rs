@@ -1,0 +1,266 @@
+//! The planner: turns a selection of V2 vizzes into one job per viz on the work queue (spec 4.1).
+//!
+//! It reads `documentInfo` only (projected to `_id` and `createdTimestamp`, through the
+//! rate-limited [`Reader`]), never writes to V2, and publishes jobs in `(createdTimestamp, _id)`
+//! order with pipelined publisher confirms. Each run is a `migrationbatch` whose id is derived
+//! from its parameters: a run whose batch is already `published` publishes nothing, so a cron
+//! job started twice is harmless. Cursors (`--since-last` high-water mark, `--next-batch`
+//! position) advance only after every job of the run is confirmed by the broker.
+//!
+//! Decisions: `--all` batches are keyed by the minute they start (a re-run a minute later is a
+//! deliberate reconcile and publishes again); `--since-last` windows end at `now - settle`
+//! rounded down to the minute, so two cron starts within that minute share a batch id.
+
+use crate::broker::{Message, Publisher, Topology};
+use crate::ids;
+use crate::ledger::{Batch, Ledger};
+use crate::v2::reader::Reader;
+use mongodb::bson::{doc, Bson, Document};
+use serde::{Deserialize, Serialize};
+
+/// `migrationstate` keys.
+const SINCE_LAST: &str = "since-last";
+const NEXT_BATCH: &str = "next-batch";
+
+/// What to plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Created, last updated or upvoted in `[from, to)` (Unix seconds).
+    Window { from: i64, to: i64 },
+    /// The next `n` vizzes by `(createdTimestamp, _id)` after the last `--next-batch`.
+    NextBatch(u64),
+    /// From the high-water mark minus `overlap` to now minus `settle`.
+    SinceLast { overlap_secs: i64, settle_secs: i64 },
+    /// Everything.
+    All,
+}
+
+/// One job on the work queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub viz: String,
+    pub batch: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanReport {
+    pub batch: String,
+    pub mode: String,
+    pub window: Option<(i64, i64)>,
+    pub planned: u64,
+    pub published: u64,
+    /// The batch had been published before: nothing was published this time.
+    pub already_published: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("reading V2 documentInfo: {0}")]
+    V2(mongodb::error::Error),
+    #[error("ledger (V3): {0}")]
+    Ledger(mongodb::error::Error),
+    #[error("publishing jobs: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("invalid window: from {from} is not before to {to}")]
+    EmptyWindow { from: i64, to: i64 },
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The `documentInfo` filter of a window (half-open).
+pub fn window_filter(from: i64, to: i64) -> Document {
+    let range = doc! {"$gte": from, "$lt": to};
+    doc! {"$or": [
+        {"createdTimestamp": range.clone()},
+        {"lastUpdatedTimestamp": range.clone()},
+        {"upvotes": {"$elemMatch": {"timestamp": range}}},
+    ]}
+}
+
+struct Resolved {
+    mode: &'static str,
+    params: serde_json::Value,
+    filter: Document,
+    limit: Option<i64>,
+    window: Option<(i64, i64)>,
+}
+
+async fn resolve(selection: &Selection, ledger: &Ledger) -> Result<Resolved, PlanError> {
+    Ok(match selection {
+        Selection::Window { from, to } => {
+            if from >= to {
+                return Err(PlanError::EmptyWindow {
+                    from: *from,
+                    to: *to,
+                });
+            }
+            Resolved {
+                mode: "window",
+                params: serde_json::json!({"from": from, "to": to}),
+                filter: window_filter(*from, *to),
+                limit: None,
+                window: Some((*from, *to)),
+            }
+        }
+        Selection::NextBatch(n) => {
+            let cursor = ledger.state(NEXT_BATCH).await.map_err(PlanError::Ledger)?;
+            let filter = match cursor.as_ref().and_then(|c| {
+                Some((
+                    c.get("created")?.as_i64()?,
+                    c.get("id")?.as_str()?.to_string(),
+                ))
+            }) {
+                None => doc! {"createdTimestamp": {"$exists": true}},
+                Some((created, id)) => doc! {"$or": [
+                    {"createdTimestamp": {"$gt": created}},
+                    {"createdTimestamp": created, "_id": {"$gt": id}},
+                ]},
+            };
+            Resolved {
+                mode: "next-batch",
+                params: serde_json::json!({"n": n, "after": cursor}),
+                filter,
+                limit: Some(*n as i64),
+                window: None,
+            }
+        }
+        Selection::SinceLast {
+            overlap_secs,
+            settle_secs,
+        } => {
+            let hwm = ledger
+                .state(SINCE_LAST)
+                .await
+                .map_err(PlanError::Ledger)?
+                .and_then(|v| v.as_i64());
+            let to = (now_secs() - settle_secs).div_euclid(60) * 60;
+            let from = hwm.map_or(0, |h| (h - overlap_secs).max(0));
+            Resolved {
+                mode: "since-last",
+                params: serde_json::json!({"from": from, "to": to}),
+                filter: window_filter(from, to.max(from + 1)),
+                limit: None,
+                window: Some((from, to)),
+            }
+        }
+        Selection::All => {
+            let minute = now_secs().div_euclid(60) * 60;
+            Resolved {
+                mode: "all",
+                params: serde_json::json!({"minute": minute}),
+                filter: doc! {},
+                limit: None,
+                window: None,
+            }
+        }
+    })
+}
+
+/// Plan a selection: publish its jobs (unless `dry_run`), record the batch, advance cursors.
+pub async fn plan(
+    reader: &Reader,
+    ledger: &Ledger,
+    publisher: Option<&Publisher>,
+    topology: &Topology,
+    selection: &Selection,
+    dry_run: bool,
+) -> Result<PlanReport, PlanError> {
+    let r = resolve(selection, ledger).await?;
+    let batch_id = format!(
+        "{}-{}",
+        r.mode,
+        &ids::fingerprint(&serde_json::json!([r.mode, r.params]))[..16]
+    );
+    let infos = reader
+        .scan_infos(r.filter, r.limit)
+        .await
+        .map_err(PlanError::V2)?;
+    let mut report = PlanReport {
+        batch: batch_id.clone(),
+        mode: r.mode.to_string(),
+        window: r.window,
+        planned: infos.len() as u64,
+        published: 0,
+        already_published: false,
+        dry_run,
+    };
+    if dry_run {
+        return Ok(report);
+    }
+    let existing = ledger.batch(&batch_id).await.map_err(PlanError::Ledger)?;
+    if existing.as_ref().is_some_and(|b| b.status == "published") {
+        tracing::info!(batch = %batch_id, "batch already published; nothing to do");
+        report.already_published = true;
+        return Ok(report);
+    }
+    let mut batch = Batch {
+        id: batch_id.clone(),
+        mode: r.mode.to_string(),
+        params: r.params.clone(),
+        planned: infos.len() as i64,
+        published: 0,
+        status: "publishing".into(),
+        created: now_secs(),
+        published_at: None,
+    };
+    ledger.put_batch(&batch).await.map_err(PlanError::Ledger)?;
+    let messages = infos.iter().filter_map(|d| {
+        let viz = match d.get("_id")? {
+            Bson::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let job = Job {
+            viz: viz.clone(),
+            batch: Some(batch_id.clone()),
+        };
+        Some(Message {
+            body: serde_json::to_vec(&job).expect("jobs serialize"),
+            message_id: Some(format!("{batch_id}/{viz}")),
+            ..Default::default()
+        })
+    });
+    let publisher = publisher.expect("a publisher unless dry-run");
+    let published = publisher.publish_all(&topology.work(), messages).await?;
+    batch.published = published as i64;
+    batch.status = "published".into();
+    batch.published_at = Some(now_secs());
+    ledger.put_batch(&batch).await.map_err(PlanError::Ledger)?;
+    // Cursors move only now that every job is confirmed.
+    match selection {
+        Selection::SinceLast { .. } => {
+            let to = r.window.map_or(0, |w| w.1);
+            ledger
+                .set_state(SINCE_LAST, &serde_json::json!(to))
+                .await
+                .map_err(PlanError::Ledger)?;
+        }
+        Selection::NextBatch(_) => {
+            if let Some(last) = infos.last() {
+                let created = match last.get("createdTimestamp") {
+                    Some(Bson::Int32(v)) => *v as i64,
+                    Some(Bson::Int64(v)) => *v,
+                    Some(Bson::Double(v)) => *v as i64,
+                    _ => 0,
+                };
+                let id = last.get_str("_id").unwrap_or_default();
+                ledger
+                    .set_state(
+                        NEXT_BATCH,
+                        &serde_json::json!({"created": created, "id": id}),
+                    )
+                    .await
+                    .map_err(PlanError::Ledger)?;
+            }
+        }
+        Selection::Window { .. } | Selection::All => {}
+    }
+    report.published = published as u64;
+    tracing::info!(batch = %batch_id, planned = report.planned, published, "batch published");
+    Ok(report)
+}

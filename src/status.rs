@@ -1,0 +1,163 @@
+//! `planner status`: how far the migration is — queue depths, and per batch how many vizzes were
+//! planned and how many ended in each outcome (from the ledger), the recent rate and an ETA.
+
+use crate::broker::{self, BrokerError, Topology};
+use crate::ledger::Ledger;
+use crate::Outcome;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub ready: u32,
+    pub consumers: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BatchStatus {
+    pub batch: String,
+    pub mode: String,
+    pub status: String,
+    pub planned: i64,
+    pub outcomes: BTreeMap<String, i64>,
+    /// Planned vizzes without an outcome in this batch yet.
+    pub pending: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub queues: Vec<QueueDepth>,
+    pub batches: Vec<BatchStatus>,
+    pub outcomes: BTreeMap<String, i64>,
+    /// Jobs ended per minute over the last 5 minutes.
+    pub rate_per_min: f64,
+    /// Seconds until the work and retry queues drain at that rate.
+    pub eta_secs: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("ledger: {0}")]
+    Ledger(#[from] mongodb::error::Error),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+pub async fn collect(
+    ledger: &Ledger,
+    conn: &lapin::Connection,
+    t: &Topology,
+) -> Result<Status, StatusError> {
+    let mut queues = Vec::new();
+    for q in t.all_queues() {
+        // A failed passive declare closes its channel, so each queue gets its own; a queue not
+        // declared yet (nothing planned) counts as empty.
+        let channel = conn.create_channel().await.map_err(BrokerError::from)?;
+        let (ready, consumers) = broker::queue_depth(&channel, &q).await.unwrap_or_default();
+        queues.push(QueueDepth { queue: q, ready, consumers });
+    }
+    let records = ledger.all().await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut outcomes = BTreeMap::new();
+    let mut per_batch: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut recent = 0;
+    for r in &records {
+        *outcomes.entry(r.outcome.as_str().to_string()).or_insert(0) += 1;
+        if let Some(b) = &r.batch {
+            *per_batch
+                .entry(b.clone())
+                .or_default()
+                .entry(r.outcome.as_str().to_string())
+                .or_insert(0) += 1;
+        }
+        if now - r.time <= 300 {
+            recent += 1;
+        }
+    }
+    let batches = ledger
+        .batches()
+        .await?
+        .into_iter()
+        .map(|b| {
+            let outcomes = per_batch.remove(&b.id).unwrap_or_default();
+            let ended: i64 = outcomes.values().sum();
+            BatchStatus {
+                pending: (b.planned - ended).max(0),
+                batch: b.id,
+                mode: b.mode,
+                status: b.status,
+                planned: b.planned,
+                outcomes,
+            }
+        })
+        .collect();
+    let rate_per_min = recent as f64 / 5.0;
+    let backlog: u32 = queues
+        .iter()
+        .filter(|q| q.queue != t.dead())
+        .map(|q| q.ready)
+        .sum();
+    let eta_secs =
+        (rate_per_min > 0.0).then(|| (backlog as f64 / rate_per_min * 60.0).round() as i64);
+    Ok(Status {
+        queues,
+        batches,
+        outcomes,
+        rate_per_min,
+        eta_secs,
+    })
+}
+
+impl Status {
+    /// Human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = String::from("queues:\n");
+        for q in &self.queues {
+            s += &format!(
+                "  {:<40} {:>8} ready  {:>3} consumers\n",
+                q.queue, q.ready, q.consumers
+            );
+        }
+        s += "batches:\n";
+        for b in &self.batches {
+            let o: Vec<String> = b.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            s += &format!(
+                "  {:<32} {:<10} {:<10} planned {:>6}  pending {:>6}  {}\n",
+                b.batch,
+                b.mode,
+                b.status,
+                b.planned,
+                b.pending,
+                o.join(", ")
+            );
+        }
+        let all: Vec<String> = [
+            Outcome::Migrated,
+            Outcome::Unchanged,
+            Outcome::Skipped,
+            Outcome::Failed,
+            Outcome::Conflict,
+        ]
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {}",
+                o.as_str(),
+                self.outcomes.get(o.as_str()).unwrap_or(&0)
+            )
+        })
+        .collect();
+        s += &format!("outcomes: {}\n", all.join(", "));
+        s += &format!(
+            "rate: {:.1} jobs/min over the last 5 min; ETA {}\n",
+            self.rate_per_min,
+            self.eta_secs
+                .map_or("unknown".to_string(), |e| format!("{}m{}s", e / 60, e % 60))
+        );
+        s
+    }
+}

@@ -1,0 +1,349 @@
+//! The worker loop: consumes jobs, runs [`Migrator::migrate`] for each (at most `concurrency`
+//! at once, which is also the per-consumer prefetch), and decides what happens to the delivery:
+//!
+//! - done (any recorded outcome) → ack;
+//! - transient failure → publish to the next delayed-retry queue (confirmed), then ack;
+//! - permanent failure, retries exhausted, or a panic → ledger `failed`, publish to the DLQ with
+//!   the reason headers (confirmed), then ack.
+//!
+//! Publishing always comes before the ack, so a crash in between duplicates a message (harmless:
+//! jobs are idempotent) but never loses one. An ack that lapin refuses because the channel died
+//! since the delivery is logged and counted; the broker redelivers that job.
+//!
+//! The loop reconnects after a broker restart, stops consuming on shutdown and gives in-flight
+//! jobs until the drain deadline (unfinished ones go back to the queue when the connection
+//! closes), and with `until_idle` exits once the work and retry queues stayed empty with nothing
+//! in flight for that long.
+
+use crate::broker::{self, BrokerError, HeaderValue, Publisher, Topology};
+use crate::ids;
+use crate::migrate::{JobError, Migrator};
+use crate::planner::Job;
+use crate::Disposition;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Header names on retried and dead-lettered jobs.
+pub mod headers {
+    pub const ATTEMPTS: &str = "x-vizhub-attempts";
+    pub const ERROR_KIND: &str = "x-vizhub-error-kind";
+    pub const ERROR_MESSAGE: &str = "x-vizhub-error-message";
+    pub const FINGERPRINT: &str = "x-vizhub-fingerprint";
+    pub const FIRST_FAILURE: &str = "x-vizhub-first-failure";
+    pub const LAST_FAILURE: &str = "x-vizhub-last-failure";
+    pub const VIZ: &str = "x-vizhub-viz";
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub concurrency: u16,
+    pub until_idle: Option<Duration>,
+    pub drain_deadline: Duration,
+}
+
+/// Counters of a worker run (also the base of its metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub done: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub acks_lost: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Groups failures that have the same cause: the error kind plus its message with ids and
+/// numbers blanked out.
+pub fn fingerprint(kind: &str, message: &str, viz: &str) -> String {
+    let generic: String = message
+        .replace(viz, "<viz>")
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect();
+    format!(
+        "{kind}-{}",
+        &ids::fingerprint(&serde_json::json!([kind, generic]))[..8]
+    )
+}
+
+/// Run until `shutdown` resolves (or, with `until_idle`, until idle). Returns when drained.
+pub async fn run(
+    migrator: Migrator,
+    amqp_uri: &str,
+    topology: &Topology,
+    opts: &Options,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let session = consume(&migrator, amqp_uri, topology, opts, &stats, &mut shutdown).await;
+        match session {
+            Ok(Exit::Done) => return Ok(()),
+            Ok(Exit::Reconnect) => backoff = Duration::from_millis(250),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker unavailable; reconnecting");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+enum Exit {
+    Done,
+    Reconnect,
+}
+
+async fn consume(
+    migrator: &Migrator,
+    amqp_uri: &str,
+    topology: &Topology,
+    opts: &Options,
+    stats: &Arc<Stats>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Exit, BrokerError> {
+    let conn = broker::connect(amqp_uri).await?;
+    let channel = conn.create_channel().await?;
+    broker::declare(&channel, topology).await?;
+    // Per-consumer prefetch (global: false) = concurrency: the broker never hands this worker
+    // more jobs than it runs at once, so a busy pod leaves work for the others.
+    channel
+        .basic_qos(opts.concurrency, BasicQosOptions { global: false })
+        .await?;
+    let publisher = Arc::new(Publisher::new(&conn).await?);
+    let tag = format!("worker-{}-{}", std::process::id(), now_secs());
+    let mut consumer = channel
+        .basic_consume(
+            topology.work().as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %topology.work(), concurrency = opts.concurrency, "consuming");
+    let mut tasks = JoinSet::new();
+    let mut idle_since: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let retry_queues: Vec<String> = (0..topology.retry_delays_ms.len())
+        .map(|i| topology.retry(i))
+        .collect();
+    let exit = loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => {
+                tracing::info!(in_flight = tasks.len(), "shutting down: no new jobs; draining");
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                break Exit::Done;
+            }
+            delivery = consumer.next() => match delivery {
+                Some(Ok(d)) => {
+                    idle_since = None;
+                    let (m, p, t, s) = (migrator.clone(), publisher.clone(), topology.clone(), stats.clone());
+                    s.in_flight.fetch_add(1, Ordering::Relaxed);
+                    tasks.spawn(async move {
+                        handle(&m, &p, &t, &s, d).await;
+                        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer failed; reconnecting");
+                    break Exit::Reconnect;
+                }
+                None => {
+                    tracing::warn!("consumer stream ended; reconnecting");
+                    break Exit::Reconnect;
+                }
+            },
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = joined {
+                    tracing::error!(error = %e, "job task failed outside the job");
+                }
+            }
+            _ = tick.tick(), if opts.until_idle.is_some() => {
+                if !tasks.is_empty() {
+                    idle_since = None;
+                    continue;
+                }
+                let mut empty = true;
+                for q in std::iter::once(topology.work()).chain(retry_queues.iter().cloned()) {
+                    if broker::queue_depth(&channel, &q).await?.0 > 0 {
+                        empty = false;
+                        break;
+                    }
+                }
+                if !empty {
+                    idle_since = None;
+                } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= opts.until_idle.unwrap_or_default() {
+                    tracing::info!("queues empty and nothing in flight; exiting (--until-idle)");
+                    break Exit::Done;
+                }
+            }
+        }
+    };
+    // Drain: let in-flight jobs finish, up to the deadline. Whatever is still running then is
+    // abandoned; its unacked delivery returns to the queue when the connection closes.
+    let deadline = tokio::time::sleep(opts.drain_deadline);
+    tokio::pin!(deadline);
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = &mut deadline => {
+                tracing::warn!(abandoned = tasks.len(), "drain deadline reached; unfinished jobs return to the queue");
+                tasks.abort_all();
+                break;
+            }
+            _ = tasks.join_next() => {}
+        }
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(exit)
+}
+
+/// One delivery, end to end. Never panics out: a panicking job is caught and dead-lettered.
+async fn handle(
+    migrator: &Migrator,
+    publisher: &Publisher,
+    topology: &Topology,
+    stats: &Stats,
+    d: Delivery,
+) {
+    let hdrs = broker::headers_of(&d.properties);
+    let attempts = match hdrs.get(headers::ATTEMPTS) {
+        Some(HeaderValue::Int(n)) => *n,
+        _ => 0,
+    } + 1;
+    let job: Result<Job, JobError> = serde_json::from_slice(&d.data).map_err(|e| {
+        JobError::BadMessage(format!(
+            "{e}: {}",
+            String::from_utf8_lossy(&d.data[..d.data.len().min(200)])
+        ))
+    });
+    let viz = job
+        .as_ref()
+        .map(|j| j.viz.clone())
+        .unwrap_or_else(|_| "<unknown>".into());
+    let batch = job.as_ref().ok().and_then(|j| j.batch.clone());
+    let result = match job {
+        Err(e) => Err(e),
+        Ok(job) => {
+            // Run the job in its own task so a panic is contained and reported as a value.
+            let m = migrator.clone();
+            match tokio::spawn(async move { m.migrate(&job.viz, job.batch.as_deref()).await }).await
+            {
+                Ok(r) => r,
+                Err(join) => Err(JobError::Panic {
+                    viz: viz.clone(),
+                    message: panic_message(join),
+                }),
+            }
+        }
+    };
+    let acked = match result {
+        Ok(done) => {
+            tracing::info!(viz = %done.viz, outcome = done.outcome.as_str(), reason = done.reason.as_deref().unwrap_or(""), "job done");
+            stats.done.fetch_add(1, Ordering::Relaxed);
+            d.ack(Default::default()).await.map_err(BrokerError::from)
+        }
+        Err(e) => {
+            let disposition = e.disposition();
+            let max_retries = topology.retry_delays_ms.len() as i64;
+            let mut extra = BTreeMap::new();
+            extra.insert(headers::ATTEMPTS.to_string(), HeaderValue::Int(attempts));
+            extra.insert(headers::VIZ.to_string(), HeaderValue::Str(viz.clone()));
+            extra.insert(
+                headers::ERROR_KIND.to_string(),
+                HeaderValue::Str(e.kind().to_string()),
+            );
+            extra.insert(
+                headers::ERROR_MESSAGE.to_string(),
+                HeaderValue::Str(e.to_string()),
+            );
+            extra.insert(
+                headers::LAST_FAILURE.to_string(),
+                HeaderValue::Int(now_secs()),
+            );
+            if !hdrs.contains_key(headers::FIRST_FAILURE) {
+                extra.insert(
+                    headers::FIRST_FAILURE.to_string(),
+                    HeaderValue::Int(now_secs()),
+                );
+            }
+            match disposition {
+                Disposition::Retry if attempts <= max_retries => {
+                    tracing::warn!(viz, attempts, error = %e, "transient failure; retrying later");
+                    stats.retried.fetch_add(1, Ordering::Relaxed);
+                    broker::move_delivery(
+                        publisher,
+                        &d,
+                        &topology.retry(attempts as usize - 1),
+                        extra,
+                    )
+                    .await
+                }
+                Disposition::Skip => {
+                    if let Err(le) = migrator.record_failure(&viz, &e, batch.as_deref()).await {
+                        tracing::error!(viz, error = %le, "cannot record the skip; the job will come back");
+                        return;
+                    }
+                    tracing::info!(viz, reason = %e, "job skipped");
+                    stats.done.fetch_add(1, Ordering::Relaxed);
+                    d.ack(Default::default()).await.map_err(BrokerError::from)
+                }
+                Disposition::Retry | Disposition::DeadLetter => {
+                    tracing::error!(viz, attempts, kind = e.kind(), error = %e, "job failed; dead-lettering");
+                    if let Err(le) = migrator.record_failure(&viz, &e, batch.as_deref()).await {
+                        tracing::error!(viz, error = %le, "cannot record the failure in the ledger");
+                    }
+                    extra.insert(
+                        headers::FINGERPRINT.to_string(),
+                        HeaderValue::Str(fingerprint(e.kind(), &e.to_string(), &viz)),
+                    );
+                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    broker::move_delivery(publisher, &d, &topology.dead(), extra).await
+                }
+            }
+        }
+    };
+    match acked {
+        Ok(true) => {}
+        Ok(false) => {
+            stats.acks_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                viz,
+                "ack not accepted (channel reset since delivery); the job will be redelivered"
+            );
+        }
+        Err(e) => {
+            stats.acks_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(viz, error = %e, "ack failed; the job will be redelivered");
+        }
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into()),
+        Err(e) => e.to_string(),
+    }
+}

@@ -1,0 +1,322 @@
+//! `TestEnv`: a V2 database, a V3 database and a queue prefix of their own for one test, on the
+//! real services whose URLs come from the environment (`MONGO_URI` for a MongoDB-protocol server
+//! such as SecantusDB, `AMQP_URI` for RabbitMQ; `scripts/test` starts both and sets them).
+//! Tests read like scenarios: load V2, plan, run workers, look at V3.
+#![allow(dead_code)]
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, doc, Document};
+use mongodb::{Client, Database};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use vizhub_migrate::broker::{self, Topology};
+use vizhub_migrate::ledger::{Ledger, VizRecord};
+use vizhub_migrate::migrate::Migrator;
+use vizhub_migrate::planner::{self, PlanReport, Selection};
+use vizhub_migrate::translate::Config;
+use vizhub_migrate::v2::reader::Reader;
+use vizhub_migrate::v3::store::Store;
+use vizhub_migrate::worker::{self, Options, Stats};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct TestEnv {
+    pub name: String,
+    pub mongo_base: String,
+    pub amqp_uri: String,
+    pub client: Client,
+    pub v2: Database,
+    pub v3: Database,
+    pub topology: Topology,
+}
+
+fn required(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set. Integration tests need a MongoDB-protocol server and RabbitMQ: run `scripts/test` \
+             (it starts SecantusDB and checks RabbitMQ), or `eval \"$(scripts/services start)\"` first. \
+             (No Docker engine here for testcontainers.)"
+        )
+    })
+}
+
+/// `mongodb://host:port/?opts` → `mongodb://host:port/<db>?opts`.
+pub fn with_db(base: &str, db: &str) -> String {
+    let (head, query) = base.split_once('?').map_or((base, ""), |(h, q)| (h, q));
+    let head = head.trim_end_matches('/');
+    if query.is_empty() {
+        format!("{head}/{db}")
+    } else {
+        format!("{head}/{db}?{query}")
+    }
+}
+
+impl TestEnv {
+    pub async fn new(test: &str) -> TestEnv {
+        let mongo_base = required("MONGO_URI");
+        let amqp_uri = required("AMQP_URI");
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "t{}_{}_{}",
+            std::process::id(),
+            n,
+            test.chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(20)
+                .collect::<String>()
+        );
+        let client = Client::with_uri_str(&mongo_base)
+            .await
+            .expect("MONGO_URI connects");
+        let v2 = client.database(&format!("{name}_v2"));
+        let v3 = client.database(&format!("{name}_v3"));
+        let mut topology = Topology::new(&format!("test.{name}"));
+        // Fast retries in tests; the production defaults are seconds to minutes.
+        topology.retry_delays_ms = vec![100, 200];
+        TestEnv {
+            name,
+            mongo_base,
+            amqp_uri,
+            client,
+            v2,
+            v3,
+            topology,
+        }
+    }
+
+    pub fn v2_uri(&self) -> String {
+        with_db(&self.mongo_base, self.v2.name())
+    }
+
+    pub fn v3_uri(&self) -> String {
+        with_db(&self.mongo_base, self.v3.name())
+    }
+
+    pub fn migrator(&self) -> Migrator {
+        let reader = Reader::new(self.v2.clone(), NonZeroU32::new(10_000).unwrap());
+        Migrator::new(
+            reader,
+            Store::new(self.v3.clone()),
+            Ledger::new(self.v3.clone()),
+            Config::default(),
+        )
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        Ledger::new(self.v3.clone())
+    }
+
+    /// Insert raw JSON docs into a V2 collection (as V2 has them).
+    pub async fn insert_v2(&self, coll: &str, docs: Vec<Value>) {
+        if docs.is_empty() {
+            return;
+        }
+        let docs: Vec<Document> = docs
+            .into_iter()
+            .map(|d| bson::to_document(&d).expect("fixture to bson"))
+            .collect();
+        self.v2
+            .collection::<Document>(coll)
+            .insert_many(docs)
+            .await
+            .expect("insert V2");
+    }
+
+    /// Replace (or insert) one V2 doc by `_id`.
+    pub async fn put_v2(&self, coll: &str, d: Value) {
+        let id = d["_id"].as_str().expect("_id").to_string();
+        let d = bson::to_document(&d).unwrap();
+        self.v2
+            .collection::<Document>(coll)
+            .replace_one(doc! {"_id": id}, d)
+            .upsert(true)
+            .await
+            .unwrap();
+    }
+
+    pub async fn delete_v2(&self, coll: &str, id: &str) {
+        self.v2
+            .collection::<Document>(coll)
+            .delete_one(doc! {"_id": id})
+            .await
+            .unwrap();
+    }
+
+    /// Load every real fixture into V2, with users synthesized for every referenced id except
+    /// `leave_out`. Returns the viz ids.
+    pub async fn load_fixtures(&self, leave_out: &[&str]) -> Vec<String> {
+        let world = crate::common::World::with_fixtures(leave_out);
+        let mut ids: Vec<String> = world.v2.keys().cloned().collect();
+        ids.sort();
+        for id in &ids {
+            self.load_viz(&world.v2[id]).await;
+        }
+        self.insert_v2("user", world.users.values().cloned().collect())
+            .await;
+        ids
+    }
+
+    pub async fn load_viz(&self, v: &vizhub_migrate::translate::V2Viz) {
+        self.insert_v2("documentInfo", vec![v.info.clone()]).await;
+        if let Some(c) = &v.content {
+            self.insert_v2("documentContent", vec![c.clone()]).await;
+        }
+        let ops: Vec<Value> = v
+            .ops
+            .iter()
+            .map(|o| {
+                let mut o = o.clone();
+                // Give each op the viz id it belongs to (`d`), as V2 stores them.
+                o["d"] = v.info["_id"].clone();
+                o
+            })
+            .collect();
+        self.insert_v2("o_documentContent", ops).await;
+    }
+
+    pub async fn plan(&self, selection: Selection) -> PlanReport {
+        let conn = broker::connect(&self.amqp_uri).await.expect("broker");
+        broker::declare(&conn.create_channel().await.unwrap(), &self.topology)
+            .await
+            .unwrap();
+        let publisher = broker::Publisher::new(&conn).await.unwrap();
+        let reader = Reader::new(self.v2.clone(), NonZeroU32::new(10_000).unwrap());
+        let report = planner::plan(
+            &reader,
+            &self.ledger(),
+            Some(&publisher),
+            &self.topology,
+            &selection,
+            false,
+        )
+        .await
+        .expect("plan");
+        let _ = conn.close(200, "done".into()).await;
+        report
+    }
+
+    /// Run `n` in-process workers until the queues stay idle for 1 s.
+    pub async fn run_workers(&self, n: usize) -> Arc<Stats> {
+        let stats = Arc::new(Stats::default());
+        let opts = Options {
+            concurrency: 4,
+            until_idle: Some(Duration::from_secs(1)),
+            drain_deadline: Duration::from_secs(10),
+        };
+        let runs = (0..n).map(|_| {
+            let m = self.migrator();
+            let (uri, t, o, s) = (
+                self.amqp_uri.clone(),
+                self.topology.clone(),
+                opts.clone(),
+                stats.clone(),
+            );
+            tokio::spawn(
+                async move { worker::run(m, &uri, &t, &o, s, std::future::pending()).await },
+            )
+        });
+        let results = tokio::time::timeout(
+            Duration::from_secs(300),
+            futures_util::future::join_all(runs),
+        )
+        .await
+        .expect("workers finish within 5 minutes");
+        for r in results {
+            r.expect("worker task").expect("worker run");
+        }
+        stats
+    }
+
+    pub async fn records(&self) -> Vec<VizRecord> {
+        self.ledger().all().await.expect("ledger")
+    }
+
+    pub async fn record(&self, viz: &str) -> VizRecord {
+        self.ledger()
+            .get(viz)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no ledger record for {viz}"))
+    }
+
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let conn = broker::connect(&self.amqp_uri).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let d = broker::queue_depth(&ch, queue).await.unwrap().0;
+        let _ = conn.close(200, "".into()).await;
+        d
+    }
+
+    /// Hash of every collection of a database (docs in `_id` order, canonical BSON bytes).
+    pub async fn hash(&self, db: &Database) -> String {
+        let mut h = Sha256::new();
+        let mut names = db.list_collection_names().await.unwrap();
+        names.sort();
+        for name in names {
+            h.update(name.as_bytes());
+            let docs: Vec<Document> = db
+                .collection::<Document>(&name)
+                .find(doc! {})
+                .sort(doc! {"_id": 1})
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            for d in docs {
+                h.update(bson::to_vec(&d).unwrap());
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Every doc of a V3 collection as JSON.
+    pub async fn v3_docs(&self, coll: &str) -> Vec<Value> {
+        let docs: Vec<Document> = self
+            .v3
+            .collection::<Document>(coll)
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        docs.into_iter()
+            .map(|d| bson::Bson::Document(d).into_relaxed_extjson())
+            .collect()
+    }
+
+    pub async fn v3_doc(&self, coll: &str, id: &str) -> Option<Value> {
+        let d = self
+            .v3
+            .collection::<Document>(coll)
+            .find_one(doc! {"_id": id})
+            .await
+            .unwrap();
+        d.map(|d| bson::Bson::Document(d).into_relaxed_extjson())
+    }
+
+    /// Drop the databases and queues of this test.
+    pub async fn cleanup(self) {
+        let _ = self.v2.drop().await;
+        let _ = self.v3.drop().await;
+        if let Ok(conn) = broker::connect(&self.amqp_uri).await {
+            if let Ok(ch) = conn.create_channel().await {
+                for q in self.topology.all_queues() {
+                    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+                }
+            }
+            let _ = conn.close(200, "".into()).await;
+        }
+    }
+}
+
+/// A V2 user doc as V2 stored it.
+pub fn user_doc(id: &str) -> Value {
+    json!({"_id": id, "id": id, "userName": format!("user{id}"), "fullName": null, "email": null,
+           "_type": "http://sharejs.org/types/JSONv0", "_v": 1})
+}
