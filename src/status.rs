@@ -56,7 +56,11 @@ pub async fn collect(
         // declared yet (nothing planned) counts as empty.
         let channel = conn.create_channel().await.map_err(BrokerError::from)?;
         let (ready, consumers) = broker::queue_depth(&channel, &q).await.unwrap_or_default();
-        queues.push(QueueDepth { queue: q, ready, consumers });
+        queues.push(QueueDepth {
+            queue: q,
+            ready,
+            consumers,
+        });
     }
     let records = ledger.all().await?;
     let now = std::time::SystemTime::now()

@@ -429,3 +429,259 @@ impl TestEnv {
         out
     }
 }
+
+fn node(script: &str, args: &[&str]) -> (bool, Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        dir.join("node_modules/sharedb-mongo").is_dir(),
+        "npm packages missing: run `npm ci --prefix tests/js` (scripts/test does)"
+    );
+    let out = std::process::Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .output()
+        .expect("Node.js is required (node not on PATH)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = serde_json::from_str(text.trim().lines().last().unwrap_or("null"))
+        .unwrap_or_else(|_| panic!("{script}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), v)
+}
+
+/// The real V3 stack (ShareDB + sharedb-mongo, json1 as "p") opens, replays and edits every
+/// migrated viz.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharedb_opens_replays_and_edits_every_migrated_viz() {
+    let env = TestEnv::new("sharedb").await;
+    let ids = env.load_fixtures(&[]).await;
+    env.plan(Selection::All).await;
+    env.run_workers(1).await;
+    let (ok, report) = node(
+        "sharedb-check.js",
+        &[&env.v3_uri(), env.v3.name(), &ids.join(",")],
+    );
+    assert!(ok, "{report:#}");
+    assert_eq!(report["checked"], ids.len());
+    // And the checker does catch a broken viz: corrupt one commit.
+    let first = env.record(LOADING_CSV).await.migrated.unwrap().start;
+    env.v3
+        .collection::<mongodb::bson::Document>("commit")
+        .update_one(
+            mongodb::bson::doc! {"_id": &first},
+            mongodb::bson::doc! {"$set": {"ops": ["title", {"r": true, "i": "broken"}]}},
+        )
+        .await
+        .unwrap();
+    let (ok, report) = node(
+        "sharedb-check.js",
+        &[&env.v3_uri(), env.v3.name(), LOADING_CSV, "--no-submit"],
+    );
+    assert!(!ok, "{report}");
+    env.cleanup().await;
+}
+
+/// Re-sync appends commits and updates content through an op; a V3 edit then makes the next
+/// V2 change a conflict, and the V3 edit survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_appends_commits_and_conflicts_keep_v3_edits() {
+    let env = TestEnv::new("resync").await;
+    env.load_fixtures(&[]).await;
+    env.plan(Selection::All).await;
+    env.run_workers(1).await;
+    let commits_before: Vec<Value> = env
+        .v3_docs("commit")
+        .await
+        .into_iter()
+        .filter(|c| c["viz"] == LOADING_CSV)
+        .collect();
+
+    // V2 changes: one more op on index.html, and a later lastUpdatedTimestamp.
+    let t1 = 1_700_000_000;
+    change_loading_csv(&env, "<!-- resync 👋 -->", t1).await;
+    env.plan(Selection::Window {
+        from: t1,
+        to: t1 + 1,
+    })
+    .await;
+    env.run_workers(1).await;
+    let r = env.record(LOADING_CSV).await;
+    assert_eq!(r.outcome, Outcome::Migrated, "{:?}", r.reason);
+    let commits_after: Vec<Value> = env
+        .v3_docs("commit")
+        .await
+        .into_iter()
+        .filter(|c| c["viz"] == LOADING_CSV)
+        .collect();
+    assert!(
+        commits_after.len() > commits_before.len(),
+        "commits appended"
+    );
+    for c in &commits_before {
+        assert!(commits_after.contains(c), "earlier commit rewritten: {c}");
+    }
+    let content = env.v3_doc("content", LOADING_CSV).await.unwrap();
+    assert!(content.to_string().contains("resync 👋"));
+    assert_eq!(
+        content["_v"], 2,
+        "updated through one op on top of the create"
+    );
+    let ops = env.v3_docs("o_content").await;
+    assert!(
+        ops.iter()
+            .any(|o| o["d"] == LOADING_CSV && o["v"] == 1 && o["op"].is_array()),
+        "op appended to o_content"
+    );
+    let info = env.v3_doc("info", LOADING_CSV).await.unwrap();
+    assert_eq!(info["updated"], t1);
+    let (ok, report) = node(
+        "sharedb-check.js",
+        &[&env.v3_uri(), env.v3.name(), LOADING_CSV, "--no-submit"],
+    );
+    assert!(ok, "{report}");
+
+    // Someone edits the viz in V3; then V2 changes again: conflict, the V3 edit stays.
+    let (ok, out) = node(
+        "sharedb-edit.js",
+        &[&env.v3_uri(), env.v3.name(), LOADING_CSV, "// edited in V3"],
+    );
+    assert!(ok, "{out}");
+    change_loading_csv(&env, "<!-- second -->", t1 + 100).await;
+    env.plan(Selection::Window {
+        from: t1 + 100,
+        to: t1 + 101,
+    })
+    .await;
+    env.run_workers(1).await;
+    let r = env.record(LOADING_CSV).await;
+    assert_eq!(r.outcome, Outcome::Conflict, "{:?}", r.reason);
+    let content = env.v3_doc("content", LOADING_CSV).await.unwrap();
+    assert!(content.to_string().contains("// edited in V3"));
+    assert!(!content.to_string().contains("second"));
+    env.cleanup().await;
+}
+
+/// A worker killed with SIGKILL mid-run, then restarted, finishes the run: every viz migrated
+/// once, nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_run_then_restarted_finishes() {
+    let env = TestEnv::new("sigkill").await;
+    env.load_fixtures(&[]).await;
+    let mut ids = Vec::new();
+    for n in 0..60u32 {
+        let id = format!("{:032x}", 0xabc000 + n);
+        let files = json!([{"name": "index.html", "text": format!("<p>viz {n} 🐧</p>")}, {"name": "bundle.js", "text": "b"}]);
+        let log: Vec<(i64, Value)> = (0..20)
+            .map(|k| {
+                (
+                    1_600_000_000 + k * 1200,
+                    json!([{"p": ["files", 0, "text", 0], "si": format!("{k}")}]),
+                )
+            })
+            .collect();
+        env.load_viz(&common::synthetic_viz(
+            &id,
+            "68416",
+            Some(LOADING_CSV),
+            1_600_000_000,
+            files,
+            &log,
+        ))
+        .await;
+        ids.push(id);
+    }
+    let report = env.plan(Selection::All).await;
+    let worker = |env: &TestEnv| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .args(["--until-idle", "2", "--concurrency", "2"])
+            .env("V2_MONGO_URI", env.v2_uri())
+            .env("V3_MONGO_URI", env.v3_uri())
+            .env("AMQP_URI", &env.amqp_uri)
+            .env("QUEUE_PREFIX", &env.topology.prefix)
+            .env("LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("worker binary")
+    };
+    let mut first = worker(&env);
+    // Kill it once some, but not all, jobs are done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let done = env.records().await.len();
+        if done >= 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker made no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let done_at_kill = env.records().await.len();
+    assert!(
+        done_at_kill < report.published as usize,
+        "killed mid-run ({done_at_kill} done)"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let mut second = worker(&env);
+        let s = second.wait().unwrap();
+        (s, env)
+    })
+    .await
+    .unwrap();
+    let (status, env) = status;
+    assert!(status.success());
+    for id in ids.iter() {
+        let r = env.record(id).await;
+        assert_eq!(r.outcome, Outcome::Migrated, "{id}: {:?}", r.reason);
+        let commits: Vec<Value> = env
+            .v3_docs("commit")
+            .await
+            .into_iter()
+            .filter(|c| &c["viz"] == id)
+            .collect();
+        let ids_: std::collections::HashSet<String> =
+            commits.iter().map(|c| c["_id"].to_string()).collect();
+        assert_eq!(ids_.len(), commits.len(), "no duplicate commits");
+    }
+    let infos = env.v3_docs("info").await;
+    assert_eq!(infos.len(), ids.len() + 4, "one info per viz");
+    assert_eq!(env.queue_depth(&env.topology.dead()).await, 0);
+    env.cleanup().await;
+}
+
+/// V2 changes Loading CSV: one more op on index.html, and a later `lastUpdatedTimestamp`.
+async fn change_loading_csv(env: &TestEnv, text: &str, at: i64) {
+    let coll = env
+        .v2
+        .collection::<mongodb::bson::Document>("documentContent");
+    let c = coll
+        .find_one(mongodb::bson::doc! {"_id": LOADING_CSV})
+        .await
+        .unwrap()
+        .unwrap();
+    let mut c: Value = mongodb::bson::Bson::Document(c).into_relaxed_extjson();
+    let v = c["_v"].as_i64().unwrap();
+    let i = c["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|f| f["name"] == "index.html")
+        .unwrap();
+    let old = c["files"][i]["text"].as_str().unwrap().to_string();
+    c["files"][i]["text"] = json!(format!("{text}{old}"));
+    c["_v"] = json!(v + 1);
+    env.put_v2("documentContent", c).await;
+    let op = json!({"_id": format!("op-{v}"), "v": v, "d": LOADING_CSV, "m": {"ts": at * 1000}, "op": [{"p": ["files", i, "text", 0], "si": text}]});
+    env.insert_v2("o_documentContent", vec![op]).await;
+    let info = env
+        .v2
+        .collection::<mongodb::bson::Document>("documentInfo")
+        .find_one(mongodb::bson::doc! {"_id": LOADING_CSV})
+        .await
+        .unwrap()
+        .unwrap();
+    let mut info: Value = mongodb::bson::Bson::Document(info).into_relaxed_extjson();
+    info["lastUpdatedTimestamp"] = json!(at);
+    env.put_v2("documentInfo", info).await;
+}

@@ -187,7 +187,7 @@ pub fn synthetic_viz(
     for (i, (ts, op)) in log.iter().enumerate() {
         let parsed = vizhub_migrate::json0::parse_op(op).unwrap();
         vizhub_migrate::json0::apply(&mut state, &parsed).unwrap();
-        ops.push(json!({"_id": format!("{:024x}", i), "v": base_v + i as u64, "op": op, "m": {"ts": ts * 1000}, "d": id}));
+        ops.push(json!({"_id": format!("{id}-{i}"), "v": base_v + i as u64, "op": op, "m": {"ts": ts * 1000}, "d": id}));
     }
     let v = base_v + log.len() as u64;
     let last = log.last().map_or(created, |(ts, _)| *ts);
