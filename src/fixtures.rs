@@ -1,7 +1,7 @@
 //! Access to the real V2 documents in `shared/fixtures/v2/` (`vizV2-<id>.json` as `{info, content,
 //! ops}`, `userV2-<id>.json` as raw `user` snapshots). Used by tests, benchmarks and the demo
 //! seeder; never by the production path. The directory defaults to `../shared/fixtures/v2` next to
-//! the crate and can be moved with `VIZHUB_FIXTURES_DIR`.
+//! the crate (see [`shared_dir`]) and can be moved with `VIZHUB_FIXTURES_DIR`.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -9,15 +9,25 @@ use std::path::PathBuf;
 /// The primordial viz, "Hello VizHub": root of every fork chain.
 pub const PRIMORDIAL_VIZ: &str = crate::PRIMORDIAL_VIZ_ID;
 
+/// The workplace's `shared/` directory (spec, fixtures, conformance vectors):
+/// `$VIZHUB_SHARED_DIR`, else a `shared/` beside the crate or beside any of its ancestors (a
+/// checkout at `/work/main` finds `/work/shared`), else `/work/shared`.
+pub fn shared_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("VIZHUB_SHARED_DIR") {
+        return PathBuf::from(d);
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared"))
+        .find(|s| s.join("fixtures").is_dir())
+        .unwrap_or_else(|| PathBuf::from("/work/shared"))
+}
+
+/// The V2 fixtures: `$VIZHUB_FIXTURES_DIR`, else `shared/fixtures/v2`.
 pub fn dir() -> PathBuf {
     std::env::var_os("VIZHUB_FIXTURES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/fixtures/v2"
-            ))
-        })
+        .unwrap_or_else(|| shared_dir().join("fixtures/v2"))
 }
 
 fn load(prefix: &str) -> Vec<(String, Value)> {

@@ -717,8 +717,8 @@ mod tests {
     use serde_json::json;
 
     fn shared(rel: &str) -> String {
-        let path = format!("{}/../shared/{rel}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+        let path = crate::fixtures::shared_dir().join(rel);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
     }
 
     fn op(v: Value) -> Op {
@@ -781,7 +781,7 @@ mod tests {
 
     #[test]
     fn parse_every_fixture_op() {
-        let dir = format!("{}/../shared/fixtures/v2", env!("CARGO_MANIFEST_DIR"));
+        let dir = crate::fixtures::dir();
         let mut files = 0;
         let mut components = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {

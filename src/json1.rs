@@ -996,10 +996,7 @@ mod tests {
     use serde_json::json;
 
     fn vectors() -> Value {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/conformance/ot-vectors.json"
-        );
+        let path = crate::fixtures::shared_dir().join("conformance/ot-vectors.json");
         let text = std::fs::read_to_string(path).expect("read ot-vectors.json");
         serde_json::from_str(&text).expect("parse ot-vectors.json")
     }
