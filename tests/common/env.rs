@@ -1,6 +1,13 @@
-//! `TestEnv`: a V2 database, a V3 database and a queue prefix of their own for one test, on the
-//! real services whose URLs come from the environment (`MONGO_URI` for a MongoDB-protocol server
-//! such as SecantusDB, `AMQP_URI` for RabbitMQ; `scripts/test` starts both and sets them).
+//! `TestEnv`: a V2 database, a V3 database and a queue prefix of their own for one test, on real
+//! services. Where they come from, in order:
+//! 1. the environment: `MONGO_URI` (a MongoDB-protocol server such as SecantusDB) and `AMQP_URI`
+//!    (RabbitMQ); `scripts/test` starts both and sets them — the only way on machines without a
+//!    Docker engine, like CI's;
+//! 2. otherwise, when a Docker engine answers (`docker info`), testcontainers: one MongoDB
+//!    (replica set, for transactions) and one RabbitMQ container per test process, shared by its
+//!    tests (each still has its own databases and queue prefix) and reaped when the process exits;
+//! 3. otherwise the test fails, saying how to provide them.
+//!
 //! Tests read like scenarios: load V2, plan, run workers, look at V3.
 #![allow(dead_code)]
 
@@ -34,14 +41,50 @@ pub struct TestEnv {
     pub topology: Topology,
 }
 
-fn required(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!(
-            "{var} is not set. Integration tests need a MongoDB-protocol server and RabbitMQ: run `scripts/test` \
-             (it starts SecantusDB and checks RabbitMQ), or `eval \"$(scripts/services start)\"` first. \
-             (No Docker engine here for testcontainers.)"
-        )
-    })
+/// `(MONGO_URI, AMQP_URI)` for this test process: see the module docs for the order.
+async fn services() -> (String, String) {
+    if let (Ok(m), Ok(a)) = (std::env::var("MONGO_URI"), std::env::var("AMQP_URI")) {
+        return (m, a);
+    }
+    static CONTAINERS: tokio::sync::OnceCell<(String, String)> =
+        tokio::sync::OnceCell::const_new();
+    CONTAINERS.get_or_init(start_containers).await.clone()
+}
+
+fn docker_answers() -> bool {
+    std::process::Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn start_containers() -> (String, String) {
+    use testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::{mongo::Mongo, rabbitmq::RabbitMq};
+    assert!(
+        docker_answers(),
+        "MONGO_URI / AMQP_URI are not set and no Docker engine answers for testcontainers. \
+         Integration tests need a MongoDB-protocol server and RabbitMQ: run `scripts/test` (it \
+         starts SecantusDB and checks RabbitMQ), or `eval \"$(scripts/services start)\"` first, \
+         or start Docker."
+    );
+    let mongo = Mongo::repl_set().start().await.expect("MongoDB container");
+    let rabbit = RabbitMq::default().start().await.expect("RabbitMQ container");
+    let host = mongo.get_host().await.expect("container host");
+    let mongo_uri = format!(
+        "mongodb://{host}:{}/?directConnection=true",
+        mongo.get_host_port_ipv4(27017).await.expect("MongoDB port")
+    );
+    let amqp_uri = format!(
+        "amqp://guest:guest@{host}:{}/%2f",
+        rabbit.get_host_port_ipv4(5672).await.expect("RabbitMQ port")
+    );
+    // Kept for the life of the process (tests share them); Ryuk removes them afterwards.
+    std::mem::forget(mongo);
+    std::mem::forget(rabbit);
+    (mongo_uri, amqp_uri)
 }
 
 /// `mongodb://host:port/?opts` → `mongodb://host:port/<db>?opts`.
@@ -57,8 +100,7 @@ pub fn with_db(base: &str, db: &str) -> String {
 
 impl TestEnv {
     pub async fn new(test: &str) -> TestEnv {
-        let mongo_base = required("MONGO_URI");
-        let amqp_uri = required("AMQP_URI");
+        let (mongo_base, amqp_uri) = services().await;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "t{}_{}_{}",
