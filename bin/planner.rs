@@ -5,12 +5,15 @@ use clap::{Args, Parser, Subcommand};
 use std::num::NonZeroU32;
 use std::process::ExitCode;
 use vizhub_migrate::broker::{self, Publisher, Topology};
-use vizhub_migrate::cli::{self, BrokerArgs, LogArgs, MongoArgs};
+use vizhub_migrate::cli::{self, BrokerArgs, LogArgs, MongoArgs, TranslateArgs};
 use vizhub_migrate::config::{mongo_database, redact};
 use vizhub_migrate::ledger::Ledger;
+use vizhub_migrate::migrate::Migrator;
 use vizhub_migrate::planner::{self, Selection};
 use vizhub_migrate::status;
 use vizhub_migrate::v2::reader::Reader;
+use vizhub_migrate::v3::store::Store;
+use vizhub_migrate::verify::{self, Scope};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +33,29 @@ enum Command {
     Plan(PlanArgs),
     /// Queue depths, batches and outcomes.
     Status(StatusArgs),
+    /// Re-derive V3 from V2 as it is now and compare (exit 0 all equal, 3 mismatches, 4 nothing compared).
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+#[group(id = "scope", required = true, multiple = false, args = ["from", "all"])]
+struct VerifyArgs {
+    #[command(flatten)]
+    mongo: MongoArgs,
+    #[command(flatten)]
+    translate: TranslateArgs,
+    /// Window start (inclusive), as for `plan`. Unix seconds or RFC 3339.
+    #[arg(long, requires = "to", value_parser = cli::parse_time)]
+    from: Option<i64>,
+    /// Window end (exclusive).
+    #[arg(long, requires = "from", value_parser = cli::parse_time)]
+    to: Option<i64>,
+    /// Every V2 viz.
+    #[arg(long)]
+    all: bool,
+    /// Print the report as one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -159,6 +185,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(a) => {
+            let scope = match (a.from, a.to) {
+                (Some(from), Some(to)) => Scope::Window { from, to },
+                _ => Scope::All,
+            };
+            let reads = NonZeroU32::new(a.mongo.v2_reads_per_sec)
+                .context("--v2-reads-per-sec must be > 0")?;
+            let v2 = Reader::new(
+                mongo_database(&a.mongo.v2_uri, "vizhub-migrate-verify").await?,
+                reads,
+            );
+            let v3 = mongo_database(&a.mongo.v3_uri, "vizhub-migrate-verify").await?;
+            let m = Migrator::new(
+                v2,
+                Store::new(v3.clone()),
+                Ledger::new(v3),
+                a.translate.config(),
+            );
+            let bar = cli::progress_bar("verifying");
+            let report = verify::verify(&m, scope, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.render());
+            }
+            Ok(if !report.mismatches.is_empty() {
+                ExitCode::from(3)
+            } else if report.compared == 0 {
+                eprintln!("planner: verify compared nothing: refusing to call that a pass");
+                ExitCode::from(4)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Status(a) => {
             let ledger = Ledger::new(mongo_database(&a.v3_uri, "vizhub-migrate-planner").await?);

@@ -34,6 +34,26 @@ pub struct BrokerArgs {
     pub queue_prefix: String,
 }
 
+/// Translation settings; the worker and `planner verify` must agree on them.
+#[derive(Debug, Clone, Args)]
+pub struct TranslateArgs {
+    /// Idle gap that separates two commits of the rebuilt history, in minutes.
+    #[arg(long, env = "SESSION_GAP_MINS", default_value_t = 15)]
+    pub session_gap_mins: i64,
+    /// Content size limit without bundle.js, in bytes (larger vizzes are dead-lettered).
+    #[arg(long, env = "MAX_CONTENT_BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub max_content_bytes: usize,
+}
+
+impl TranslateArgs {
+    pub fn config(&self) -> crate::translate::Config {
+        crate::translate::Config {
+            session_gap_secs: self.session_gap_mins * 60,
+            max_content_bytes: self.max_content_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// JSON when running in Kubernetes or when stderr is not a terminal, text otherwise.
@@ -93,6 +113,23 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     mongodb::bson::DateTime::parse_rfc3339_str(s.trim())
         .map(|d| d.timestamp_millis().div_euclid(1000))
         .map_err(|_| format!("{s:?} is neither Unix seconds nor an RFC 3339 time"))
+}
+
+/// A progress bar on stderr when stderr is a terminal; hidden otherwise (logs say enough there).
+pub fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

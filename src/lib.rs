@@ -24,6 +24,7 @@ pub mod status;
 pub mod translate;
 pub mod v2;
 pub mod v3;
+pub mod verify;
 pub mod worker;
 
 pub use outcome::{Disposition, Outcome};

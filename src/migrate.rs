@@ -807,6 +807,17 @@ impl Migrator {
 
     /// What a job would write, writing nothing (for `worker preview`).
     pub async fn preview(&self, viz: &str) -> Result<Value, JobError> {
+        let t = self.expected(viz).await?;
+        Ok(serde_json::json!({
+            "info": t.info, "content": t.content, "commits": t.commits, "users": t.users,
+            "upvotes": t.upvotes, "permissions": t.permissions, "analyticsevent": t.analytics,
+            "history": format!("{:?}", t.history), "skipped": t.skipped,
+        }))
+    }
+
+    /// The translation of `viz` from V2 as it is now, hung from its parent as V3 has it now, as
+    /// a fresh migration would produce it. Reads only (`worker preview`, `planner verify`).
+    pub async fn expected(&self, viz: &str) -> Result<Translation, JobError> {
         let raw = self
             .v2
             .viz(viz)
@@ -874,12 +885,7 @@ impl Migrator {
             previous: None,
             now: now_secs(),
         };
-        let t = translate::translate(&p, &ctx, &self.cfg)?;
-        Ok(serde_json::json!({
-            "info": t.info, "content": t.content, "commits": t.commits, "users": t.users,
-            "upvotes": t.upvotes, "permissions": t.permissions, "analyticsevent": t.analytics,
-            "history": format!("{:?}", t.history), "skipped": t.skipped,
-        }))
+        Ok(translate::translate(&p, &ctx, &self.cfg)?)
     }
 }
 

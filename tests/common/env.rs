@@ -46,8 +46,7 @@ async fn services() -> (String, String) {
     if let (Ok(m), Ok(a)) = (std::env::var("MONGO_URI"), std::env::var("AMQP_URI")) {
         return (m, a);
     }
-    static CONTAINERS: tokio::sync::OnceCell<(String, String)> =
-        tokio::sync::OnceCell::const_new();
+    static CONTAINERS: tokio::sync::OnceCell<(String, String)> = tokio::sync::OnceCell::const_new();
     CONTAINERS.get_or_init(start_containers).await.clone()
 }
 
@@ -71,7 +70,10 @@ async fn start_containers() -> (String, String) {
          or start Docker."
     );
     let mongo = Mongo::repl_set().start().await.expect("MongoDB container");
-    let rabbit = RabbitMq::default().start().await.expect("RabbitMQ container");
+    let rabbit = RabbitMq::default()
+        .start()
+        .await
+        .expect("RabbitMQ container");
     let host = mongo.get_host().await.expect("container host");
     let mongo_uri = format!(
         "mongodb://{host}:{}/?directConnection=true",
@@ -79,7 +81,10 @@ async fn start_containers() -> (String, String) {
     );
     let amqp_uri = format!(
         "amqp://guest:guest@{host}:{}/%2f",
-        rabbit.get_host_port_ipv4(5672).await.expect("RabbitMQ port")
+        rabbit
+            .get_host_port_ipv4(5672)
+            .await
+            .expect("RabbitMQ port")
     );
     // Kept for the life of the process (tests share them); Ryuk removes them afterwards.
     std::mem::forget(mongo);

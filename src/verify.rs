@@ -1,0 +1,480 @@
+//! `planner verify`: proves a migration by re-deriving, for every V2 viz in scope, the V3 state a
+//! fresh migration would produce from V2 *as it is now*, and comparing it with what V3 holds.
+//!
+//! What is compared, per category (a mismatch names the viz and the category):
+//! - `not-migrated`: the ledger has no `migrated`/`unchanged` outcome for a viz that translates;
+//! - `missing`: the ledger says migrated but V3 lacks its `info` or `content` doc;
+//! - `content`: title, height and the files in display order (name and text). File *ids* are not
+//!   compared: they are internal to V3 and a re-synced viz legitimately keeps the ids it had;
+//! - `info`: owner, title, fork parent, created / updated times, visibility, `migratedFromV2`;
+//! - `history`: the commit chain (across fork parents) replays with json1 from `{}` to exactly the
+//!   `content` doc, and `info.end` is the chain's last commit;
+//! - `users`, `upvotes`, `permissions`, `analytics`: every doc the translation would write exists
+//!   (V3 may hold more: V3-native upvotes and permissions are never touched).
+//!
+//! Inputs that a migration rightly does not migrate are **expected outcomes**, not mismatches:
+//! skipped inputs (tombstones, datasets, partial docs) whose ledger says `skipped`, dead-letter
+//! inputs (missing content, bad op log…) whose ledger says `failed`, and `conflict`s (edited in V3,
+//! left for a human). A viz skipped in V2 that V3 still has (deleted in V2 after migration) is
+//! reported as `deleted-in-v2` and never deleted (spec 3.4); it is a notice, not a mismatch.
+//! Verify only reads; it counts as "compared" only vizzes whose V3 state it actually compared,
+//! so a run that compared nothing can be refused by the caller.
+
+use crate::ledger::VizRecord;
+use crate::migrate::{JobError, Migrator};
+use crate::planner::window_filter;
+use crate::v3::collections as c3;
+use crate::{v3, Disposition, Outcome};
+use mongodb::bson::{doc, Bson, Document};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// Which V2 vizzes to verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Created, updated or upvoted in `[from, to)`, as the planner selects them.
+    Window {
+        from: i64,
+        to: i64,
+    },
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mismatch {
+    pub viz: String,
+    pub category: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// V2 vizzes in scope.
+    pub in_scope: u64,
+    /// Vizzes whose V3 state was compared.
+    pub compared: u64,
+    /// Expected non-migrations by outcome (`skipped`, `failed`, `conflict`).
+    pub expected_outcomes: BTreeMap<String, u64>,
+    pub mismatches: Vec<Mismatch>,
+    /// Mismatch counts by category.
+    pub by_category: BTreeMap<String, u64>,
+    /// Vizzes V2 no longer migrates that V3 still holds (reported, never deleted).
+    pub deleted_in_v2: Vec<String>,
+}
+
+impl Report {
+    fn mismatch(&mut self, viz: &str, category: &'static str, detail: impl Into<String>) {
+        *self.by_category.entry(category.to_string()).or_default() += 1;
+        self.mismatches.push(Mismatch {
+            viz: viz.to_string(),
+            category,
+            detail: detail.into(),
+        });
+    }
+
+    fn expected(&mut self, outcome: &str) {
+        *self
+            .expected_outcomes
+            .entry(outcome.to_string())
+            .or_default() += 1;
+    }
+
+    /// Human summary; its last line is `verified <N> vizzes, <M> mismatches` (spec 4.4).
+    pub fn render(&self) -> String {
+        let mut out = format!("in scope: {} V2 vizzes\n", self.in_scope);
+        for (outcome, n) in &self.expected_outcomes {
+            out += &format!("expected {outcome}: {n} (not compared)\n");
+        }
+        if !self.deleted_in_v2.is_empty() {
+            out += &format!(
+                "deleted in V2 but present in V3 (left alone): {}\n",
+                self.deleted_in_v2.join(", ")
+            );
+        }
+        for (category, n) in &self.by_category {
+            out += &format!("mismatch {category}: {n}\n");
+            for m in self.mismatches.iter().filter(|m| m.category == category) {
+                out += &format!("  {}: {}\n", m.viz, m.detail);
+            }
+        }
+        out += &format!(
+            "verified {} vizzes, {} mismatches",
+            self.compared,
+            self.mismatches.len()
+        );
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("reading V2: {0}")]
+    V2(mongodb::error::Error),
+    #[error("reading the ledger: {0}")]
+    Ledger(mongodb::error::Error),
+    /// A transient failure while deriving or reading one viz: the verification is incomplete.
+    #[error("{0}")]
+    Job(JobError),
+}
+
+/// Verify every V2 viz in `scope`. `progress(done, total)` is called after each viz.
+pub async fn verify(
+    m: &Migrator,
+    scope: Scope,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Report, VerifyError> {
+    let filter = match scope {
+        Scope::Window { from, to } => window_filter(from, to),
+        Scope::All => Document::new(),
+    };
+    let infos =
+        m.v2.scan_infos(filter, None)
+            .await
+            .map_err(VerifyError::V2)?;
+    let ids: Vec<String> = infos
+        .iter()
+        .filter_map(|d| match d.get("_id")? {
+            Bson::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        })
+        .collect();
+    let mut report = Report {
+        in_scope: ids.len() as u64,
+        ..Report::default()
+    };
+    let total = ids.len() as u64;
+    for (i, chunk) in ids.chunks(100).enumerate() {
+        let records = m
+            .ledger
+            .get_many(chunk)
+            .await
+            .map_err(VerifyError::Ledger)?;
+        for (j, viz) in chunk.iter().enumerate() {
+            check(m, viz, records.get(viz), &mut report).await?;
+            progress((i * 100 + j + 1) as u64, total);
+        }
+    }
+    Ok(report)
+}
+
+async fn check(
+    m: &Migrator,
+    viz: &str,
+    rec: Option<&VizRecord>,
+    report: &mut Report,
+) -> Result<(), VerifyError> {
+    let outcome = rec.map(|r| r.outcome);
+    let t = match m.expected(viz).await {
+        Ok(t) => t,
+        Err(e) if outcome.is_none() && e.disposition() != Disposition::Retry => {
+            // Never ran: whatever it would end in, the run did not cover it.
+            report.compared += 1;
+            report.mismatch(
+                viz,
+                "not-migrated",
+                format!("never ran (it would end: {e})"),
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            match e.disposition() {
+                Disposition::Retry => return Err(VerifyError::Job(e)),
+                Disposition::Skip => {
+                    if v3_has_info(m, viz).await? {
+                        report.deleted_in_v2.push(viz.to_string());
+                    }
+                    if outcome == Some(Outcome::Skipped) || outcome == Some(Outcome::Migrated) {
+                        report.expected("skipped");
+                    } else {
+                        report.mismatch(
+                            viz,
+                            "outcome",
+                            format!("expected skipped ({e}), ledger says {}", said(outcome)),
+                        );
+                    }
+                }
+                Disposition::DeadLetter => {
+                    if outcome == Some(Outcome::Failed) {
+                        report.expected("failed");
+                    } else {
+                        report.mismatch(
+                            viz,
+                            "outcome",
+                            format!("expected failed ({e}), ledger says {}", said(outcome)),
+                        );
+                    }
+                }
+            }
+            return Ok(());
+        }
+    };
+    match outcome {
+        Some(Outcome::Conflict) => {
+            report.expected("conflict");
+            return Ok(());
+        }
+        Some(Outcome::Migrated | Outcome::Unchanged) => {}
+        other => {
+            report.compared += 1;
+            report.mismatch(
+                viz,
+                "not-migrated",
+                format!("translates, ledger says {}", said(other)),
+            );
+            return Ok(());
+        }
+    }
+    report.compared += 1;
+    let ids = [viz.to_string()];
+    let info = m.v3.snapshots(c3::INFO, &ids).await.map_err(store(viz))?;
+    let content =
+        m.v3.snapshots(c3::CONTENT, &ids)
+            .await
+            .map_err(store(viz))?;
+    let (Some(info), Some(content)) = (
+        info.get(viz).filter(|s| s.doc_type.is_some()),
+        content.get(viz).filter(|s| s.doc_type.is_some()),
+    ) else {
+        report.mismatch(viz, "missing", "V3 info or content doc absent");
+        return Ok(());
+    };
+
+    let want = shape(&t.content);
+    let have = shape(&content.data);
+    if want != have {
+        report.mismatch(viz, "content", first_difference(&want, &have));
+    }
+
+    let expected_info = serde_json::to_value(&t.info).expect("Info serializes");
+    for field in [
+        "owner",
+        "title",
+        "forkedFrom",
+        "created",
+        "updated",
+        "visibility",
+        "migratedFromV2",
+    ] {
+        let (w, h) = (&expected_info[field], &info.data[field]);
+        if !same_value(w, h) {
+            report.mismatch(viz, "info", format!("{field}: expected {w}, V3 has {h}"));
+        }
+    }
+
+    match chain_content(m, viz).await? {
+        Err(reason) => report.mismatch(viz, "history", reason),
+        Ok((end, replayed)) => {
+            if info.data["end"].as_str() != Some(end.as_str()) {
+                report.mismatch(
+                    viz,
+                    "history",
+                    format!("info.end {} is not the chain end {end}", info.data["end"]),
+                );
+            }
+            if replayed != content.data {
+                report.mismatch(
+                    viz,
+                    "history",
+                    format!(
+                        "commit chain replays to something else than content: {}",
+                        first_difference(&shape(&replayed), &have)
+                    ),
+                );
+            }
+        }
+    }
+
+    let users: Vec<String> = t.users.iter().map(|u| u.id.clone()).collect();
+    present(m, viz, c3::USER, &users, "users", report).await?;
+    let upvotes: Vec<String> = t.upvotes.iter().map(|u| u.id.clone()).collect();
+    present(m, viz, c3::UPVOTE, &upvotes, "upvotes", report).await?;
+    let perms: Vec<String> = t.permissions.iter().map(|p| p.id.clone()).collect();
+    present(m, viz, c3::PERMISSION, &perms, "permissions", report).await?;
+    if let Some(a) = &t.analytics {
+        present(
+            m,
+            viz,
+            c3::ANALYTICS_EVENT,
+            std::slice::from_ref(&a.id),
+            "analytics",
+            report,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn said(outcome: Option<Outcome>) -> &'static str {
+    outcome.map_or("nothing (never ran)", Outcome::as_str)
+}
+
+fn store(viz: &str) -> impl FnOnce(crate::v3::store::StoreError) -> VerifyError + '_ {
+    move |source| {
+        VerifyError::Job(JobError::V3 {
+            viz: viz.to_string(),
+            source,
+        })
+    }
+}
+
+async fn v3_has_info(m: &Migrator, viz: &str) -> Result<bool, VerifyError> {
+    let s =
+        m.v3.snapshots(c3::INFO, &[viz.to_string()])
+            .await
+            .map_err(store(viz))?;
+    Ok(s.get(viz).is_some_and(|s| s.doc_type.is_some()))
+}
+
+async fn present(
+    m: &Migrator,
+    viz: &str,
+    collection: &str,
+    ids: &[String],
+    category: &'static str,
+    report: &mut Report,
+) -> Result<(), VerifyError> {
+    let found = m.v3.snapshots(collection, ids).await.map_err(store(viz))?;
+    let missing: Vec<&str> = ids
+        .iter()
+        .filter(|id| !found.get(*id).is_some_and(|s| s.doc_type.is_some()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        report.mismatch(
+            viz,
+            category,
+            format!("{collection} docs missing: {}", missing.join(", ")),
+        );
+    }
+    Ok(())
+}
+
+/// The viz's commit chain, with its fork ancestors, replayed from `{}`: `(end commit, content)`,
+/// or why it cannot be replayed.
+async fn chain_content(
+    m: &Migrator,
+    viz: &str,
+) -> Result<Result<(String, Value), String>, VerifyError> {
+    let own = m.v3.commits_of(viz).await.map_err(store(viz))?;
+    let Some(end) = own.last().map(|c| c.id.clone()) else {
+        return Ok(Err("no commits".into()));
+    };
+    let mut all: HashMap<String, v3::Commit> = HashMap::new();
+    let mut next = own.first().and_then(|c| c.parent.clone());
+    all.extend(own.into_iter().map(|c| (c.id.clone(), c)));
+    // Walk up the fork ancestry, one viz at a time (bounded: fork chains are short, cycles are
+    // impossible in V3 but guarded anyway).
+    for _ in 0..64 {
+        let Some(parent) = next.take() else { break };
+        if all.contains_key(&parent) {
+            break;
+        }
+        let found =
+            m.v3.commits(std::slice::from_ref(&parent))
+                .await
+                .map_err(store(viz))?;
+        let Some(pc) = found.into_iter().next() else {
+            return Ok(Err(format!("parent commit {parent} is missing")));
+        };
+        let theirs = m.v3.commits_of(&pc.viz).await.map_err(store(viz))?;
+        next = theirs.first().and_then(|c| c.parent.clone());
+        all.extend(theirs.into_iter().map(|c| (c.id.clone(), c)));
+    }
+    Ok(v3::content_at(&all, &end)
+        .map(|c| (end, c))
+        .map_err(|e| format!("chain does not replay: {e}")))
+}
+
+/// Content as V3 shows it, without file ids: title, height and `[name, text]` in display order.
+fn shape(content: &Value) -> Value {
+    let files: Vec<Value> = content["files"]
+        .as_object()
+        .map(|f| {
+            f.values()
+                .map(|f| serde_json::json!([f["name"], f["text"]]))
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({"title": content["title"], "height": content["height"], "files": files})
+}
+
+/// Numbers compare by value (V3 may store 500 as 500.0).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+fn first_difference(want: &Value, have: &Value) -> String {
+    if !same_value(&want["title"], &have["title"]) {
+        return format!(
+            "title: expected {}, V3 has {}",
+            want["title"], have["title"]
+        );
+    }
+    if !same_value(&want["height"], &have["height"]) {
+        return format!(
+            "height: expected {}, V3 has {}",
+            want["height"], have["height"]
+        );
+    }
+    let (w, h) = (
+        want["files"].as_array().cloned().unwrap_or_default(),
+        have["files"].as_array().cloned().unwrap_or_default(),
+    );
+    if w.len() != h.len() {
+        return format!("expected {} files, V3 has {}", w.len(), h.len());
+    }
+    for (a, b) in w.iter().zip(&h) {
+        if a[0] != b[0] {
+            return format!("file order/name: expected {}, V3 has {}", a[0], b[0]);
+        }
+        if a[1] != b[1] {
+            return format!("text of {} differs", a[0]);
+        }
+    }
+    "differs".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn shape_ignores_file_ids_but_not_order_or_text() {
+        let a = json!({"title": "T", "height": 500, "files": {"aaaa": {"name": "a", "text": "1"}, "bbbb": {"name": "b", "text": "2"}}});
+        let b = json!({"title": "T", "height": 500, "files": {"cccc": {"name": "a", "text": "1"}, "dddd": {"name": "b", "text": "2"}}});
+        assert_eq!(shape(&a), shape(&b));
+        let reordered = json!({"title": "T", "height": 500, "files": {"bbbb": {"name": "b", "text": "2"}, "aaaa": {"name": "a", "text": "1"}}});
+        assert_ne!(shape(&a), shape(&reordered));
+        assert!(first_difference(&shape(&a), &shape(&reordered)).contains("order"));
+        let edited = json!({"title": "T", "height": 500, "files": {"aaaa": {"name": "a", "text": "1🐧"}, "bbbb": {"name": "b", "text": "2"}}});
+        assert_eq!(
+            first_difference(&shape(&a), &shape(&edited)),
+            "text of \"a\" differs"
+        );
+    }
+
+    #[test]
+    fn report_ends_with_the_contract_line() {
+        let mut r = Report {
+            compared: 3,
+            ..Report::default()
+        };
+        r.mismatch("v1", "content", "text of \"a\" differs");
+        let text = r.render();
+        assert!(text.ends_with("verified 3 vizzes, 1 mismatches"), "{text}");
+        assert!(text.contains("mismatch content: 1\n  v1: text of \"a\" differs"));
+        assert_eq!(r.by_category["content"], 1);
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        assert!(same_value(&json!(500), &json!(500.0)));
+        assert!(!same_value(&json!(500), &json!("500")));
+    }
+}

@@ -1,0 +1,176 @@
+//! Operating the migration through the real `planner` binary: `status --json` and `verify`
+//! (passes after a clean run, catches a corrupted V3 doc, refuses to pass having compared nothing).
+
+mod common;
+#[path = "common/env.rs"]
+mod env;
+
+use env::TestEnv;
+use serde_json::{json, Value};
+use std::process::Output;
+use vizhub_migrate::planner::Selection;
+
+const PENGUIN: &str = "a56e821963b849b897dd51db26067db9";
+const LOADING_CSV: &str = "3fd333e335fe4ecb9ee0c819802443b7";
+
+impl TestEnv {
+    fn planner(&self, args: &[&str]) -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_planner"))
+            .args(args)
+            .env("V2_MONGO_URI", self.v2_uri())
+            .env("V3_MONGO_URI", self.v3_uri())
+            .env("AMQP_URI", &self.amqp_uri)
+            .env("QUEUE_PREFIX", &self.topology.prefix)
+            .env("LOG_FORMAT", "json")
+            .output()
+            .expect("planner binary runs")
+    }
+
+    /// Fixtures plus one tombstone (skipped) and one viz without content (dead-lettered).
+    async fn migrated_world(&self) -> Vec<String> {
+        let ids = self.load_fixtures(&[]).await;
+        let mk = |n: u32| {
+            common::synthetic_viz(
+                &format!("{n:032x}"),
+                "68416",
+                Some(LOADING_CSV),
+                1_550_000_000,
+                json!([{"name": "index.html", "text": "ok"}]),
+                &[],
+            )
+        };
+        let mut tombstone = mk(0x21);
+        tombstone.info = json!({"_id": format!("{:032x}", 0x21), "_type": null, "_v": 3});
+        let mut no_content = mk(0x22);
+        no_content.content = None;
+        self.load_viz(&tombstone).await;
+        self.load_viz(&no_content).await;
+        self.plan(Selection::All).await;
+        self.run_workers(2).await;
+        ids
+    }
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is one JSON document ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_after_a_run_then_catches_a_corrupted_v3_doc() {
+    let env = TestEnv::new("verify").await;
+    let ids = env.migrated_world().await;
+    let v2_before = env.hash(&env.v2).await;
+
+    let out = env.planner(&["verify", "--all", "--json"]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["compared"], ids.len(), "{report:#}");
+    assert_eq!(report["inScope"], ids.len() + 2);
+    assert_eq!(
+        report["expectedOutcomes"],
+        json!({"failed": 1, "skipped": 1})
+    );
+    assert_eq!(report["mismatches"], json!([]));
+
+    // Someone (or a bug) changes V3 behind the migration's back.
+    let content = env.v3.collection::<mongodb::bson::Document>("content");
+    content
+        .update_one(
+            mongodb::bson::doc! {"_id": PENGUIN},
+            mongodb::bson::doc! {"$set": {"title": "Not the penguin"}},
+        )
+        .await
+        .unwrap();
+    let out = env.planner(&["verify", "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with(&format!("verified {} vizzes, 2 mismatches", ids.len())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("mismatch content: 1\n  {PENGUIN}: title")),
+        "{text}"
+    );
+    assert!(text.contains("mismatch history: 1"), "{text}");
+
+    let out = env.planner(&["verify", "--all", "--json"]);
+    let report = json_of(&out);
+    let categories: Vec<(&str, &str)> = report["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["viz"].as_str().unwrap(), m["category"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        categories,
+        vec![(PENGUIN, "content"), (PENGUIN, "history")],
+        "{report:#}"
+    );
+    assert_eq!(env.hash(&env.v2).await, v2_before, "verify never writes V2");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_refuses_to_pass_having_compared_nothing() {
+    let env = TestEnv::new("verify-empty").await;
+    let out = env.planner(&["verify", "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(
+        text.trim_end().ends_with("verified 0 vizzes, 0 mismatches"),
+        "{text}"
+    );
+    // A viz planned but never worked is a mismatch, not a pass.
+    env.load_fixtures(&[]).await;
+    let out = env.planner(&["verify", "--all", "--json"]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{report:#}");
+    assert!(
+        report["mismatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["category"] == "not-migrated"),
+        "{report:#}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_counts_batches_outcomes_and_queues() {
+    let env = TestEnv::new("status").await;
+    let ids = env.migrated_world().await;
+    let out = env.planner(&["status", "--json"]);
+    let s = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{s:#}");
+    // A parent migrated on behalf of its fork finds itself `unchanged` when its own job runs.
+    let done =
+        |o: &Value| o["migrated"].as_u64().unwrap_or(0) + o["unchanged"].as_u64().unwrap_or(0);
+    assert_eq!(done(&s["outcomes"]), ids.len() as u64, "{s:#}");
+    assert_eq!(s["outcomes"]["skipped"], 1);
+    assert_eq!(s["outcomes"]["failed"], 1);
+    let batch = &s["batches"][0];
+    assert_eq!(batch["planned"], ids.len() + 2);
+    assert_eq!(batch["pending"], 0);
+    assert_eq!(done(&batch["outcomes"]), ids.len() as u64);
+    let depth = |q: String| {
+        s["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["queue"] == q.as_str())
+            .unwrap_or_else(|| panic!("{q} in {s:#}"))["ready"]
+            .clone()
+    };
+    assert_eq!(depth(env.topology.work()), 0);
+    assert_eq!(depth(env.topology.dead()), 1, "the viz without content");
+    env.cleanup().await;
+}
