@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
 use std::num::NonZeroU32;
 use std::process::ExitCode;
 use vizhub_migrate::broker::{self, Publisher, Topology};
@@ -101,9 +102,12 @@ struct StatusArgs {
     v3_uri: String,
     #[command(flatten)]
     broker: BrokerArgs,
-    /// Print one JSON document on stdout.
+    /// Print one JSON document on stdout (with --watch: one per refresh, one per line).
     #[arg(long)]
     json: bool,
+    /// Refresh every SECS seconds (default 5) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
+    watch: Option<u64>,
 }
 
 #[tokio::main]
@@ -228,11 +232,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => {
             let ledger = Ledger::new(mongo_database(&a.v3_uri, "vizhub-migrate-planner").await?);
             let conn = broker::connect(&a.broker.amqp_uri).await?;
-            let s = status::collect(&ledger, &conn, &Topology::new(&a.broker.queue_prefix)).await?;
-            if a.json {
-                println!("{}", serde_json::to_string(&s)?);
-            } else {
-                print!("{}", s.render());
+            let topology = Topology::new(&a.broker.queue_prefix);
+            let shutdown = cli::shutdown_signal();
+            tokio::pin!(shutdown);
+            loop {
+                let s = status::collect(&ledger, &conn, &topology).await?;
+                if a.json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    if a.watch.is_some() && std::io::stdout().is_terminal() {
+                        print!("\x1b[2J\x1b[H"); // clear the screen, cursor home
+                    }
+                    print!("{}", s.render());
+                }
+                let Some(secs) = a.watch else { break };
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))) => {}
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -57,6 +57,15 @@ pub struct VizRecord {
     pub skipped_entries: Vec<String>,
 }
 
+/// One row of [`Ledger::outcome_counts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeCount {
+    pub batch: Option<String>,
+    pub outcome: String,
+    pub n: i64,
+    pub recent: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Batch {
@@ -134,6 +143,41 @@ impl Ledger {
     pub async fn all(&self) -> mongodb::error::Result<Vec<VizRecord>> {
         let docs: Vec<Document> = self.vizzes().find(doc! {}).await?.try_collect().await?;
         Ok(docs.into_iter().filter_map(decode).collect())
+    }
+
+    /// Outcome counts per (batch, outcome), and how many of them ended at or after `since`
+    /// (Unix seconds). One aggregation in the database: `planner status` stays cheap with
+    /// 100,000 records and `--watch`.
+    pub async fn outcome_counts(&self, since: i64) -> mongodb::error::Result<Vec<OutcomeCount>> {
+        let pipeline = [doc! {"$group": {
+            "_id": {"batch": "$batch", "outcome": "$outcome"},
+            "n": {"$sum": 1},
+            "recent": {"$sum": {"$cond": [{"$gte": ["$time", since]}, 1, 0]}},
+        }}];
+        let docs: Vec<Document> = self
+            .vizzes()
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| {
+                let key = d.get_document("_id").ok()?;
+                let int = |k: &str| match d.get(k) {
+                    Some(bson::Bson::Int32(n)) => *n as i64,
+                    Some(bson::Bson::Int64(n)) => *n,
+                    Some(bson::Bson::Double(n)) => *n as i64,
+                    _ => 0,
+                };
+                Some(OutcomeCount {
+                    batch: key.get_str("batch").ok().map(str::to_string),
+                    outcome: key.get_str("outcome").ok()?.to_string(),
+                    n: int("n"),
+                    recent: int("recent"),
+                })
+            })
+            .collect())
     }
 
     pub async fn batch(&self, id: &str) -> mongodb::error::Result<Option<Batch>> {

@@ -35,6 +35,10 @@ pub struct Status {
     pub rate_per_min: f64,
     /// Seconds until the work and retry queues drain at that rate.
     pub eta_secs: Option<i64>,
+    /// Jobs taken by workers and not yet ended: pending jobs of published batches minus those
+    /// still waiting in the work and retry queues. An estimate (AMQP does not report unacked
+    /// counts; a worker's `/metrics` has the exact in-flight gauge).
+    pub in_flight: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,9 @@ pub enum StatusError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
+
+/// The rate is measured over this many seconds of ledger records.
+const RATE_WINDOW_SECS: i64 = 300;
 
 pub async fn collect(
     ledger: &Ledger,
@@ -62,25 +69,22 @@ pub async fn collect(
             consumers,
         });
     }
-    let records = ledger.all().await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let mut outcomes = BTreeMap::new();
     let mut per_batch: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     let mut recent = 0;
-    for r in &records {
-        *outcomes.entry(r.outcome.as_str().to_string()).or_insert(0) += 1;
-        if let Some(b) = &r.batch {
+    for c in ledger.outcome_counts(now - RATE_WINDOW_SECS).await? {
+        *outcomes.entry(c.outcome.clone()).or_insert(0) += c.n;
+        if let Some(b) = c.batch {
             *per_batch
-                .entry(b.clone())
+                .entry(b)
                 .or_default()
-                .entry(r.outcome.as_str().to_string())
-                .or_insert(0) += 1;
+                .entry(c.outcome)
+                .or_insert(0) += c.n;
         }
-        if now - r.time <= 300 {
-            recent += 1;
-        }
+        recent += c.recent;
     }
     let batches = ledger
         .batches()
@@ -98,8 +102,8 @@ pub async fn collect(
                 outcomes,
             }
         })
-        .collect();
-    let rate_per_min = recent as f64 / 5.0;
+        .collect::<Vec<_>>();
+    let rate_per_min = recent as f64 * 60.0 / RATE_WINDOW_SECS as f64;
     let backlog: u32 = queues
         .iter()
         .filter(|q| q.queue != t.dead())
@@ -107,7 +111,13 @@ pub async fn collect(
         .sum();
     let eta_secs =
         (rate_per_min > 0.0).then(|| (backlog as f64 / rate_per_min * 60.0).round() as i64);
+    let pending: i64 = batches
+        .iter()
+        .filter(|b: &&BatchStatus| b.status == "published")
+        .map(|b| b.pending)
+        .sum();
     Ok(Status {
+        in_flight: (pending - backlog as i64).max(0),
         queues,
         batches,
         outcomes,
@@ -156,6 +166,7 @@ impl Status {
         })
         .collect();
         s += &format!("outcomes: {}\n", all.join(", "));
+        s += &format!("in flight: ~{}\n", self.in_flight);
         s += &format!(
             "rate: {:.1} jobs/min over the last 5 min; ETA {}\n",
             self.rate_per_min,

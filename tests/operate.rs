@@ -157,6 +157,7 @@ async fn status_json_counts_batches_outcomes_and_queues() {
     assert_eq!(done(&s["outcomes"]), ids.len() as u64, "{s:#}");
     assert_eq!(s["outcomes"]["skipped"], 1);
     assert_eq!(s["outcomes"]["failed"], 1);
+    assert_eq!(s["inFlight"], 0, "the run is over");
     let batch = &s["batches"][0];
     assert_eq!(batch["planned"], ids.len() + 2);
     assert_eq!(batch["pending"], 0);
