@@ -175,3 +175,21 @@ async fn status_json_counts_batches_outcomes_and_queues() {
     assert_eq!(depth(env.topology.dead()), 1, "the viz without content");
     env.cleanup().await;
 }
+
+/// The V2 guard every test relies on really catches a write the test did not make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "the migration must never write V2")]
+async fn the_v2_guard_catches_a_write_behind_the_tests_back() {
+    let env = TestEnv::new("v2-guard").await;
+    env.load_fixtures(&[]).await;
+    env.check_v2().await;
+    env.v2
+        .collection::<mongodb::bson::Document>("documentInfo")
+        .update_one(
+            mongodb::bson::doc! {"_id": PENGUIN},
+            mongodb::bson::doc! {"$set": {"title": "written by a bug"}},
+        )
+        .await
+        .unwrap();
+    env.check_v2().await;
+}

@@ -31,7 +31,17 @@ use vizhub_migrate::worker::{self, Options, Stats};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+#[derive(Default)]
+struct V2Guard {
+    /// V2's hash after the test's last own write.
+    hash: Option<String>,
+    /// The test wrote V2 since `hash` was taken.
+    dirty: bool,
+}
+
 pub struct TestEnv {
+    /// V2 must stay byte-identical except for the test's own writes: see [`TestEnv::check_v2`].
+    v2_guard: tokio::sync::Mutex<V2Guard>,
     pub name: String,
     pub mongo_base: String,
     pub amqp_uri: String,
@@ -125,6 +135,7 @@ impl TestEnv {
         // Fast retries in tests; the production defaults are seconds to minutes.
         topology.retry_delays_ms = vec![100, 200];
         TestEnv {
+            v2_guard: Default::default(),
             name,
             mongo_base,
             amqp_uri,
@@ -171,6 +182,7 @@ impl TestEnv {
             .insert_many(docs)
             .await
             .expect("insert V2");
+        self.v2_guard.lock().await.dirty = true;
     }
 
     /// Replace (or insert) one V2 doc by `_id`.
@@ -183,6 +195,7 @@ impl TestEnv {
             .upsert(true)
             .await
             .unwrap();
+        self.v2_guard.lock().await.dirty = true;
     }
 
     pub async fn delete_v2(&self, coll: &str, id: &str) {
@@ -191,6 +204,25 @@ impl TestEnv {
             .delete_one(doc! {"_id": id})
             .await
             .unwrap();
+        self.v2_guard.lock().await.dirty = true;
+    }
+
+    /// V2 checkpoint, taken whenever code under test is about to run or has run (planning,
+    /// workers, cleanup): after the test's own writes it records V2's hash; otherwise it asserts
+    /// V2 still has that hash. So every test proves the migration never wrote V2.
+    pub async fn check_v2(&self) {
+        let now = self.hash(&self.v2).await;
+        let mut g = self.v2_guard.lock().await;
+        match (&g.hash, g.dirty) {
+            (Some(before), false) => assert_eq!(
+                &now, before,
+                "V2 changed although the test did not write it: the migration must never write V2"
+            ),
+            _ => {
+                g.hash = Some(now);
+                g.dirty = false;
+            }
+        }
     }
 
     /// Load every real fixture into V2, with users synthesized for every referenced id except
@@ -226,6 +258,7 @@ impl TestEnv {
     }
 
     pub async fn plan(&self, selection: Selection) -> PlanReport {
+        self.check_v2().await;
         let conn = broker::connect(&self.amqp_uri).await.expect("broker");
         broker::declare(&conn.create_channel().await.unwrap(), &self.topology)
             .await
@@ -248,6 +281,7 @@ impl TestEnv {
 
     /// Run `n` in-process workers until the queues stay idle for 1 s.
     pub async fn run_workers(&self, n: usize) -> Arc<Stats> {
+        self.check_v2().await;
         let stats = Arc::new(Stats::default());
         let opts = Options {
             concurrency: 4,
@@ -275,6 +309,7 @@ impl TestEnv {
         for r in results {
             r.expect("worker task").expect("worker run");
         }
+        self.check_v2().await;
         stats
     }
 
@@ -349,6 +384,7 @@ impl TestEnv {
 
     /// Drop the databases and queues of this test.
     pub async fn cleanup(self) {
+        self.check_v2().await;
         let _ = self.v2.drop().await;
         let _ = self.v3.drop().await;
         if let Ok(conn) = broker::connect(&self.amqp_uri).await {
