@@ -2,6 +2,8 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use mongodb::Database;
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use vizhub_migrate::broker::Topology;
 use vizhub_migrate::cli::{self, BrokerArgs, LogArgs, MongoArgs};
 use vizhub_migrate::config::mongo_database;
 use vizhub_migrate::ledger::Ledger;
+use vizhub_migrate::metrics::{self, Metrics};
 use vizhub_migrate::migrate::Migrator;
 use vizhub_migrate::translate::Config;
 use vizhub_migrate::v2::reader::Reader;
@@ -73,6 +76,16 @@ struct RunArgs {
     /// On SIGTERM/SIGINT, seconds to let in-flight jobs finish before they are returned to the queue.
     #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 25)]
     drain_deadline: u64,
+    /// Where to serve /metrics (Prometheus), /healthz and /readyz; port 0 picks a free port (the
+    /// bound address is logged as `metrics_addr`). If it cannot be bound, the worker logs an
+    /// error and runs without them.
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    metrics_addr: SocketAddr,
 }
 
 #[derive(Args)]
@@ -85,7 +98,8 @@ struct PreviewArgs {
     viz: String,
 }
 
-async fn migrator(mongo: &MongoArgs, cfg: Config) -> anyhow::Result<Migrator> {
+/// The migrator, and the V3 database it writes (for `/readyz`).
+async fn migrator(mongo: &MongoArgs, cfg: Config) -> anyhow::Result<(Migrator, Database)> {
     let reads =
         NonZeroU32::new(mongo.v2_reads_per_sec).context("--v2-reads-per-sec must be > 0")?;
     let v2 = Reader::new(
@@ -93,12 +107,8 @@ async fn migrator(mongo: &MongoArgs, cfg: Config) -> anyhow::Result<Migrator> {
         reads,
     );
     let v3 = mongo_database(&mongo.v3_uri, "vizhub-migrate-worker").await?;
-    Ok(Migrator::new(
-        v2,
-        Store::new(v3.clone()),
-        Ledger::new(v3),
-        cfg,
-    ))
+    let m = Migrator::new(v2, Store::new(v3.clone()), Ledger::new(v3.clone()), cfg);
+    Ok((m, v3))
 }
 
 #[tokio::main]
@@ -118,7 +128,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Preview(a)) => {
-            let m = migrator(&a.mongo, a.translate.config()).await?;
+            let (m, _) = migrator(&a.mongo, a.translate.config()).await?;
             let docs = m.preview(&a.viz).await?;
             println!("{}", serde_json::to_string_pretty(&docs)?);
             Ok(())
@@ -128,14 +138,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mongo = r
                 .mongo
                 .context("--v2-uri and --v3-uri (or V2_MONGO_URI / V3_MONGO_URI) are required")?;
-            let m = migrator(&mongo, r.translate.config()).await?;
+            let (m, v3) = migrator(&mongo, r.translate.config()).await?;
             let opts = Options {
                 concurrency: r.concurrency.max(1),
                 until_idle: r.until_idle.map(Duration::from_secs),
                 drain_deadline: Duration::from_secs(r.drain_deadline),
             };
             let stats = Arc::new(Stats::default());
-            worker::run(
+            let endpoints = Arc::new(Metrics::new(stats.clone(), m.v2.clone(), v3));
+            // Jobs keep flowing without the endpoints (as when two workers share a host).
+            let server = metrics::Server::start(r.metrics_addr, endpoints)
+                .await
+                .inspect_err(|e| {
+                    tracing::error!(metrics_addr = %r.metrics_addr, error = %e,
+                        "cannot serve /metrics, /healthz, /readyz; running without them");
+                })
+                .ok();
+            let ran = worker::run(
                 m,
                 &r.broker.amqp_uri,
                 &Topology::new(&r.broker.queue_prefix),
@@ -143,8 +162,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 stats,
                 cli::shutdown_signal(),
             )
-            .await?;
-            Ok(())
+            .await;
+            if let Some(server) = server {
+                server.stop().await;
+            }
+            Ok(ran?)
         }
     }
 }

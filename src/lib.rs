@@ -17,6 +17,7 @@ pub mod ids;
 pub mod json0;
 pub mod json1;
 pub mod ledger;
+pub mod metrics;
 pub mod migrate;
 pub mod outcome;
 pub mod planner;

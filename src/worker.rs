@@ -14,19 +14,23 @@
 //! jobs until the drain deadline (unfinished ones go back to the queue when the connection
 //! closes), and with `until_idle` exits once the work and retry queues stayed empty with nothing
 //! in flight for that long.
+//!
+//! Everything it counts lives in [`Stats`], the one place of the worker's counters; the
+//! `/metrics` endpoint ([`crate::metrics`]) only reads them.
 
 use crate::broker::{self, BrokerError, HeaderValue, Publisher, Topology};
 use crate::ids;
 use crate::migrate::{JobError, Migrator};
 use crate::planner::Job;
-use crate::Disposition;
+use crate::{Disposition, Outcome};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -49,14 +53,125 @@ pub struct Options {
     pub drain_deadline: Duration,
 }
 
-/// Counters of a worker run (also the base of its metrics).
-#[derive(Debug, Default)]
+/// Counters of a worker run: the one place they are kept ([`crate::metrics`] exports them).
+#[derive(Debug)]
 pub struct Stats {
+    /// Jobs that ended in a recorded outcome other than `failed` (and were acked).
     pub done: AtomicU64,
+    /// Jobs sent to a delayed-retry queue.
     pub retried: AtomicU64,
+    /// Jobs published to the dead-letter queue.
     pub dead_lettered: AtomicU64,
+    /// Acks refused or failed because the channel died since the delivery (redelivered later).
     pub acks_lost: AtomicU64,
+    /// Jobs being handled now.
     pub in_flight: AtomicU64,
+    /// Ended jobs by outcome (spec 3.5): `done` by outcome, plus the dead-lettered as `failed`.
+    pub outcomes: OutcomeCounts,
+    /// Connection attempts to the broker after the first (each follows a lost or failed session).
+    pub reconnects: AtomicU64,
+    /// True while the worker has a broker session and is consuming.
+    pub broker_connected: AtomicBool,
+    /// Seconds each delivery took, from receipt to its ack (or its move to a retry queue or the
+    /// DLQ). Retried jobs count once per attempt.
+    pub job_seconds: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            done: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            acks_lost: AtomicU64::default(),
+            in_flight: AtomicU64::default(),
+            outcomes: OutcomeCounts::default(),
+            reconnects: AtomicU64::default(),
+            broker_connected: AtomicBool::default(),
+            // 5 ms … ~164 s: a small viz takes milliseconds, one with a long op log minutes.
+            job_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+        }
+    }
+}
+
+impl Stats {
+    /// A job ended with `outcome` (recorded in the ledger, or dead-lettered as `failed`).
+    fn ended(&self, outcome: Outcome) {
+        self.outcomes.add(outcome);
+        if outcome != Outcome::Failed {
+            self.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Ended jobs, one counter per [`Outcome`].
+#[derive(Debug, Default)]
+pub struct OutcomeCounts([AtomicU64; 5]);
+
+impl OutcomeCounts {
+    /// Every outcome, in the order [`OutcomeCounts::iter`] reports them.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Migrated,
+        Outcome::Skipped,
+        Outcome::Failed,
+        Outcome::Conflict,
+        Outcome::Unchanged,
+    ];
+
+    fn slot(outcome: Outcome) -> usize {
+        match outcome {
+            Outcome::Migrated => 0,
+            Outcome::Skipped => 1,
+            Outcome::Failed => 2,
+            Outcome::Conflict => 3,
+            Outcome::Unchanged => 4,
+        }
+    }
+
+    pub fn add(&self, outcome: Outcome) {
+        self.0[Self::slot(outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        self.0[Self::slot(outcome)].load(Ordering::Relaxed)
+    }
+
+    /// `(outcome, count)` for every outcome, zeros included.
+    pub fn iter(&self) -> impl Iterator<Item = (Outcome, u64)> + '_ {
+        Self::ALL.into_iter().map(|o| (o, self.get(o)))
+    }
+}
+
+/// Counts a job in flight for as long as it lives, including when its task is aborted.
+struct InFlight(Arc<Stats>);
+
+impl InFlight {
+    fn new(stats: Arc<Stats>) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(stats)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks the broker session up for as long as it lives.
+struct Connected<'a>(&'a AtomicBool);
+
+impl<'a> Connected<'a> {
+    fn new(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Connected(flag)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 fn now_secs() -> i64 {
@@ -104,6 +219,7 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
             _ = tokio::time::sleep(backoff) => {}
         }
+        stats.reconnects.fetch_add(1, Ordering::Relaxed);
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
@@ -139,6 +255,7 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
+    let connected = Connected::new(&stats.broker_connected);
     tracing::info!(queue = %topology.work(), concurrency = opts.concurrency, "consuming");
     let mut tasks = JoinSet::new();
     let mut idle_since: Option<Instant> = None;
@@ -157,10 +274,12 @@ async fn consume(
                 Some(Ok(d)) => {
                     idle_since = None;
                     let (m, p, t, s) = (migrator.clone(), publisher.clone(), topology.clone(), stats.clone());
-                    s.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let in_flight = InFlight::new(stats.clone());
                     tasks.spawn(async move {
+                        let started = Instant::now();
                         handle(&m, &p, &t, &s, d).await;
-                        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        s.job_seconds.observe(started.elapsed().as_secs_f64());
+                        drop(in_flight);
                     });
                 }
                 Some(Err(e)) => {
@@ -198,6 +317,8 @@ async fn consume(
             }
         }
     };
+    // No longer consuming (shutting down, or the session is lost): not ready any more.
+    drop(connected);
     // Drain: let in-flight jobs finish, up to the deadline. Whatever is still running then is
     // abandoned; its unacked delivery returns to the queue when the connection closes.
     let deadline = tokio::time::sleep(opts.drain_deadline);
@@ -258,7 +379,7 @@ async fn handle(
     let acked = match result {
         Ok(done) => {
             tracing::info!(viz = %done.viz, outcome = done.outcome.as_str(), reason = done.reason.as_deref().unwrap_or(""), "job done");
-            stats.done.fetch_add(1, Ordering::Relaxed);
+            stats.ended(done.outcome);
             d.ack(Default::default()).await.map_err(BrokerError::from)
         }
         Err(e) => {
@@ -303,7 +424,7 @@ async fn handle(
                         return;
                     }
                     tracing::info!(viz, reason = %e, "job skipped");
-                    stats.done.fetch_add(1, Ordering::Relaxed);
+                    stats.ended(disposition.final_outcome());
                     d.ack(Default::default()).await.map_err(BrokerError::from)
                 }
                 Disposition::Retry | Disposition::DeadLetter => {
@@ -315,6 +436,7 @@ async fn handle(
                         headers::FINGERPRINT.to_string(),
                         HeaderValue::Str(fingerprint(e.kind(), &e.to_string(), &viz)),
                     );
+                    stats.ended(disposition.final_outcome());
                     stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     broker::move_delivery(publisher, &d, &topology.dead(), extra).await
                 }

@@ -1,7 +1,8 @@
 //! Reading V2: the only code that talks to the V2 MongoDB. It can only read — no method here
 //! issues a write, an index build or any other command that changes V2 — and every read first
 //! takes a token from a per-process rate limiter (`governor`), so a fleet of N pods reads V2 at
-//! no more than N × the configured budget. Reads prefer a secondary when one exists.
+//! no more than N × the configured budget. Reads prefer a secondary when one exists. It also
+//! counts its queries and the time they waited for the limiter (the worker's metrics read them).
 
 use crate::translate::V2Viz;
 use futures_util::TryStreamExt;
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// V2 collection names (production database `vizhub`).
 pub mod collections {
@@ -31,6 +33,8 @@ pub struct Reader {
     limiter: Arc<DefaultDirectRateLimiter>,
     reads: Arc<AtomicU64>,
     waits: Arc<AtomicU64>,
+    /// Total time spent waiting for the limiter, in nanoseconds.
+    wait_nanos: Arc<AtomicU64>,
 }
 
 impl Reader {
@@ -41,6 +45,7 @@ impl Reader {
             limiter: Arc::new(RateLimiter::direct(Quota::per_second(reads_per_sec))),
             reads: Arc::default(),
             waits: Arc::default(),
+            wait_nanos: Arc::default(),
         }
     }
 
@@ -52,12 +57,32 @@ impl Reader {
         )
     }
 
+    /// Total time queries spent waiting for the rate limiter.
+    pub fn wait_time(&self) -> Duration {
+        Duration::from_nanos(self.wait_nanos.load(Ordering::Relaxed))
+    }
+
     async fn token(&self) {
         if self.limiter.check().is_err() {
             self.waits.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
             self.limiter.until_ready().await;
+            let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.wait_nanos.fetch_add(waited, Ordering::Relaxed);
         }
         self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `ping` command, for health checks: it reads no data and changes nothing, so it takes no
+    /// token and is not counted as a read. Like the reads, it may be answered by a secondary.
+    pub async fn ping(&self) -> mongodb::error::Result<()> {
+        self.db
+            .run_command(doc! {"ping": 1})
+            .selection_criteria(SelectionCriteria::ReadPreference(
+                ReadPreference::SecondaryPreferred { options: None },
+            ))
+            .await?;
+        Ok(())
     }
 
     fn coll(&self, name: &str) -> Collection<Document> {
