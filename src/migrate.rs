@@ -20,6 +20,18 @@ use std::sync::{Arc, Mutex};
 /// How deep a chain of missing parents a job migrates before giving up (spec 3.2).
 pub const MAX_PARENT_DEPTH: usize = 32;
 
+/// How many times [`Migrator::migrate`] re-runs a job that lost a race before it reports
+/// [`JobError::Raced`] (which then goes through the delayed-retry queues).
+pub const RACE_RERUNS: u32 = 4;
+
+/// 20 ms × rerun, plus up to 50 ms of jitter so two racing jobs do not meet again.
+fn race_pause(rerun: u32) -> std::time::Duration {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 50);
+    std::time::Duration::from_millis(20 * u64::from(rerun) + u64::from(jitter))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error(transparent)]
@@ -102,7 +114,14 @@ pub struct Migrator {
     pub ledger: Ledger,
     pub cfg: Config,
     /// V3 content at a commit never changes (commits are immutable): cache it across jobs.
-    content_cache: Arc<Mutex<HashMap<String, Arc<Value>>>>,
+    content_cache: Arc<Mutex<HashMap<String, CachedContent>>>,
+}
+
+/// V3 content at a commit, and the vizzes whose commits lead there.
+#[derive(Clone)]
+struct CachedContent {
+    content: Arc<Value>,
+    ancestry: Arc<HashSet<String>>,
 }
 
 const CONTENT_CACHE_MAX: usize = 512;
@@ -167,9 +186,30 @@ impl Migrator {
 
     /// Migrate one viz (the job). Records the ledger for every outcome it returns; errors are
     /// recorded by the caller once it has decided between retry and dead-letter.
+    ///
+    /// A job that lost a race (another job wrote one of its documents between our read and our
+    /// write: a fork recounting its parent's `forksCount`, a child migrating this viz as its
+    /// parent) runs again at once, up to [`RACE_RERUNS`] times, after a short jittered pause:
+    /// re-deriving is idempotent, and going through a delayed-retry queue for an optimistic-lock
+    /// miss would only make the job wait seconds for nothing.
     pub async fn migrate(&self, viz: &str, batch: Option<&str>) -> Result<Done, JobError> {
-        let mut visiting = HashSet::new();
-        self.migrate_depth(viz, batch, 0, &mut visiting).await
+        let mut reruns = 0;
+        loop {
+            let mut visiting = HashSet::new();
+            match self.migrate_depth(viz, batch, 0, &mut visiting).await {
+                Err(JobError::Raced { docs, .. }) if reruns < RACE_RERUNS => {
+                    reruns += 1;
+                    tracing::debug!(
+                        viz,
+                        ?docs,
+                        reruns,
+                        "lost a race on V3 documents; running again"
+                    );
+                    tokio::time::sleep(race_pause(reruns)).await;
+                }
+                done => return done,
+            }
+        }
     }
 
     fn migrate_depth<'a>(
@@ -480,7 +520,14 @@ impl Migrator {
         let Some(fork) = translate::fork_point(&commits, created) else {
             return Ok(None);
         };
-        let content = self.content_at(viz, fork, &commits).await?;
+        let Some(content) = self.content_at(viz, fork, &commits).await? else {
+            tracing::warn!(
+                viz,
+                parent,
+                "fork cycle: the parent already descends from this viz"
+            );
+            return Ok(None);
+        };
         Ok(Some(ParentLink {
             viz: parent.to_string(),
             commit: fork.id.clone(),
@@ -490,17 +537,29 @@ impl Migrator {
     }
 
     /// V3 content at `at` (a commit of `chain`), replaying ancestors across vizzes, cached.
+    ///
+    /// `None` when the chain at `at` descends from `viz` itself: V2 has a fork cycle (A forked
+    /// from B, B from A) and the other member was migrated first, hanging from `viz`. Linking
+    /// `viz` there would close the cycle in V3; the caller falls back to the primordial viz, as
+    /// the first member of the cycle did. Worker and `verify` decide this the same way, from V3.
     async fn content_at(
         &self,
         viz: &str,
         at: &Commit,
         chain: &[Commit],
-    ) -> Result<Arc<Value>, JobError> {
-        if let Some(c) = self.content_cache.lock().expect("cache lock").get(&at.id) {
-            return Ok(c.clone());
+    ) -> Result<Option<Arc<Value>>, JobError> {
+        let cached = self
+            .content_cache
+            .lock()
+            .expect("cache lock")
+            .get(&at.id)
+            .cloned();
+        if let Some(c) = cached {
+            return Ok((!c.ancestry.contains(viz)).then_some(c.content));
         }
         let mut all: HashMap<String, Commit> =
             chain.iter().map(|c| (c.id.clone(), c.clone())).collect();
+        let mut ancestry: HashSet<String> = chain.iter().map(|c| c.viz.clone()).collect();
         // Walk up to the root, one query per ancestor viz.
         let mut root = chain.first().cloned();
         while let Some(parent_id) = root.as_ref().and_then(|c| c.parent.clone()) {
@@ -524,6 +583,7 @@ impl Migrator {
                 });
             };
             let ancestors = self.v3.commits_of(&pc.viz).await.map_err(v3_err(viz))?;
+            ancestry.insert(pc.viz.clone());
             root = ancestors.first().cloned();
             all.extend(ancestors.into_iter().map(|c| (c.id.clone(), c)));
         }
@@ -532,13 +592,16 @@ impl Migrator {
             commit: at.id.clone(),
             reason: e.to_string(),
         })?;
-        let content = Arc::new(content);
+        let cached = CachedContent {
+            content: Arc::new(content),
+            ancestry: Arc::new(ancestry),
+        };
         let mut cache = self.content_cache.lock().expect("cache lock");
         if cache.len() >= CONTENT_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(at.id.clone(), content.clone());
-        Ok(content)
+        cache.insert(at.id.clone(), cached.clone());
+        Ok((!cached.ancestry.contains(viz)).then_some(cached.content))
     }
 
     /// Write a translation in the order that keeps a half-done job invisible, then the ledger.
@@ -851,7 +914,9 @@ impl Migrator {
             }
             let commits = self.v3.commits_of(candidate).await.map_err(v3_err(viz))?;
             if let Some(fork) = translate::fork_point(&commits, p.created) {
-                let content = self.content_at(viz, fork, &commits).await?;
+                let Some(content) = self.content_at(viz, fork, &commits).await? else {
+                    continue; // a fork cycle (see `content_at`)
+                };
                 link = Some(ParentLink {
                     viz: candidate.to_string(),
                     commit: fork.id.clone(),

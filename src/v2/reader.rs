@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Documents per reply of a multi-document query; every reply costs one token.
+const BATCH: u32 = 1000;
+
 /// V2 collection names (production database `vizhub`).
 pub mod collections {
     pub const INFO: &str = "documentInfo";
@@ -115,10 +118,34 @@ impl Reader {
         filter: Document,
         opts: Option<FindOptions>,
     ) -> mongodb::error::Result<Vec<Value>> {
-        self.token().await;
-        let cursor = self.coll(coll).find(filter).with_options(opts).await?;
-        let docs: Vec<Document> = cursor.try_collect().await?;
+        let docs = self.drain(coll, filter, opts.unwrap_or_default()).await?;
         Ok(docs.into_iter().map(super::from_bson).collect())
+    }
+
+    /// Every document of a query, in batches of [`BATCH`]. Each batch is a command V2 answers
+    /// (the `find`, then one `getMore` per further batch), and each takes a token first.
+    /// (A batch the server cuts short at its 16 MiB reply limit costs an untaxed `getMore`;
+    /// op-log and info documents are far smaller than 16 KiB, so that needs > 1,000 of them.)
+    async fn drain(
+        &self,
+        coll: &str,
+        filter: Document,
+        mut opts: FindOptions,
+    ) -> mongodb::error::Result<Vec<Document>> {
+        opts.batch_size = Some(BATCH);
+        self.token().await;
+        let mut cursor = self.coll(coll).find(filter).with_options(opts).await?;
+        let mut out = Vec::new();
+        loop {
+            if !out.is_empty() && out.len() % BATCH as usize == 0 {
+                // The next document needs a `getMore`.
+                self.token().await;
+            }
+            match cursor.try_next().await? {
+                Some(d) => out.push(d),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// `documentInfo`, `documentContent` and the content op log of one viz (3 queries, run
@@ -154,34 +181,17 @@ impl Reader {
     }
 
     /// Projected `documentInfo` docs matching `filter`, sorted by `(createdTimestamp, _id)`.
-    /// One query; the cursor is drained in batches by the driver.
+    /// One query, drained in batches (each budgeted).
     pub async fn scan_infos(
         &self,
         filter: Document,
         limit: Option<i64>,
     ) -> mongodb::error::Result<Vec<Document>> {
-        self.token().await;
         let opts = FindOptions::builder()
             .projection(doc! {"_id": 1, "createdTimestamp": 1})
             .sort(doc! {"createdTimestamp": 1, "_id": 1})
             .limit(limit)
-            .batch_size(1000)
             .build();
-        let mut cursor = self
-            .coll(collections::INFO)
-            .find(filter)
-            .with_options(opts)
-            .await?;
-        let mut out = Vec::new();
-        let mut seen = 0usize;
-        while let Some(d) = cursor.try_next().await? {
-            out.push(d);
-            seen += 1;
-            // Each further batch of the cursor is another query against V2: budget it too.
-            if seen % 1000 == 0 {
-                self.token().await;
-            }
-        }
-        Ok(out)
+        self.drain(collections::INFO, filter, opts).await
     }
 }

@@ -258,8 +258,13 @@ impl TestEnv {
     }
 
     pub async fn plan(&self, selection: Selection) -> PlanReport {
+        self.plan_on(&self.amqp_uri, selection).await
+    }
+
+    /// [`TestEnv::plan`] on another broker (a test's own RabbitMQ node).
+    pub async fn plan_on(&self, amqp_uri: &str, selection: Selection) -> PlanReport {
         self.check_v2().await;
-        let conn = broker::connect(&self.amqp_uri).await.expect("broker");
+        let conn = broker::connect(amqp_uri).await.expect("broker");
         broker::declare(&conn.create_channel().await.unwrap(), &self.topology)
             .await
             .unwrap();
@@ -281,6 +286,18 @@ impl TestEnv {
 
     /// Run `n` in-process workers until the queues stay idle for 1 s.
     pub async fn run_workers(&self, n: usize) -> Arc<Stats> {
+        self.run_workers_on(n, &self.amqp_uri, || self.migrator())
+            .await
+    }
+
+    /// `n` in-process workers until idle, on `amqp_uri`, each with a migrator from `migrator`
+    /// (fault-injection tests pass clients of their own).
+    pub async fn run_workers_on(
+        &self,
+        n: usize,
+        amqp_uri: &str,
+        migrator: impl Fn() -> Migrator,
+    ) -> Arc<Stats> {
         self.check_v2().await;
         let stats = Arc::new(Stats::default());
         let opts = Options {
@@ -289,9 +306,9 @@ impl TestEnv {
             drain_deadline: Duration::from_secs(10),
         };
         let runs = (0..n).map(|_| {
-            let m = self.migrator();
+            let m = migrator();
             let (uri, t, o, s) = (
-                self.amqp_uri.clone(),
+                amqp_uri.to_string(),
                 self.topology.clone(),
                 opts.clone(),
                 stats.clone(),
@@ -389,7 +406,9 @@ impl TestEnv {
         let _ = self.v3.drop().await;
         if let Ok(conn) = broker::connect(&self.amqp_uri).await {
             if let Ok(ch) = conn.create_channel().await {
-                for q in self.topology.all_queues() {
+                // The binaries declare the production retry delays under the same prefix.
+                let binaries = Topology::new(&self.topology.prefix).all_queues();
+                for q in self.topology.all_queues().into_iter().chain(binaries) {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }
             }
