@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod outcome;
 pub mod planner;
+pub mod seed;
 pub mod status;
 pub mod translate;
 pub mod v2;
