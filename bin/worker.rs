@@ -139,6 +139,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .mongo
                 .context("--v2-uri and --v3-uri (or V2_MONGO_URI / V3_MONGO_URI) are required")?;
             let (m, v3) = migrator(&mongo, r.translate.config()).await?;
+            // A worker without the right to create indexes still works, only slower.
+            if let Err(e) = m.v3.ensure_indexes().await {
+                tracing::warn!(error = %e, "cannot create the V3 indexes the migration queries use");
+            }
             let opts = Options {
                 concurrency: r.concurrency.max(1),
                 until_idle: r.until_idle.map(Duration::from_secs),

@@ -10,7 +10,7 @@ use crate::translate::{
     self, Config, Context, Parent, ParentRequest, Prepared, Previous, TranslateError, Translation,
 };
 use crate::v2::reader::Reader;
-use crate::v3::store::{is_transient_mongo, Policy, Store, StoreError, SyncReport};
+use crate::v3::store::{is_transient_mongo, Policy, Snapshot, Store, StoreError, SyncReport};
 use crate::v3::{collections as c3, Commit};
 use crate::{history, ids, v2, v3, Disposition, Outcome, PRIMORDIAL_VIZ_ID};
 use serde_json::Value;
@@ -171,6 +171,15 @@ struct WriteSet<'a> {
     analytics_fingerprint: Option<String>,
     parent: Option<&'a str>,
     previous_upvoters: bool,
+    /// Snapshots read before translating (this viz's info and content, its analytics event):
+    /// the writes reuse them instead of reading them again.
+    known: Known<'a>,
+}
+
+struct Known<'a> {
+    info: &'a HashMap<String, Snapshot>,
+    content: &'a HashMap<String, Snapshot>,
+    analytics: &'a HashMap<String, Snapshot>,
 }
 
 impl Migrator {
@@ -260,13 +269,13 @@ impl Migrator {
                 .map_err(v2_err(viz))?;
             let fingerprint = p.source_fingerprint();
             let analytics_fingerprint = analytics.as_ref().map(ids::fingerprint);
-            let (info_now, content_now) = tokio::try_join!(
+            let (info_snaps, content_snaps) = tokio::try_join!(
                 self.v3.snapshots(c3::INFO, std::slice::from_ref(&p.viz)),
                 self.v3.snapshots(c3::CONTENT, std::slice::from_ref(&p.viz)),
             )
             .map_err(v3_err(viz))?;
-            let info_now = info_now.get(viz).filter(|s| s.doc_type.is_some());
-            let content_now = content_now.get(viz).filter(|s| s.doc_type.is_some());
+            let info_now = info_snaps.get(viz).filter(|s| s.doc_type.is_some());
+            let content_now = content_snaps.get(viz).filter(|s| s.doc_type.is_some());
             let migrated = last
                 .as_ref()
                 .and_then(|l| l.migrated.clone())
@@ -294,25 +303,39 @@ impl Migrator {
                 v3_now,
             );
             let users = self.v2.users(&p.user_ids).await.map_err(v2_err(viz))?;
-            let v3_analytics = match &analytics {
-                Some(_) => self
+            // A viz V3 has never had (no info snapshot, not even a tombstone) is invisible to
+            // V3's users: nothing in V3 can count its page views, fork it or upvote it yet.
+            let unseen = !info_snaps.contains_key(viz);
+            let analytics_snaps = match &analytics {
+                Some(_) if !unseen => self
                     .v3
                     .snapshots(c3::ANALYTICS_EVENT, std::slice::from_ref(&p.analytics_id))
                     .await
                     .map_err(v3_err(viz))?,
-                None => HashMap::new(),
+                _ => HashMap::new(),
             };
-            let v3_analytics = v3_analytics
+            let v3_analytics = analytics_snaps
                 .get(&p.analytics_id)
                 .filter(|s| s.doc_type.is_some())
                 .and_then(|s| s.data.get("intervals"))
                 .and_then(Value::as_object);
             match plan {
                 Plan::Unchanged => {
+                    // Migrated moments ago in this same batch by a fork's job (parents are
+                    // migrated first, recursively): this job's viz is migrated, by this batch.
+                    let earlier_in_batch = batch.is_some()
+                        && last.as_ref().is_some_and(|l| {
+                            l.outcome == Outcome::Migrated && l.batch.as_deref() == batch
+                        });
                     let done = Done {
                         viz: viz.to_string(),
-                        outcome: Outcome::Unchanged,
-                        reason: None,
+                        outcome: if earlier_in_batch {
+                            Outcome::Migrated
+                        } else {
+                            Outcome::Unchanged
+                        },
+                        reason: earlier_in_batch
+                            .then(|| "migrated earlier in this batch, as a fork's parent".into()),
                     };
                     self.record(
                         &done,
@@ -432,6 +455,11 @@ impl Migrator {
                         analytics_fingerprint,
                         parent: parent.as_ref().map(|l| l.viz.as_str()),
                         previous_upvoters: previous.is_some(),
+                        known: Known {
+                            info: &info_snaps,
+                            content: &content_snaps,
+                            analytics: &analytics_snaps,
+                        },
                     };
                     self.write(set).await
                 }
@@ -630,9 +658,16 @@ impl Migrator {
         let content = [(viz.to_string(), t.content.clone())];
         let content_report = self
             .v3
-            .sync(c3::CONTENT, &content, Policy::Update, ts)
+            .sync_known(c3::CONTENT, &content, w.known.content, Policy::Update, ts)
             .await
             .map_err(v3_err(viz))?;
+        // The version the content is at now (a create makes v1, an op the next version).
+        let v3_content_v = match (w.known.content.get(viz), &content_report) {
+            (_, r) if r.created > 0 => 1,
+            (Some(s), r) if r.updated > 0 => s.version + 1,
+            (Some(s), _) => s.version,
+            (None, _) => 0,
+        };
         note(content_report);
         let upvotes: Vec<(String, Value)> = t
             .upvotes
@@ -662,9 +697,10 @@ impl Migrator {
         if let Some(a) = &t.analytics {
             note(
                 self.v3
-                    .sync(
+                    .sync_known(
                         c3::ANALYTICS_EVENT,
                         &[(a.id.clone(), to_value(a))],
+                        w.known.analytics,
                         Policy::Update,
                         ts,
                     )
@@ -674,17 +710,27 @@ impl Migrator {
         }
         // Info last: it makes the viz visible. Counts are recomputed from V3, never incremented.
         let mut info = t.info.clone();
-        info.forks_count = self.v3.forks_count(viz).await.map_err(v3_err(viz))?;
+        // A viz V3 never had cannot have V3-native forks or upvotes; its migrated forks hang
+        // from it only once it is visible (their jobs recount it then).
+        let unseen = !w.known.info.contains_key(viz);
+        info.forks_count = if unseen {
+            0
+        } else {
+            self.v3.forks_count(viz).await.map_err(v3_err(viz))?
+        };
         info.upvotes_count = if t.upvotes.is_empty() && !w.previous_upvoters {
             0
+        } else if unseen {
+            t.upvotes.len() as i64
         } else {
             self.v3.upvotes_count(viz).await.map_err(v3_err(viz))?
         };
         note(
             self.v3
-                .sync(
+                .sync_known(
                     c3::INFO,
                     &[(viz.to_string(), to_value(&info))],
+                    w.known.info,
                     Policy::Update,
                     ts,
                 )
@@ -700,13 +746,6 @@ impl Migrator {
                 docs: raced,
             });
         }
-        let v3_content_v = self
-            .v3
-            .snapshots(c3::CONTENT, &[viz.to_string()])
-            .await
-            .map_err(v3_err(viz))?
-            .get(viz)
-            .map_or(0, |s| s.version);
         let history = match &t.history {
             history::Mode::Replayed { base_v, ops } => format!(
                 "replayed {ops} ops from v{base_v}, {} new commits",
@@ -810,7 +849,13 @@ impl Migrator {
         let mut data = s.data.clone();
         data["forksCount"] = Value::from(count);
         self.v3
-            .sync(c3::INFO, &[(parent.to_string(), data)], Policy::Update, ts)
+            .sync_known(
+                c3::INFO,
+                &[(parent.to_string(), data)],
+                &snaps,
+                Policy::Update,
+                ts,
+            )
             .await
             .map_err(v3_err(viz))
     }

@@ -202,7 +202,7 @@ impl<'a> Generator<'a> {
         let bad = ((n as f64) * self.opts.bad_share.clamp(0.0, 1.0)).round() as usize;
         // Spread creation over two years from mid-2018; bad inputs evenly among the good.
         let step = (63_000_000 / n.max(1)).max(1) as i64;
-        let every = if bad == 0 { usize::MAX } else { n / bad };
+        let every = n.checked_div(bad).unwrap_or(usize::MAX);
         let mut planted = 0;
         for i in 0..n {
             let created = 1_530_000_000 + i as i64 * step + self.rng.random_range(0..step);

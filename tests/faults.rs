@@ -590,12 +590,16 @@ async fn v2_reads_stay_within_the_budget() {
             .count();
         worst = worst.max(in_window);
     }
+    // The clock here is when the driver reports a command started, which lags the token by
+    // scheduling delays that vary under load (2 cores, tests in parallel): allow half a second
+    // of budget for that jitter. A limiter that did not hold would exceed these many times over.
+    let jitter = BUDGET as usize / 2;
     assert!(
-        worst <= 2 * BUDGET as usize + 1,
+        worst <= 2 * BUDGET as usize + jitter,
         "{worst} V2 reads in one second, budget {BUDGET}"
     );
     let elapsed = times.last().unwrap().duration_since(times[0]).as_secs_f64();
-    let allowed = BUDGET as f64 * elapsed + BUDGET as f64 + 1.0;
+    let allowed = BUDGET as f64 * elapsed + BUDGET as f64 + jitter as f64;
     assert!(
         times.len() as f64 <= allowed,
         "{} V2 reads in {elapsed:.1}s, budget {BUDGET}/s allows {allowed:.0}",

@@ -184,6 +184,37 @@ impl Store {
         &self.db
     }
 
+    /// Create (idempotently) the indexes the migration's V3 queries need: op logs by `(d, v)`
+    /// (the index `sharedb-mongo` creates itself), commits by viz, infos by parent, upvotes by
+    /// viz, permissions by resource. Without them every job scans whole collections and a run
+    /// slows down as V3 fills. Workers call it at start-up.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        use mongodb::IndexModel;
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        let sharedb = [
+            collections::INFO,
+            collections::CONTENT,
+            collections::USER,
+            collections::UPVOTE,
+            collections::PERMISSION,
+            collections::ANALYTICS_EVENT,
+        ];
+        for c in sharedb {
+            self.coll(&format!("o_{c}"))
+                .create_index(index(doc! {"d": 1, "v": 1}))
+                .await?;
+        }
+        for (c, keys) in [
+            (collections::COMMIT, doc! {"viz": 1}),
+            (collections::INFO, doc! {"forkedFrom": 1}),
+            (collections::UPVOTE, doc! {"viz": 1}),
+            (collections::PERMISSION, doc! {"resource": 1}),
+        ] {
+            self.coll(c).create_index(index(keys)).await?;
+        }
+        Ok(())
+    }
+
     /// Database commands issued so far.
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
@@ -239,12 +270,30 @@ impl Store {
         policy: Policy,
         ts_ms: i64,
     ) -> Result<SyncReport, StoreError> {
+        if wanted.is_empty() {
+            return Ok(SyncReport::default());
+        }
+        let ids: Vec<String> = wanted.iter().map(|(id, _)| id.clone()).collect();
+        let existing = self.snapshots(collection, &ids).await?;
+        self.sync_known(collection, wanted, &existing, policy, ts_ms)
+            .await
+    }
+
+    /// [`Store::sync`] when the caller already read the snapshots (`existing`, from
+    /// [`Store::snapshots`] of the same ids): one query less. Updates stay conditional on the
+    /// version read, so a snapshot that moved on since is reported as a lost race.
+    pub async fn sync_known(
+        &self,
+        collection: &str,
+        wanted: &[(String, Value)],
+        existing: &HashMap<String, Snapshot>,
+        policy: Policy,
+        ts_ms: i64,
+    ) -> Result<SyncReport, StoreError> {
         let mut report = SyncReport::default();
         if wanted.is_empty() {
             return Ok(report);
         }
-        let ids: Vec<String> = wanted.iter().map(|(id, _)| id.clone()).collect();
-        let existing = self.snapshots(collection, &ids).await?;
         let mut creates = Vec::new();
         for (id, data) in wanted {
             match existing.get(id) {

@@ -1,0 +1,658 @@
+//! The scale benchmark (issue "Prove it"): a generated V2 data set of `BENCH_VIZZES` vizzes
+//! (default 5,000, plus the real fixtures) in SecantusDB, measured in one run against baselines
+//! on the same servers:
+//!
+//! - end-to-end migration (vizzes/s, V3 documents/s) with real `worker` processes at a few
+//!   worker × concurrency settings, each into a fresh V3 database, vs a **raw copy**: every V2
+//!   document of the set read with bulk cursors and the same V3 documents (same count, same
+//!   bytes, taken from the migrated database) written with unordered bulk inserts;
+//! - `planner plan --all` publish rate vs a raw pipelined confirmed publish of as many messages
+//!   of the same size to the same broker;
+//! - translation CPU per viz vs deserializing the same documents (every viz translated as a root:
+//!   its first commit diffs from `{}`, the costliest case);
+//! - peak RSS (`VmHWM`) of each worker process;
+//! - database round trips per viz, counted by command monitoring on an in-process migration of
+//!   a sample (V2 and V3 separately).
+//!
+//! `scripts/bench` runs it on fresh servers; `cargo bench --bench scale` uses `MONGO_URI` /
+//! `AMQP_URI`. The table is printed and written to `target/bench-scale.json`. Under
+//! `cargo test` it runs once at a small scale as a smoke test (no figures claimed).
+
+use mongodb::bson::{doc, Document, RawDocumentBuf};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vizhub_migrate::broker::{self, Topology};
+use vizhub_migrate::ledger::Ledger;
+use vizhub_migrate::migrate::Migrator;
+use vizhub_migrate::planner::{self, Selection};
+use vizhub_migrate::seed::{self, Dataset, Options};
+use vizhub_migrate::translate::{self, Config, Context, Parent, V2Viz};
+use vizhub_migrate::v2::reader::Reader;
+use vizhub_migrate::v3::store::Store;
+
+/// How long any one phase may take before the benchmark gives up.
+const PATIENCE: Duration = Duration::from_secs(1800);
+
+struct Env {
+    client: Client,
+    mongo_base: String,
+    amqp_uri: String,
+    tag: String,
+}
+
+impl Env {
+    fn db_uri(&self, db: &str) -> String {
+        let (base, query) = self
+            .mongo_base
+            .split_once('?')
+            .unwrap_or((&self.mongo_base, ""));
+        let base = base.trim_end_matches('/');
+        if query.is_empty() {
+            format!("{base}/{db}")
+        } else {
+            format!("{base}/{db}?{query}")
+        }
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let n: usize = std::env::var("BENCH_VIZZES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 5_000 } else { 40 });
+    let configs: Vec<(usize, usize)> = if full {
+        vec![(1, 4), (1, 16), (2, 8)]
+    } else {
+        vec![(1, 4)]
+    };
+    let (Ok(mongo_base), Ok(amqp_uri)) = (std::env::var("MONGO_URI"), std::env::var("AMQP_URI"))
+    else {
+        panic!(
+            "the scale benchmark needs MONGO_URI and AMQP_URI (`eval \"$(scripts/services start)\"`, \
+             or scripts/bench, which starts fresh servers)"
+        );
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = Client::with_uri_str(&mongo_base).await.unwrap();
+            let env = Env {
+                client,
+                mongo_base,
+                amqp_uri,
+                tag: format!("bench{}", std::process::id()),
+            };
+            run(&env, n, &configs, full).await;
+        });
+}
+
+async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
+    println!("scale benchmark: {n} generated vizzes + the real fixtures");
+    let mut data = Dataset::fixtures();
+    let roots: Vec<String> = data
+        .vizzes
+        .iter()
+        .filter_map(|v| v.info["_id"].as_str().map(str::to_string))
+        .collect();
+    data.extend(Dataset::generate(
+        &Options {
+            vizzes: n,
+            ..Options::default()
+        },
+        &roots,
+    ));
+    let vizzes = data.vizzes.len();
+
+    // V2, seeded once for the whole run.
+    let v2_name = format!("{}_v2", env.tag);
+    let v2 = env.client.database(&v2_name);
+    let t = Instant::now();
+    let seeded = seed::write(&v2, &data, |_| {}).await.unwrap();
+    let seed_secs = t.elapsed().as_secs_f64();
+    let v2_docs = data.doc_count();
+    println!(
+        "seeded {vizzes} vizzes ({v2_docs} V2 docs, {} ops, {:.1} MiB content) in {seed_secs:.1}s",
+        seeded.ops,
+        seeded.content_bytes as f64 / 1048576.0
+    );
+
+    let cpu = translation_cpu(&data);
+    println!(
+        "translation CPU: {:.1} µs/viz vs deserialization {:.1} µs/viz = {:.2}×",
+        cpu.translate_us, cpu.deserialize_us, cpu.ratio
+    );
+
+    // Migrations, each into a fresh V3 and under fresh queues.
+    let mut runs = Vec::new();
+    let mut planner_rate = None;
+    let mut last_v3 = None;
+    for (k, &(workers, concurrency)) in configs.iter().enumerate() {
+        let v3_name = format!("{}_v3_{k}", env.tag);
+        let topology = Topology::new(&format!("{}.{k}", env.tag));
+        let (planned, plan_secs) = plan(env, &v2, &env.client.database(&v3_name), &topology).await;
+        planner_rate.get_or_insert((planned, plan_secs));
+        let r = migrate(
+            env,
+            &v2_name,
+            &v3_name,
+            &topology,
+            planned,
+            workers,
+            concurrency,
+        )
+        .await;
+        println!(
+            "{workers} worker(s) × concurrency {concurrency}: {planned} jobs in {:.1}s = {:.1} vizzes/s, {:.0} V3 docs/s, peak RSS {:.0} MiB",
+            r.secs,
+            r.vizzes_per_sec,
+            r.docs_per_sec,
+            r.peak_rss_mib
+        );
+        runs.push(r);
+        delete_queues(env, &topology).await;
+        if let Some(old) = last_v3.replace(v3_name) {
+            env.client.database(&old).drop().await.unwrap();
+        }
+    }
+    let v3_name = last_v3.expect("at least one run");
+    let v3 = env.client.database(&v3_name);
+
+    let raw = raw_copy(env, &v2, &v3).await;
+    println!(
+        "raw copy: {} V2 docs read, {} V3 docs ({:.1} MiB) written in {:.1}s = {:.1} vizzes/s",
+        raw.v2_docs,
+        raw.v3_docs,
+        raw.v3_bytes as f64 / 1048576.0,
+        raw.secs,
+        vizzes as f64 / raw.secs
+    );
+
+    let (planned, plan_secs) = planner_rate.expect("planned");
+    let raw_publish_secs = raw_publish(env, planned).await;
+    let plan_rate = planned as f64 / plan_secs;
+    let raw_rate = planned as f64 / raw_publish_secs;
+    println!(
+        "planner: {planned} jobs in {plan_secs:.2}s = {plan_rate:.0}/s; raw confirmed publish {raw_rate:.0}/s"
+    );
+
+    let trips = round_trips(env, &v2, &data, if full { 300 } else { 20 }).await;
+    println!(
+        "round trips per viz ({} vizzes, in-process): V2 {:.1}, V3 {:.1}",
+        trips.vizzes, trips.v2_per_viz, trips.v3_per_viz
+    );
+
+    let raw_rate_vizzes = vizzes as f64 / raw.secs;
+    let best = runs
+        .iter()
+        .map(|r| r.vizzes_per_sec)
+        .fold(0.0_f64, f64::max);
+    let peak_rss = runs.iter().map(|r| r.peak_rss_mib).fold(0.0_f64, f64::max);
+    let rss16 = runs
+        .iter()
+        .filter(|r| r.concurrency == 16)
+        .map(|r| r.peak_rss_mib)
+        .fold(0.0_f64, f64::max);
+    let rows = [
+        (
+            "end-to-end / raw copy (best run)",
+            best / raw_rate_vizzes,
+            "≥ 0.5",
+            best / raw_rate_vizzes >= 0.5,
+        ),
+        (
+            "planner / raw confirmed publish",
+            plan_rate / raw_rate,
+            "≥ 0.5",
+            plan_rate / raw_rate >= 0.5,
+        ),
+        (
+            "translation / deserialization",
+            cpu.ratio,
+            "≤ 3",
+            cpu.ratio <= 3.0,
+        ),
+        (
+            "worker peak RSS MiB (concurrency 16, else max)",
+            if rss16 > 0.0 { rss16 } else { peak_rss },
+            "≤ 150",
+            (if rss16 > 0.0 { rss16 } else { peak_rss }) <= 150.0,
+        ),
+        (
+            "V3 round trips per viz",
+            trips.v3_per_viz,
+            "≤ 15",
+            trips.v3_per_viz <= 15.0,
+        ),
+        (
+            "vizzes/s vs the original Node migration (~2/s)",
+            best / 2.0,
+            "≥ 10",
+            best / 2.0 >= 10.0,
+        ),
+    ];
+    println!("\n{:<48} {:>10}  {:>7}  met", "figure", "value", "target");
+    for (name, value, target, met) in &rows {
+        println!(
+            "{name:<48} {value:>10.2}  {target:>7}  {}",
+            if *met { "yes" } else { "NO" }
+        );
+    }
+    let report = json!({
+        "vizzes": vizzes, "generated": n, "v2Docs": v2_docs, "ops": seeded.ops,
+        "contentBytes": seeded.content_bytes, "seedSecs": seed_secs,
+        "translation": {"translateUsPerViz": cpu.translate_us, "deserializeUsPerViz": cpu.deserialize_us, "ratio": cpu.ratio},
+        "runs": runs.iter().map(|r| json!({"workers": r.workers, "concurrency": r.concurrency, "secs": r.secs,
+            "vizzesPerSec": r.vizzes_per_sec, "v3DocsPerSec": r.docs_per_sec, "v3Docs": r.v3_docs, "peakRssMiB": r.peak_rss_mib})).collect::<Vec<_>>(),
+        "rawCopy": {"secs": raw.secs, "v2Docs": raw.v2_docs, "v3Docs": raw.v3_docs, "v3Bytes": raw.v3_bytes, "vizzesPerSec": raw_rate_vizzes},
+        "planner": {"jobs": planned, "secs": plan_secs, "perSec": plan_rate, "rawPublishPerSec": raw_rate},
+        "roundTrips": {"vizzes": trips.vizzes, "v2PerViz": trips.v2_per_viz, "v3PerViz": trips.v3_per_viz},
+        "ratios": rows.iter().map(|(name, value, target, met)| json!({"figure": name, "value": value, "target": target, "met": met})).collect::<Vec<_>>(),
+    });
+    if full {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scale.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+        println!("\nwritten to {}", path.display());
+    } else {
+        // Smoke run: the pipeline works end to end at a small scale.
+        assert!(runs.iter().all(|r| r.secs > 0.0 && r.v3_docs > 0));
+        assert!(trips.v3_per_viz > 0.0 && cpu.ratio > 0.0);
+    }
+    v2.drop().await.unwrap();
+    v3.drop().await.unwrap();
+}
+
+struct Cpu {
+    translate_us: f64,
+    deserialize_us: f64,
+    ratio: f64,
+}
+
+/// Deserialize (JSON text → typed V2 model) and translate (as roots) every viz that prepares.
+fn translation_cpu(data: &Dataset) -> Cpu {
+    let cfg = Config::default();
+    let users: HashMap<String, Value> = data
+        .users
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let good: Vec<&V2Viz> = data
+        .vizzes
+        .iter()
+        .filter(|v| translate::prepare(v, &cfg).is_ok())
+        .collect();
+    let texts: Vec<String> = good
+        .iter()
+        .map(|v| json!({"info": v.info, "content": v.content, "ops": v.ops}).to_string())
+        .collect();
+    let t = Instant::now();
+    for text in &texts {
+        let v: Value = serde_json::from_str(black_box(text)).unwrap();
+        black_box(vizhub_migrate::v2::parse_viz_docs(&v).unwrap());
+    }
+    let deserialize = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for v in &good {
+        let p = translate::prepare(black_box(v), &cfg).unwrap();
+        let ctx = Context {
+            parent: Parent::Root,
+            users: &users,
+            analytics: None,
+            v3_analytics: None,
+            previous: None,
+            now: 1_700_000_000,
+        };
+        let _ = black_box(translate::translate(&p, &ctx, &cfg));
+    }
+    let translate = t.elapsed().as_secs_f64();
+    let n = good.len() as f64;
+    Cpu {
+        translate_us: translate / n * 1e6,
+        deserialize_us: deserialize / n * 1e6,
+        ratio: translate / deserialize,
+    }
+}
+
+/// `planner plan --all` into `topology`: (published, seconds).
+async fn plan(env: &Env, v2: &Database, v3: &Database, topology: &Topology) -> (u64, f64) {
+    let conn = broker::connect(&env.amqp_uri).await.unwrap();
+    broker::declare(&conn.create_channel().await.unwrap(), topology)
+        .await
+        .unwrap();
+    let publisher = broker::Publisher::new(&conn).await.unwrap();
+    let reader = Reader::new(v2.clone(), NonZeroU32::new(10_000).unwrap());
+    let t = Instant::now();
+    let report = planner::plan(
+        &reader,
+        &Ledger::new(v3.clone()),
+        Some(&publisher),
+        topology,
+        &Selection::All,
+        false,
+    )
+    .await
+    .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let _ = conn.close(200, "planned".into()).await;
+    (report.published, secs)
+}
+
+struct Run {
+    workers: usize,
+    concurrency: usize,
+    secs: f64,
+    vizzes_per_sec: f64,
+    docs_per_sec: f64,
+    v3_docs: u64,
+    peak_rss_mib: f64,
+}
+
+/// Peak resident set of a process (`VmHWM`), MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Real `worker` processes until every planned job has a ledger record.
+async fn migrate(
+    env: &Env,
+    v2: &str,
+    v3: &str,
+    topology: &Topology,
+    planned: u64,
+    workers: usize,
+    concurrency: usize,
+) -> Run {
+    let ledger = env
+        .client
+        .database(v3)
+        .collection::<Document>(vizhub_migrate::ledger::VIZ);
+    let t = Instant::now();
+    let mut children: Vec<Child> = (0..workers)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_worker"))
+                .args([
+                    "--concurrency",
+                    &concurrency.to_string(),
+                    "--until-idle",
+                    "2",
+                    "--metrics-addr",
+                    "127.0.0.1:0",
+                ])
+                .env("V2_MONGO_URI", env.db_uri(v2))
+                .env("V3_MONGO_URI", env.db_uri(v3))
+                .env("AMQP_URI", &env.amqp_uri)
+                .env("QUEUE_PREFIX", &topology.prefix)
+                .env("V2_READS_PER_SEC", "100000")
+                .env("LOG_FORMAT", "json")
+                .env("RUST_LOG", "warn")
+                .stderr(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("worker binary")
+        })
+        .collect();
+    let mut peak = 0.0_f64;
+    loop {
+        for c in &children {
+            if let Some(m) = peak_rss_mib(c.id()) {
+                peak = peak.max(m);
+            }
+        }
+        let done = ledger.count_documents(doc! {}).await.unwrap();
+        if done >= planned {
+            break;
+        }
+        assert!(
+            t.elapsed() < PATIENCE,
+            "migration stalled at {done}/{planned}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    for c in &mut children {
+        if let Some(m) = peak_rss_mib(c.id()) {
+            peak = peak.max(m);
+        }
+        let status = c.wait().unwrap();
+        assert!(status.success(), "worker exited {status:?}");
+    }
+    let db = env.client.database(v3);
+    let mut v3_docs = 0;
+    for name in db.list_collection_names().await.unwrap() {
+        v3_docs += db
+            .collection::<Document>(&name)
+            .count_documents(doc! {})
+            .await
+            .unwrap();
+    }
+    Run {
+        workers,
+        concurrency,
+        secs,
+        vizzes_per_sec: planned as f64 / secs,
+        docs_per_sec: v3_docs as f64 / secs,
+        v3_docs,
+        peak_rss_mib: peak,
+    }
+}
+
+struct RawCopy {
+    secs: f64,
+    v2_docs: usize,
+    v3_docs: usize,
+    v3_bytes: usize,
+}
+
+/// Read every V2 doc of the set, write the migrated V3 docs again (same count and bytes) into a
+/// scratch database with unordered bulk inserts. The V3 docs are loaded before the clock starts.
+async fn raw_copy(env: &Env, v2: &Database, v3: &Database) -> RawCopy {
+    let mut v3_docs: Vec<(String, Vec<RawDocumentBuf>)> = Vec::new();
+    for name in v3.list_collection_names().await.unwrap() {
+        let mut cur = v3
+            .collection::<RawDocumentBuf>(&name)
+            .find(doc! {})
+            .batch_size(1000)
+            .await
+            .unwrap();
+        let mut docs = Vec::new();
+        while cur.advance().await.unwrap() {
+            docs.push(cur.current().to_raw_document_buf());
+        }
+        v3_docs.push((name, docs));
+    }
+    let scratch = env.client.database(&format!("{}_raw", env.tag));
+    let t = Instant::now();
+    let mut read = 0;
+    for name in v2.list_collection_names().await.unwrap() {
+        let mut cur = v2
+            .collection::<RawDocumentBuf>(&name)
+            .find(doc! {})
+            .batch_size(1000)
+            .await
+            .unwrap();
+        while cur.advance().await.unwrap() {
+            black_box(cur.current());
+            read += 1;
+        }
+    }
+    let (mut written, mut bytes) = (0, 0);
+    for (name, docs) in &v3_docs {
+        for chunk in docs.chunks(1000) {
+            bytes += chunk.iter().map(|d| d.as_bytes().len()).sum::<usize>();
+            written += chunk.len();
+            scratch
+                .collection::<RawDocumentBuf>(name)
+                .insert_many(chunk)
+                .ordered(false)
+                .await
+                .unwrap();
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    scratch.drop().await.unwrap();
+    RawCopy {
+        secs,
+        v2_docs: read,
+        v3_docs: written,
+        v3_bytes: bytes,
+    }
+}
+
+/// Seconds to publish `n` job-sized persistent messages to a scratch quorum queue, confirms
+/// pipelined (all published, then all awaited), with lapin directly.
+async fn raw_publish(env: &Env, n: u64) -> f64 {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let conn = broker::connect(&env.amqp_uri).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let queue = format!("{}.raw-publish", env.tag);
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    let body = json!({"viz": "86a75dc8bdbe4965ba353a79d4bd44c8", "batch": "all-0123456789abcdef"})
+        .to_string()
+        .into_bytes();
+    let t = Instant::now();
+    let mut confirms = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = ch
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+    secs
+}
+
+async fn delete_queues(env: &Env, topology: &Topology) {
+    let conn = broker::connect(&env.amqp_uri).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for q in topology.all_queues() {
+        let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+struct Trips {
+    vizzes: usize,
+    v2_per_viz: f64,
+    v3_per_viz: f64,
+}
+
+/// Migrate the first `k` vizzes (creation order) in-process, one at a time, on clients whose
+/// commands are counted per database.
+async fn round_trips(env: &Env, v2: &Database, data: &Dataset, k: usize) -> Trips {
+    let counts: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let seen = counts.clone();
+    let mut o = ClientOptions::parse(&env.mongo_base).await.unwrap();
+    o.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| {
+        if let CommandEvent::Started(s) = e {
+            let coll = s.command.get_str(&s.command_name).unwrap_or("");
+            let mut c = seen.lock().unwrap();
+            *c.entry(s.db.clone()).or_default() += 1;
+            *c.entry(format!("{} {} {coll}", s.db, s.command_name))
+                .or_default() += 1;
+        }
+    }));
+    let client = Client::with_options(o).unwrap();
+    let v3_name = format!("{}_trips", env.tag);
+    let v3 = client.database(&v3_name);
+    let m = Migrator::new(
+        Reader::new(
+            client.database(v2.name()),
+            NonZeroU32::new(100_000).unwrap(),
+        ),
+        Store::new(v3.clone()),
+        Ledger::new(v3.clone()),
+        Config::default(),
+    );
+    let mut vizzes: Vec<&V2Viz> = data
+        .vizzes
+        .iter()
+        .filter(|v| v.info["createdTimestamp"].is_i64())
+        .collect();
+    vizzes.sort_by_key(|v| v.info["createdTimestamp"].as_i64());
+    // Parents first: the fixtures (2015–2019) come before the generated vizzes (2018–2020)
+    // where their dates say so; a fork whose parent is not migrated yet migrates it first
+    // (counted with the fork, as in production).
+    let sample: Vec<String> = vizzes
+        .iter()
+        .take(k)
+        .filter_map(|v| v.info["_id"].as_str().map(str::to_string))
+        .collect();
+    // Warm up the connection pool, then count.
+    m.migrate(vizhub_migrate::PRIMORDIAL_VIZ_ID, None)
+        .await
+        .unwrap();
+    counts.lock().unwrap().clear();
+    let mut migrated = 0;
+    for id in &sample {
+        if m.migrate(id, None).await.is_ok() {
+            migrated += 1;
+        }
+    }
+    let c = counts.lock().unwrap().clone();
+    v3.drop().await.unwrap();
+    let per = |db: &str| *c.get(db).unwrap_or(&0) as f64 / sample.len().max(1) as f64;
+    let mut by_command: Vec<(&String, &u64)> = c.iter().filter(|(k, _)| k.contains(' ')).collect();
+    by_command.sort_by(|a, b| b.1.cmp(a.1));
+    for (k, n) in by_command {
+        println!("  {:>6.2}/viz  {k}", *n as f64 / sample.len().max(1) as f64);
+    }
+    let _ = migrated;
+    Trips {
+        vizzes: sample.len(),
+        v2_per_viz: per(v2.name()),
+        v3_per_viz: per(&v3_name),
+    }
+}
