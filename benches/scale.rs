@@ -129,6 +129,15 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
         seeded.content_bytes as f64 / 1048576.0
     );
 
+    let expected_dead: usize = seed::BAD_KINDS
+        .iter()
+        .filter(|(_, outcome)| *outcome == "failed")
+        .map(|(kind, _)| data.bad.get(kind).map_or(0, Vec::len))
+        .sum();
+    println!(
+        "planted bad inputs: {:?}; expected dead letters: {expected_dead}",
+        seeded.bad_inputs
+    );
     let cpu = translation_cpu(&data);
     println!(
         "translation CPU: {:.1} µs/viz vs deserialization {:.1} µs/viz = {:.2}×",
@@ -155,11 +164,13 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
         )
         .await;
         println!(
-            "{workers} worker(s) × concurrency {concurrency}: {planned} jobs in {:.1}s = {:.1} vizzes/s, {:.0} V3 docs/s, peak RSS {:.0} MiB",
+            "{workers} worker(s) × concurrency {concurrency}: {planned} jobs in {:.1}s = {:.1} vizzes/s, {:.0} V3 docs/s, peak RSS {:.0} MiB; {} recorded, {} dead letters",
             r.secs,
             r.vizzes_per_sec,
             r.docs_per_sec,
-            r.peak_rss_mib
+            r.peak_rss_mib,
+            r.recorded,
+            r.dead
         );
         runs.push(r);
         delete_queues(env, &topology).await;
@@ -255,7 +266,7 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
         "contentBytes": seeded.content_bytes, "seedSecs": seed_secs,
         "translation": {"translateUsPerViz": cpu.translate_us, "deserializeUsPerViz": cpu.deserialize_us, "ratio": cpu.ratio},
         "runs": runs.iter().map(|r| json!({"workers": r.workers, "concurrency": r.concurrency, "secs": r.secs,
-            "vizzesPerSec": r.vizzes_per_sec, "v3DocsPerSec": r.docs_per_sec, "v3Docs": r.v3_docs, "peakRssMiB": r.peak_rss_mib})).collect::<Vec<_>>(),
+            "vizzesPerSec": r.vizzes_per_sec, "v3DocsPerSec": r.docs_per_sec, "v3Docs": r.v3_docs, "peakRssMiB": r.peak_rss_mib, "recorded": r.recorded, "deadLetters": r.dead})).collect::<Vec<_>>(),
         "rawCopy": {"secs": raw.secs, "v2Docs": raw.v2_docs, "v3Docs": raw.v3_docs, "v3Bytes": raw.v3_bytes, "vizzesPerSec": raw_rate_vizzes},
         "planner": {"jobs": planned, "secs": plan_secs, "perSec": plan_rate, "rawPublishPerSec": raw_rate},
         "roundTrips": {"vizzes": trips.vizzes, "v2PerViz": trips.v2_per_viz, "v3PerViz": trips.v3_per_viz},
@@ -357,6 +368,10 @@ struct Run {
     docs_per_sec: f64,
     v3_docs: u64,
     peak_rss_mib: f64,
+    /// Dead letters at the end (the planted bad inputs, and anything else).
+    dead: u32,
+    /// Jobs with a ledger record.
+    recorded: u64,
 }
 
 /// Peak resident set of a process (`VmHWM`), MiB.
@@ -420,7 +435,12 @@ async fn migrate(
             }
         }
         let done = ledger.count_documents(doc! {}).await.unwrap();
-        if done >= planned {
+        // Every job recorded, or every worker gone idle (a job dead-lettered without a ledger
+        // record would otherwise keep us waiting).
+        let exited = children
+            .iter_mut()
+            .all(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if done >= planned || exited {
             break;
         }
         assert!(
@@ -437,6 +457,14 @@ async fn migrate(
         let status = c.wait().unwrap();
         assert!(status.success(), "worker exited {status:?}");
     }
+    let dead = {
+        let conn = broker::connect(&env.amqp_uri).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let d = broker::queue_depth(&ch, &topology.dead()).await.unwrap().0;
+        let _ = conn.close(200, "".into()).await;
+        d
+    };
+    let recorded = ledger.count_documents(doc! {}).await.unwrap();
     let db = env.client.database(v3);
     let mut v3_docs = 0;
     for name in db.list_collection_names().await.unwrap() {
@@ -454,6 +482,8 @@ async fn migrate(
         docs_per_sec: v3_docs as f64 / secs,
         v3_docs,
         peak_rss_mib: peak,
+        dead,
+        recorded,
     }
 }
 

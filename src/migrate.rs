@@ -36,7 +36,7 @@ fn race_pause(rerun: u32) -> std::time::Duration {
 pub enum JobError {
     #[error(transparent)]
     Translate(#[from] TranslateError),
-    #[error("viz {viz}: reading V2: {source}")]
+    #[error("viz {viz}: reading V2: {}", crate::v3::store::describe_mongo(source))]
     V2 {
         viz: String,
         source: mongodb::error::Error,

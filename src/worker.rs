@@ -429,7 +429,17 @@ async fn handle(
                 }
                 Disposition::Retry | Disposition::DeadLetter => {
                     tracing::error!(viz, attempts, kind = e.kind(), error = %e, "job failed; dead-lettering");
-                    if let Err(le) = migrator.record_failure(&viz, &e, batch.as_deref()).await {
+                    // The dead letter is the record of last resort; try hard to have the ledger
+                    // agree (a V3 hiccup should not leave the job without a recorded outcome).
+                    let mut recorded = migrator.record_failure(&viz, &e, batch.as_deref()).await;
+                    for pause in [200, 1_000] {
+                        if recorded.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        recorded = migrator.record_failure(&viz, &e, batch.as_deref()).await;
+                    }
+                    if let Err(le) = recorded {
                         tracing::error!(viz, error = %le, "cannot record the failure in the ledger");
                     }
                     extra.insert(

@@ -33,7 +33,7 @@ const ENVELOPE: [&str; 5] = ["_id", "_type", "_v", "_m", "_o"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("V3 MongoDB: {0}")]
+    #[error("V3 MongoDB: {}", describe_mongo(.0))]
     Mongo(#[from] mongodb::error::Error),
     #[error("V3 document {collection}/{id} cannot be stored: {reason}")]
     Encode {
@@ -53,10 +53,36 @@ impl StoreError {
     }
 }
 
+/// A MongoDB error in one line an operator can read and the DLQ can group by: for server
+/// errors the code, its name and the message, without the raw reply the driver's `Display`
+/// appends (it carries cluster times that would make every fingerprint unique).
+pub fn describe_mongo(e: &mongodb::error::Error) -> String {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => format!("error {} ({}): {}", c.code, c.code_name, c.message),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => {
+            format!("write error {}: {}", w.code, w.message)
+        }
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
+            format!(
+                "write concern error {} ({}): {}",
+                w.code, w.code_name, w.message
+            )
+        }
+        ErrorKind::InsertMany(m) => match m.write_errors.as_ref().and_then(|w| w.first()) {
+            Some(w) => format!("insert error {}: {}", w.code, w.message),
+            None => "insert failed".to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// Whether a MongoDB error is worth retrying (network, pool, election, write conflict).
+/// `InternalError` (1) is retried too: a server reports it for failures it did not foresee
+/// (SecantusDB for write conflicts under concurrency), and a later attempt may well succeed;
+/// if it keeps failing the job ends in the DLQ as any other.
 pub fn is_transient_mongo(e: &mongodb::error::Error) -> bool {
-    const RETRYABLE_CODES: [i32; 12] = [
-        6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13436,
+    const RETRYABLE_CODES: [i32; 13] = [
+        1, 6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13436,
     ];
     if e.contains_label("RetryableWriteError") || e.contains_label("TransientTransactionError") {
         return true;
