@@ -198,7 +198,7 @@ impl Migrator {
     ///
     /// A job that lost a race (another job wrote one of its documents between our read and our
     /// write: a fork recounting its parent's `forksCount`, a child migrating this viz as its
-    /// parent) runs again at once, up to [`RACE_RERUNS`] times, after a short jittered pause:
+    /// parent), or whose write the server refused as a write conflict, runs again at once, up to [`RACE_RERUNS`] times, after a short jittered pause:
     /// re-deriving is idempotent, and going through a delayed-retry queue for an optimistic-lock
     /// miss would only make the job wait seconds for nothing.
     pub async fn migrate(&self, viz: &str, batch: Option<&str>) -> Result<Done, JobError> {
@@ -214,6 +214,13 @@ impl Migrator {
                         reruns,
                         "lost a race on V3 documents; running again"
                     );
+                    tokio::time::sleep(race_pause(reruns)).await;
+                }
+                Err(JobError::V3 { source, .. })
+                    if source.is_conflict() && reruns < RACE_RERUNS =>
+                {
+                    reruns += 1;
+                    tracing::debug!(viz, error = %source, reruns, "write conflict in V3; running again");
                     tokio::time::sleep(race_pause(reruns)).await;
                 }
                 done => return done,

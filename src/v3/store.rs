@@ -44,6 +44,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A write that collided with another one on the server (`WriteConflict`, or the
+    /// `InternalError` SecantusDB reports for the same thing): worth running again at once.
+    pub fn is_conflict(&self) -> bool {
+        let StoreError::Mongo(e) = self else {
+            return false;
+        };
+        let code = match e.kind.as_ref() {
+            ErrorKind::Command(c) => c.code,
+            ErrorKind::Write(WriteFailure::WriteError(w)) => w.code,
+            _ => return false,
+        };
+        matches!(code, 1 | 112)
+    }
+
     /// Network errors, timeouts, elections, write conflicts: worth retrying.
     pub fn is_transient(&self) -> bool {
         match self {
