@@ -44,8 +44,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A write that collided with another one on the server (`WriteConflict`, or the
-    /// `InternalError` SecantusDB reports for the same thing): worth running again at once.
+    /// A write that collided with another one on the server (`WriteConflict`): worth running
+    /// again at once.
     pub fn is_conflict(&self) -> bool {
         let StoreError::Mongo(e) = self else {
             return false;
@@ -55,7 +55,7 @@ impl StoreError {
             ErrorKind::Write(WriteFailure::WriteError(w)) => w.code,
             _ => return false,
         };
-        matches!(code, 1 | 112)
+        code == 112
     }
 
     /// Network errors, timeouts, elections, write conflicts: worth retrying.
@@ -92,7 +92,7 @@ pub fn describe_mongo(e: &mongodb::error::Error) -> String {
 
 /// Whether a MongoDB error is worth retrying (network, pool, election, write conflict).
 /// `InternalError` (1) is retried too: a server reports it for failures it did not foresee
-/// (SecantusDB for write conflicts under concurrency), and a later attempt may well succeed;
+/// (SecantusDB, for one, when its storage cache is full), and a later attempt may well succeed;
 /// if it keeps failing the job ends in the DLQ as any other.
 pub fn is_transient_mongo(e: &mongodb::error::Error) -> bool {
     const RETRYABLE_CODES: [i32; 13] = [
