@@ -665,11 +665,9 @@ async fn round_trips(env: &Env, v2: &Database, data: &Dataset, k: usize) -> Trip
         .await
         .unwrap();
     counts.lock().unwrap().clear();
-    let mut migrated = 0;
     for id in &sample {
-        if m.migrate(id, None).await.is_ok() {
-            migrated += 1;
-        }
+        // Bad inputs cost their round trips too; their outcome does not matter here.
+        let _ = m.migrate(id, None).await;
     }
     let c = counts.lock().unwrap().clone();
     v3.drop().await.unwrap();
@@ -679,7 +677,6 @@ async fn round_trips(env: &Env, v2: &Database, data: &Dataset, k: usize) -> Trip
     for (k, n) in by_command {
         println!("  {:>6.2}/viz  {k}", *n as f64 / sample.len().max(1) as f64);
     }
-    let _ = migrated;
     Trips {
         vizzes: sample.len(),
         v2_per_viz: per(v2.name()),

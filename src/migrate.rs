@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 /// How deep a chain of missing parents a job migrates before giving up (spec 3.2).
 pub const MAX_PARENT_DEPTH: usize = 32;
 
-/// How many times [`Migrator::migrate`] re-runs a job that lost a race before it reports
-/// [`JobError::Raced`] (which then goes through the delayed-retry queues).
+/// How many times [`Migrator::migrate`] re-runs a job that collided with another write before
+/// it returns the error (which then goes through the delayed-retry queues).
 pub const RACE_RERUNS: u32 = 4;
 
 /// 20 ms × rerun, plus up to 50 ms of jitter so two racing jobs do not meet again.
@@ -79,6 +79,16 @@ impl JobError {
             | JobError::Chain { .. }
             | JobError::BadMessage(_)
             | JobError::Panic { .. } => Disposition::DeadLetter,
+        }
+    }
+
+    /// Another write got to one of our V3 documents first (a lost race or a server write
+    /// conflict): running the job again at once is the cure.
+    pub fn is_collision(&self) -> bool {
+        match self {
+            JobError::Raced { .. } => true,
+            JobError::V3 { source, .. } => source.is_conflict(),
+            _ => false,
         }
     }
 
@@ -198,29 +208,18 @@ impl Migrator {
     ///
     /// A job that lost a race (another job wrote one of its documents between our read and our
     /// write: a fork recounting its parent's `forksCount`, a child migrating this viz as its
-    /// parent), or whose write the server refused as a write conflict, runs again at once, up to [`RACE_RERUNS`] times, after a short jittered pause:
-    /// re-deriving is idempotent, and going through a delayed-retry queue for an optimistic-lock
-    /// miss would only make the job wait seconds for nothing.
+    /// parent), or whose write the server refused as a write conflict, runs again at once, up to
+    /// [`RACE_RERUNS`] times, after a short jittered pause: re-deriving is idempotent, and going
+    /// through a delayed-retry queue for an optimistic-lock miss would only make the job wait
+    /// seconds for nothing.
     pub async fn migrate(&self, viz: &str, batch: Option<&str>) -> Result<Done, JobError> {
         let mut reruns = 0;
         loop {
             let mut visiting = HashSet::new();
             match self.migrate_depth(viz, batch, 0, &mut visiting).await {
-                Err(JobError::Raced { docs, .. }) if reruns < RACE_RERUNS => {
+                Err(e) if e.is_collision() && reruns < RACE_RERUNS => {
                     reruns += 1;
-                    tracing::debug!(
-                        viz,
-                        ?docs,
-                        reruns,
-                        "lost a race on V3 documents; running again"
-                    );
-                    tokio::time::sleep(race_pause(reruns)).await;
-                }
-                Err(JobError::V3 { source, .. })
-                    if source.is_conflict() && reruns < RACE_RERUNS =>
-                {
-                    reruns += 1;
-                    tracing::debug!(viz, error = %source, reruns, "write conflict in V3; running again");
+                    tracing::debug!(viz, error = %e, reruns, "collided with another write; running again");
                     tokio::time::sleep(race_pause(reruns)).await;
                 }
                 done => return done,

@@ -47,15 +47,7 @@ impl StoreError {
     /// A write that collided with another one on the server (`WriteConflict`): worth running
     /// again at once.
     pub fn is_conflict(&self) -> bool {
-        let StoreError::Mongo(e) = self else {
-            return false;
-        };
-        let code = match e.kind.as_ref() {
-            ErrorKind::Command(c) => c.code,
-            ErrorKind::Write(WriteFailure::WriteError(w)) => w.code,
-            _ => return false,
-        };
-        code == 112
+        matches!(self, StoreError::Mongo(e) if server_code(e) == Some(112))
     }
 
     /// Network errors, timeouts, elections, write conflicts: worth retrying.
@@ -104,11 +96,18 @@ pub fn is_transient_mongo(e: &mongodb::error::Error) -> bool {
     match e.kind.as_ref() {
         ErrorKind::Io(_)
         | ErrorKind::ConnectionPoolCleared { .. }
-        | ErrorKind::ServerSelection { .. } => true,
-        ErrorKind::Command(c) => RETRYABLE_CODES.contains(&c.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
-        ErrorKind::Write(WriteFailure::WriteError(w)) => RETRYABLE_CODES.contains(&w.code),
-        _ => false,
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        _ => server_code(e).is_some_and(|c| RETRYABLE_CODES.contains(&c)),
+    }
+}
+
+/// The server's error code of a command or write error.
+fn server_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        _ => None,
     }
 }
 
