@@ -291,7 +291,8 @@ async fn sigterm_under_load_drains_and_exits_zero() {
     env.plan(Selection::All).await;
     let total = ids.len() + extra.len();
 
-    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+    let mut worker = env
+        .worker_command()
         .args([
             "--concurrency",
             "4",
@@ -300,12 +301,6 @@ async fn sigterm_under_load_drains_and_exits_zero() {
             "--metrics-addr",
             "127.0.0.1:0",
         ])
-        .env("V2_MONGO_URI", env.v2_uri())
-        .env("V3_MONGO_URI", env.v3_uri())
-        .env("AMQP_URI", &env.amqp_uri)
-        .env("QUEUE_PREFIX", &env.topology.prefix)
-        .env("LOG_FORMAT", "json")
-        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("worker binary");
     let deadline = Instant::now() + Duration::from_secs(120);

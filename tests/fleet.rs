@@ -590,14 +590,8 @@ async fn worker_killed_mid_run_then_restarted_finishes() {
     }
     let report = env.plan(Selection::All).await;
     let worker = |env: &TestEnv| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        env.worker_command()
             .args(["--until-idle", "2", "--concurrency", "2"])
-            .env("V2_MONGO_URI", env.v2_uri())
-            .env("V3_MONGO_URI", env.v3_uri())
-            .env("AMQP_URI", &env.amqp_uri)
-            .env("QUEUE_PREFIX", &env.topology.prefix)
-            .env("LOG_FORMAT", "json")
-            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("worker binary")
     };

@@ -90,13 +90,10 @@ fn jobs_ended(body: &str) -> f64 {
 /// The worker binary on this test's queues, its endpoints on `metrics_addr`, its logs (JSON) on
 /// a pipe.
 fn worker(env: &TestEnv, metrics_addr: &str, v3_uri: &str, amqp_uri: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_worker"))
+    env.worker_command()
         .args(["--concurrency", "1", "--metrics-addr", metrics_addr])
-        .env("V2_MONGO_URI", env.v2_uri())
         .env("V3_MONGO_URI", v3_uri)
         .env("AMQP_URI", amqp_uri)
-        .env("QUEUE_PREFIX", &env.topology.prefix)
-        .env("LOG_FORMAT", "json")
         .env_remove("METRICS_ADDR")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -154,6 +154,19 @@ impl TestEnv {
         with_db(&self.mongo_base, self.v3.name())
     }
 
+    /// The `worker` binary on this test's databases and queues, JSON logs, stderr discarded;
+    /// the caller adds arguments and spawns it.
+    pub fn worker_command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
+        c.env("V2_MONGO_URI", self.v2_uri())
+            .env("V3_MONGO_URI", self.v3_uri())
+            .env("AMQP_URI", &self.amqp_uri)
+            .env("QUEUE_PREFIX", &self.topology.prefix)
+            .env("LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::null());
+        c
+    }
+
     pub fn migrator(&self) -> Migrator {
         let reader = Reader::new(self.v2.clone(), NonZeroU32::new(10_000).unwrap());
         Migrator::new(
