@@ -536,6 +536,10 @@ impl Migrator {
                 tracing::warn!(viz, parent, depth, "fork cycle or chain too deep");
                 return Ok(None);
             }
+            if self.roots_a_fork_cycle(viz, parent).await? {
+                tracing::warn!(viz, parent, "fork cycle in V2: this viz is its root");
+                return Ok(None);
+            }
             match self.migrate_depth(parent, batch, depth + 1, visiting).await {
                 Ok(done)
                     if matches!(
@@ -570,12 +574,35 @@ impl Migrator {
         }))
     }
 
+    /// Whether `viz` is the root of a V2 fork cycle through `parent` (A forked from B, B from
+    /// A): the member with the smallest id hangs from the primordial viz, every other keeps its
+    /// V2 parent. Deciding by id, not by which job came first, makes two jobs of one cycle that
+    /// run at the same time build the same chains (their writes then agree). Only called when
+    /// the parent is not in V3 yet; walks V2's `forkedFrom` up to [`MAX_PARENT_DEPTH`] vizzes.
+    async fn roots_a_fork_cycle(&self, viz: &str, parent: &str) -> Result<bool, JobError> {
+        let mut members = vec![viz.to_string()];
+        let mut at = parent.to_string();
+        for _ in 0..MAX_PARENT_DEPTH {
+            if at == viz {
+                return Ok(members.iter().min().map(String::as_str) == Some(viz));
+            }
+            let next = self.v2.forked_from(&at).await.map_err(v2_err(viz))?;
+            members.push(std::mem::take(&mut at));
+            match next {
+                Some(p) if !members[1..].contains(&p) => at = p,
+                // A cycle further up that does not pass through `viz`, or the chain's root.
+                _ => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
     /// V3 content at `at` (a commit of `chain`), replaying ancestors across vizzes, cached.
     ///
     /// `None` when the chain at `at` descends from `viz` itself: V2 has a fork cycle (A forked
-    /// from B, B from A) and the other member was migrated first, hanging from `viz`. Linking
-    /// `viz` there would close the cycle in V3; the caller falls back to the primordial viz, as
-    /// the first member of the cycle did. Worker and `verify` decide this the same way, from V3.
+    /// from B, B from A), `viz` is its root (see [`Self::roots_a_fork_cycle`]) and is being
+    /// re-synced. Linking `viz` there would close the cycle in V3; the caller keeps it hanging
+    /// from the primordial viz. Worker and `verify` decide this the same way, from V3.
     async fn content_at(
         &self,
         viz: &str,

@@ -174,6 +174,17 @@ impl Reader {
             .collect())
     }
 
+    /// The `forkedFrom` of a viz (one projected query); `None` when it has none or is missing.
+    pub async fn forked_from(&self, id: &str) -> mongodb::error::Result<Option<String>> {
+        self.token().await;
+        let doc = self
+            .coll(collections::INFO)
+            .find_one(doc! {"_id": id})
+            .projection(doc! {"forkedFrom": 1})
+            .await?;
+        Ok(doc.and_then(|d| d.get_str("forkedFrom").ok().map(str::to_string)))
+    }
+
     /// The raw `eventRecords` doc with this event id, if any.
     pub async fn event_record(&self, id: &str) -> mongodb::error::Result<Option<Value>> {
         self.find_one(collections::EVENT_RECORDS, doc! {"id": id})
