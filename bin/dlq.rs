@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 use vizhub_migrate::broker::{self, Topology};
-use vizhub_migrate::cli::{BrokerArgs, LogArgs};
+use vizhub_migrate::cli::{self, BrokerArgs, LogArgs};
 use vizhub_migrate::dlq::{self, Filter};
 
 #[derive(Parser)]
@@ -64,14 +64,7 @@ struct RequeueArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("dlq: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    cli::exit_code("dlq", run(cli).await.map(|()| ExitCode::SUCCESS))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

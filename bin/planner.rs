@@ -114,14 +114,7 @@ struct StatusArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    match run(cli).await {
-        Ok(code) => code,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("planner: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    cli::exit_code("planner", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -63,14 +63,7 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    match run(cli).await {
-        Ok(code) => code,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("seed: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    cli::exit_code("seed", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -115,14 +115,7 @@ async fn migrator(mongo: &MongoArgs, cfg: Config) -> anyhow::Result<(Migrator, D
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("worker: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    cli::exit_code("worker", run(cli).await.map(|()| ExitCode::SUCCESS))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

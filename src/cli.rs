@@ -1,10 +1,11 @@
-//! Command-line plumbing shared by the three binaries: the connection arguments (flags with
+//! Command-line plumbing shared by the binaries: the connection arguments (flags with
 //! environment fallbacks, spec 4.4), logging set-up (JSON in Kubernetes or when asked, readable on
-//! a terminal), time parsing (RFC 3339 or Unix seconds) and shutdown signals.
+//! a terminal), how a binary exits, time parsing (RFC 3339 or Unix seconds) and shutdown signals.
 
 use crate::config::Endpoints;
 use clap::{Args, ValueEnum};
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 #[derive(Debug, Clone, Args)]
 pub struct MongoArgs {
@@ -94,6 +95,18 @@ impl LogArgs {
             builder.try_init()
         };
     }
+}
+
+/// The exit code of a binary whose `run` returned `result`. An error is logged (for log
+/// collectors) and printed once on stderr (for the operator at a terminal), and exits 1; codes
+/// `run` chose itself (verify's mismatches, seed's refusal) pass through.
+pub fn exit_code(bin: &str, result: Result<ExitCode, impl std::fmt::Display>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        // `{:#}` prints an `anyhow` error with its causes on one line.
+        tracing::error!("{e:#}");
+        eprintln!("{bin}: {e:#}");
+        ExitCode::from(1)
+    })
 }
 
 pub fn endpoints(m: &MongoArgs, b: &BrokerArgs) -> Endpoints {
