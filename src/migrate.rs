@@ -186,6 +186,16 @@ struct WriteSet<'a> {
     known: Known<'a>,
 }
 
+/// One run of a job through its viz and, recursively, the parents it migrates first.
+struct Walk {
+    /// Vizzes of this run (a fork cycle or chain back to one of them stops the recursion).
+    visiting: HashSet<String>,
+    /// A viz the ledger has no record of was never written to V3: its own snapshots are not
+    /// read, and creates that find a doc there anyway make the job run again with
+    /// `trust_ledger` off (see [`Migrator::migrate`]).
+    trust_ledger: bool,
+}
+
 struct Known<'a> {
     info: &'a HashMap<String, Snapshot>,
     content: &'a HashMap<String, Snapshot>,
@@ -215,8 +225,11 @@ impl Migrator {
     pub async fn migrate(&self, viz: &str, batch: Option<&str>) -> Result<Done, JobError> {
         let mut reruns = 0;
         loop {
-            let mut visiting = HashSet::new();
-            match self.migrate_depth(viz, batch, 0, &mut visiting).await {
+            let mut walk = Walk {
+                visiting: HashSet::new(),
+                trust_ledger: reruns == 0,
+            };
+            match self.migrate_depth(viz, batch, 0, &mut walk).await {
                 Err(e) if e.is_collision() && reruns < RACE_RERUNS => {
                     reruns += 1;
                     tracing::debug!(viz, error = %e, reruns, "collided with another write; running again");
@@ -232,11 +245,11 @@ impl Migrator {
         viz: &'a str,
         batch: Option<&'a str>,
         depth: usize,
-        visiting: &'a mut HashSet<String>,
+        walk: &'a mut Walk,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, JobError>> + Send + 'a>>
     {
         Box::pin(async move {
-            visiting.insert(viz.to_string());
+            walk.visiting.insert(viz.to_string());
             let raw = self
                 .v2
                 .viz(viz)
@@ -275,11 +288,18 @@ impl Migrator {
                 .map_err(v2_err(viz))?;
             let fingerprint = p.source_fingerprint();
             let analytics_fingerprint = analytics.as_ref().map(ids::fingerprint);
-            let (info_snaps, content_snaps) = tokio::try_join!(
-                self.v3.snapshots(c3::INFO, std::slice::from_ref(&p.viz)),
-                self.v3.snapshots(c3::CONTENT, std::slice::from_ref(&p.viz)),
-            )
-            .map_err(v3_err(viz))?;
+            // The ledger is written after every other document of a job: a viz it has never
+            // recorded has nothing in V3, unless an attempt stopped half-way, whose documents
+            // our creates then find (and the job runs again, reading them).
+            let (info_snaps, content_snaps) = if walk.trust_ledger && last.is_none() {
+                Default::default()
+            } else {
+                tokio::try_join!(
+                    self.v3.snapshots(c3::INFO, std::slice::from_ref(&p.viz)),
+                    self.v3.snapshots(c3::CONTENT, std::slice::from_ref(&p.viz)),
+                )
+                .map_err(v3_err(viz))?
+            };
             let info_now = info_snaps.get(viz).filter(|s| s.doc_type.is_some());
             let content_now = content_snaps.get(viz).filter(|s| s.doc_type.is_some());
             let migrated = last
@@ -310,10 +330,12 @@ impl Migrator {
             );
             let users = self.v2.users(&p.user_ids).await.map_err(v2_err(viz))?;
             // A viz V3 has never had (no info snapshot, not even a tombstone) is invisible to
-            // V3's users: nothing in V3 can count its page views, fork it or upvote it yet.
+            // V3's users: nothing in V3 can count its page views, fork it or upvote it yet. An
+            // attempt that stopped before its info may have left the analytics doc: a re-run
+            // reads it.
             let unseen = !info_snaps.contains_key(viz);
             let analytics_snaps = match &analytics {
-                Some(_) if !unseen => self
+                Some(_) if !unseen || !walk.trust_ledger => self
                     .v3
                     .snapshots(c3::ANALYTICS_EVENT, std::slice::from_ref(&p.analytics_id))
                     .await
@@ -419,7 +441,7 @@ impl Migrator {
                     let parent = if resync {
                         None
                     } else {
-                        self.resolve_parent(&p, batch, depth, visiting).await?
+                        self.resolve_parent(&p, batch, depth, walk).await?
                     };
                     let previous = match (resync, &migrated, content_now) {
                         (true, Some(m), Some(c)) => Some(Previous {
@@ -479,7 +501,7 @@ impl Migrator {
         p: &Prepared,
         batch: Option<&str>,
         depth: usize,
-        visiting: &mut HashSet<String>,
+        walk: &mut Walk,
     ) -> Result<Option<ParentLink>, JobError> {
         let (wanted, backfilled) = match &p.parent {
             ParentRequest::Root => return Ok(None),
@@ -487,7 +509,7 @@ impl Migrator {
             ParentRequest::Primordial => (PRIMORDIAL_VIZ_ID.to_string(), true),
         };
         if let Some(link) = self
-            .parent_link(&p.viz, &wanted, p.created, batch, depth, visiting)
+            .parent_link(&p.viz, &wanted, p.created, batch, depth, walk)
             .await?
         {
             return Ok(Some(ParentLink { backfilled, ..link }));
@@ -501,7 +523,7 @@ impl Migrator {
         }
         tracing::info!(viz = %p.viz, parent = %wanted, "parent not migratable; hanging the viz from the primordial viz");
         let link = self
-            .parent_link(&p.viz, PRIMORDIAL_VIZ_ID, p.created, batch, depth, visiting)
+            .parent_link(&p.viz, PRIMORDIAL_VIZ_ID, p.created, batch, depth, walk)
             .await?;
         let link = link.ok_or_else(|| JobError::Parent {
             viz: p.viz.clone(),
@@ -522,7 +544,7 @@ impl Migrator {
         created: i64,
         batch: Option<&str>,
         depth: usize,
-        visiting: &mut HashSet<String>,
+        walk: &mut Walk,
     ) -> Result<Option<ParentLink>, JobError> {
         let mut commits = self.v3.commits_of(parent).await.map_err(v3_err(viz))?;
         let info = self
@@ -532,7 +554,7 @@ impl Migrator {
             .map_err(v3_err(viz))?;
         let visible = info.get(parent).is_some_and(|s| s.doc_type.is_some());
         if !visible || commits.is_empty() {
-            if visiting.contains(parent) || depth >= MAX_PARENT_DEPTH {
+            if walk.visiting.contains(parent) || depth >= MAX_PARENT_DEPTH {
                 tracing::warn!(viz, parent, depth, "fork cycle or chain too deep");
                 return Ok(None);
             }
@@ -540,7 +562,7 @@ impl Migrator {
                 tracing::warn!(viz, parent, "fork cycle in V2: this viz is its root");
                 return Ok(None);
             }
-            match self.migrate_depth(parent, batch, depth + 1, visiting).await {
+            match self.migrate_depth(parent, batch, depth + 1, walk).await {
                 Ok(done)
                     if matches!(
                         done.outcome,
@@ -671,18 +693,29 @@ impl Migrator {
         let viz = p.viz.as_str();
         let ts = now_ms();
         let err = v3_err(viz);
+        // Docs another writer got to between our read and our write. For this viz's own
+        // content, analytics and info, a create that found the doc there counts too: we went
+        // by no snapshot, or by one read before the other writer's (users, upvotes and
+        // permissions are shared or per-user docs whose creates are identical).
         let mut raced = Vec::new();
-        let mut note = |r: SyncReport| raced.extend(r.lost_races);
+        let note = |raced: &mut Vec<String>, r: SyncReport, own: bool| {
+            raced.extend(r.lost_races);
+            if own {
+                raced.extend(r.existed);
+            }
+        };
         let users: Vec<(String, Value)> = t
             .users
             .iter()
             .map(|u| (u.id.clone(), to_value(u)))
             .collect();
         note(
+            &mut raced,
             self.v3
                 .sync(c3::USER, &users, Policy::UpdateIfMigrated, ts)
                 .await
                 .map_err(err)?,
+            false,
         );
         self.v3
             .insert_commits(&t.commits)
@@ -701,7 +734,7 @@ impl Migrator {
             (Some(s), _) => s.version,
             (None, _) => 0,
         };
-        note(content_report);
+        note(&mut raced, content_report, true);
         let upvotes: Vec<(String, Value)> = t
             .upvotes
             .iter()
@@ -713,10 +746,13 @@ impl Migrator {
             .map(|u| (u.id.clone(), to_value(u)))
             .collect();
         note(
+            &mut raced,
             self.sync_set(c3::UPVOTE, "viz", viz, &upvotes, w.previous_upvoters, ts)
                 .await?,
+            false,
         );
         note(
+            &mut raced,
             self.sync_set(
                 c3::PERMISSION,
                 "resource",
@@ -726,9 +762,11 @@ impl Migrator {
                 ts,
             )
             .await?,
+            false,
         );
         if let Some(a) = &t.analytics {
             note(
+                &mut raced,
                 self.v3
                     .sync_known(
                         c3::ANALYTICS_EVENT,
@@ -739,9 +777,17 @@ impl Migrator {
                     )
                     .await
                     .map_err(v3_err(viz))?,
+                true,
             );
         }
-        // Info last: it makes the viz visible. Counts are recomputed from V3, never incremented.
+        // Info last: it makes the viz visible, so not while a document of the viz is not ours.
+        // Counts are recomputed from V3, never incremented.
+        if !raced.is_empty() {
+            return Err(JobError::Raced {
+                viz: viz.to_string(),
+                docs: raced,
+            });
+        }
         let mut info = t.info.clone();
         // A viz V3 never had cannot have V3-native forks or upvotes; its migrated forks hang
         // from it only once it is visible (their jobs recount it then).
@@ -759,6 +805,7 @@ impl Migrator {
             self.v3.upvotes_count(viz).await.map_err(v3_err(viz))?
         };
         note(
+            &mut raced,
             self.v3
                 .sync_known(
                     c3::INFO,
@@ -769,9 +816,14 @@ impl Migrator {
                 )
                 .await
                 .map_err(v3_err(viz))?,
+            true,
         );
         if let Some(parent) = w.parent {
-            note(self.recount_forks(viz, parent, ts).await?);
+            note(
+                &mut raced,
+                self.recount_forks(viz, parent, ts).await?,
+                false,
+            );
         }
         if !raced.is_empty() {
             return Err(JobError::Raced {
@@ -867,13 +919,12 @@ impl Migrator {
         parent: &str,
         ts: i64,
     ) -> Result<SyncReport, JobError> {
-        let count = self.v3.forks_count(parent).await.map_err(v3_err(viz))?;
-        let snaps = self
+        let (snapshot, count) = self
             .v3
-            .snapshots(c3::INFO, &[parent.to_string()])
+            .info_and_forks_count(parent)
             .await
             .map_err(v3_err(viz))?;
-        let Some(s) = snaps.get(parent).filter(|s| s.doc_type.is_some()) else {
+        let Some(s) = snapshot.filter(|s| s.doc_type.is_some()) else {
             return Ok(SyncReport::default());
         };
         if s.data.get("forksCount").and_then(Value::as_i64) == Some(count) {
@@ -881,11 +932,12 @@ impl Migrator {
         }
         let mut data = s.data.clone();
         data["forksCount"] = Value::from(count);
+        let known = HashMap::from([(parent.to_string(), s)]);
         self.v3
             .sync_known(
                 c3::INFO,
                 &[(parent.to_string(), data)],
-                &snaps,
+                &known,
                 Policy::Update,
                 ts,
             )

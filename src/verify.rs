@@ -262,6 +262,26 @@ async fn check(
             report.mismatch(viz, "info", format!("{field}: expected {w}, V3 has {h}"));
         }
     }
+    // The counts are V3's own (spec 2.2): what V3 holds now, V3-native forks and upvotes included.
+    let counts = [
+        (
+            "forksCount",
+            m.v3.forks_count(viz).await.map_err(store(viz))?,
+        ),
+        (
+            "upvotesCount",
+            m.v3.upvotes_count(viz).await.map_err(store(viz))?,
+        ),
+    ];
+    for (field, n) in counts {
+        if info.data[field].as_i64() != Some(n) {
+            report.mismatch(
+                viz,
+                "info",
+                format!("{field}: V3 holds {n}, info says {}", info.data[field]),
+            );
+        }
+    }
 
     match chain_content(m, viz).await? {
         Err(reason) => report.mismatch(viz, "history", reason),

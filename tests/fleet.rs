@@ -496,7 +496,7 @@ async fn resync_appends_commits_and_conflicts_keep_v3_edits() {
 
     // V2 changes: one more op on index.html, and a later lastUpdatedTimestamp.
     let t1 = 1_700_000_000;
-    change_loading_csv(&env, "<!-- resync 👋 -->", t1).await;
+    change_viz(&env, LOADING_CSV, "<!-- resync 👋 -->", t1).await;
     env.plan(Selection::Window {
         from: t1,
         to: t1 + 1,
@@ -544,7 +544,7 @@ async fn resync_appends_commits_and_conflicts_keep_v3_edits() {
         &[&env.v3_uri(), env.v3.name(), LOADING_CSV, "// edited in V3"],
     );
     assert!(ok, "{out}");
-    change_loading_csv(&env, "<!-- second -->", t1 + 100).await;
+    change_viz(&env, LOADING_CSV, "<!-- second -->", t1 + 100).await;
     env.plan(Selection::Window {
         from: t1 + 100,
         to: t1 + 101,
@@ -660,13 +660,62 @@ async fn worker_killed_mid_run_then_restarted_finishes() {
     env.cleanup().await;
 }
 
-/// V2 changes Loading CSV: one more op on index.html, and a later `lastUpdatedTimestamp`.
-async fn change_loading_csv(env: &TestEnv, text: &str, at: i64) {
+/// An attempt that stopped after its content but before its info and ledger record (a crash),
+/// then V2 changed: the next run cannot go by the ledger (no record means nothing written), finds
+/// the content there, reads it, and V3 ends as V2 is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cut_off_before_its_ledger_record_is_finished_with_v2_as_it_is_now() {
+    // A fork nothing forked from: a viz V3 never showed (no info) can have no forks.
+    const LEAF: &str = "366c38ba5ebc4631b4bd936f3b709744";
+    let env = TestEnv::new("cut-off").await;
+    let m = env.migrator();
+    for id in env.load_fixtures(&[]).await {
+        // Unchanged: migrated a moment ago as a fork's parent.
+        let done = m.migrate(&id, None).await.unwrap();
+        assert!(
+            matches!(done.outcome, Outcome::Migrated | Outcome::Unchanged),
+            "{id}: {done:?}"
+        );
+    }
+    // What the crash left: commits and content, no info, no ledger record.
+    let filter = mongodb::bson::doc! {"_id": LEAF};
+    for coll in ["info", vizhub_migrate::ledger::VIZ] {
+        let gone = env
+            .v3
+            .collection::<mongodb::bson::Document>(coll)
+            .delete_one(filter.clone())
+            .await
+            .unwrap();
+        assert_eq!(gone.deleted_count, 1, "{coll}");
+    }
+    env.v3
+        .collection::<mongodb::bson::Document>("o_info")
+        .delete_many(mongodb::bson::doc! {"d": LEAF})
+        .await
+        .unwrap();
+    change_viz(&env, LEAF, "<!-- after the crash 💥 -->", 1_700_000_000).await;
+
+    let done = m.migrate(LEAF, None).await.unwrap();
+    assert_eq!(done.outcome, Outcome::Migrated, "{:?}", done.reason);
+    let content = env.v3_doc("content", LEAF).await.unwrap();
+    assert!(
+        content.to_string().contains("after the crash 💥"),
+        "content as V2 is now"
+    );
+    let check = vizhub_migrate::verify::verify(&m, vizhub_migrate::verify::Scope::All, |_, _| {})
+        .await
+        .unwrap();
+    assert!(check.mismatches.is_empty(), "{}", check.render());
+    env.cleanup().await;
+}
+
+/// V2 changes a viz: one more op on index.html, and a later `lastUpdatedTimestamp`.
+async fn change_viz(env: &TestEnv, viz: &str, text: &str, at: i64) {
     let coll = env
         .v2
         .collection::<mongodb::bson::Document>("documentContent");
     let c = coll
-        .find_one(mongodb::bson::doc! {"_id": LOADING_CSV})
+        .find_one(mongodb::bson::doc! {"_id": viz})
         .await
         .unwrap()
         .unwrap();
@@ -682,12 +731,12 @@ async fn change_loading_csv(env: &TestEnv, text: &str, at: i64) {
     c["files"][i]["text"] = json!(format!("{text}{old}"));
     c["_v"] = json!(v + 1);
     env.put_v2("documentContent", c).await;
-    let op = json!({"_id": format!("op-{v}"), "v": v, "d": LOADING_CSV, "m": {"ts": at * 1000}, "op": [{"p": ["files", i, "text", 0], "si": text}]});
+    let op = json!({"_id": format!("op-{v}"), "v": v, "d": viz, "m": {"ts": at * 1000}, "op": [{"p": ["files", i, "text", 0], "si": text}]});
     env.insert_v2("o_documentContent", vec![op]).await;
     let info = env
         .v2
         .collection::<mongodb::bson::Document>("documentInfo")
-        .find_one(mongodb::bson::doc! {"_id": LOADING_CSV})
+        .find_one(mongodb::bson::doc! {"_id": viz})
         .await
         .unwrap()
         .unwrap();

@@ -144,6 +144,9 @@ pub struct SyncReport {
     pub kept: usize,
     /// A concurrent ShareDB edit moved the doc on between our read and our write.
     pub lost_races: Vec<String>,
+    /// Creates that found the doc already there (an earlier attempt, or a racing job, wrote it
+    /// after the snapshots we went by were read, or the caller read none): left as they were.
+    pub existed: Vec<String>,
 }
 
 impl SyncReport {
@@ -184,6 +187,15 @@ fn is_duplicate(e: &mongodb::error::Error) -> bool {
         }
         ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
         _ => false,
+    }
+}
+
+/// Which of the `n` documents of an insert [`is_duplicate`] refused.
+fn duplicate_positions(e: &mongodb::error::Error, n: usize) -> Vec<usize> {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(im) => im.write_errors.iter().flatten().map(|w| w.index).collect(),
+        // A single-document form of the error: the one document.
+        _ => (0..n).collect(),
     }
 }
 
@@ -362,20 +374,22 @@ impl Store {
                 }
             }
         }
-        self.create_many(collection, &creates, ts_ms).await?;
-        report.created += creates.len();
+        let existed = self.create_many(collection, &creates, ts_ms).await?;
+        report.created += creates.len() - existed.len();
+        report.existed.extend(existed);
         Ok(report)
     }
 
     /// Create several docs: their `create` ops, then their snapshots (two unordered inserts).
+    /// Returns the ids whose snapshot was already there (left untouched).
     async fn create_many(
         &self,
         collection: &str,
         docs: &[(&str, &Value)],
         ts_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         if docs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut ops = Vec::with_capacity(docs.len());
         let mut snaps = Vec::with_capacity(docs.len());
@@ -390,19 +404,25 @@ impl Store {
             snap.extend(to_document(collection, id, data)?);
             snaps.push(snap);
         }
+        // A `create` op already there is one an earlier attempt wrote before it stopped: its
+        // snapshot may be missing, so the snapshots are inserted regardless.
         self.insert_ignoring_duplicates(&format!("o_{collection}"), ops)
             .await?;
-        self.insert_ignoring_duplicates(collection, snaps).await
+        let existed = self.insert_ignoring_duplicates(collection, snaps).await?;
+        Ok(existed.into_iter().map(|i| docs[i].0.to_string()).collect())
     }
 
+    /// Unordered insert; documents whose `_id` is taken are left as they are. Returns the
+    /// positions (in `docs`) of those.
     async fn insert_ignoring_duplicates(
         &self,
         collection: &str,
         docs: Vec<Document>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<usize>, StoreError> {
         if docs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let n = docs.len();
         self.trip();
         let opts = InsertManyOptions::builder().ordered(false).build();
         match self
@@ -411,9 +431,8 @@ impl Store {
             .with_options(opts)
             .await
         {
-            Ok(_) => Ok(()),
-            // Written by an earlier attempt or a racing worker: same deterministic content.
-            Err(e) if is_duplicate(&e) => Ok(()),
+            Ok(_) => Ok(Vec::new()),
+            Err(e) if is_duplicate(&e) => Ok(duplicate_positions(&e, n)),
             Err(e) => Err(e.into()),
         }
     }
@@ -512,7 +531,8 @@ impl Store {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.insert_ignoring_duplicates(collections::COMMIT, docs)
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Every commit of a viz, in chain order (start first). One query.
@@ -547,6 +567,52 @@ impl Store {
             .coll(collections::INFO)
             .count_documents(doc! {"forkedFrom": viz, "_type": OT_TYPE})
             .await? as i64)
+    }
+
+    /// A viz's `info` snapshot (if any) and its [`Store::forks_count`], in one command: what
+    /// recounting a parent's `forksCount` needs.
+    pub async fn info_and_forks_count(
+        &self,
+        viz: &str,
+    ) -> Result<(Option<Snapshot>, i64), StoreError> {
+        self.trip();
+        // Two groups at most: the viz itself (`_id: true`) and its live forks (`_id: false`).
+        let pipeline = [
+            doc! {"$match": {"$or": [{"_id": viz}, {"forkedFrom": viz, "_type": OT_TYPE}]}},
+            doc! {"$group": {
+                "_id": {"$eq": ["$_id", viz]},
+                "n": {"$sum": 1},
+                "doc": {"$first": "$$ROOT"},
+            }},
+        ];
+        let groups: Vec<Document> = self
+            .coll(collections::INFO)
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        let mut snapshot = None;
+        let mut forks = 0;
+        for g in groups {
+            let n = match g.get("n") {
+                Some(Bson::Int32(n)) => *n as i64,
+                Some(Bson::Int64(n)) => *n,
+                _ => 0,
+            };
+            if g.get_bool("_id") == Ok(true) {
+                let own = g.get_document("doc").ok().cloned();
+                // A viz recorded as its own fork (bad V2 data) counts itself, as a count would.
+                if own.as_ref().is_some_and(|d| {
+                    d.get_str("forkedFrom") == Ok(viz) && d.get_str("_type") == Ok(OT_TYPE)
+                }) {
+                    forks += 1;
+                }
+                snapshot = own.and_then(snapshot_of);
+            } else {
+                forks += n;
+            }
+        }
+        Ok((snapshot, forks))
     }
 
     /// Number of live `upvote` docs for `viz`.
