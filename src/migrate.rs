@@ -125,7 +125,14 @@ pub struct Migrator {
     pub cfg: Config,
     /// V3 content at a commit never changes (commits are immutable): cache it across jobs.
     content_cache: Arc<Mutex<HashMap<String, CachedContent>>>,
+    /// Each parent's commit chain with the `info.end` it ends at: the forks of one parent (most
+    /// of VizHub forks a handful of vizzes) find their fork point without reading it again,
+    /// while the parent's info still ends there.
+    chain_cache: Arc<Mutex<HashMap<String, CachedChain>>>,
 }
+
+/// A viz's commit chain and the `info.end` it was read at.
+type CachedChain = (String, Arc<Vec<Commit>>);
 
 /// V3 content at a commit, and the vizzes whose commits lead there.
 #[derive(Clone)]
@@ -135,6 +142,7 @@ struct CachedContent {
 }
 
 const CONTENT_CACHE_MAX: usize = 512;
+const CHAIN_CACHE_MAX: usize = 256;
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -210,6 +218,7 @@ impl Migrator {
             ledger,
             cfg,
             content_cache: Arc::default(),
+            chain_cache: Arc::default(),
         }
     }
 
@@ -546,13 +555,15 @@ impl Migrator {
         depth: usize,
         walk: &mut Walk,
     ) -> Result<Option<ParentLink>, JobError> {
-        let mut commits = self.v3.commits_of(parent).await.map_err(v3_err(viz))?;
         let info = self
             .v3
             .snapshots(c3::INFO, &[parent.to_string()])
             .await
             .map_err(v3_err(viz))?;
-        let visible = info.get(parent).is_some_and(|s| s.doc_type.is_some());
+        let info = info.get(parent).filter(|s| s.doc_type.is_some());
+        let visible = info.is_some();
+        let end = info.and_then(|s| s.data.get("end")).and_then(Value::as_str);
+        let mut commits = self.chain_of(viz, parent, end).await?;
         if !visible || commits.is_empty() {
             if walk.visiting.contains(parent) || depth >= MAX_PARENT_DEPTH {
                 tracing::warn!(viz, parent, depth, "fork cycle or chain too deep");
@@ -575,7 +586,7 @@ impl Migrator {
                 }
                 Err(e) => return Err(e),
             }
-            commits = self.v3.commits_of(parent).await.map_err(v3_err(viz))?;
+            commits = Arc::new(self.v3.commits_of(parent).await.map_err(v3_err(viz))?);
         }
         let Some(fork) = translate::fork_point(&commits, created) else {
             return Ok(None);
@@ -594,6 +605,36 @@ impl Migrator {
             content,
             backfilled: false,
         }))
+    }
+
+    /// The commit chain of `parent`, whose info ends at `end` (when visible), from the cache
+    /// when it was read ending there; cached when the chain read ends there too (a parent being
+    /// re-synced at this moment may have commits past its info's end: not cached).
+    async fn chain_of(
+        &self,
+        viz: &str,
+        parent: &str,
+        end: Option<&str>,
+    ) -> Result<Arc<Vec<Commit>>, JobError> {
+        let cached = self
+            .chain_cache
+            .lock()
+            .expect("cache lock")
+            .get(parent)
+            .filter(|(at, _)| Some(at.as_str()) == end)
+            .map(|(_, chain)| chain.clone());
+        if let Some(chain) = cached {
+            return Ok(chain);
+        }
+        let chain = Arc::new(self.v3.commits_of(parent).await.map_err(v3_err(viz))?);
+        if let Some(end) = end.filter(|e| chain.last().is_some_and(|c| c.id == *e)) {
+            let mut cache = self.chain_cache.lock().expect("cache lock");
+            if cache.len() >= CHAIN_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(parent.to_string(), (end.to_string(), chain.clone()));
+        }
+        Ok(chain)
     }
 
     /// Whether `viz` is the root of a V2 fork cycle through `parent` (A forked from B, B from
@@ -919,12 +960,15 @@ impl Migrator {
         parent: &str,
         ts: i64,
     ) -> Result<SyncReport, JobError> {
-        let (snapshot, count) = self
+        // Two commands, not one `$or` aggregate: SecantusDB answers an `$or` by scanning the
+        // collection (hundreds of ms at 5,000 vizzes, measured), a count by the index.
+        let count = self.v3.forks_count(parent).await.map_err(v3_err(viz))?;
+        let mut known = self
             .v3
-            .info_and_forks_count(parent)
+            .snapshots(c3::INFO, &[parent.to_string()])
             .await
             .map_err(v3_err(viz))?;
-        let Some(s) = snapshot.filter(|s| s.doc_type.is_some()) else {
+        let Some(s) = known.remove(parent).filter(|s| s.doc_type.is_some()) else {
             return Ok(SyncReport::default());
         };
         if s.data.get("forksCount").and_then(Value::as_i64) == Some(count) {

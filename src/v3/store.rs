@@ -569,52 +569,6 @@ impl Store {
             .await? as i64)
     }
 
-    /// A viz's `info` snapshot (if any) and its [`Store::forks_count`], in one command: what
-    /// recounting a parent's `forksCount` needs.
-    pub async fn info_and_forks_count(
-        &self,
-        viz: &str,
-    ) -> Result<(Option<Snapshot>, i64), StoreError> {
-        self.trip();
-        // Two groups at most: the viz itself (`_id: true`) and its live forks (`_id: false`).
-        let pipeline = [
-            doc! {"$match": {"$or": [{"_id": viz}, {"forkedFrom": viz, "_type": OT_TYPE}]}},
-            doc! {"$group": {
-                "_id": {"$eq": ["$_id", viz]},
-                "n": {"$sum": 1},
-                "doc": {"$first": "$$ROOT"},
-            }},
-        ];
-        let groups: Vec<Document> = self
-            .coll(collections::INFO)
-            .aggregate(pipeline)
-            .await?
-            .try_collect()
-            .await?;
-        let mut snapshot = None;
-        let mut forks = 0;
-        for g in groups {
-            let n = match g.get("n") {
-                Some(Bson::Int32(n)) => *n as i64,
-                Some(Bson::Int64(n)) => *n,
-                _ => 0,
-            };
-            if g.get_bool("_id") == Ok(true) {
-                let own = g.get_document("doc").ok().cloned();
-                // A viz recorded as its own fork (bad V2 data) counts itself, as a count would.
-                if own.as_ref().is_some_and(|d| {
-                    d.get_str("forkedFrom") == Ok(viz) && d.get_str("_type") == Ok(OT_TYPE)
-                }) {
-                    forks += 1;
-                }
-                snapshot = own.and_then(snapshot_of);
-            } else {
-                forks += n;
-            }
-        }
-        Ok((snapshot, forks))
-    }
-
     /// Number of live `upvote` docs for `viz`.
     pub async fn upvotes_count(&self, viz: &str) -> Result<i64, StoreError> {
         self.trip();
