@@ -144,6 +144,16 @@ struct CachedContent {
 const CONTENT_CACHE_MAX: usize = 512;
 const CHAIN_CACHE_MAX: usize = 256;
 
+/// Insert into one of the job caches, emptying it first when it holds `max` entries: the
+/// entries are cheap to read again, and clearing keeps memory bounded without bookkeeping.
+fn insert_bounded<V>(cache: &Mutex<HashMap<String, V>>, max: usize, key: String, value: V) {
+    let mut cache = cache.lock().expect("cache lock");
+    if cache.len() >= max {
+        cache.clear();
+    }
+    cache.insert(key, value);
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -563,7 +573,12 @@ impl Migrator {
         let info = info.get(parent).filter(|s| s.doc_type.is_some());
         let visible = info.is_some();
         let end = info.and_then(|s| s.data.get("end")).and_then(Value::as_str);
-        let mut commits = self.chain_of(viz, parent, end).await?;
+        // A parent not visible yet is migrated first (below), and its commits read after that.
+        let mut commits = if visible {
+            self.chain_of(viz, parent, end).await?
+        } else {
+            Arc::default()
+        };
         if !visible || commits.is_empty() {
             if walk.visiting.contains(parent) || depth >= MAX_PARENT_DEPTH {
                 tracing::warn!(viz, parent, depth, "fork cycle or chain too deep");
@@ -628,11 +643,13 @@ impl Migrator {
         }
         let chain = Arc::new(self.v3.commits_of(parent).await.map_err(v3_err(viz))?);
         if let Some(end) = end.filter(|e| chain.last().is_some_and(|c| c.id == *e)) {
-            let mut cache = self.chain_cache.lock().expect("cache lock");
-            if cache.len() >= CHAIN_CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(parent.to_string(), (end.to_string(), chain.clone()));
+            let entry = (end.to_string(), chain.clone());
+            insert_bounded(
+                &self.chain_cache,
+                CHAIN_CACHE_MAX,
+                parent.to_string(),
+                entry,
+            );
         }
         Ok(chain)
     }
@@ -720,11 +737,12 @@ impl Migrator {
             content: Arc::new(content),
             ancestry: Arc::new(ancestry),
         };
-        let mut cache = self.content_cache.lock().expect("cache lock");
-        if cache.len() >= CONTENT_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(at.id.clone(), cached.clone());
+        insert_bounded(
+            &self.content_cache,
+            CONTENT_CACHE_MAX,
+            at.id.clone(),
+            cached.clone(),
+        );
         Ok((!cached.ancestry.contains(viz)).then_some(cached.content))
     }
 
