@@ -175,27 +175,22 @@ pub fn op_id(collection: &str, id: &str, v: i64) -> ObjectId {
     ObjectId::from_bytes(bytes)
 }
 
-fn is_duplicate(e: &mongodb::error::Error) -> bool {
+/// When an insert of `n` documents failed only because some `_id`s were taken: the positions
+/// of those documents (all `n` for the single-document forms of the error). `None` for any
+/// other failure.
+fn duplicate_positions(e: &mongodb::error::Error, n: usize) -> Option<Vec<usize>> {
     match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(im) => {
-            im.write_concern_error.is_none()
-                && im
-                    .write_errors
-                    .as_ref()
-                    .is_some_and(|errs| errs.iter().all(|w| w.code == DUPLICATE_KEY))
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => {
+            Some((0..n).collect())
         }
-        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
-        _ => false,
-    }
-}
-
-/// Which of the `n` documents of an insert [`is_duplicate`] refused.
-fn duplicate_positions(e: &mongodb::error::Error, n: usize) -> Vec<usize> {
-    match e.kind.as_ref() {
-        ErrorKind::InsertMany(im) => im.write_errors.iter().flatten().map(|w| w.index).collect(),
-        // A single-document form of the error: the one document.
-        _ => (0..n).collect(),
+        ErrorKind::InsertMany(im) if im.write_concern_error.is_none() => {
+            let errs = im.write_errors.as_ref()?;
+            errs.iter()
+                .all(|w| w.code == DUPLICATE_KEY)
+                .then(|| errs.iter().map(|w| w.index).collect())
+        }
+        ErrorKind::Command(c) if c.code == DUPLICATE_KEY => Some((0..n).collect()),
+        _ => None,
     }
 }
 
@@ -432,8 +427,7 @@ impl Store {
             .await
         {
             Ok(_) => Ok(Vec::new()),
-            Err(e) if is_duplicate(&e) => Ok(duplicate_positions(&e, n)),
-            Err(e) => Err(e.into()),
+            Err(e) => duplicate_positions(&e, n).ok_or_else(|| e.into()),
         }
     }
 
