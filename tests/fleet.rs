@@ -476,6 +476,24 @@ async fn sharedb_opens_replays_and_edits_every_migrated_viz() {
         &[&env.v3_uri(), env.v3.name(), LOADING_CSV, "--no-submit"],
     );
     assert!(!ok, "{report}");
+    // And an op log that does not rebuild its snapshot: the penguin's info `create` op.
+    env.v3
+        .collection::<mongodb::bson::Document>("o_info")
+        .update_one(
+            mongodb::bson::doc! {"d": PENGUIN, "v": 0},
+            mongodb::bson::doc! {"$set": {"create.data.title": "no penguin"}},
+        )
+        .await
+        .unwrap();
+    let (ok, report) = node(
+        "sharedb-check.js",
+        &[&env.v3_uri(), env.v3.name(), PENGUIN, "--no-submit"],
+    );
+    assert!(!ok, "{report}");
+    assert!(
+        report.to_string().contains("op log does not rebuild"),
+        "{report}"
+    );
     env.cleanup().await;
 }
 
@@ -743,4 +761,70 @@ async fn change_viz(env: &TestEnv, viz: &str, text: &str, at: i64) {
     let mut info: Value = mongodb::bson::Bson::Document(info).into_relaxed_extjson();
     info["lastUpdatedTimestamp"] = json!(at);
     env.put_v2("documentInfo", info).await;
+}
+
+/// Many forks of one parent migrating at once all recount its `forksCount`, racing at the same
+/// version of its info: the count ends right and the op log sharedb-mongo links from the
+/// snapshot still rebuilds it (no writer's op stands in for another's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_recounting_one_parent_at_once_leave_a_consistent_op_log() {
+    let env = TestEnv::new("recount").await;
+    env.load_fixtures(&[]).await;
+    let m = std::sync::Arc::new(env.migrator());
+    assert_eq!(
+        m.migrate(LOADING_CSV, None).await.unwrap().outcome,
+        Outcome::Migrated
+    );
+    let forks: Vec<String> = (0..24u32)
+        .map(|n| format!("{:032x}", 0xf0_00 + n))
+        .collect();
+    for (n, id) in forks.iter().enumerate() {
+        let text = format!("fork {n} 🐧");
+        let v = common::synthetic_viz(
+            id,
+            "68416",
+            Some(LOADING_CSV),
+            1_600_000_000 + n as i64,
+            json!([{"name": "index.html", "text": text}]),
+            &[],
+        );
+        env.load_viz(&v).await;
+    }
+    let jobs = forks[..22].iter().map(|id| {
+        let (m, id) = (m.clone(), id.clone());
+        tokio::spawn(async move { m.migrate(&id, None).await })
+    });
+    for done in futures_util::future::join_all(jobs).await {
+        let done = done.unwrap().unwrap();
+        assert_eq!(done.outcome, Outcome::Migrated, "{:?}", done.reason);
+    }
+    // An attempt that stopped between its op and its snapshot (the op in `o_info`, the
+    // snapshot as it was), then another fork recounting at that same version: its op differs
+    // (one fork more) and must not be mistaken for the one already there.
+    let infos = env.v3.collection::<mongodb::bson::Document>("info");
+    let filter = mongodb::bson::doc! {"_id": LOADING_CSV};
+    let before = infos.find_one(filter.clone()).await.unwrap().unwrap();
+    for (i, fork) in forks[22..].iter().enumerate() {
+        let done = m.migrate(fork, None).await.unwrap();
+        assert_eq!(done.outcome, Outcome::Migrated, "{:?}", done.reason);
+        if i == 0 {
+            infos.replace_one(filter.clone(), &before).await.unwrap();
+        }
+    }
+    let live_forks = env
+        .v3_docs("info")
+        .await
+        .into_iter()
+        .filter(|i| i["forkedFrom"] == LOADING_CSV && i["_type"] == "p")
+        .count();
+    assert!(live_forks >= forks.len());
+    let parent = env.v3_doc("info", LOADING_CSV).await.unwrap();
+    assert_eq!(parent["forksCount"], live_forks, "{parent}");
+    let (ok, report) = node(
+        "sharedb-check.js",
+        &[&env.v3_uri(), env.v3.name(), LOADING_CSV, "--no-submit"],
+    );
+    assert!(ok, "{report:#}");
+    env.check_v2().await;
+    env.cleanup().await;
 }

@@ -7,8 +7,12 @@
 //!   op log, then the snapshot is replaced *on the condition that `_v` is still what we read*,
 //!   as ShareDB does. If a concurrent ShareDB edit won the race, our update matches nothing and we
 //!   report it (the op we inserted is an orphan that `sharedb-mongo` ignores: it follows `_o`).
-//! - Op `_id`s are derived from (collection, doc id, version), so two workers racing on one doc
-//!   insert the same op once (duplicate-key errors are expected and ignored).
+//! - Op `_id`s are derived from (collection, doc id, version, op body): a re-run of an attempt
+//!   that stopped half-way inserts the same op once (duplicate-key errors are expected and
+//!   ignored), while two writers racing at one version with *different* ops (two forks
+//!   recounting their parent's `forksCount`, 1 and 2) insert two ops, the loser's an orphan.
+//!   Derived from the version alone, the loser's op would have been dropped as a duplicate and
+//!   the winner's snapshot would link to an op that says something else.
 //! - Reads and writes are batched per collection (`$in` finds, unordered `insert_many`) to keep
 //!   round trips per viz low; [`Store::round_trips`] counts them for the benchmark.
 
@@ -162,12 +166,19 @@ pub struct Store {
     round_trips: Arc<AtomicU64>,
 }
 
-/// A deterministic ObjectId for op `v` of `collection/id`.
-pub fn op_id(collection: &str, id: &str, v: i64) -> ObjectId {
+/// A deterministic ObjectId for op `v` of `collection/id` whose body (`create`, `op` or `del`)
+/// is `body`.
+pub fn op_id(collection: &str, id: &str, v: i64, body: &Document) -> ObjectId {
+    let body = bson::to_vec(body).expect("a document encodes");
     let mut h = Sha256::new();
-    for part in [collection, id, &v.to_string()] {
+    for part in [
+        collection.as_bytes(),
+        id.as_bytes(),
+        v.to_string().as_bytes(),
+        &body,
+    ] {
         h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
+        h.update(part);
     }
     let digest = h.finalize();
     let mut bytes = [0u8; 12];
@@ -389,12 +400,12 @@ impl Store {
         let mut ops = Vec::with_capacity(docs.len());
         let mut snaps = Vec::with_capacity(docs.len());
         for (id, data) in docs {
-            let oid = op_id(collection, id, 0);
-            ops.push(doc! {
-                "_id": oid, "src": "vizhub-migrate", "seq": 1_i64, "v": 0_i64,
-                "create": {"type": OT_TYPE, "data": to_bson(collection, id, data)?},
-                "m": {"ts": ts_ms}, "c": collection, "d": *id, "o": Bson::Null,
-            });
+            let body = doc! {"create": {"type": OT_TYPE, "data": to_bson(collection, id, data)?}};
+            let oid = op_id(collection, id, 0, &body);
+            let mut op = doc! {"_id": oid, "src": "vizhub-migrate", "seq": 1_i64, "v": 0_i64};
+            op.extend(body);
+            op.extend(doc! {"m": {"ts": ts_ms}, "c": collection, "d": *id, "o": Bson::Null});
+            ops.push(op);
             let mut snap = doc! {"_id": *id, "_type": OT_TYPE, "_v": 1_i64, "_m": {"ctime": ts_ms, "mtime": ts_ms}, "_o": oid};
             snap.extend(to_document(collection, id, data)?);
             snaps.push(snap);
@@ -480,7 +491,7 @@ impl Store {
         ts_ms: i64,
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
-        let oid = op_id(collection, &s.id, s.version);
+        let oid = op_id(collection, &s.id, s.version, &body);
         let mut op =
             doc! {"_id": oid, "src": "vizhub-migrate", "seq": s.version + 1, "v": s.version};
         op.extend(body);
@@ -631,4 +642,23 @@ pub fn chain_order(commits: Vec<Commit>) -> Vec<Commit> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_ids_are_deterministic_and_tell_different_ops_at_one_version_apart() {
+        let one = doc! {"op": ["forksCount", {"r": 0, "i": 1}]};
+        let two = doc! {"op": ["forksCount", {"r": 0, "i": 2}]};
+        // A re-run of a stopped attempt writes the same op: the same id, inserted once.
+        assert_eq!(op_id("info", "a", 3, &one), op_id("info", "a", 3, &one));
+        // Two writers racing at version 3 with different ops: two ids, so the loser's op is an
+        // orphan instead of standing in for the winner's.
+        assert_ne!(op_id("info", "a", 3, &one), op_id("info", "a", 3, &two));
+        assert_ne!(op_id("info", "a", 3, &one), op_id("info", "a", 4, &one));
+        assert_ne!(op_id("info", "a", 3, &one), op_id("content", "a", 3, &one));
+        assert_ne!(op_id("info", "ab", 3, &one), op_id("info", "a", 3, &one));
+    }
 }

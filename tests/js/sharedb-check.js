@@ -3,7 +3,9 @@
 //   node sharedb-check.js <mongoUrl> <dbName> <vizId,...> [--no-submit]
 // For every viz: info, content, the owner's user, its upvotes and permissions fetch through
 // ShareDB with type "p"; the commit chain from info.end back to the root (across forks) replays
-// with ot-json1 from {} to the content; the V3 invariants hold; and (unless --no-submit) an op
+// with ot-json1 from {} to the content; info's and content's op logs (the ops sharedb-mongo
+// links from the snapshot's _o) rebuild their snapshots; the V3 invariants hold; and (unless
+// --no-submit) an op
 // submitted to the content through ShareDB is accepted and visible on refetch.
 // Prints {checked, failures: [{viz, error}]}; exits 1 on any failure.
 'use strict';
@@ -37,8 +39,14 @@ const p = (f) => new Promise((res, rej) => f((e, v) => (e ? rej(e) : res(v))));
   const vizzes = vizList.split(',').filter(Boolean);
   for (const viz of vizzes) {
     try {
-      const info = (await fetchDoc('info', viz)).data;
+      const infoDoc = await fetchDoc('info', viz);
+      const info = infoDoc.data;
       const content = await fetchDoc('content', viz);
+      for (const d of [infoDoc, content]) {
+        const built = await p((cb) => conn.fetchSnapshot(d.collection, viz, d.version, cb));
+        assert.strictEqual(built.v, d.version, `${d.collection}/${viz}: op log ends at v${built.v}`);
+        assert.deepStrictEqual(built.data, d.data, `${d.collection}/${viz}: op log does not rebuild the snapshot`);
+      }
       await fetchDoc('user', info.owner);
       for (const u of await query('upvote', { viz })) assert.strictEqual(u.type.name, 'p');
       for (const u of await query('permission', { resource: viz })) assert.strictEqual(u.type.name, 'p');
