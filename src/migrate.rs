@@ -24,6 +24,10 @@ pub const MAX_PARENT_DEPTH: usize = 32;
 /// it returns the error (which then goes through the delayed-retry queues).
 pub const RACE_RERUNS: u32 = 4;
 
+/// How many times a fork recounts its parent's `forksCount` after losing the race for the
+/// parent's info to a sibling, before its job re-runs.
+const RECOUNT_TRIES: u32 = 4;
+
 /// 20 ms × rerun, plus up to 50 ms of jitter so two racing jobs do not meet again.
 fn race_pause(rerun: u32) -> std::time::Duration {
     let jitter = std::time::SystemTime::now()
@@ -187,6 +191,9 @@ struct ParentLink {
     commit: String,
     content: Arc<Value>,
     backfilled: bool,
+    /// The parent's info as this job found it, when the job did not migrate the parent itself:
+    /// what recounting its `forksCount` starts from.
+    info: Option<Snapshot>,
 }
 
 /// Everything [`Migrator::write`] needs besides the translation.
@@ -197,7 +204,7 @@ struct WriteSet<'a> {
     attempts: i64,
     fingerprint: String,
     analytics_fingerprint: Option<String>,
-    parent: Option<&'a str>,
+    parent: Option<&'a ParentLink>,
     previous_upvoters: bool,
     /// Snapshots read before translating (this viz's info and content, its analytics event):
     /// the writes reuse them instead of reading them again.
@@ -500,7 +507,7 @@ impl Migrator {
                         attempts,
                         fingerprint,
                         analytics_fingerprint,
-                        parent: parent.as_ref().map(|l| l.viz.as_str()),
+                        parent: parent.as_ref(),
                         previous_upvoters: previous.is_some(),
                         known: Known {
                             info: &info_snaps,
@@ -565,14 +572,18 @@ impl Migrator {
         depth: usize,
         walk: &mut Walk,
     ) -> Result<Option<ParentLink>, JobError> {
-        let info = self
+        let mut info = self
             .v3
             .snapshots(c3::INFO, &[parent.to_string()])
             .await
-            .map_err(v3_err(viz))?;
-        let info = info.get(parent).filter(|s| s.doc_type.is_some());
+            .map_err(v3_err(viz))?
+            .remove(parent)
+            .filter(|s| s.doc_type.is_some());
         let visible = info.is_some();
-        let end = info.and_then(|s| s.data.get("end")).and_then(Value::as_str);
+        let end = info
+            .as_ref()
+            .and_then(|s| s.data.get("end"))
+            .and_then(Value::as_str);
         // A parent not visible yet is migrated first (below), and its commits read after that.
         let mut commits = if visible {
             self.chain_of(viz, parent, end).await?
@@ -602,6 +613,7 @@ impl Migrator {
                 Err(e) => return Err(e),
             }
             commits = Arc::new(self.v3.commits_of(parent).await.map_err(v3_err(viz))?);
+            info = None;
         }
         let Some(fork) = translate::fork_point(&commits, created) else {
             return Ok(None);
@@ -619,6 +631,7 @@ impl Migrator {
             commit: fork.id.clone(),
             content,
             backfilled: false,
+            info,
         }))
     }
 
@@ -880,7 +893,8 @@ impl Migrator {
         if let Some(parent) = w.parent {
             note(
                 &mut raced,
-                self.recount_forks(viz, parent, ts).await?,
+                self.recount_forks(viz, &parent.viz, parent.info.as_ref(), ts)
+                    .await?,
                 false,
             );
         }
@@ -972,39 +986,64 @@ impl Migrator {
     }
 
     /// Recompute the parent's `forksCount` from V3 (a json1 op on its Info if it changed).
+    ///
+    /// `found` is the parent's info as this job read it before writing: current unless a sibling
+    /// fork recounted in between, so it saves reading it again. When it is not current the op
+    /// loses the race and the recount is taken again from a fresh read, here, rather than by
+    /// re-running the whole job; after [`RECOUNT_TRIES`] lost races the job re-runs.
     async fn recount_forks(
         &self,
         viz: &str,
         parent: &str,
+        found: Option<&Snapshot>,
         ts: i64,
     ) -> Result<SyncReport, JobError> {
-        // Two commands, not one `$or` aggregate: SecantusDB answers an `$or` by scanning the
-        // collection (hundreds of ms at 5,000 vizzes, measured), a count by the index.
-        let count = self.v3.forks_count(parent).await.map_err(v3_err(viz))?;
-        let mut known = self
-            .v3
-            .snapshots(c3::INFO, &[parent.to_string()])
-            .await
-            .map_err(v3_err(viz))?;
-        let Some(s) = known.remove(parent).filter(|s| s.doc_type.is_some()) else {
-            return Ok(SyncReport::default());
-        };
-        if s.data.get("forksCount").and_then(Value::as_i64) == Some(count) {
-            return Ok(SyncReport::default());
+        let mut found = found.cloned();
+        let mut report = SyncReport::default();
+        for _ in 0..RECOUNT_TRIES {
+            // Two commands, not one `$or` aggregate: SecantusDB answers an `$or` by scanning
+            // the collection (hundreds of ms at 5,000 vizzes, measured), a count by the index.
+            let count = self.v3.forks_count(parent).await.map_err(v3_err(viz))?;
+            let (s, fresh) = match found.take() {
+                Some(s) => (s, false),
+                None => {
+                    let mut read = self
+                        .v3
+                        .snapshots(c3::INFO, &[parent.to_string()])
+                        .await
+                        .map_err(v3_err(viz))?;
+                    match read.remove(parent).filter(|s| s.doc_type.is_some()) {
+                        Some(s) => (s, true),
+                        None => return Ok(SyncReport::default()),
+                    }
+                }
+            };
+            if s.data.get("forksCount").and_then(Value::as_i64) == Some(count) {
+                if fresh {
+                    return Ok(SyncReport::default());
+                }
+                // Already right in what we read (a re-run): make sure it still is.
+                continue;
+            }
+            let mut data = s.data.clone();
+            data["forksCount"] = Value::from(count);
+            let known = HashMap::from([(parent.to_string(), s)]);
+            report = self
+                .v3
+                .sync_known(
+                    c3::INFO,
+                    &[(parent.to_string(), data)],
+                    &known,
+                    Policy::Update,
+                    ts,
+                )
+                .await
+                .map_err(v3_err(viz))?;
+            if report.lost_races.is_empty() {
+                return Ok(report);
+            }
         }
-        let mut data = s.data.clone();
-        data["forksCount"] = Value::from(count);
-        let known = HashMap::from([(parent.to_string(), s)]);
-        self.v3
-            .sync_known(
-                c3::INFO,
-                &[(parent.to_string(), data)],
-                &known,
-                Policy::Update,
-                ts,
-            )
-            .await
-            .map_err(v3_err(viz))
+        Ok(report)
     }
 
     /// Record a job's outcome in the ledger.
@@ -1115,6 +1154,7 @@ impl Migrator {
                     content,
                     backfilled: candidate != p.info.forked_from.as_deref().unwrap_or_default()
                         || p.info.fork_from_backfilled == Some(true),
+                    info: None,
                 });
                 break;
             }
