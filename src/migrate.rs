@@ -714,8 +714,12 @@ impl Migrator {
         let mut all: HashMap<String, Commit> =
             chain.iter().map(|c| (c.id.clone(), c.clone())).collect();
         let mut ancestry: HashSet<String> = chain.iter().map(|c| c.viz.clone()).collect();
-        // Walk up to the root, one query per ancestor viz.
+        // Walk up to the root, two queries per ancestor viz, or only as far as an ancestor
+        // commit whose content is cached (typically the fork point of the parent itself, cached
+        // when this worker migrated the parent): commits are immutable, so replaying the commits
+        // below it onto its content gives what a replay from the root would.
         let mut root = chain.first().cloned();
+        let mut base = None;
         while let Some(parent_id) = root.as_ref().and_then(|c| c.parent.clone()) {
             if all.contains_key(&parent_id) {
                 return Err(JobError::Chain {
@@ -723,6 +727,17 @@ impl Migrator {
                     commit: parent_id,
                     reason: "cycle in commit parents".into(),
                 });
+            }
+            let cached = self
+                .content_cache
+                .lock()
+                .expect("cache lock")
+                .get(&parent_id)
+                .cloned();
+            if let Some(c) = cached {
+                ancestry.extend(c.ancestry.iter().cloned());
+                base = Some((parent_id, c.content));
+                break;
             }
             let found = self
                 .v3
@@ -741,7 +756,11 @@ impl Migrator {
             root = ancestors.first().cloned();
             all.extend(ancestors.into_iter().map(|c| (c.id.clone(), c)));
         }
-        let content = v3::content_at(&all, &at.id).map_err(|e| JobError::Chain {
+        let content = match base {
+            Some((id, content)) => v3::content_after((&id, (*content).clone()), &all, &at.id),
+            None => v3::content_at(&all, &at.id),
+        }
+        .map_err(|e| JobError::Chain {
             viz: viz.into(),
             commit: at.id.clone(),
             reason: e.to_string(),

@@ -142,9 +142,18 @@ pub fn ancestry<'a>(
     commits: &'a HashMap<String, Commit>,
     commit: &str,
 ) -> Result<Vec<&'a Commit>, ChainError> {
+    ancestry_after(commits, commit, None)
+}
+
+/// The ancestors of `commit` below `base` (exclusive; `None`: from the root), oldest first.
+fn ancestry_after<'a>(
+    commits: &'a HashMap<String, Commit>,
+    commit: &str,
+    base: Option<&str>,
+) -> Result<Vec<&'a Commit>, ChainError> {
     let mut chain = Vec::new();
     let mut next = Some(commit.to_string());
-    while let Some(id) = next {
+    while let Some(id) = next.filter(|id| Some(id.as_str()) != base) {
         let c = commits
             .get(&id)
             .ok_or_else(|| ChainError::MissingCommit(id.clone()))?;
@@ -163,16 +172,32 @@ pub fn content_at(commits: &HashMap<String, Commit>, commit: &str) -> Result<Val
     replay(ancestry(commits, commit)?)
 }
 
+/// Content at `commit` from the content at one of its ancestors, `base = (id, content)`:
+/// replays only the commits below it (`commits` needs no commit above it). The same value as
+/// [`content_at`], since commits are immutable.
+pub fn content_after(
+    base: (&str, Value),
+    commits: &HashMap<String, Commit>,
+    commit: &str,
+) -> Result<Value, ChainError> {
+    replay_onto(base.1, ancestry_after(commits, commit, Some(base.0))?)
+}
+
 /// Replay a chain of commits (oldest first) from `{}`.
 pub fn replay<'a>(chain: impl IntoIterator<Item = &'a Commit>) -> Result<Value, ChainError> {
-    chain
-        .into_iter()
-        .try_fold(Value::Object(Default::default()), |doc, c| {
-            json1::apply(doc, &c.ops).map_err(|e| ChainError::Apply {
-                commit: c.id.clone(),
-                reason: e.to_string(),
-            })
+    replay_onto(Value::Object(Default::default()), chain)
+}
+
+fn replay_onto<'a>(
+    start: Value,
+    chain: impl IntoIterator<Item = &'a Commit>,
+) -> Result<Value, ChainError> {
+    chain.into_iter().try_fold(start, |doc, c| {
+        json1::apply(doc, &c.ops).map_err(|e| ChainError::Apply {
+            commit: c.id.clone(),
+            reason: e.to_string(),
         })
+    })
 }
 
 /// The invariants V3 validates on a viz (spec 2.2), as human-readable violations (empty = valid).

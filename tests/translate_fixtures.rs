@@ -213,3 +213,31 @@ fn translation_is_deterministic() {
         assert_eq!(t.info, u.info);
     }
 }
+
+/// Content at a fork's end from the content at an ancestor commit (what a worker that has it
+/// cached does) equals the full replay from `{}`, and needs none of the commits above it.
+#[test]
+fn content_from_a_known_ancestor_equals_the_full_replay() {
+    let w = migrated_world();
+    let (csv, penguin) = (&w.translations[LOADING_CSV], &w.translations[PENGUIN]);
+    let base = csv.commits[0]
+        .parent
+        .clone()
+        .expect("the csv viz is a fork");
+    let base_content = v3::content_at(&w.commits, &base).unwrap();
+    let below: std::collections::HashMap<String, v3::Commit> = w
+        .commits
+        .iter()
+        .filter(|(_, c)| c.viz == LOADING_CSV || c.viz == PENGUIN)
+        .map(|(id, c)| (id.clone(), c.clone()))
+        .collect();
+    assert!(below.len() < w.commits.len());
+    let full = v3::content_at(&w.commits, &penguin.info.end).unwrap();
+    assert_eq!(full, penguin.content);
+    assert_eq!(
+        v3::content_after((&base, base_content), &below, &penguin.info.end).unwrap(),
+        full
+    );
+    // Without the base, the commits below it do not reach the root.
+    assert!(v3::content_at(&below, &penguin.info.end).is_err());
+}
