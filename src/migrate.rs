@@ -133,6 +133,9 @@ pub struct Migrator {
     /// of VizHub forks a handful of vizzes) find their fork point without reading it again,
     /// while the parent's info still ends there.
     chain_cache: Arc<Mutex<HashMap<String, CachedChain>>>,
+    /// Users this worker synced, by id, with the fingerprint of what it wrote: an owner of
+    /// many vizzes, or a frequent upvoter, is read and compared once, not once per viz.
+    users_synced: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// A viz's commit chain and the `info.end` it was read at.
@@ -147,6 +150,7 @@ struct CachedContent {
 
 const CONTENT_CACHE_MAX: usize = 512;
 const CHAIN_CACHE_MAX: usize = 256;
+const USERS_SYNCED_MAX: usize = 4096;
 
 /// Insert into one of the job caches, emptying it first when it holds `max` entries: the
 /// entries are cheap to read again, and clearing keeps memory bounded without bookkeeping.
@@ -222,6 +226,10 @@ struct Walk {
 }
 
 struct Known<'a> {
+    /// Whether the viz's own documents were read. Not when the ledger has no record of it:
+    /// nothing of it was written (the maps are empty), and a create that finds a doc of it
+    /// there anyway (left by an attempt that stopped half-way) makes the job run again, reading.
+    read: bool,
     info: &'a HashMap<String, Snapshot>,
     content: &'a HashMap<String, Snapshot>,
     analytics: &'a HashMap<String, Snapshot>,
@@ -236,6 +244,7 @@ impl Migrator {
             cfg,
             content_cache: Arc::default(),
             chain_cache: Arc::default(),
+            users_synced: Arc::default(),
         }
     }
 
@@ -510,6 +519,7 @@ impl Migrator {
                         parent: parent.as_ref(),
                         previous_upvoters: previous.is_some(),
                         known: Known {
+                            read: !(walk.trust_ledger && last.is_none()),
                             info: &info_snaps,
                             content: &content_snaps,
                             analytics: &analytics_snaps,
@@ -786,8 +796,9 @@ impl Migrator {
         let err = v3_err(viz);
         // Docs another writer got to between our read and our write. For this viz's own
         // content, analytics and info, a create that found the doc there counts too: we went
-        // by no snapshot, or by one read before the other writer's (users, upvotes and
-        // permissions are shared or per-user docs whose creates are identical).
+        // by no snapshot, or by one read before the other writer's. So do its upvotes and
+        // permissions when they were not read (the ledger had no record of the viz); users are
+        // shared docs whose creates are identical.
         let mut raced = Vec::new();
         let note = |raced: &mut Vec<String>, r: SyncReport, own: bool| {
             raced.extend(r.lost_races);
@@ -795,19 +806,31 @@ impl Migrator {
                 raced.extend(r.existed);
             }
         };
-        let users: Vec<(String, Value)> = t
-            .users
-            .iter()
-            .map(|u| (u.id.clone(), to_value(u)))
-            .collect();
-        note(
-            &mut raced,
-            self.v3
-                .sync(c3::USER, &users, Policy::UpdateIfMigrated, ts)
-                .await
-                .map_err(err)?,
-            false,
-        );
+        let users: Vec<(String, Value, String)> = {
+            let synced = self.users_synced.lock().expect("cache lock");
+            t.users
+                .iter()
+                .map(|u| {
+                    let v = to_value(u);
+                    let f = ids::fingerprint(&v);
+                    (u.id.clone(), v, f)
+                })
+                .filter(|(id, _, f)| synced.get(id) != Some(f))
+                .collect()
+        };
+        let (wanted, prints): (Vec<(String, Value)>, Vec<String>) =
+            users.into_iter().map(|(id, v, f)| ((id, v), f)).unzip();
+        let report = self
+            .v3
+            .sync(c3::USER, &wanted, Policy::UpdateIfMigrated, ts)
+            .await
+            .map_err(err)?;
+        for ((id, _), f) in wanted.into_iter().zip(prints) {
+            if !report.lost_races.contains(&id) {
+                insert_bounded(&self.users_synced, USERS_SYNCED_MAX, id, f);
+            }
+        }
+        note(&mut raced, report, false);
         self.v3
             .insert_commits(&t.commits)
             .await
@@ -838,22 +861,15 @@ impl Migrator {
             .collect();
         note(
             &mut raced,
-            self.sync_set(c3::UPVOTE, "viz", viz, &upvotes, w.previous_upvoters, ts)
+            self.sync_set(c3::UPVOTE, "viz", viz, &upvotes, &w, ts)
                 .await?,
-            false,
+            !w.known.read,
         );
         note(
             &mut raced,
-            self.sync_set(
-                c3::PERMISSION,
-                "resource",
-                viz,
-                &perms,
-                w.previous_upvoters,
-                ts,
-            )
-            .await?,
-            false,
+            self.sync_set(c3::PERMISSION, "resource", viz, &perms, &w, ts)
+                .await?,
+            !w.known.read,
         );
         if let Some(a) = &t.analytics {
             note(
@@ -969,22 +985,29 @@ impl Migrator {
     }
 
     /// Make the migrated docs of a per-viz set (upvotes, permissions) match V2: create new ones,
-    /// delete migrated ones that left V2, never touch V3-native ones.
+    /// delete migrated ones that left V2, never touch V3-native ones. A viz whose own documents
+    /// were not read (see [`Known::read`]) has none: they are created without reading.
     async fn sync_set(
         &self,
         coll: &str,
         field: &str,
         viz: &str,
         wanted: &[(String, Value)],
-        look_for_stale: bool,
+        w: &WriteSet<'_>,
         ts: i64,
     ) -> Result<SyncReport, JobError> {
-        let mut report = self
-            .v3
-            .sync(coll, wanted, Policy::UpdateIfMigrated, ts)
-            .await
-            .map_err(v3_err(viz))?;
-        if look_for_stale {
+        let mut report = if w.known.read {
+            self.v3
+                .sync(coll, wanted, Policy::UpdateIfMigrated, ts)
+                .await
+        } else {
+            let none = HashMap::new();
+            self.v3
+                .sync_known(coll, wanted, &none, Policy::UpdateIfMigrated, ts)
+                .await
+        }
+        .map_err(v3_err(viz))?;
+        if w.previous_upvoters {
             let filter =
                 mongodb::bson::doc! {field: viz, "migratedFromV2": true, "_type": v3::OT_TYPE};
             let existing = self

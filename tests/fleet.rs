@@ -712,6 +712,18 @@ async fn a_job_cut_off_before_its_ledger_record_is_finished_with_v2_as_it_is_now
         .await
         .unwrap();
     change_viz(&env, LEAF, "<!-- after the crash 💥 -->", 1_700_000_000).await;
+    // And an upvote the crashed attempt wrote as V2 had it then: a create finds it, so the job
+    // reads and updates it rather than leaving it stale.
+    let stale = env
+        .v3
+        .collection::<mongodb::bson::Document>("upvote")
+        .update_one(
+            mongodb::bson::doc! {"viz": LEAF},
+            mongodb::bson::doc! {"$set": {"timestamp": 1_i64}},
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale.modified_count, 1);
 
     let done = m.migrate(LEAF, None).await.unwrap();
     assert_eq!(done.outcome, Outcome::Migrated, "{:?}", done.reason);
