@@ -133,8 +133,9 @@ pub struct Migrator {
     /// of VizHub forks a handful of vizzes) find their fork point without reading it again,
     /// while the parent's info still ends there.
     chain_cache: Arc<Mutex<HashMap<String, CachedChain>>>,
-    /// Users this worker synced, by id, with the fingerprint of what it wrote: an owner of
-    /// many vizzes, or a frequent upvoter, is read and compared once, not once per viz.
+    /// Users this worker synced (created, updated, or found as wanted or V3's own), by id, with
+    /// the fingerprint of the V2 user it synced: an owner of many vizzes, or a frequent
+    /// upvoter, is read and compared once, not once per viz, while V2 says the same of them.
     users_synced: Arc<Mutex<HashMap<String, String>>>,
 }
 
