@@ -583,13 +583,7 @@ impl Migrator {
         depth: usize,
         walk: &mut Walk,
     ) -> Result<Option<ParentLink>, JobError> {
-        let mut info = self
-            .v3
-            .snapshots(c3::INFO, &[parent.to_string()])
-            .await
-            .map_err(v3_err(viz))?
-            .remove(parent)
-            .filter(|s| s.doc_type.is_some());
+        let mut info = self.live_info(viz, parent).await?;
         let visible = info.is_some();
         let end = info
             .as_ref()
@@ -644,6 +638,26 @@ impl Migrator {
             backfilled: false,
             info,
         }))
+    }
+
+    /// The info snapshot of `of` (read for `viz`'s job), unless it is missing or deleted.
+    async fn live_info(&self, viz: &str, of: &str) -> Result<Option<Snapshot>, JobError> {
+        Ok(self
+            .v3
+            .snapshots(c3::INFO, &[of.to_string()])
+            .await
+            .map_err(v3_err(viz))?
+            .remove(of)
+            .filter(|s| s.doc_type.is_some()))
+    }
+
+    /// The cached V3 content at commit `id`, if this worker has it.
+    fn cached_content(&self, id: &str) -> Option<CachedContent> {
+        self.content_cache
+            .lock()
+            .expect("cache lock")
+            .get(id)
+            .cloned()
     }
 
     /// The commit chain of `parent`, whose info ends at `end` (when visible), from the cache
@@ -713,13 +727,7 @@ impl Migrator {
         at: &Commit,
         chain: &[Commit],
     ) -> Result<Option<Arc<Value>>, JobError> {
-        let cached = self
-            .content_cache
-            .lock()
-            .expect("cache lock")
-            .get(&at.id)
-            .cloned();
-        if let Some(c) = cached {
+        if let Some(c) = self.cached_content(&at.id) {
             return Ok((!c.ancestry.contains(viz)).then_some(c.content));
         }
         let mut all: HashMap<String, Commit> =
@@ -739,13 +747,7 @@ impl Migrator {
                     reason: "cycle in commit parents".into(),
                 });
             }
-            let cached = self
-                .content_cache
-                .lock()
-                .expect("cache lock")
-                .get(&parent_id)
-                .cloned();
-            if let Some(c) = cached {
+            if let Some(c) = self.cached_content(&parent_id) {
                 ancestry.extend(c.ancestry.iter().cloned());
                 base = Some((parent_id, c.content));
                 break;
@@ -807,20 +809,19 @@ impl Migrator {
                 raced.extend(r.existed);
             }
         };
-        let users: Vec<(String, Value, String)> = {
+        // Users this worker has not synced as they are now, and their fingerprints.
+        let (mut wanted, mut prints) = (Vec::new(), Vec::new());
+        {
             let synced = self.users_synced.lock().expect("cache lock");
-            t.users
-                .iter()
-                .map(|u| {
-                    let v = to_value(u);
-                    let f = ids::fingerprint(&v);
-                    (u.id.clone(), v, f)
-                })
-                .filter(|(id, _, f)| synced.get(id) != Some(f))
-                .collect()
-        };
-        let (wanted, prints): (Vec<(String, Value)>, Vec<String>) =
-            users.into_iter().map(|(id, v, f)| ((id, v), f)).unzip();
+            for u in &t.users {
+                let v = to_value(u);
+                let f = ids::fingerprint(&v);
+                if synced.get(&u.id) != Some(&f) {
+                    wanted.push((u.id.clone(), v));
+                    prints.push(f);
+                }
+            }
+        }
         let report = self
             .v3
             .sync(c3::USER, &wanted, Policy::UpdateIfMigrated, ts)
@@ -1049,17 +1050,10 @@ impl Migrator {
             let count = self.v3.forks_count(parent).await.map_err(v3_err(viz))?;
             let (s, fresh) = match found.take() {
                 Some(s) => (s, false),
-                None => {
-                    let mut read = self
-                        .v3
-                        .snapshots(c3::INFO, &[parent.to_string()])
-                        .await
-                        .map_err(v3_err(viz))?;
-                    match read.remove(parent).filter(|s| s.doc_type.is_some()) {
-                        Some(s) => (s, true),
-                        None => return Ok(SyncReport::default()),
-                    }
-                }
+                None => match self.live_info(viz, parent).await? {
+                    Some(s) => (s, true),
+                    None => return Ok(SyncReport::default()),
+                },
             };
             if s.data.get("forksCount").and_then(Value::as_i64) == Some(count) {
                 if fresh {
