@@ -186,6 +186,23 @@ pub fn op_id(collection: &str, id: &str, v: i64, body: &Document) -> ObjectId {
     ObjectId::from_bytes(bytes)
 }
 
+/// Op `v` of `collection/id` as sharedb-mongo stores it (`body`: its `create`, `op` or `del`;
+/// `prev`: the op before it, which `_o` links follow), and its id.
+fn op_doc(
+    collection: &str,
+    id: &str,
+    v: i64,
+    body: Document,
+    prev: Option<ObjectId>,
+    ts_ms: i64,
+) -> (ObjectId, Document) {
+    let oid = op_id(collection, id, v, &body);
+    let mut op = doc! {"_id": oid, "src": "vizhub-migrate", "seq": v + 1, "v": v};
+    op.extend(body);
+    op.extend(doc! {"m": {"ts": ts_ms}, "c": collection, "d": id, "o": prev.map_or(Bson::Null, Bson::ObjectId)});
+    (oid, op)
+}
+
 /// When an insert of `n` documents failed only because some `_id`s were taken: the positions
 /// of those documents (all `n` for the single-document forms of the error). `None` for any
 /// other failure.
@@ -401,10 +418,7 @@ impl Store {
         let mut snaps = Vec::with_capacity(docs.len());
         for (id, data) in docs {
             let body = doc! {"create": {"type": OT_TYPE, "data": to_bson(collection, id, data)?}};
-            let oid = op_id(collection, id, 0, &body);
-            let mut op = doc! {"_id": oid, "src": "vizhub-migrate", "seq": 1_i64, "v": 0_i64};
-            op.extend(body);
-            op.extend(doc! {"m": {"ts": ts_ms}, "c": collection, "d": *id, "o": Bson::Null});
+            let (oid, op) = op_doc(collection, id, 0, body, None, ts_ms);
             ops.push(op);
             let mut snap = doc! {"_id": *id, "_type": OT_TYPE, "_v": 1_i64, "_m": {"ctime": ts_ms, "mtime": ts_ms}, "_o": oid};
             snap.extend(to_document(collection, id, data)?);
@@ -491,11 +505,7 @@ impl Store {
         ts_ms: i64,
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
-        let oid = op_id(collection, &s.id, s.version, &body);
-        let mut op =
-            doc! {"_id": oid, "src": "vizhub-migrate", "seq": s.version + 1, "v": s.version};
-        op.extend(body);
-        op.extend(doc! {"m": {"ts": ts_ms}, "c": collection, "d": &s.id, "o": s.last_op.map_or(Bson::Null, Bson::ObjectId)});
+        let (oid, op) = op_doc(collection, &s.id, s.version, body, s.last_op, ts_ms);
         self.insert_ignoring_duplicates(&format!("o_{collection}"), vec![op])
             .await?;
         let mut snap = doc! {
