@@ -188,8 +188,13 @@ async fn worker_metrics_move_as_jobs_complete() {
     let report = env.plan(Selection::All).await;
     assert_eq!(report.published as usize, ids.len());
     let n = ids.len() as f64;
+    // Ended, and out of flight: a job's outcome is counted inside the job, its duration once
+    // the job returns, and it leaves the in-flight gauge last (a scrape in between saw the
+    // outcome without the duration).
     let after = poll(port, "/metrics", "every job to end", |s, body| {
-        s == 200 && sample(body, "vizhub_migrate_jobs_total{outcome=\"migrated\"}") >= Some(n)
+        s == 200
+            && sample(body, "vizhub_migrate_jobs_total{outcome=\"migrated\"}") >= Some(n)
+            && sample(body, "vizhub_migrate_jobs_in_flight") == Some(0.0)
     })
     .await;
 
