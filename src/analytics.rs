@@ -6,8 +6,16 @@
 //! dropping the oldest. Bucket keys are zero-padded time formats, so lexicographic order is
 //! chronological order. A bucket whose V2 count went *down* (V2 itself capped it away and it came
 //! back, or data was repaired) contributes nothing: merging never subtracts views V3 counted.
+//!
+//! The baseline of a merge — the V2 record already merged — is kept *in the V3 doc itself*
+//! (`v2Merged`, written in the same snapshot as the counts it produced), not only in the ledger:
+//! the ledger is written last, so a job stopped after its analytics write and before its ledger
+//! record (a crash, a lost race with a fork's job migrating this viz as its parent) would
+//! otherwise merge V2's whole count a second time on its re-run. Merging is therefore idempotent
+//! by construction: [`merge_record`] onto its own output adds nothing.
 
-use crate::v2::{Intervals, INTERVALS};
+use crate::v2::{EventRecord, Intervals, INTERVALS};
+use crate::v3::AnalyticsEvent;
 use serde_json::{Map, Number, Value};
 
 /// V2's (and V3's) maximum number of buckets kept per interval.
@@ -72,6 +80,26 @@ pub fn merge(
     out
 }
 
+/// The V3 page-view record after merging V2's `rec` into what V3 holds now (`v3_now`; `None`
+/// when V3 has no such doc). The baseline is the V2 record `v3_now` says it holds; a doc without
+/// one (V3's own, or written before the baseline was kept there) falls back to `ledger_last`,
+/// what the ledger recorded as merged.
+pub fn merge_record(
+    v3_now: Option<&AnalyticsEvent>,
+    rec: &EventRecord,
+    ledger_last: Option<&Intervals>,
+) -> AnalyticsEvent {
+    let baseline = match v3_now {
+        Some(doc) => doc.v2_merged.as_ref().or(ledger_last),
+        None => None,
+    };
+    AnalyticsEvent {
+        id: rec.id.clone(),
+        intervals: merge(v3_now.map(|d| &d.intervals), &rec.intervals, baseline),
+        v2_merged: Some(rec.intervals.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +107,57 @@ mod tests {
 
     fn iv(v: Value) -> Intervals {
         v.as_object().unwrap().clone()
+    }
+
+    fn record(v: Value) -> EventRecord {
+        EventRecord {
+            id: "event.pageview.viz.owner:1.viz:a".into(),
+            intervals: iv(v),
+        }
+    }
+
+    #[test]
+    fn merging_a_record_onto_its_own_result_adds_nothing() {
+        let rec = record(json!({"days": {"2020-01-01": 1206}, "all": {"all": 1206}}));
+        let first = merge_record(None, &rec, None);
+        assert_eq!(first.intervals, rec.intervals);
+        assert_eq!(first.v2_merged.as_ref(), Some(&rec.intervals));
+        // A re-run whose ledger never learned of the first merge (stopped before its record).
+        assert_eq!(merge_record(Some(&first), &rec, None), first);
+        // ... or whose ledger holds an older baseline.
+        let older = iv(json!({"all": {"all": 1000}}));
+        assert_eq!(merge_record(Some(&first), &rec, Some(&older)), first);
+    }
+
+    #[test]
+    fn merging_keeps_v3_views_and_adds_what_v2_counted_since() {
+        let rec = record(json!({"all": {"all": 10}}));
+        let mut doc = merge_record(None, &rec, None);
+        doc.intervals = iv(json!({"all": {"all": 13}})); // V3 counted 3 views
+        let later = record(json!({"all": {"all": 12}})); // V2 counted 2 more
+        let merged = merge_record(Some(&doc), &later, None);
+        assert_eq!(merged.intervals, iv(json!({"all": {"all": 15}})));
+        assert_eq!(merge_record(Some(&merged), &later, None), merged);
+    }
+
+    #[test]
+    fn a_v3_doc_without_a_baseline_falls_back_to_the_ledger() {
+        let rec = record(json!({"all": {"all": 10}}));
+        let legacy = AnalyticsEvent {
+            id: rec.id.clone(),
+            intervals: iv(json!({"all": {"all": 10}})),
+            v2_merged: None,
+        };
+        let last = iv(json!({"all": {"all": 10}}));
+        assert_eq!(
+            merge_record(Some(&legacy), &rec, Some(&last)).intervals,
+            legacy.intervals
+        );
+        // V3's own doc, never merged: V2's whole count is added.
+        assert_eq!(
+            merge_record(Some(&legacy), &rec, None).intervals,
+            iv(json!({"all": {"all": 20}}))
+        );
     }
 
     #[test]

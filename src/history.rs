@@ -1,8 +1,10 @@
 //! Revision history: turns a V2 content snapshot plus its json0 op log into V3 commit drafts
 //! (spec 3.1).
 //!
-//! 1. [`usable_run`] picks the longest run of consecutive op versions ending at the snapshot's
-//!    `_v - 1` (stopping at a gap, a duplicate version, a `del`, or just after a `create`).
+//! 1. [`usable_run`] takes the ops the snapshot contains — the chain of `o` links back from its
+//!    `_o`, as sharedb-mongo reads them, so ops a live V2 wrote past the snapshot and orphans of
+//!    failed commits are left out — as far back as it runs consecutively (stopping at a gap, a
+//!    link not in the log, a `del`, or just after a `create`).
 //! 2. [`build`] inverts that run backwards from the snapshot to the oldest reachable state, then
 //!    replays it forward once, cutting commits at editing-session boundaries (an idle gap, 15 min by
 //!    default) and diffing each session's end state against the previous commit's V3 content with
@@ -55,6 +57,8 @@ pub struct Request<'a> {
     /// V2 content payload (envelope stripped) at `snapshot_v`.
     pub snapshot: &'a Value,
     pub snapshot_v: u64,
+    /// The snapshot's `_o`: the op its version came from (see [`linked_chain`]).
+    pub head: Option<&'a str>,
     pub ops: &'a [ContentOp],
     /// V3 content the first draft diffs from: the fork parent's content at the fork commit (`{}`
     /// for the primordial viz), or on re-sync our own last migrated content.
@@ -123,27 +127,57 @@ struct Run {
     ops: Vec<RunOp>,
 }
 
+/// The ops the snapshot at `snapshot_v` contains, newest first, the way sharedb-mongo finds
+/// them (`getLinkedOps`): from the op the snapshot names (`head`, its `_o`) follow each op's `o`
+/// link back. V2 is live, so the log may hold ops at or past `snapshot_v` (written before their
+/// snapshot, or by a commit that failed) and orphans beside the chain (a losing writer's op at a
+/// version the chain passes): neither is on the chain. Without a `head` (snapshots older than op
+/// linking) the chain is taken by version, as long as each version has one op. The chain stops at
+/// a version gap, or where the link it follows is not in the log (truncated).
+fn linked_chain<'a>(
+    ops: &'a [ContentOp],
+    snapshot_v: u64,
+    head: Option<&str>,
+) -> Vec<&'a ContentOp> {
+    let mut sorted: Vec<&ContentOp> = ops.iter().filter(|o| o.v < snapshot_v).collect();
+    sorted.sort_by_key(|o| o.v);
+    let mut chain = Vec::new();
+    let mut link = head.map(str::to_string);
+    let mut expected = snapshot_v.checked_sub(1);
+    let mut i = sorted.len();
+    while let (Some(want), true) = (expected, i > 0) {
+        // The ops at version `want` are contiguous in `sorted`, just below `i`.
+        let lo = sorted[..i].partition_point(|o| o.v < want);
+        let at = &sorted[lo..i];
+        i = lo;
+        let pick = match &link {
+            Some(l) => at.iter().find(|o| o.op_id.as_deref() == Some(l.as_str())),
+            // Not linked (an old snapshot, or an op without `o`): one op per version, or stop.
+            None if at.len() == 1 => at.first(),
+            None => None,
+        };
+        let Some(op) = pick else { break };
+        chain.push(*op);
+        // An op without `o` predates linking: below it, go by version.
+        link = op.prev.clone();
+        expected = want.checked_sub(1);
+    }
+    chain
+}
+
 /// Pick and parse the usable run (step 1). `Err` carries the reason history falls back.
-fn usable_run(ops: &[ContentOp], snapshot_v: u64, since_v: Option<u64>) -> Result<Run, String> {
+fn usable_run(
+    ops: &[ContentOp],
+    snapshot_v: u64,
+    head: Option<&str>,
+    since_v: Option<u64>,
+) -> Result<Run, String> {
     if snapshot_v == 0 {
         return Err("snapshot has version 0".into());
     }
-    let mut sorted: Vec<&ContentOp> = ops.iter().collect();
-    sorted.sort_by_key(|o| o.v);
     let mut picked: Vec<&ContentOp> = Vec::new();
     let mut created = None;
-    let mut expected = snapshot_v - 1;
-    for (i, op) in sorted.iter().enumerate().rev() {
-        if op.v != expected {
-            break;
-        }
-        if i > 0 && sorted[i - 1].v == op.v {
-            // Two entries claim one version: nothing before this point can be trusted.
-            if op.op.is_some() {
-                picked.push(op);
-            }
-            break;
-        }
+    for op in linked_chain(ops, snapshot_v, head) {
         if let Some(create) = &op.create {
             created = Some(create.get("data").cloned().unwrap_or(Value::Null));
             break;
@@ -152,10 +186,9 @@ fn usable_run(ops: &[ContentOp], snapshot_v: u64, since_v: Option<u64>) -> Resul
             break;
         }
         picked.push(op);
-        if expected == 0 || since_v == Some(op.v) {
+        if op.v == 0 || since_v == Some(op.v) {
             break;
         }
-        expected -= 1;
     }
     picked.reverse();
     let base_v = picked.first().map_or(snapshot_v, |o| o.v);
@@ -403,7 +436,7 @@ fn fallback(req: &Request, reason: String) -> Result<History, String> {
 }
 
 fn replayed(req: &Request) -> Result<History, String> {
-    let run = usable_run(req.ops, req.snapshot_v, req.since_v)?;
+    let run = usable_run(req.ops, req.snapshot_v, req.head, req.since_v)?;
     if req.since_v == Some(req.snapshot_v) {
         return Err("no new ops".into());
     }
@@ -456,7 +489,7 @@ fn replayed(req: &Request) -> Result<History, String> {
             .map_err(|e| format!("op v{} does not apply: {e}", op.v))?;
         let ends_session = match (op.ts_ms, run.ops.get(i + 1).and_then(|n| n.ts_ms)) {
             _ if i + 1 == run.ops.len() => true,
-            (Some(t), Some(next)) => next - t > gap_ms,
+            (Some(t), Some(next)) => next.saturating_sub(t) > gap_ms,
             _ => false,
         };
         if ends_session {
@@ -495,4 +528,172 @@ fn replayed(req: &Request) -> Result<History, String> {
             ops: run.ops.len(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::{self, V2Viz};
+    use serde_json::json;
+
+    const PRIMORDIAL: &str = crate::PRIMORDIAL_VIZ_ID;
+
+    /// The primordial fixture (372 ops, v111..482, snapshot v483), changed by `edit`, replayed.
+    fn replay(edit: impl FnOnce(&mut V2Viz)) -> History {
+        let mut raw = V2Viz::from_fixture(&crate::fixtures::viz_fixture(PRIMORDIAL));
+        edit(&mut raw);
+        let p = translate::prepare(&raw, &translate::Config::default()).expect("prepares");
+        build(&Request {
+            shape: Shape {
+                viz: &p.viz,
+                title: &p.title,
+                height: p.height.clone(),
+            },
+            snapshot: &p.content_state,
+            snapshot_v: p.content_v,
+            head: p.content.envelope.op_link.as_deref(),
+            ops: &p.ops,
+            base: &json!({}),
+            since_v: None,
+            initial_ids: InitialIds::MatchBase,
+            session_gap_secs: DEFAULT_SESSION_GAP_SECS,
+        })
+        .expect("builds")
+    }
+
+    fn full() -> Mode {
+        Mode::Replayed {
+            base_v: 111,
+            ops: 372,
+        }
+    }
+
+    /// An op of the fixture's file 0 at version `v` whose previous op is `prev`: inserts `text`.
+    fn text_op(id: &str, v: u64, prev: &str, text: &str) -> Value {
+        json!({
+            "_id": {"$oid": id}, "src": "live", "seq": 1, "v": v, "d": PRIMORDIAL, "o": {"$oid": prev},
+            "m": {"ts": 1_700_000_000_000_i64}, "op": [{"p": ["files", 0, "text", 0], "si": text}],
+        })
+    }
+
+    fn op_id_at(raw: &V2Viz, v: u64) -> String {
+        let op = raw.ops.iter().find(|o| o["v"] == v).expect("op at v");
+        crate::v2::raw_id_of(op).expect("op id")
+    }
+
+    #[test]
+    fn the_fixture_replays_in_full() {
+        let h = replay(|_| {});
+        assert_eq!(h.mode, full());
+        assert!(h.drafts.len() > 2, "{} drafts", h.drafts.len());
+    }
+
+    #[test]
+    fn ops_written_past_the_snapshot_are_left_for_the_next_resync() {
+        for ahead in [1_u64, 3] {
+            let plain = replay(|_| {});
+            let h = replay(|raw| {
+                let mut prev = raw.content.as_ref().unwrap()["_o"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                for k in 0..ahead {
+                    let id = format!("{:024x}", 0xaaaa_0000_u64 + k);
+                    raw.ops.push(text_op(&id, 483 + k, &prev, "live! "));
+                    prev = id;
+                }
+            });
+            assert_eq!(h.mode, full(), "{ahead} ahead");
+            assert_eq!(h.content, plain.content, "{ahead} ahead");
+            assert_eq!(h.drafts, plain.drafts, "{ahead} ahead");
+        }
+    }
+
+    #[test]
+    fn an_orphan_op_beside_the_chain_is_ignored() {
+        // A failed commit at v300: same `o` as the real v300, another body, another id; placed
+        // after and before the real one in the log.
+        for after in [true, false] {
+            let h = replay(|raw| {
+                let prev = op_id_at(raw, 299);
+                let orphan = text_op("bbbbbbbbbbbbbbbbbbbbbbbb", 300, &prev, "orphan ");
+                let at = raw.ops.iter().position(|o| o["v"] == 300).unwrap();
+                raw.ops.insert(if after { at + 1 } else { at }, orphan);
+            });
+            assert_eq!(h.mode, full(), "orphan after: {after}");
+        }
+    }
+
+    #[test]
+    fn an_orphan_at_the_snapshot_version_minus_one_is_ignored() {
+        let h = replay(|raw| {
+            let prev = op_id_at(raw, 481);
+            raw.ops
+                .push(text_op("cccccccccccccccccccccccc", 482, &prev, "orphan "));
+        });
+        assert_eq!(h.mode, full());
+    }
+
+    #[test]
+    fn a_chain_that_leaves_the_log_stops_there() {
+        // Op v200 is missing (a truncated log): history is what the chain reaches, v201..482.
+        let h = replay(|raw| raw.ops.retain(|o| o["v"] != 200));
+        assert_eq!(
+            h.mode,
+            Mode::Replayed {
+                base_v: 201,
+                ops: 282
+            }
+        );
+    }
+
+    #[test]
+    fn a_snapshot_without_op_link_goes_by_version() {
+        let h = replay(|raw| {
+            raw.content
+                .as_mut()
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove("_o");
+        });
+        assert_eq!(h.mode, full());
+        // The ops' own `o` links still tell an orphan apart.
+        let orphan = |raw: &mut V2Viz| {
+            raw.content
+                .as_mut()
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove("_o");
+            let prev = op_id_at(raw, 399);
+            raw.ops
+                .push(text_op("dddddddddddddddddddddddd", 400, &prev, "orphan "));
+        };
+        assert_eq!(replay(orphan).mode, full());
+        // With no links at all, a version two ops claim is where trust ends.
+        let h = replay(|raw| {
+            orphan(raw);
+            for op in &mut raw.ops {
+                op.as_object_mut().unwrap().remove("o");
+            }
+        });
+        assert_eq!(
+            h.mode,
+            Mode::Replayed {
+                base_v: 401,
+                ops: 82
+            }
+        );
+    }
+
+    #[test]
+    fn session_gaps_never_overflow() {
+        let h = replay(|raw| {
+            let n = raw.ops.len();
+            raw.ops[n - 2]["m"]["ts"] = json!(i64::MIN);
+            raw.ops[n - 1]["m"]["ts"] = json!(i64::MAX);
+        });
+        assert_eq!(h.mode, full());
+    }
 }

@@ -17,9 +17,6 @@ use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-/// How deep a chain of missing parents a job migrates before giving up (spec 3.2).
-pub const MAX_PARENT_DEPTH: usize = 32;
-
 /// How many times [`Migrator::migrate`] re-runs a job that collided with another write before
 /// it returns the error (which then goes through the delayed-retry queues).
 pub const RACE_RERUNS: u32 = 4;
@@ -55,6 +52,14 @@ pub enum JobError {
         parent: String,
         reason: String,
     },
+    /// The parent exists in V2 but its migration failed: the fork fails with it (never hung from
+    /// the primordial viz instead), so requeueing both puts it under its real parent (spec 3.2).
+    #[error("viz {viz}: parent {parent} failed: {source}")]
+    ParentFailed {
+        viz: String,
+        parent: String,
+        source: Box<JobError>,
+    },
     #[error("viz {viz}: V3 chain of {commit}: {reason}")]
     Chain {
         viz: String,
@@ -76,6 +81,11 @@ impl JobError {
             JobError::V2 { source, .. } if is_transient_mongo(source) => Disposition::Retry,
             JobError::V3 { source, .. } if source.is_transient() => Disposition::Retry,
             JobError::Raced { .. } => Disposition::Retry,
+            // Retried while the parent's failure is (a dead letter otherwise, never a skip).
+            JobError::ParentFailed { source, .. } => match source.disposition() {
+                Disposition::Retry => Disposition::Retry,
+                Disposition::Skip | Disposition::DeadLetter => Disposition::DeadLetter,
+            },
             JobError::NotFound { .. } => Disposition::Skip,
             JobError::V2 { .. }
             | JobError::V3 { .. }
@@ -92,6 +102,7 @@ impl JobError {
         match self {
             JobError::Raced { .. } => true,
             JobError::V3 { source, .. } => source.is_conflict(),
+            JobError::ParentFailed { source, .. } => source.is_collision(),
             _ => false,
         }
     }
@@ -103,7 +114,7 @@ impl JobError {
             JobError::V2 { .. } => "v2_read",
             JobError::V3 { .. } => "v3_write",
             JobError::NotFound { .. } => "not_found",
-            JobError::Parent { .. } => "parent",
+            JobError::Parent { .. } | JobError::ParentFailed { .. } => "parent",
             JobError::Chain { .. } => "chain",
             JobError::Raced { .. } => "raced",
             JobError::BadMessage(_) => "bad_message",
@@ -218,7 +229,8 @@ struct WriteSet<'a> {
 
 /// One run of a job through its viz and, recursively, the parents it migrates first.
 struct Walk {
-    /// Vizzes of this run (a fork cycle or chain back to one of them stops the recursion).
+    /// Vizzes this run is migrating right now: the job's viz and the parents it is migrating
+    /// first (a fork cycle back to one of them stops the recursion).
     visiting: HashSet<String>,
     /// A viz the ledger has no record of was never written to V3: its own snapshots are not
     /// read, and creates that find a doc there anyway make the job run again with
@@ -265,7 +277,7 @@ impl Migrator {
                 visiting: HashSet::new(),
                 trust_ledger: reruns == 0,
             };
-            match self.migrate_depth(viz, batch, 0, &mut walk).await {
+            match self.migrate_one(viz, batch, &mut walk).await {
                 Err(e) if e.is_collision() && reruns < RACE_RERUNS => {
                     reruns += 1;
                     tracing::debug!(viz, error = %e, reruns, "collided with another write; running again");
@@ -276,16 +288,27 @@ impl Migrator {
         }
     }
 
-    fn migrate_depth<'a>(
+    /// One viz of a walk: `viz` is on the walk's stack while it (and the parents it needs) run.
+    async fn migrate_one(
+        &self,
+        viz: &str,
+        batch: Option<&str>,
+        walk: &mut Walk,
+    ) -> Result<Done, JobError> {
+        walk.visiting.insert(viz.to_string());
+        let done = self.migrate_inner(viz, batch, walk).await;
+        walk.visiting.remove(viz);
+        done
+    }
+
+    fn migrate_inner<'a>(
         &'a self,
         viz: &'a str,
         batch: Option<&'a str>,
-        depth: usize,
         walk: &'a mut Walk,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, JobError>> + Send + 'a>>
     {
         Box::pin(async move {
-            walk.visiting.insert(viz.to_string());
             let raw = self
                 .v2
                 .viz(viz)
@@ -381,8 +404,8 @@ impl Migrator {
             let v3_analytics = analytics_snaps
                 .get(&p.analytics_id)
                 .filter(|s| s.doc_type.is_some())
-                .and_then(|s| s.data.get("intervals"))
-                .and_then(Value::as_object);
+                .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data));
+            let v3_analytics = v3_analytics.as_ref();
             match plan {
                 Plan::Unchanged => {
                     // Migrated moments ago in this same batch by a fork's job (parents are
@@ -441,25 +464,35 @@ impl Migrator {
                             source,
                         })?;
                     if let Some(rec) = rec {
-                        let intervals = crate::analytics::merge(
+                        let merged = crate::analytics::merge_record(
                             v3_analytics,
-                            &rec.intervals,
+                            &rec,
                             m.analytics.as_ref(),
                         );
-                        let doc = serde_json::to_value(v3::AnalyticsEvent {
-                            id: rec.id.clone(),
-                            intervals,
-                        })
-                        .expect("serializes");
-                        self.v3
-                            .sync(
+                        // Conditional on the version read with `v3_analytics`: a V3 page view
+                        // landing in between makes this a lost race, and the job runs again.
+                        let report = self
+                            .v3
+                            .sync_known(
                                 c3::ANALYTICS_EVENT,
-                                &[(rec.id, doc)],
+                                &[(rec.id, to_value(&merged))],
+                                &analytics_snaps,
                                 Policy::Update,
                                 now_ms(),
                             )
                             .await
                             .map_err(v3_err(viz))?;
+                        let raced: Vec<String> = report
+                            .lost_races
+                            .into_iter()
+                            .chain(report.existed)
+                            .collect();
+                        if !raced.is_empty() {
+                            return Err(JobError::Raced {
+                                viz: viz.to_string(),
+                                docs: raced,
+                            });
+                        }
                         m.analytics = Some(rec.intervals);
                     }
                     m.analytics_fingerprint = analytics_fingerprint;
@@ -477,7 +510,7 @@ impl Migrator {
                     let parent = if resync {
                         None
                     } else {
-                        self.resolve_parent(&p, batch, depth, walk).await?
+                        self.resolve_parent(&p, batch, walk).await?
                     };
                     let previous = match (resync, &migrated, content_now) {
                         (true, Some(m), Some(c)) => Some(Previous {
@@ -537,7 +570,6 @@ impl Migrator {
         &self,
         p: &Prepared,
         batch: Option<&str>,
-        depth: usize,
         walk: &mut Walk,
     ) -> Result<Option<ParentLink>, JobError> {
         let (wanted, backfilled) = match &p.parent {
@@ -546,7 +578,7 @@ impl Migrator {
             ParentRequest::Primordial => (PRIMORDIAL_VIZ_ID.to_string(), true),
         };
         if let Some(link) = self
-            .parent_link(&p.viz, &wanted, p.created, batch, depth, walk)
+            .parent_link(&p.viz, &wanted, p.created, batch, walk)
             .await?
         {
             return Ok(Some(ParentLink { backfilled, ..link }));
@@ -560,7 +592,7 @@ impl Migrator {
         }
         tracing::info!(viz = %p.viz, parent = %wanted, "parent not migratable; hanging the viz from the primordial viz");
         let link = self
-            .parent_link(&p.viz, PRIMORDIAL_VIZ_ID, p.created, batch, depth, walk)
+            .parent_link(&p.viz, PRIMORDIAL_VIZ_ID, p.created, batch, walk)
             .await?;
         let link = link.ok_or_else(|| JobError::Parent {
             viz: p.viz.clone(),
@@ -573,14 +605,14 @@ impl Migrator {
         }))
     }
 
-    /// `None` when the parent cannot be migrated (missing, tombstone, skipped, failed, a cycle, too deep).
+    /// `None` when the parent cannot be used: absent from V2, unusable by spec 3.5 (skipped), or
+    /// a fork cycle. A parent that exists but fails fails this viz too ([`JobError::ParentFailed`]).
     async fn parent_link(
         &self,
         viz: &str,
         parent: &str,
         created: i64,
         batch: Option<&str>,
-        depth: usize,
         walk: &mut Walk,
     ) -> Result<Option<ParentLink>, JobError> {
         let mut info = self.live_info(viz, parent).await?;
@@ -596,26 +628,30 @@ impl Migrator {
             Arc::default()
         };
         if !visible || commits.is_empty() {
-            if walk.visiting.contains(parent) || depth >= MAX_PARENT_DEPTH {
-                tracing::warn!(viz, parent, depth, "fork cycle or chain too deep");
+            if walk.visiting.contains(parent) {
+                tracing::warn!(viz, parent, "fork cycle");
                 return Ok(None);
             }
-            if self.roots_a_fork_cycle(viz, parent).await? {
+            if self.prepare_ancestors(viz, parent, batch, walk).await? {
                 tracing::warn!(viz, parent, "fork cycle in V2: this viz is its root");
                 return Ok(None);
             }
-            match self.migrate_depth(parent, batch, depth + 1, walk).await {
+            match self.migrate_one(parent, batch, walk).await {
                 Ok(done)
                     if matches!(
                         done.outcome,
                         Outcome::Migrated | Outcome::Unchanged | Outcome::Conflict
                     ) => {}
+                // Skipped (spec 3.5) or not in V2: the fork hangs from the primordial viz.
                 Ok(_) | Err(JobError::NotFound { .. }) => return Ok(None),
-                Err(e) if e.disposition() == Disposition::DeadLetter => {
-                    tracing::warn!(viz, parent, error = %e, "parent failed; it is dead-lettered on its own job");
-                    return Ok(None);
+                Err(e) => {
+                    tracing::warn!(viz, parent, error = %e, "parent failed; the fork fails with it");
+                    return Err(JobError::ParentFailed {
+                        viz: viz.to_string(),
+                        parent: parent.to_string(),
+                        source: Box::new(e),
+                    });
                 }
-                Err(e) => return Err(e),
             }
             commits = Arc::new(self.v3.commits_of(parent).await.map_err(v3_err(viz))?);
             info = None;
@@ -692,24 +728,59 @@ impl Migrator {
         Ok(chain)
     }
 
-    /// Whether `viz` is the root of a V2 fork cycle through `parent` (A forked from B, B from
-    /// A): the member with the smallest id hangs from the primordial viz, every other keeps its
-    /// V2 parent. Deciding by id, not by which job came first, makes two jobs of one cycle that
-    /// run at the same time build the same chains (their writes then agree). Only called when
-    /// the parent is not in V3 yet; walks V2's `forkedFrom` up to [`MAX_PARENT_DEPTH`] vizzes.
-    async fn roots_a_fork_cycle(&self, viz: &str, parent: &str) -> Result<bool, JobError> {
-        let mut members = vec![viz.to_string()];
-        let mut at = parent.to_string();
-        for _ in 0..MAX_PARENT_DEPTH {
-            if at == viz {
-                return Ok(members.iter().min().map(String::as_str) == Some(viz));
-            }
-            let next = self.v2.forked_from(&at).await.map_err(v2_err(viz))?;
-            members.push(std::mem::take(&mut at));
-            match next {
-                Some(p) if !members[1..].contains(&p) => at = p,
+    /// V2's `forkedFrom` chain above `viz`, from `parent` up, one projected read per link,
+    /// until it ends or repeats; and whether it comes back to `viz` (a fork cycle through it).
+    async fn v2_ancestry(&self, viz: &str, parent: &str) -> Result<(Vec<String>, bool), JobError> {
+        let mut chain = vec![parent.to_string()];
+        loop {
+            let at = chain.last().expect("never empty");
+            match self.v2.forked_from(at).await.map_err(v2_err(viz))? {
+                Some(p) if p == viz => return Ok((chain, true)),
                 // A cycle further up that does not pass through `viz`, or the chain's root.
-                _ => return Ok(false),
+                Some(p) if chain.contains(&p) => return Ok((chain, false)),
+                None => return Ok((chain, false)),
+                Some(p) => chain.push(p),
+            }
+        }
+    }
+
+    /// Called when `parent` is not in V3 yet. `Ok(true)`: `viz` is the root of a V2 fork cycle
+    /// through `parent` (A forked from B, B from A) — the member with the smallest id hangs from
+    /// the primordial viz, every other keeps its V2 parent; deciding by id, not by which job came
+    /// first, makes two jobs of one cycle that run at once build the same chains. Otherwise the
+    /// ancestors above `parent` that V3 lacks are migrated first, farthest first, so each finds
+    /// its own parent in V3 and the recursion into `parent` stays one level deep: chains of any
+    /// depth, on a bounded stack. Their failures are left for `parent`'s own migration to meet
+    /// (and report, naming them); only a transient error stops here.
+    async fn prepare_ancestors(
+        &self,
+        viz: &str,
+        parent: &str,
+        batch: Option<&str>,
+        walk: &mut Walk,
+    ) -> Result<bool, JobError> {
+        let (chain, cycle) = self.v2_ancestry(viz, parent).await?;
+        if cycle {
+            return Ok(chain.iter().all(|m| m.as_str() > viz));
+        }
+        let above = &chain[1..];
+        if above.is_empty() {
+            return Ok(false);
+        }
+        let live = self
+            .v3
+            .snapshots(c3::INFO, above)
+            .await
+            .map_err(v3_err(viz))?;
+        let missing = above
+            .iter()
+            .take_while(|a| !live.get(*a).is_some_and(|s| s.doc_type.is_some()))
+            .filter(|a| !walk.visiting.contains(*a));
+        let missing: Vec<String> = missing.cloned().collect();
+        for ancestor in missing.iter().rev() {
+            match self.migrate_one(ancestor, batch, walk).await {
+                Err(e) if e.disposition() == Disposition::Retry => return Err(e),
+                _ => {}
             }
         }
         Ok(false)
@@ -718,7 +789,7 @@ impl Migrator {
     /// V3 content at `at` (a commit of `chain`), replaying ancestors across vizzes, cached.
     ///
     /// `None` when the chain at `at` descends from `viz` itself: V2 has a fork cycle (A forked
-    /// from B, B from A), `viz` is its root (see [`Self::roots_a_fork_cycle`]) and is being
+    /// from B, B from A), `viz` is its root (see [`Self::prepare_ancestors`]) and is being
     /// re-synced. Linking `viz` there would close the cycle in V3; the caller keeps it hanging
     /// from the primordial viz. Worker and `verify` decide this the same way, from V3.
     async fn content_at(

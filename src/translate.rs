@@ -407,8 +407,8 @@ pub struct Context<'a> {
     pub users: &'a HashMap<String, Value>,
     /// Raw V2 page-view record, if any.
     pub analytics: Option<&'a Value>,
-    /// V3's `analyticsevent` intervals as they are now, if the doc exists.
-    pub v3_analytics: Option<&'a Intervals>,
+    /// V3's `analyticsevent` doc as it is now, if it exists.
+    pub v3_analytics: Option<&'a v3::AnalyticsEvent>,
     /// Set on re-sync.
     pub previous: Option<&'a Previous>,
     /// `migratedTimestamp` (seconds); passed in so translation stays pure.
@@ -465,6 +465,7 @@ pub fn translate(p: &Prepared, ctx: &Context, cfg: &Config) -> Result<Translatio
         },
         snapshot: &p.content_state,
         snapshot_v: p.content_v,
+        head: p.content.envelope.op_link.as_deref(),
         ops: &p.ops,
         base,
         since_v,
@@ -577,14 +578,8 @@ pub fn translate(p: &Prepared, ctx: &Context, cfg: &Config) -> Result<Translatio
         }
         Some(Ok(rec)) => {
             let last = ctx.previous.and_then(|prev| prev.analytics.as_ref());
-            let intervals = analytics::merge(ctx.v3_analytics, &rec.intervals, last);
-            (
-                Some(v3::AnalyticsEvent {
-                    id: rec.id,
-                    intervals,
-                }),
-                Some(rec.intervals),
-            )
+            let merged = analytics::merge_record(ctx.v3_analytics, &rec, last);
+            (Some(merged), Some(rec.intervals))
         }
     };
     Ok(Translation {

@@ -49,6 +49,11 @@ pub struct Envelope {
     pub version: Option<u64>,
     #[serde(rename = "_m", default)]
     pub meta: Option<Meta>,
+    /// `_o`: the `_id` of the op that made this version. The ops a snapshot contains are the
+    /// chain of `o` links back from it (sharedb-mongo's `getLinkedOps`); absent on snapshots
+    /// older than op linking.
+    #[serde(rename = "_o", default, deserialize_with = "lenient_id")]
+    pub op_link: Option<String>,
 }
 
 impl Envelope {
@@ -146,6 +151,9 @@ pub struct ContentOp {
     pub del: Option<bool>,
     #[serde(default)]
     pub m: Option<OpMeta>,
+    /// `o`: the `_id` of the op before this one (`null` on a `create`).
+    #[serde(rename = "o", default, deserialize_with = "lenient_id")]
+    pub prev: Option<String>,
 }
 
 impl ContentOp {

@@ -25,6 +25,8 @@ pub mod collections {
     pub const UPVOTE: &str = "upvote";
     pub const PERMISSION: &str = "permission";
     pub const ANALYTICS_EVENT: &str = "analyticsevent";
+    /// The ShareDB collections (each with its op log `o_<name>`); `commit` is a plain one.
+    pub const SHAREDB: [&str; 6] = [INFO, CONTENT, USER, UPVOTE, PERMISSION, ANALYTICS_EVENT];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,10 +107,24 @@ pub struct Permission {
     pub migrated_from_v2: bool,
 }
 
+/// A page-view record. `v2Merged` is ours: the V2 record whose counts `intervals` already hold.
+/// It travels in the same snapshot as the counts, so whatever stops a job between two writes, a
+/// re-run finds what was merged and adds only what V2 counted since (see [`crate::analytics`]).
+/// V3 counts views with ops on `intervals` and leaves it alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalyticsEvent {
     pub id: String,
     pub intervals: serde_json::Map<String, Value>,
+    #[serde(rename = "v2Merged", default, skip_serializing_if = "Option::is_none")]
+    pub v2_merged: Option<serde_json::Map<String, Value>>,
+}
+
+impl AnalyticsEvent {
+    /// The payload of a V3 `analyticsevent` snapshot; `None` when it is not one (V3 wrote
+    /// something else there: merged onto as if empty would lose it, so the caller must decide).
+    pub fn from_payload(data: &Value) -> Option<AnalyticsEvent> {
+        serde_json::from_value(data.clone()).ok()
+    }
 }
 
 /// Build a V3 content payload. `files` must already be keyed by file id, in display order.

@@ -446,8 +446,8 @@ async fn malformed_input_at_scale_ends_in_one_outcome_each() {
         }
         vizzes.push(v);
     }
-    // A chain of forks deeper than the parent limit, each created after its parent.
-    let depth = vizhub_migrate::migrate::MAX_PARENT_DEPTH + 4;
+    // A deep chain of forks, each created after its parent.
+    let depth = 36;
     for k in 0..depth {
         let mut v = forks(1, 1_650_000_000 + k as i64).remove(0);
         let id = format!("{:032x}", 0xdee9000 + k);

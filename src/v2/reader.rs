@@ -148,14 +148,27 @@ impl Reader {
         }
     }
 
-    /// `documentInfo`, `documentContent` and the content op log of one viz (3 queries, run
-    /// concurrently). `None` when there is no `documentInfo` with that `_id`.
+    /// `documentInfo`, `documentContent` and the content op log of one viz (3 queries). `None`
+    /// when there is no `documentInfo` with that `_id`.
+    ///
+    /// The op log is read *after* the content snapshot: sharedb-mongo writes an op before the
+    /// snapshot that contains it, so every op the snapshot we read names (`_o`, and the chain
+    /// behind it) is already in the log then. Read the other way round, an edit landing between
+    /// the two reads would give a snapshot whose newest op we never saw. Info goes alongside.
     pub async fn viz(&self, id: &str) -> mongodb::error::Result<Option<V2Viz>> {
         let ops_opts = FindOptions::builder().sort(doc! {"v": 1}).build();
-        let (info, content, ops) = tokio::try_join!(
+        let content_then_ops = async {
+            let content = self
+                .find_one(collections::CONTENT, doc! {"_id": id})
+                .await?;
+            let ops = self
+                .find_all(collections::CONTENT_OPS, doc! {"d": id}, Some(ops_opts))
+                .await?;
+            Ok::<_, mongodb::error::Error>((content, ops))
+        };
+        let (info, (content, ops)) = tokio::try_join!(
             self.find_one(collections::INFO, doc! {"_id": id}),
-            self.find_one(collections::CONTENT, doc! {"_id": id}),
-            self.find_all(collections::CONTENT_OPS, doc! {"d": id}, Some(ops_opts)),
+            content_then_ops,
         )?;
         Ok(info.map(|info| V2Viz { info, content, ops }))
     }

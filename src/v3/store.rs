@@ -26,7 +26,7 @@ use mongodb::{Collection, Database};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// MongoDB's duplicate-key error code.
@@ -45,6 +45,10 @@ pub enum StoreError {
         id: String,
         reason: String,
     },
+    /// The write budget of [`Store::stop_after_writes`] is spent: a test stopping a job between
+    /// two writes, as a killed pod would.
+    #[error("stopped before a V3 write (test hook)")]
+    Stopped,
 }
 
 impl StoreError {
@@ -58,7 +62,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Mongo(e) => is_transient_mongo(e),
-            StoreError::Encode { .. } => false,
+            StoreError::Encode { .. } | StoreError::Stopped => false,
         }
     }
 }
@@ -135,6 +139,8 @@ pub struct Snapshot {
     pub doc_type: Option<String>,
     pub data: Value,
     pub last_op: Option<ObjectId>,
+    /// `_m.ctime` (ms): when the doc was created. Every update keeps it, as ShareDB does.
+    pub ctime: Option<i64>,
 }
 
 /// What a sync did, per doc.
@@ -164,6 +170,9 @@ impl SyncReport {
 pub struct Store {
     db: Database,
     round_trips: Arc<AtomicU64>,
+    /// Writes left before [`StoreError::Stopped`]; negative: no limit (see
+    /// [`Store::stop_after_writes`]). Shared by clones, so a test sets it on a job's store.
+    writes_left: Arc<AtomicI64>,
 }
 
 /// A deterministic ObjectId for op `v` of `collection/id` whose body (`create`, `op` or `del`)
@@ -201,6 +210,19 @@ fn op_doc(
     op.extend(body);
     op.extend(doc! {"m": {"ts": ts_ms}, "c": collection, "d": id, "o": prev.map_or(Bson::Null, Bson::ObjectId)});
     (oid, op)
+}
+
+/// The op-log indexes `sharedb-mongo` creates on every `o_<collection>` (its `getOpCollection`).
+pub fn sharedb_op_indexes() -> [Document; 2] {
+    [doc! {"d": 1, "v": 1}, doc! {"src": 1, "seq": 1, "v": 1}]
+}
+
+/// MongoDB's default name of an index on `keys` (`d_1_v_1`).
+fn index_name(keys: &Document) -> String {
+    keys.iter()
+        .map(|(k, v)| format!("{k}_{v}"))
+        .collect::<Vec<_>>()
+        .join("_")
 }
 
 /// When an insert of `n` documents failed only because some `_id`s were taken: the positions
@@ -251,6 +273,7 @@ impl Store {
         Store {
             db,
             round_trips: Arc::default(),
+            writes_left: Arc::new(AtomicI64::new(-1)),
         }
     }
 
@@ -259,24 +282,40 @@ impl Store {
     }
 
     /// Create (idempotently) the indexes the migration's V3 queries need: op logs by `(d, v)`
-    /// (the index `sharedb-mongo` creates itself), commits by viz, infos by parent, upvotes by
-    /// viz, permissions by resource. Without them every job scans whole collections and a run
-    /// slows down as V3 fills. Workers call it at start-up.
+    /// and `(src, seq, v)`, commits by viz, infos by parent, upvotes by viz, permissions by
+    /// resource. Without them every job scans whole collections and a run slows down as V3
+    /// fills. Workers call it at start-up.
+    ///
+    /// The op-log indexes are created exactly as `sharedb-mongo` creates them itself the first
+    /// time it touches an op collection (`createIndex(keys, {background: true})`, default names),
+    /// so V3's own calls are no-ops on any server. A server that compares index options (as
+    /// SecantusDB does) refuses a same-named index with other options, and V3 could then submit
+    /// no op at all: an op-log index this migration once made without those options (before
+    /// this rule) is dropped and made again, here, before V3 meets it.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         use mongodb::IndexModel;
         let index = |keys: Document| IndexModel::builder().keys(keys).build();
-        let sharedb = [
-            collections::INFO,
-            collections::CONTENT,
-            collections::USER,
-            collections::UPVOTE,
-            collections::PERMISSION,
-            collections::ANALYTICS_EVENT,
-        ];
-        for c in sharedb {
-            self.coll(&format!("o_{c}"))
-                .create_index(index(doc! {"d": 1, "v": 1}))
-                .await?;
+        for c in collections::SHAREDB {
+            let ops = format!("o_{c}");
+            for keys in sharedb_op_indexes() {
+                // The command the Node driver sends for `createIndex(keys, {background: true})`
+                // (the Rust driver's own `background` option is deprecated).
+                let name = index_name(&keys);
+                let create = doc! {
+                    "createIndexes": &ops,
+                    "indexes": [{"key": keys, "name": &name, "background": true}],
+                };
+                match self.db.run_command(create.clone()).await {
+                    Ok(_) => {}
+                    Err(e) if matches!(server_code(&e), Some(85 | 86)) => {
+                        // IndexOptionsConflict / IndexKeySpecsConflict: ours, made without
+                        // `background`. Same keys, so dropping it loses nothing.
+                        self.coll(&ops).drop_index(name).await?;
+                        self.db.run_command(create).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         for (c, keys) in [
             (collections::COMMIT, doc! {"viz": 1}),
@@ -287,6 +326,26 @@ impl Store {
             self.coll(c).create_index(index(keys)).await?;
         }
         Ok(())
+    }
+
+    /// Test hook: let `n` more write commands through, then refuse every write with
+    /// [`StoreError::Stopped`] (`None`: no limit, the default). A job stopped so ends exactly
+    /// as one whose pod was killed after its `n`-th write: what it wrote stays, nothing after.
+    pub fn stop_after_writes(&self, n: Option<u64>) {
+        let n = n.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.writes_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Take one write from the test hook's budget.
+    fn write_allowed(&self) -> Result<(), StoreError> {
+        let took = self
+            .writes_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                n if n < 0 => Some(n),
+                0 => None,
+                n => Some(n - 1),
+            });
+        took.map(|_| ()).map_err(|_| StoreError::Stopped)
     }
 
     /// Database commands issued so far.
@@ -443,6 +502,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let n = docs.len();
+        self.write_allowed()?;
         self.trip();
         let opts = InsertManyOptions::builder().ordered(false).build();
         match self
@@ -512,12 +572,13 @@ impl Store {
             "_id": &s.id,
             "_type": if data.is_some() { Bson::String(OT_TYPE.into()) } else { Bson::Null },
             "_v": s.version + 1,
-            "_m": {"ctime": s.ctime(), "mtime": ts_ms},
+            "_m": {"ctime": s.ctime_or(ts_ms), "mtime": ts_ms},
             "_o": oid,
         };
         if let Some(data) = data {
             snap.extend(to_document(collection, &s.id, data)?);
         }
+        self.write_allowed()?;
         self.trip();
         let res = self
             .coll(collection)
@@ -595,9 +656,10 @@ impl Store {
 }
 
 impl Snapshot {
-    fn ctime(&self) -> Bson {
-        // Kept from the original snapshot; `_m` is not part of `data`.
-        Bson::Null
+    /// `_m.ctime` for the next version: kept from the snapshot read; a snapshot written without
+    /// one (by an older migration) gets the time of this write, which is the closest we know.
+    fn ctime_or(&self, ts_ms: i64) -> Bson {
+        Bson::Int64(self.ctime.unwrap_or(ts_ms))
     }
 }
 
@@ -612,6 +674,15 @@ fn snapshot_of(mut d: Document) -> Option<Snapshot> {
     };
     let doc_type = d.get_str("_type").ok().map(str::to_string);
     let last_op = d.get_object_id("_o").ok();
+    let ctime = d
+        .get_document("_m")
+        .ok()
+        .and_then(|m| match m.get("ctime") {
+            Some(Bson::Int64(t)) => Some(*t),
+            Some(Bson::Int32(t)) => Some(i64::from(*t)),
+            Some(Bson::Double(t)) if t.is_finite() => Some(*t as i64),
+            _ => None,
+        });
     for k in ENVELOPE {
         d.remove(k);
     }
@@ -621,6 +692,7 @@ fn snapshot_of(mut d: Document) -> Option<Snapshot> {
         doc_type,
         data: to_json(Bson::Document(d)),
         last_op,
+        ctime,
     })
 }
 

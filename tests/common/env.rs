@@ -430,6 +430,93 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// A V2 page-view record for each viz of V2 (`eventRecords`, as V2 keeps them), with a
+    /// different count each. Returns them by event id.
+    pub async fn load_page_views(&self) -> std::collections::BTreeMap<String, Value> {
+        let infos: Vec<Document> = self
+            .v2
+            .collection::<Document>("documentInfo")
+            .find(doc! {"owner": {"$exists": true}, "id": {"$exists": true}})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for (i, info) in infos.iter().enumerate() {
+            let (Ok(owner), Ok(viz)) = (info.get_str("owner"), info.get_str("id")) else {
+                continue;
+            };
+            let n = 1000 + 7 * i as i64;
+            let id = vizhub_migrate::v2::pageview_event_id(owner, viz);
+            let rec = json!({"id": &id, "days": {"2021-03-01": n - 2, "2021-03-02": 2},
+                "months": {"2021-03": n}, "years": {"2021": n}, "all": {"all": n}});
+            out.insert(id, rec);
+        }
+        self.insert_v2("eventRecords", out.values().cloned().collect())
+            .await;
+        out
+    }
+
+    /// V3 as its app sees it, by `collection/id`: every live snapshot's payload (Info without
+    /// `migratedTimestamp`, the time of the write) and every commit. Asserts on the way that each
+    /// snapshot's envelope is one ShareDB writes: `_type` "p", `_v` ≥ 1, `_o` set, `_m.ctime` and
+    /// `_m.mtime` numbers.
+    pub async fn v3_state(&self) -> std::collections::BTreeMap<String, Value> {
+        let mut out = std::collections::BTreeMap::new();
+        for coll in vizhub_migrate::v3::collections::SHAREDB {
+            for mut d in self.v3_docs(coll).await {
+                let id = format!("{coll}/{}", d["_id"].as_str().unwrap());
+                if d["_type"].is_null() {
+                    continue; // deleted
+                }
+                assert_eq!(d["_type"], "p", "{id}: {d}");
+                assert!(
+                    d["_v"].as_i64().is_some_and(|v| v >= 1),
+                    "{id}: _v {}",
+                    d["_v"]
+                );
+                assert!(d["_o"].is_object(), "{id}: _o {}", d["_o"]);
+                for t in ["ctime", "mtime"] {
+                    assert!(d["_m"][t].is_i64(), "{id}: _m.{t} is {}", d["_m"][t]);
+                }
+                let o = d.as_object_mut().unwrap();
+                for k in ["_id", "_type", "_v", "_o", "_m", "migratedTimestamp"] {
+                    o.remove(k);
+                }
+                out.insert(id, d);
+            }
+        }
+        for c in self.v3_docs("commit").await {
+            out.insert(format!("commit/{}", c["_id"].as_str().unwrap()), c);
+        }
+        out
+    }
+
+    /// Asserts that V3's page-view records hold exactly V2's counts (V3 counted none of its own).
+    pub fn assert_views_equal_v2(
+        state: &std::collections::BTreeMap<String, Value>,
+        views: &std::collections::BTreeMap<String, Value>,
+        migrated: &[String],
+    ) {
+        for (id, rec) in views {
+            let Some(doc) = state.get(&format!("analyticsevent/{id}")) else {
+                let viz = id.rsplit("viz:").next().unwrap();
+                assert!(!migrated.iter().any(|m| m == viz), "{id} missing from V3");
+                continue;
+            };
+            for interval in vizhub_migrate::v2::INTERVALS {
+                assert_eq!(
+                    doc["intervals"].get(interval),
+                    rec.get(interval),
+                    "{id}: V3 {interval} is not V2's"
+                );
+            }
+        }
+    }
+}
+
 /// A V2 user doc as V2 stored it.
 pub fn user_doc(id: &str) -> Value {
     json!({"_id": id, "id": id, "userName": format!("user{id}"), "fullName": null, "email": null,

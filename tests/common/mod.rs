@@ -126,7 +126,7 @@ impl World {
             forked_from: old.info.forked_from.clone(),
             forked_from_is_backfilled: old.info.forked_from_is_backfilled,
         };
-        let v3_analytics = old.analytics.as_ref().map(|a| a.intervals.clone());
+        let v3_analytics = old.analytics.clone();
         let ctx = Context {
             parent: Parent::Root,
             users: &self.users,
