@@ -895,7 +895,14 @@ impl Migrator {
         }
         let report = self
             .v3
-            .sync(c3::USER, &wanted, Policy::UpdateIfMigrated, ts)
+            .sync(
+                c3::USER,
+                &wanted,
+                Policy::UpdateIfOurs {
+                    v3_owned: &v3::USER_V3_OWNED,
+                },
+                ts,
+            )
             .await
             .map_err(err)?;
         for ((id, _), f) in wanted.into_iter().zip(prints) {
@@ -1044,7 +1051,7 @@ impl Migrator {
             (history::Mode::Fallback { .. }, _) => Some(history),
             (_, 0) => None,
             (_, n) => Some(format!(
-                "{n} upvotes/collaborators skipped (user missing from V2)"
+                "{n} upvotes/collaborators skipped (user missing from V2, or no userId)"
             )),
         };
         let done = Done {

@@ -331,8 +331,17 @@ pub fn prepare(raw: &V2Viz, cfg: &Config) -> Result<Prepared, TranslateError> {
         }
     };
     let mut user_ids = vec![owner.clone()];
-    let others = info.upvotes.iter().flatten().map(|u| &u.user_id);
-    let others = others.chain(info.collaborators.iter().flatten().map(|c| &c.user_id));
+    let others = info
+        .upvotes
+        .iter()
+        .flatten()
+        .filter_map(|u| u.user_id.as_ref());
+    let others = others.chain(
+        info.collaborators
+            .iter()
+            .flatten()
+            .filter_map(|c| c.user_id.as_ref()),
+    );
     for u in others {
         if !user_ids.contains(u) {
             user_ids.push(u.clone());
@@ -515,7 +524,13 @@ pub fn translate(p: &Prepared, ctx: &Context, cfg: &Config) -> Result<Translatio
         ));
     }
     if clock < updated || commits.is_empty() && ctx.previous.is_none() {
-        let id = ids::commit_id(&p.viz, p.content_v, p.content_v, &format!("end@{updated}"));
+        // Like every commit id, it names what it hangs from: a retry that resolves another fork
+        // point or history mode must not reuse a commit pointing elsewhere.
+        let purpose = format!(
+            "end@{updated}|{}",
+            parent_commit.as_deref().unwrap_or("root")
+        );
+        let id = ids::commit_id(&p.viz, p.content_v, p.content_v, &purpose);
         commits.push(commit(
             &id,
             parent_commit.replace(id.clone()),
@@ -671,26 +686,44 @@ pub fn user(id: &str, u: &v2::User) -> v3::User {
 
 type Memberships = (Vec<v3::Upvote>, Vec<v3::Permission>, Vec<SkippedEntry>);
 
+/// An upvote or collaborator entry that is not migrated: its user is missing from V2 `user`,
+/// or the entry names none (`userId` absent).
+fn skipped_entry(
+    kind: &'static str,
+    role: &str,
+    index: usize,
+    user: Option<&str>,
+    viz: &str,
+) -> SkippedEntry {
+    SkippedEntry {
+        kind,
+        user: user.unwrap_or_default().to_string(),
+        reason: match user {
+            Some(u) => format!("{role} {u} of viz {viz} is missing from V2 user"),
+            None => format!("{kind} entry {index} of viz {viz} has no userId"),
+        },
+    }
+}
+
 fn memberships(p: &Prepared, users: &BTreeMap<String, v3::User>) -> Memberships {
     let mut skipped = Vec::new();
     let mut upvotes: BTreeMap<String, v3::Upvote> = BTreeMap::new();
-    for u in p.info.upvotes.iter().flatten() {
-        if !users.contains_key(&u.user_id) {
-            skipped.push(SkippedEntry {
-                kind: "upvote",
-                user: u.user_id.clone(),
-                reason: format!(
-                    "upvoter {} of viz {} is missing from V2 user",
-                    u.user_id, p.viz
-                ),
-            });
+    for (i, u) in p.info.upvotes.iter().flatten().enumerate() {
+        let Some(user) = u.user_id.as_ref().filter(|id| users.contains_key(*id)) else {
+            skipped.push(skipped_entry(
+                "upvote",
+                "upvoter",
+                i,
+                u.user_id.as_deref(),
+                &p.viz,
+            ));
             continue;
-        }
+        };
         let timestamp = u.timestamp.unwrap_or(p.created);
-        let id = ids::user_viz_id(&u.user_id, &p.viz);
+        let id = ids::user_viz_id(user, &p.viz);
         let entry = upvotes.entry(id.clone()).or_insert_with(|| v3::Upvote {
             id,
-            user: u.user_id.clone(),
+            user: user.clone(),
             viz: p.viz.clone(),
             timestamp,
             migrated_from_v2: true,
@@ -699,24 +732,23 @@ fn memberships(p: &Prepared, users: &BTreeMap<String, v3::User>) -> Memberships 
     }
     let granted_at = p.info.last_updated_timestamp.unwrap_or(p.created);
     let mut permissions: BTreeMap<String, v3::Permission> = BTreeMap::new();
-    for c in p.info.collaborators.iter().flatten() {
-        if !users.contains_key(&c.user_id) {
-            skipped.push(SkippedEntry {
-                kind: "collaborator",
-                user: c.user_id.clone(),
-                reason: format!(
-                    "collaborator {} of viz {} is missing from V2 user",
-                    c.user_id, p.viz
-                ),
-            });
+    for (i, c) in p.info.collaborators.iter().flatten().enumerate() {
+        let Some(user) = c.user_id.as_ref().filter(|id| users.contains_key(*id)) else {
+            skipped.push(skipped_entry(
+                "collaborator",
+                "collaborator",
+                i,
+                c.user_id.as_deref(),
+                &p.viz,
+            ));
             continue;
-        }
-        let id = ids::user_viz_id(&c.user_id, &p.viz);
+        };
+        let id = ids::user_viz_id(user, &p.viz);
         permissions
             .entry(id.clone())
             .or_insert_with(|| v3::Permission {
                 id,
-                user: c.user_id.clone(),
+                user: user.clone(),
                 resource: p.viz.clone(),
                 role: "editor".to_string(),
                 timestamp: granted_at,

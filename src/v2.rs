@@ -66,8 +66,9 @@ impl Envelope {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpvoteEntry {
-    #[serde(deserialize_with = "lenient_id_required")]
-    pub user_id: String,
+    /// `None` for an entry without a `userId` (it is skipped with a note, spec 3.5).
+    #[serde(default, deserialize_with = "lenient_id")]
+    pub user_id: Option<String>,
     #[serde(default, deserialize_with = "lenient_i64")]
     pub timestamp: Option<i64>,
 }
@@ -75,8 +76,9 @@ pub struct UpvoteEntry {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CollaboratorEntry {
-    #[serde(deserialize_with = "lenient_id_required")]
-    pub user_id: String,
+    /// `None` for an entry without a `userId` (it is skipped with a note, spec 3.5).
+    #[serde(default, deserialize_with = "lenient_id")]
+    pub user_id: Option<String>,
 }
 
 /// `documentInfo`: viz (or dataset) metadata. Scores and counts are not read: V3 recomputes them.
@@ -375,10 +377,6 @@ fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     }
 }
 
-fn lenient_id_required<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    lenient_id(d)?.ok_or_else(|| de::Error::custom("missing id"))
-}
-
 fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
@@ -439,8 +437,8 @@ mod tests {
         assert_eq!(d.info.owner.as_deref(), Some("68416"));
         assert_eq!(d.info.upvotes.as_ref().unwrap().len(), 35);
         assert_eq!(
-            d.info.collaborators.as_ref().unwrap()[0].user_id,
-            "13540669"
+            d.info.collaborators.as_ref().unwrap()[0].user_id.as_deref(),
+            Some("13540669")
         );
         assert_eq!(d.content.as_ref().unwrap().envelope.version, Some(483));
         assert_eq!(d.ops.len(), 372);
@@ -472,7 +470,7 @@ mod tests {
         assert_eq!(i.created_timestamp, Some(1_500_000_000));
         assert_eq!(i.last_updated_timestamp, Some(1_600_000_000));
         assert_eq!(i.height, Some(0.0));
-        assert_eq!(i.upvotes.unwrap()[0].user_id, "7");
+        assert_eq!(i.upvotes.unwrap()[0].user_id.as_deref(), Some("7"));
         let op = parse_ops(&[json!({"_id": {"$oid": "5c61445774bf3374d65cad47"}, "v": 3.0, "op": [], "m": {"ts": 1}})]).unwrap();
         assert_eq!(op[0].op_id.as_deref(), Some("5c61445774bf3374d65cad47"));
         assert_eq!(op[0].v, 3);

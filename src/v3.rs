@@ -66,6 +66,13 @@ pub struct Commit {
     pub milestone: Value,
 }
 
+/// A migrated user belongs to V2 only until V3 edits it: once an op not written by the
+/// migration is its newest (the user edited their profile, V3 changed their plan), V3 owns the
+/// whole user and re-runs never change it again. And these fields are V3's from the start: a
+/// migrated user is created with them (`plan: "free"`, no secondary emails) and no update ever
+/// writes them, whoever edited last.
+pub const USER_V3_OWNED: [&str; 2] = ["plan", "secondaryEmails"];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct User {

@@ -337,6 +337,17 @@ async fn consume(
     Ok(exit)
 }
 
+/// This delivery's attempt number (1 for a first delivery), from our attempts header. Headers
+/// come from outside (a hand-made message, a requeue tool): no value of theirs overflows or
+/// goes below 1 here.
+fn attempt_of(hdrs: &BTreeMap<String, HeaderValue>) -> i64 {
+    match hdrs.get(headers::ATTEMPTS) {
+        Some(HeaderValue::Int(n)) => (*n).max(0),
+        _ => 0,
+    }
+    .saturating_add(1)
+}
+
 /// One delivery, end to end. Never panics out: a panicking job is caught and dead-lettered.
 async fn handle(
     migrator: &Migrator,
@@ -346,10 +357,7 @@ async fn handle(
     d: Delivery,
 ) {
     let hdrs = broker::headers_of(&d.properties);
-    let attempts = match hdrs.get(headers::ATTEMPTS) {
-        Some(HeaderValue::Int(n)) => *n,
-        _ => 0,
-    } + 1;
+    let attempts = attempt_of(&hdrs);
     let job: Result<Job, JobError> = serde_json::from_slice(&d.data).map_err(|e| {
         JobError::BadMessage(format!(
             "{e}: {}",
@@ -413,7 +421,7 @@ async fn handle(
                     broker::move_delivery(
                         publisher,
                         &d,
-                        &topology.retry(attempts as usize - 1),
+                        &topology.retry(usize::try_from(attempts - 1).unwrap_or(0)),
                         extra,
                     )
                     .await
@@ -477,5 +485,26 @@ fn panic_message(e: tokio::task::JoinError) -> String {
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "non-string panic".into()),
         Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_numbers_never_overflow_or_go_below_one() {
+        let with = |v: HeaderValue| BTreeMap::from([(headers::ATTEMPTS.to_string(), v)]);
+        assert_eq!(attempt_of(&BTreeMap::new()), 1);
+        assert_eq!(attempt_of(&with(HeaderValue::Int(2))), 3);
+        assert_eq!(attempt_of(&with(HeaderValue::Int(i64::MAX))), i64::MAX);
+        assert_eq!(attempt_of(&with(HeaderValue::Int(-5))), 1);
+        assert_eq!(attempt_of(&with(HeaderValue::Str("x".into()))), 1);
+        // The retry queue for any attempt exists.
+        let t = Topology::new("p");
+        for a in [1, 2, i64::MAX] {
+            let q = t.retry(usize::try_from(a - 1).unwrap_or(0));
+            assert!(t.all_queues().contains(&q), "{q}");
+        }
     }
 }

@@ -174,3 +174,150 @@ async fn jobs_racing_over_one_parent_count_every_page_view_once() {
     verify_clean(&env.migrator(), ids.len() as u64).await;
     env.cleanup().await;
 }
+
+/// A migrated user edited in V3 (profile, plan) keeps the V3 edit when a later job syncs the
+/// user again with changed V2 data; a user V3 never edited follows V2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_edits_of_a_migrated_user_are_never_reverted() {
+    use mongodb::bson::{doc, oid::ObjectId, Document};
+    let env = TestEnv::new("v3users").await;
+    env.load_fixtures(&[]).await;
+    env.migrator().migrate(LOADING_CSV, None).await.unwrap();
+    // V3 edits user 68416 the way sharedb-mongo writes: op first, then the snapshot.
+    let users = env.v3.collection::<Document>("user");
+    let snap = users
+        .find_one(doc! {"_id": "68416"})
+        .await
+        .unwrap()
+        .unwrap();
+    let v = snap.get_i64("_v").unwrap();
+    let op_id = ObjectId::new();
+    env.v3
+        .collection::<Document>("o_user")
+        .insert_one(doc! {"_id": op_id, "src": "a-v3-browser", "seq": 1, "v": v,
+        "op": [["bio", {"r": true, "i": "edited in V3"}], ["plan", {"r": true, "i": "premium"}]],
+        "m": {"ts": 1_i64}, "c": "user", "d": "68416", "o": snap.get_object_id("_o").unwrap()})
+        .await
+        .unwrap();
+    users
+        .update_one(
+            doc! {"_id": "68416"},
+            doc! {"$set": {"bio": "edited in V3", "plan": "premium", "_v": v + 1, "_o": op_id}},
+        )
+        .await
+        .unwrap();
+    // V2 renames both owners; new jobs (a new pod: no user cache) sync them again.
+    for (id, name) in [("68416", "Renamed In V2"), ("676445", "Also Renamed")] {
+        let mut u = env.v2_user_doc(id).await;
+        u["fullName"] = json!(name);
+        env.put_v2("user", u).await;
+    }
+    let m = env.migrator();
+    m.migrate(DANGLING, None).await.unwrap(); // owned by 68416
+    m.migrate(PENGUIN, None).await.unwrap(); // owned by 676445
+    let edited = env.v3_doc("user", "68416").await.unwrap();
+    assert_eq!(edited["bio"], "edited in V3", "{edited}");
+    assert_eq!(edited["plan"], "premium", "{edited}");
+    assert_ne!(
+        edited["displayName"], "Renamed In V2",
+        "V3 owns an edited user"
+    );
+    let untouched = env.v3_doc("user", "676445").await.unwrap();
+    assert_eq!(
+        untouched["displayName"], "Also Renamed",
+        "V2 owns it until V3 edits it"
+    );
+    assert_eq!(untouched["plan"], "free");
+    env.cleanup().await;
+}
+
+/// A fork whose parent exists in V2 but fails (its content is missing) fails too, naming the
+/// parent, instead of hanging from the primordial viz for good; once the parent is fixed and
+/// both jobs run again, the fork sits under its real parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_of_a_failed_parent_fails_naming_it_then_migrates_under_it() {
+    use vizhub_migrate::Disposition;
+    let env = TestEnv::new("failedparent").await;
+    env.load_fixtures(&[]).await;
+    let fixtures = common::World::with_fixtures(&[]);
+    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
+        .as_i64()
+        .unwrap();
+    let (parent, fork) = ("a".repeat(32), "b".repeat(32));
+    let mut broken = copy_of(
+        &fixtures.v2[LOADING_CSV],
+        &parent,
+        PRIMORDIAL_VIZ_ID,
+        created,
+    );
+    let content = broken.content.take().unwrap();
+    env.load_viz(&broken).await;
+    env.load_viz(&copy_of(&fixtures.v2[PENGUIN], &fork, &parent, created + 1))
+        .await;
+    let m = env.migrator();
+    let e = m.migrate(&fork, None).await.unwrap_err();
+    assert_eq!(e.disposition(), Disposition::DeadLetter, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&fork) && msg.contains(&parent), "{msg}");
+    assert!(env.v3_doc("info", &fork).await.is_none(), "nothing visible");
+    // The parent is fixed in V2; both jobs are requeued.
+    env.put_v2("documentContent", content).await;
+    m.migrate(&fork, None).await.unwrap();
+    m.migrate(&parent, None).await.unwrap();
+    let info = env.v3_doc("info", &fork).await.unwrap();
+    assert_eq!(info["forkedFrom"], json!(parent));
+    env.cleanup().await;
+}
+
+/// A 200-deep chain of forks whose leaf's job runs first migrates every ancestor under its
+/// real parent (no depth limit relinking the 33rd ancestor to the primordial viz), on a
+/// bounded stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_deep_chain_published_leaf_first_keeps_every_link() {
+    let env = TestEnv::new("deepchain").await;
+    env.load_fixtures(&[]).await;
+    let fixtures = common::World::with_fixtures(&[]);
+    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
+        .as_i64()
+        .unwrap();
+    let id = |k: usize| format!("{:032x}", 0xc4a1_0000 + k);
+    const DEPTH: usize = 200;
+    for k in 0..DEPTH {
+        let parent = if k == 0 {
+            PRIMORDIAL_VIZ_ID.to_string()
+        } else {
+            id(k - 1)
+        };
+        env.load_viz(&copy_of(
+            &fixtures.v2[LOADING_CSV],
+            &id(k),
+            &parent,
+            created + k as i64,
+        ))
+        .await;
+    }
+    env.migrator().migrate(&id(DEPTH - 1), None).await.unwrap();
+    let commits: std::collections::HashMap<String, Value> = env
+        .v3_docs("commit")
+        .await
+        .into_iter()
+        .map(|c| (c["_id"].as_str().unwrap().to_string(), c))
+        .collect();
+    for k in 0..DEPTH {
+        let info = env.v3_doc("info", &id(k)).await.unwrap();
+        let parent = if k == 0 {
+            PRIMORDIAL_VIZ_ID.to_string()
+        } else {
+            id(k - 1)
+        };
+        assert_eq!(info["forkedFrom"], json!(parent), "link {k}");
+        assert!(
+            info.get("forkedFromIsBackfilled").is_none(),
+            "link {k}: {info}"
+        );
+        let start = &commits[info["start"].as_str().unwrap()];
+        let fork_point = &commits[start["parent"].as_str().unwrap()];
+        assert_eq!(fork_point["viz"], json!(parent), "link {k}");
+    }
+    env.cleanup().await;
+}

@@ -193,6 +193,27 @@ fn fallback_and_skipped_entries_are_recorded() {
 }
 
 #[test]
+fn entries_without_a_user_id_are_skipped_with_a_note_not_dead_lettered() {
+    let mut w = World::with_fixtures(&[]);
+    let mut v = base();
+    v.info["upvotes"] = json!([{"timestamp": 1}, {"userId": null, "timestamp": 2},
+        {"userId": "68416", "timestamp": 3}]);
+    v.info["collaborators"] = json!([{}, {"userId": "68416"}]);
+    w.add(v);
+    let t = w.migrate(V).unwrap();
+    assert_eq!(t.upvotes.len(), 1);
+    assert_eq!(t.permissions.len(), 1);
+    assert_eq!(t.skipped.len(), 3, "{:?}", t.skipped);
+    assert!(
+        t.skipped
+            .iter()
+            .all(|s| s.reason.contains("has no userId") && s.reason.contains(V)),
+        "{:?}",
+        t.skipped
+    );
+}
+
+#[test]
 fn unchanged_resync_and_conflict() {
     let cfg = Config::default();
     let fp = translate::prepare(&base(), &cfg)
@@ -250,4 +271,45 @@ fn dispositions() {
         TranslateError::NoFiles { viz: V.into() }.disposition(),
         Disposition::Skip
     );
+}
+
+/// The `end@updated` commit (a re-sync with no content change, only a later `updated`) names
+/// its parent in its id: a retry that hangs it elsewhere never reuses a commit pointing at the
+/// old place.
+#[test]
+fn the_end_commit_id_depends_on_what_it_hangs_from() {
+    use vizhub_migrate::translate::{Context, Parent, Previous};
+    let mut w = World::with_fixtures(&[]);
+    w.add(base());
+    let first = w.migrate(V).unwrap().clone();
+    let cfg = Config::default();
+    let later = with(|v| v.info["lastUpdatedTimestamp"] = json!(1_600_000_900));
+    let p = translate::prepare(&later, &cfg).unwrap();
+    let end_after = |end: &str| {
+        let previous = Previous {
+            content_v: first.content_v,
+            start_commit: first.info.start.clone(),
+            end_commit: end.to_string(),
+            end_timestamp: first.info.updated,
+            content: first.content.clone(),
+            file_ids: first.file_ids.clone(),
+            analytics: None,
+            forked_from: first.info.forked_from.clone(),
+            forked_from_is_backfilled: first.info.forked_from_is_backfilled,
+        };
+        let ctx = Context {
+            parent: Parent::Root,
+            users: &w.users,
+            analytics: None,
+            v3_analytics: None,
+            previous: Some(&previous),
+            now: common::NOW,
+        };
+        let t = translate::translate(&p, &ctx, &cfg).unwrap();
+        assert_eq!(t.commits.len(), 1, "{:?}", t.commits);
+        assert_eq!(t.commits[0].parent.as_deref(), Some(end));
+        t.commits[0].id.clone()
+    };
+    assert_eq!(end_after("e1"), end_after("e1"));
+    assert_ne!(end_after("e1"), end_after("e2"));
 }

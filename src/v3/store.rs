@@ -126,6 +126,10 @@ pub enum Policy {
     Update,
     /// Update only docs we created (`migratedFromV2: true`); leave V3-native ones alone.
     UpdateIfMigrated,
+    /// Update only docs we created and still own: `migratedFromV2: true` *and* the newest op in
+    /// their log is the migration's (V3 has not edited them since). The listed fields are
+    /// V3's: an update keeps what V3 holds there.
+    UpdateIfOurs { v3_owned: &'static [&'static str] },
     /// Create if absent, never modify.
     CreateOnly,
 }
@@ -175,6 +179,24 @@ pub struct Store {
     writes_left: Arc<AtomicI64>,
 }
 
+/// The `src` of every op the migration writes (ShareDB clients write their connection id there):
+/// how an op of ours is told from one of V3's.
+pub const OP_SRC: &str = "vizhub-migrate";
+
+/// `wanted`, with the `fields` V3 owns taken from what V3 holds (`now`) instead.
+fn keep_fields(wanted: &Value, now: &Value, fields: &[&str]) -> Value {
+    let mut out = wanted.clone();
+    if let Value::Object(o) = &mut out {
+        for f in fields {
+            match now.get(*f) {
+                Some(v) => o.insert((*f).to_string(), v.clone()),
+                None => o.remove(*f),
+            };
+        }
+    }
+    out
+}
+
 /// A deterministic ObjectId for op `v` of `collection/id` whose body (`create`, `op` or `del`)
 /// is `body`.
 pub fn op_id(collection: &str, id: &str, v: i64, body: &Document) -> ObjectId {
@@ -206,7 +228,7 @@ fn op_doc(
     ts_ms: i64,
 ) -> (ObjectId, Document) {
     let oid = op_id(collection, id, v, &body);
-    let mut op = doc! {"_id": oid, "src": "vizhub-migrate", "seq": v + 1, "v": v};
+    let mut op = doc! {"_id": oid, "src": OP_SRC, "seq": v + 1, "v": v};
     op.extend(body);
     op.extend(doc! {"m": {"ts": ts_ms}, "c": collection, "d": id, "o": prev.map_or(Bson::Null, Bson::ObjectId)});
     (oid, op)
@@ -428,6 +450,8 @@ impl Store {
             return Ok(report);
         }
         let mut creates = Vec::new();
+        // Updates wanted, each with the payload it brings the doc to.
+        let mut updates: Vec<(&Snapshot, Value)> = Vec::new();
         for (id, data) in wanted {
             match existing.get(id) {
                 None => creates.push((id.as_str(), data)),
@@ -438,28 +462,63 @@ impl Store {
                         .await?;
                 }
                 Some(s) => {
-                    let allowed = match policy {
-                        Policy::Update => true,
-                        Policy::UpdateIfMigrated => {
-                            s.data.get("migratedFromV2") == Some(&Value::Bool(true))
+                    let migrated = s.data.get("migratedFromV2") == Some(&Value::Bool(true));
+                    let (allowed, data) = match policy {
+                        Policy::Update => (true, data.clone()),
+                        Policy::UpdateIfMigrated => (migrated, data.clone()),
+                        Policy::UpdateIfOurs { v3_owned } => {
+                            (migrated, keep_fields(data, &s.data, v3_owned))
                         }
-                        Policy::CreateOnly => false,
+                        Policy::CreateOnly => (false, data.clone()),
                     };
-                    match json1::diff(&s.data, data) {
+                    match json1::diff(&s.data, &data) {
                         None => report.unchanged += 1,
                         Some(_) if !allowed => report.kept += 1,
-                        Some(op) => {
-                            self.submit(collection, s, op, data, ts_ms, &mut report)
-                                .await?
-                        }
+                        Some(_) => updates.push((s, data)),
                     }
                 }
             }
+        }
+        if let Policy::UpdateIfOurs { .. } = policy {
+            let ours = self.last_op_is_ours(collection, &updates).await?;
+            let before = updates.len();
+            updates.retain(|(s, _)| ours.contains(&s.id));
+            report.kept += before - updates.len();
+        }
+        for (s, data) in &updates {
+            let op = json1::diff(&s.data, data).expect("a diff was found above");
+            self.submit(collection, s, op, data, ts_ms, &mut report)
+                .await?;
         }
         let existed = self.create_many(collection, &creates, ts_ms).await?;
         report.created += creates.len() - existed.len();
         report.existed.extend(existed);
         Ok(report)
+    }
+
+    /// Of `docs`, the ids whose newest op (`_o`) the migration wrote (one query; none when
+    /// `docs` is empty). A doc without `_o`, or whose op is gone, is not ours to change.
+    async fn last_op_is_ours(
+        &self,
+        collection: &str,
+        docs: &[(&Snapshot, Value)],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let ops: Vec<ObjectId> = docs.iter().filter_map(|(s, _)| s.last_op).collect();
+        if ops.is_empty() {
+            return Ok(Default::default());
+        }
+        self.trip();
+        let found: Vec<Document> = self
+            .coll(&format!("o_{collection}"))
+            .find(doc! {"_id": {"$in": ops}, "src": OP_SRC})
+            .projection(doc! {"d": 1})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(|d| d.get_str("d").ok().map(str::to_string))
+            .collect())
     }
 
     /// Create several docs: their `create` ops, then their snapshots (two unordered inserts).

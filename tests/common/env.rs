@@ -211,6 +211,18 @@ impl TestEnv {
         self.v2_guard.lock().await.dirty = true;
     }
 
+    /// A V2 `user` doc as V2 has it now.
+    pub async fn v2_user_doc(&self, id: &str) -> Value {
+        let d = self
+            .v2
+            .collection::<Document>("user")
+            .find_one(doc! {"_id": id})
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no V2 user {id}"));
+        bson::Bson::Document(d).into_relaxed_extjson()
+    }
+
     pub async fn delete_v2(&self, coll: &str, id: &str) {
         self.v2
             .collection::<Document>(coll)
