@@ -9,8 +9,15 @@
 //! - `info`: owner, title, fork parent, created / updated times, visibility, `migratedFromV2`;
 //! - `history`: the commit chain (across fork parents) replays with json1 from `{}` to exactly the
 //!   `content` doc, and `info.end` is the chain's last commit;
-//! - `users`, `upvotes`, `permissions`, `analytics`: every doc the translation would write exists
-//!   (V3 may hold more: V3-native upvotes and permissions are never touched).
+//! - `info` counts: `forksCount` and `upvotesCount` equal what V3 holds (its `info` docs forked
+//!   from the viz, its live upvotes);
+//! - `analytics`: the page-view record holds exactly V2's counts in every interval when V3
+//!   counted no views of its own (no op in its log but the migration's), and never fewer than V2
+//!   counted when it did; the V2 record it says it merged (`v2Merged`) is V2's now;
+//! - `envelope`: info and content are ShareDB snapshots as sharedb-mongo writes them: `_type`
+//!   "p", `_m.ctime` kept, `_o` naming the op of that doc that made its current version;
+//! - `users`, `upvotes`, `permissions`: every doc the translation would write exists (V3 may
+//!   hold more: V3-native upvotes and permissions are never touched).
 //!
 //! Inputs that a migration rightly does not migrate are **expected outcomes**, not mismatches:
 //! skipped inputs (tombstones, datasets, partial docs) whose ledger says `skipped`, dead-letter
@@ -313,17 +320,78 @@ async fn check(
     let perms: Vec<String> = t.permissions.iter().map(|p| p.id.clone()).collect();
     present(m, viz, c3::PERMISSION, &perms, "permissions", report).await?;
     if let Some(a) = &t.analytics {
-        present(
-            m,
-            viz,
-            c3::ANALYTICS_EVENT,
-            std::slice::from_ref(&a.id),
-            "analytics",
-            report,
-        )
-        .await?;
+        if let Some(problem) = analytics_problem(m, viz, a).await? {
+            report.mismatch(viz, "analytics", problem);
+        }
+    }
+    for (collection, s) in [(c3::INFO, info), (c3::CONTENT, content)] {
+        if let Some(problem) =
+            m.v3.envelope_problem(collection, s)
+                .await
+                .map_err(store(viz))?
+        {
+            report.mismatch(viz, "envelope", format!("{collection}: {problem}"));
+        }
     }
     Ok(())
+}
+
+/// What is wrong with V3's page-view record of a viz, compared with V2's now (`want`: V2's
+/// record merged into nothing). V3 must have merged exactly that record (`v2Merged`); when V3
+/// counted no views of its own (no op in the doc's log but ours), its counts equal V2's in every
+/// interval; otherwise no bucket V2 has may hold fewer views than V2 counted.
+async fn analytics_problem(
+    m: &Migrator,
+    viz: &str,
+    want: &v3::AnalyticsEvent,
+) -> Result<Option<String>, VerifyError> {
+    let found =
+        m.v3.snapshots(c3::ANALYTICS_EVENT, std::slice::from_ref(&want.id))
+            .await
+            .map_err(store(viz))?;
+    let Some(have) = found
+        .get(&want.id)
+        .filter(|s| s.doc_type.is_some())
+        .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data))
+    else {
+        return Ok(Some(format!("{} missing", want.id)));
+    };
+    if have.v2_merged.is_some() && have.v2_merged != want.v2_merged {
+        return Ok(Some(format!(
+            "{}: the V2 record merged is not V2's record now",
+            want.id
+        )));
+    }
+    let own_views =
+        m.v3.foreign_ops(c3::ANALYTICS_EVENT, &want.id)
+            .await
+            .map_err(store(viz))?;
+    for (interval, buckets) in &want.intervals {
+        let have_buckets = have.intervals.get(interval).and_then(Value::as_object);
+        for (key, n) in buckets.as_object().into_iter().flatten() {
+            let got = have_buckets.and_then(|b| b.get(key));
+            let (n, g) = (n.as_f64().unwrap_or(0.0), got.and_then(Value::as_f64));
+            let wrong = match g {
+                None => true,
+                Some(g) if own_views == 0 => g != n,
+                Some(g) => g < n,
+            };
+            if wrong {
+                return Ok(Some(format!(
+                    "{}: {interval} {key}: V2 counted {n}, V3 has {}",
+                    want.id,
+                    got.map_or("nothing".to_string(), Value::to_string)
+                )));
+            }
+        }
+    }
+    if own_views == 0 && have.intervals != want.intervals {
+        return Ok(Some(format!(
+            "{}: V3 has buckets V2 does not (and counted no views itself)",
+            want.id
+        )));
+    }
+    Ok(None)
 }
 
 fn said(outcome: Option<Outcome>) -> &'static str {

@@ -321,3 +321,63 @@ async fn a_200_deep_chain_published_leaf_first_keeps_every_link() {
     }
     env.cleanup().await;
 }
+
+/// `planner verify` compares values: a doubled page-view count, a wrong `forksCount`, a
+/// snapshot without its creation time or whose `_o` names another doc's op are mismatches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_compares_values_not_presence() {
+    use mongodb::bson::{doc, Document};
+    let env = TestEnv::new("verifyvalues").await;
+    env.load_fixtures(&[]).await;
+    let views = env.load_page_views().await;
+    let m = env.migrator();
+    for j in [PENGUIN, LOADING_CSV, PRIMORDIAL_VIZ_ID, DANGLING] {
+        m.migrate(j, None).await.unwrap();
+    }
+    verify_clean(&m, 4).await;
+    let event = views.keys().find(|k| k.ends_with(LOADING_CSV)).unwrap();
+    let coll = |c: &str| env.v3.collection::<Document>(c);
+    coll("analyticsevent")
+        .update_one(doc! {"_id": event}, doc! {"$mul": {"intervals.all.all": 2}})
+        .await
+        .unwrap();
+    coll("info")
+        .update_one(
+            doc! {"_id": PRIMORDIAL_VIZ_ID},
+            doc! {"$set": {"forksCount": 7}},
+        )
+        .await
+        .unwrap();
+    coll("content")
+        .update_one(doc! {"_id": PENGUIN}, doc! {"$set": {"_m.ctime": null}})
+        .await
+        .unwrap();
+    let other = coll("info")
+        .find_one(doc! {"_id": LOADING_CSV})
+        .await
+        .unwrap()
+        .unwrap();
+    coll("info")
+        .update_one(
+            doc! {"_id": DANGLING},
+            doc! {"$set": {"_o": other.get_object_id("_o").unwrap()}},
+        )
+        .await
+        .unwrap();
+    let report = verify::verify(&m, Scope::All, |_, _| {}).await.unwrap();
+    let found: Vec<(&str, &str)> = report
+        .mismatches
+        .iter()
+        .map(|x| (x.viz.as_str(), x.category))
+        .collect();
+    for want in [
+        (LOADING_CSV, "analytics"),
+        (PRIMORDIAL_VIZ_ID, "info"),
+        (PENGUIN, "envelope"),
+        (DANGLING, "envelope"),
+    ] {
+        assert!(found.contains(&want), "{want:?} not in {}", report.render());
+    }
+    assert_eq!(found.len(), 4, "{}", report.render());
+    env.cleanup().await;
+}

@@ -695,6 +695,56 @@ impl Store {
         Ok(docs.into_iter().filter_map(commit_of).collect())
     }
 
+    /// Ops in the log of `collection/id` that the migration did not write (V3's own edits).
+    pub async fn foreign_ops(&self, collection: &str, id: &str) -> Result<u64, StoreError> {
+        self.trip();
+        Ok(self
+            .coll(&format!("o_{collection}"))
+            .count_documents(doc! {"d": id, "src": {"$ne": OP_SRC}})
+            .await?)
+    }
+
+    /// What is wrong with the ShareDB envelope of a live snapshot, if anything: the type is not
+    /// V3's, `_m.ctime` is missing, or `_o` does not name the op of this doc that made its
+    /// current version (sharedb-mongo rebuilds and submits from there). One query.
+    pub async fn envelope_problem(
+        &self,
+        collection: &str,
+        s: &Snapshot,
+    ) -> Result<Option<String>, StoreError> {
+        if s.doc_type.as_deref() != Some(OT_TYPE) {
+            return Ok(Some(format!("_type is {:?}, not {OT_TYPE:?}", s.doc_type)));
+        }
+        if s.ctime.is_none() {
+            return Ok(Some("_m.ctime is missing".into()));
+        }
+        let Some(last) = s.last_op else {
+            return Ok(Some("_o is missing".into()));
+        };
+        self.trip();
+        let op = self
+            .coll(&format!("o_{collection}"))
+            .find_one(doc! {"_id": last})
+            .projection(doc! {"d": 1, "v": 1})
+            .await?;
+        let at = op.as_ref().map(|o| {
+            let v = match o.get("v") {
+                Some(Bson::Int32(v)) => i64::from(*v),
+                Some(Bson::Int64(v)) => *v,
+                _ => -1,
+            };
+            (o.get_str("d").unwrap_or_default(), v)
+        });
+        Ok(match at {
+            None => Some(format!("_o {last} is not in o_{collection}")),
+            Some((d, v)) if d != s.id || v != s.version - 1 => Some(format!(
+                "_o {last} is op v{v} of {d:?}, not v{} of this doc",
+                s.version - 1
+            )),
+            Some(_) => None,
+        })
+    }
+
     /// Number of live `info` docs whose `forkedFrom` is `viz`.
     pub async fn forks_count(&self, viz: &str) -> Result<i64, StoreError> {
         self.trip();
