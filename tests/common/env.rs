@@ -211,6 +211,11 @@ impl TestEnv {
         self.v2_guard.lock().await.dirty = true;
     }
 
+    /// The test wrote V2 itself (a live V2 writer): the next checkpoint takes V2's hash anew.
+    pub async fn wrote_v2(&self) {
+        self.v2_guard.lock().await.dirty = true;
+    }
+
     /// A V2 `user` doc as V2 has it now.
     pub async fn v2_user_doc(&self, id: &str) -> Value {
         let d = self
