@@ -5,7 +5,7 @@ mod common;
 #[path = "common/env.rs"]
 mod env;
 
-use env::TestEnv;
+use env::{node, TestEnv};
 use serde_json::{json, Value};
 use vizhub_migrate::dlq::{self, Filter};
 use vizhub_migrate::planner::Selection;
@@ -428,23 +428,6 @@ impl TestEnv {
         let _ = conn.close(200, "".into()).await;
         out
     }
-}
-
-fn node(script: &str, args: &[&str]) -> (bool, Value) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        dir.join("node_modules/sharedb-mongo").is_dir(),
-        "npm packages missing: run `npm ci --prefix tests/js` (scripts/test does)"
-    );
-    let out = std::process::Command::new("node")
-        .arg(dir.join(script))
-        .args(args)
-        .output()
-        .expect("Node.js is required (node not on PATH)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let v = serde_json::from_str(text.trim().lines().last().unwrap_or("null"))
-        .unwrap_or_else(|_| panic!("{script}: {text}{}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.success(), v)
 }
 
 /// The real V3 stack (ShareDB + sharedb-mongo, json1 as "p") opens, replays and edits every

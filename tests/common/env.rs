@@ -534,6 +534,25 @@ impl TestEnv {
     }
 }
 
+/// Runs `tests/js/<script>` with Node (the V3 stack's own packages): its exit status and the
+/// JSON of its last stdout line.
+pub fn node(script: &str, args: &[&str]) -> (bool, Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        dir.join("node_modules/sharedb-mongo").is_dir(),
+        "npm packages missing: run `npm ci --prefix tests/js` (scripts/test does)"
+    );
+    let out = std::process::Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .output()
+        .expect("Node.js is required (node not on PATH)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = serde_json::from_str(text.trim().lines().last().unwrap_or("null"))
+        .unwrap_or_else(|_| panic!("{script}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), v)
+}
+
 /// A V2 user doc as V2 stored it.
 pub fn user_doc(id: &str) -> Value {
     json!({"_id": id, "id": id, "userName": format!("user{id}"), "fullName": null, "email": null,
