@@ -10,7 +10,7 @@ use vizhub_migrate::cli::{self, BrokerArgs, LogArgs, MongoArgs, TranslateArgs};
 use vizhub_migrate::config::{mongo_database, redact};
 use vizhub_migrate::ledger::Ledger;
 use vizhub_migrate::migrate::Migrator;
-use vizhub_migrate::planner::{self, Selection};
+use vizhub_migrate::planner::{self, PlanError, Selection};
 use vizhub_migrate::status;
 use vizhub_migrate::v2::reader::Reader;
 use vizhub_migrate::v3::store::Store;
@@ -60,7 +60,7 @@ struct VerifyArgs {
 }
 
 #[derive(Args)]
-#[group(id = "selection", required = true, multiple = false, args = ["from", "next_batch", "since_last", "all"])]
+#[group(id = "selection", required = true, multiple = false, args = ["from", "next_batch", "since_last", "all", "viz"])]
 struct PlanArgs {
     #[command(flatten)]
     mongo: MongoArgs,
@@ -81,6 +81,14 @@ struct PlanArgs {
     /// Every viz (full catch-up or reconcile).
     #[arg(long)]
     all: bool,
+    /// Exactly this V2 viz (repeatable), as a new batch even if an earlier batch covered it.
+    /// Refuses (exit 2, nothing published) when an id is not in V2's documentInfo.
+    #[arg(long, value_name = "ID")]
+    viz: Vec<String>,
+    /// Publish a new batch even if the same selection was published before (for a window, to
+    /// re-migrate it); without it a selection already published publishes nothing.
+    #[arg(long)]
+    force: bool,
     /// Count only: publish nothing, record nothing.
     #[arg(long)]
     dry_run: bool,
@@ -120,7 +128,8 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plan(a) => {
-            let selection = match (a.from, a.to, a.next_batch, a.since_last) {
+            let mut selection = match (a.from, a.to, a.next_batch, a.since_last) {
+                _ if !a.viz.is_empty() => Selection::Vizzes(a.viz.clone()),
                 (Some(from), Some(to), _, _) => Selection::Window { from, to },
                 (_, _, Some(n), _) => Selection::NextBatch(n),
                 (_, _, _, true) => Selection::SinceLast {
@@ -129,6 +138,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 _ => Selection::All,
             };
+            if a.force {
+                selection = selection.forced();
+            }
             let reads = NonZeroU32::new(a.mongo.v2_reads_per_sec)
                 .context("--v2-reads-per-sec must be > 0")?;
             let reader = Reader::new(
@@ -151,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             tracing::info!(amqp = %redact(&a.broker.amqp_uri), ?selection, "planning");
-            let report = planner::plan(
+            let report = match planner::plan(
                 &reader,
                 &ledger,
                 publisher.as_ref(),
@@ -159,7 +171,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &selection,
                 a.dry_run,
             )
-            .await?;
+            .await
+            {
+                Err(e @ (PlanError::UnknownVizzes(_) | PlanError::NoVizzes)) => {
+                    // Bad usage, not a failure to run: exit 2 like clap's own usage errors.
+                    tracing::error!("{e}");
+                    eprintln!("planner: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+                r => r?,
+            };
             if a.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else if report.already_published {

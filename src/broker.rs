@@ -6,6 +6,10 @@
 //!   each message back to the work queue after the delay.
 //! - `<prefix>.dead`: durable quorum DLQ; every dead letter carries the worker's own headers.
 //!
+//! Every broker dead-lettering is at-least-once, every publish mandatory and confirmed, and the
+//! DLQ's delivery limit explicit ([`queue_arguments`]), so no path depends on a default that
+//! changed between RabbitMQ versions.
+//!
 //! Publishing uses a confirm-mode channel and keeps up to [`CONFIRM_WINDOW`] publishes in flight
 //! before awaiting their confirms (hundreds in flight, not one round trip each). Every move
 //! between queues is publish-with-confirm first, ack second: a crash in between duplicates a
@@ -33,6 +37,10 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused a message for {queue} (nack)")]
     Nacked { queue: String },
+    /// A mandatory publish no queue took (`basic.return`): the queue is gone. The move it was
+    /// part of must not ack the original.
+    #[error("RabbitMQ returned a message for {queue}: {reply}")]
+    Returned { queue: String, reply: String },
 }
 
 impl BrokerError {
@@ -51,7 +59,7 @@ impl BrokerError {
                         | K::ProtocolError(_)
                 ) || is_connection_level(source)
             }
-            BrokerError::Nacked { .. } => true,
+            BrokerError::Nacked { .. } | BrokerError::Returned { .. } => true,
         }
     }
 }
@@ -136,49 +144,71 @@ pub async fn connect(uri: &str) -> Result<Connection, BrokerError> {
         })
 }
 
+/// The DLQ's own delivery limit. Reading the DLQ (`dlq list`, `stats`, `export`, a filtered
+/// `requeue`) holds messages and returns them by closing its channel; until RabbitMQ 4.3 each
+/// such return counts as a delivery, and from 4.0 a quorum queue declared without a limit gets a
+/// default of 20 (with no dead-letter target: the letter is dropped). An explicit limit no
+/// browsing will reach keeps every dead letter on every version.
+pub const DLQ_DELIVERY_LIMIT: i32 = i32::MAX;
+
+/// Every queue of the topology with the arguments it is declared with. Nothing is left to a
+/// broker default that differs across RabbitMQ 3.13, 4.0–4.2 and 4.3+ (README: version matrix).
+pub fn queue_arguments(t: &Topology) -> Vec<(String, FieldTable)> {
+    let quorum = ("x-queue-type", long("quorum"));
+    // Broker dead-lettering (delivery limit, retry TTL) is at-most-once by default: a move to a
+    // queue unavailable at that moment drops the message. At-least-once keeps it until the
+    // target confirms; RabbitMQ requires `reject-publish` overflow with it.
+    let at_least_once = [
+        ("x-dead-letter-strategy", long("at-least-once")),
+        ("x-overflow", long("reject-publish")),
+    ];
+    let mut out = Vec::new();
+    let mut work = vec![
+        quorum.clone(),
+        (
+            "x-delivery-limit",
+            AMQPValue::LongInt(i32::try_from(t.delivery_limit).unwrap_or(i32::MAX)),
+        ),
+        ("x-dead-letter-exchange", long("")),
+        ("x-dead-letter-routing-key", long(&t.dead())),
+    ];
+    work.extend(at_least_once.iter().cloned());
+    out.push((t.work(), table(&work)));
+    for (i, delay) in t.retry_delays_ms.iter().enumerate() {
+        let mut retry = vec![
+            quorum.clone(),
+            (
+                "x-message-ttl",
+                AMQPValue::LongLongInt(i64::try_from(*delay).unwrap_or(i64::MAX)),
+            ),
+            ("x-dead-letter-exchange", long("")),
+            ("x-dead-letter-routing-key", long(&t.work())),
+        ];
+        retry.extend(at_least_once.iter().cloned());
+        out.push((t.retry(i), table(&retry)));
+    }
+    out.push((
+        t.dead(),
+        table(&[
+            quorum,
+            ("x-delivery-limit", AMQPValue::LongInt(DLQ_DELIVERY_LIMIT)),
+        ]),
+    ));
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
 /// Declare the whole topology (idempotent).
 pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), BrokerError> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    let quorum = AMQPValue::LongString(LongString::from(b"quorum".to_vec()));
-    channel
-        .queue_declare(
-            t.work().as_str().into(),
-            durable,
-            table(&[
-                ("x-queue-type", quorum.clone()),
-                (
-                    "x-delivery-limit",
-                    AMQPValue::LongInt(t.delivery_limit as i32),
-                ),
-                ("x-dead-letter-exchange", long("")),
-                ("x-dead-letter-routing-key", long(&t.dead())),
-            ]),
-        )
-        .await?;
-    for (i, delay) in t.retry_delays_ms.iter().enumerate() {
+    for (queue, args) in queue_arguments(t) {
         channel
-            .queue_declare(
-                t.retry(i).as_str().into(),
-                durable,
-                table(&[
-                    ("x-queue-type", quorum.clone()),
-                    ("x-message-ttl", AMQPValue::LongLongInt(*delay as i64)),
-                    ("x-dead-letter-exchange", long("")),
-                    ("x-dead-letter-routing-key", long(&t.work())),
-                ]),
-            )
+            .queue_declare(queue.as_str().into(), durable, args)
             .await?;
     }
-    channel
-        .queue_declare(
-            t.dead().as_str().into(),
-            durable,
-            table(&[("x-queue-type", quorum)]),
-        )
-        .await?;
     Ok(())
 }
 
@@ -270,7 +300,12 @@ impl Publisher {
                 .basic_publish(
                     "".into(),
                     queue.into(),
-                    BasicPublishOptions::default(),
+                    // Mandatory: a message no queue takes comes back (`basic.return`) instead
+                    // of being confirmed and dropped.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &msg.body,
                     properties(&msg),
                 )
@@ -291,11 +326,24 @@ impl Publisher {
     }
 }
 
+/// Every publish confirmed and none returned, or the first failure. Exhaustive on purpose: a
+/// new kind of confirmation must be decided here.
 fn check(queue: &str, confirms: Vec<Confirmation>) -> Result<(), BrokerError> {
-    if confirms.iter().any(|c| matches!(c, Confirmation::Nack(_))) {
-        return Err(BrokerError::Nacked {
-            queue: queue.to_string(),
-        });
+    for c in confirms {
+        match c {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                return Err(BrokerError::Returned {
+                    queue: queue.to_string(),
+                    reply: format!("{} {}", returned.reply_code, returned.reply_text),
+                })
+            }
+            Confirmation::Nack(None) | Confirmation::NotRequested => {
+                return Err(BrokerError::Nacked {
+                    queue: queue.to_string(),
+                })
+            }
+        }
     }
     Ok(())
 }
@@ -453,4 +501,58 @@ pub async fn requeue(
     // Unselected (and, in a dry run, all) messages go back to the queue as they were.
     channel.close(200, "requeued".into()).await?;
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arg<'a>(t: &'a FieldTable, k: &str) -> Option<&'a AMQPValue> {
+        t.inner().get(k)
+    }
+
+    #[test]
+    fn every_queue_argument_is_explicit() {
+        let t = Topology::new("p");
+        let args = queue_arguments(&t);
+        assert_eq!(
+            args.iter().map(|(q, _)| q.clone()).collect::<Vec<_>>(),
+            t.all_queues()
+        );
+        for (q, a) in &args {
+            assert_eq!(arg(a, "x-queue-type"), Some(&long("quorum")), "{q}");
+            // Every queue the broker dead-letters from does it at least once.
+            if arg(a, "x-dead-letter-routing-key").is_some() {
+                assert_eq!(
+                    arg(a, "x-dead-letter-strategy"),
+                    Some(&long("at-least-once")),
+                    "{q}"
+                );
+                assert_eq!(arg(a, "x-overflow"), Some(&long("reject-publish")), "{q}");
+            }
+        }
+        let get = |q: String| args.iter().find(|(n, _)| *n == q).unwrap().1.clone();
+        let work = get(t.work());
+        assert_eq!(arg(&work, "x-delivery-limit"), Some(&AMQPValue::LongInt(5)));
+        assert_eq!(
+            arg(&work, "x-dead-letter-routing-key"),
+            Some(&long(&t.dead()))
+        );
+        for i in 0..t.retry_delays_ms.len() {
+            let retry = get(t.retry(i));
+            assert_eq!(
+                arg(&retry, "x-dead-letter-routing-key"),
+                Some(&long(&t.work()))
+            );
+            assert!(arg(&retry, "x-message-ttl").is_some());
+        }
+        // The DLQ: a delivery limit of its own that browsing never reaches (RabbitMQ 4.0 gives
+        // quorum queues 20 by default), and no dead-letter target.
+        let dead = get(t.dead());
+        assert_eq!(
+            arg(&dead, "x-delivery-limit"),
+            Some(&AMQPValue::LongInt(DLQ_DELIVERY_LIMIT))
+        );
+        assert!(arg(&dead, "x-dead-letter-routing-key").is_none());
+    }
 }

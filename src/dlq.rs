@@ -70,9 +70,9 @@ impl DeadLetter {
                 f if f.is_empty() => "delivery_limit".into(),
                 f => f,
             },
-            attempts: int(&b.headers, headers::ATTEMPTS)
-                .or_else(|| int(&b.headers, "x-delivery-count"))
-                .unwrap_or(0),
+            // Our attempts only: the broker's `x-delivery-count` also counts every time a
+            // browse returned the letter, so it says nothing about the job.
+            attempts: int(&b.headers, headers::ATTEMPTS).unwrap_or(0),
             first_failure: int(&b.headers, headers::FIRST_FAILURE),
             last_failure: int(&b.headers, headers::LAST_FAILURE),
             job,

@@ -70,6 +70,9 @@ pub enum JobError {
     Raced { viz: String, docs: Vec<String> },
     #[error("bad job message: {0}")]
     BadMessage(String),
+    /// Delivered `deliveries` times before without an outcome: each worker holding it died.
+    #[error("viz {viz}: delivered {deliveries} times without an outcome: each time the worker handling it died (killed for memory, crashed, abandoned at a drain) or could not record or move it; not run again")]
+    CrashLoop { viz: String, deliveries: i64 },
     #[error("viz {viz}: panic while migrating: {message}")]
     Panic { viz: String, message: String },
 }
@@ -92,6 +95,7 @@ impl JobError {
             | JobError::Parent { .. }
             | JobError::Chain { .. }
             | JobError::BadMessage(_)
+            | JobError::CrashLoop { .. }
             | JobError::Panic { .. } => Disposition::DeadLetter,
         }
     }
@@ -118,6 +122,7 @@ impl JobError {
             JobError::Chain { .. } => "chain",
             JobError::Raced { .. } => "raced",
             JobError::BadMessage(_) => "bad_message",
+            JobError::CrashLoop { .. } => "crash_loop",
             JobError::Panic { .. } => "panic",
         }
     }

@@ -10,6 +10,15 @@
 //! Decisions: `--all` batches are keyed by the minute they start (a re-run a minute later is a
 //! deliberate reconcile and publishes again); `--since-last` windows end at `now - settle`
 //! rounded down to the minute, so two cron starts within that minute share a batch id.
+//!
+//! Re-migrating on demand (spec 4.4): `--viz ID…` ([`Selection::Vizzes`]) and `--force`
+//! ([`Selection::Forced`]) always publish a new batch. Their batch id is the one the selection
+//! would have without forcing, plus a run id (`<mode>-<hash>-<run>`, the run id being the time
+//! in milliseconds and 24 random bits, in hex): never one published before, and the prefix says
+//! which selection it re-ran. `--viz` refuses ([`PlanError::UnknownVizzes`], exit 2) when any id
+//! is not in V2's `documentInfo`, publishing nothing: such a job could only end as a dead letter.
+//! Forcing a cursor mode (`--next-batch`, `--since-last`) re-publishes what its cursor selects
+//! now and then moves the cursor as usual.
 
 use crate::broker::{Message, Publisher, Topology};
 use crate::ids;
@@ -33,6 +42,32 @@ pub enum Selection {
     SinceLast { overlap_secs: i64, settle_secs: i64 },
     /// Everything.
     All,
+    /// Exactly these V2 vizzes (`--viz`, ids of `documentInfo`), as a new batch on every run even
+    /// if an earlier batch covered them. Duplicates count once.
+    Vizzes(Vec<String>),
+    /// The inner selection as a new batch even if the same selection was published before
+    /// (`--force`). Build it with [`Selection::forced`].
+    Forced(Box<Selection>),
+}
+
+impl Selection {
+    /// This selection, publishing a new batch even if it was published before (`--force`).
+    /// `Vizzes` always does, and forcing twice is forcing once.
+    pub fn forced(self) -> Selection {
+        match self {
+            Selection::Forced(_) | Selection::Vizzes(_) => self,
+            s => Selection::Forced(Box::new(s)),
+        }
+    }
+
+    /// The selection without its `Forced` wrappers, and whether each run is a new batch.
+    fn peel(&self) -> (&Selection, bool) {
+        match self {
+            Selection::Forced(inner) => (inner.peel().0, true),
+            Selection::Vizzes(_) => (self, true),
+            s => (s, false),
+        }
+    }
 }
 
 /// One job on the work queue.
@@ -53,6 +88,8 @@ pub struct PlanReport {
     /// The batch had been published before: nothing was published this time.
     pub already_published: bool,
     pub dry_run: bool,
+    /// A new batch whatever was published before (`--viz`, `--force`).
+    pub forced: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +102,26 @@ pub enum PlanError {
     Broker(#[from] crate::broker::BrokerError),
     #[error("invalid window: from {from} is not before to {to}")]
     EmptyWindow { from: i64, to: i64 },
+    #[error("no viz ids given")]
+    NoVizzes,
+    /// `--viz` ids that V2's `documentInfo` does not have (nothing was published).
+    #[error("not in V2 documentInfo: {}; nothing published", .0.join(", "))]
+    UnknownVizzes(Vec<String>),
 }
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A run id for a forced batch: milliseconds since the epoch and 24 random bits, in hex (ordered
+/// by time like a ULID; two runs in the same millisecond still differ).
+fn run_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{ms:011x}{:06x}", rand::random::<u32>() & 0x00ff_ffff)
 }
 
 /// The `documentInfo` filter of a window (half-open).
@@ -159,6 +210,36 @@ async fn resolve(selection: &Selection, ledger: &Ledger) -> Result<Resolved, Pla
                 window: None,
             }
         }
+        Selection::Vizzes(ids) => {
+            let ids = unique(ids);
+            if ids.is_empty() {
+                return Err(PlanError::NoVizzes);
+            }
+            Resolved {
+                mode: "viz",
+                params: serde_json::json!({"vizzes": ids}),
+                filter: doc! {"_id": {"$in": &ids}},
+                limit: None,
+                window: None,
+            }
+        }
+        Selection::Forced(inner) => return Box::pin(resolve(inner, ledger)).await,
+    })
+}
+
+/// Sorted, without duplicates.
+fn unique(ids: &[String]) -> Vec<String> {
+    let mut ids = ids.to_vec();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// A `documentInfo` `_id` as the job names it.
+fn id_of(d: &Document) -> Option<String> {
+    Some(match d.get("_id")? {
+        Bson::String(s) => s.clone(),
+        other => other.to_string(),
     })
 }
 
@@ -171,16 +252,32 @@ pub async fn plan(
     selection: &Selection,
     dry_run: bool,
 ) -> Result<PlanReport, PlanError> {
-    let r = resolve(selection, ledger).await?;
-    let batch_id = format!(
+    let (selection, forced) = selection.peel();
+    let mut r = resolve(selection, ledger).await?;
+    let mut batch_id = format!(
         "{}-{}",
         r.mode,
         &ids::fingerprint(&serde_json::json!([r.mode, r.params]))[..16]
     );
+    if forced {
+        let run = run_id();
+        batch_id = format!("{batch_id}-{run}");
+        r.params["run"] = serde_json::json!(run);
+    }
     let infos = reader
         .scan_infos(r.filter, r.limit)
         .await
         .map_err(PlanError::V2)?;
+    if let Selection::Vizzes(wanted) = selection {
+        let found: std::collections::HashSet<String> = infos.iter().filter_map(id_of).collect();
+        let unknown: Vec<String> = unique(wanted)
+            .into_iter()
+            .filter(|id| !found.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(PlanError::UnknownVizzes(unknown));
+        }
+    }
     let mut report = PlanReport {
         batch: batch_id.clone(),
         mode: r.mode.to_string(),
@@ -189,6 +286,7 @@ pub async fn plan(
         published: 0,
         already_published: false,
         dry_run,
+        forced,
     };
     if dry_run {
         return Ok(report);
@@ -211,10 +309,7 @@ pub async fn plan(
     };
     ledger.put_batch(&batch).await.map_err(PlanError::Ledger)?;
     let messages = infos.iter().filter_map(|d| {
-        let viz = match d.get("_id")? {
-            Bson::String(s) => s.clone(),
-            other => other.to_string(),
-        };
+        let viz = id_of(d)?;
         let job = Job {
             viz: viz.clone(),
             batch: Some(batch_id.clone()),
@@ -258,9 +353,47 @@ pub async fn plan(
                     .map_err(PlanError::Ledger)?;
             }
         }
-        Selection::Window { .. } | Selection::All => {}
+        Selection::Window { .. } | Selection::All | Selection::Vizzes(_) | Selection::Forced(_) => {
+        }
     }
     report.published = published as u64;
     tracing::info!(batch = %batch_id, planned = report.planned, published, "batch published");
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forcing_wraps_once_and_viz_selections_are_always_new_batches() {
+        let w = Selection::Window { from: 1, to: 2 };
+        assert_eq!(w.peel(), (&w, false));
+        let f = w.clone().forced();
+        assert_eq!(f, Selection::Forced(Box::new(w.clone())));
+        assert_eq!(f.clone().forced(), f);
+        assert_eq!(f.peel(), (&w, true));
+        let v = Selection::Vizzes(vec!["a".into()]);
+        assert_eq!(v.clone().forced(), v);
+        assert_eq!(v.peel(), (&v, true));
+        let nested = Selection::Forced(Box::new(Selection::Forced(Box::new(Selection::All))));
+        assert_eq!(nested.peel(), (&Selection::All, true));
+    }
+
+    #[test]
+    fn run_ids_differ_and_sort_by_time() {
+        let a = run_id();
+        let b = run_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 17);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(run_id()[..11] > a[..11]);
+    }
+
+    #[test]
+    fn viz_ids_count_once() {
+        let ids = ["b", "a", "b"].map(String::from);
+        assert_eq!(unique(&ids), ["a", "b"]);
+    }
 }

@@ -66,6 +66,12 @@ pub struct Stats {
     pub acks_lost: AtomicU64,
     /// Jobs being handled now.
     pub in_flight: AtomicU64,
+    /// Migrations running now (a job's own task), and the most that ever ran at once: never
+    /// more than `--concurrency`, reconnects included.
+    pub migrations_running: AtomicU64,
+    pub max_migrations_running: AtomicU64,
+    /// Moves to a retry queue or the DLQ whose publish failed (the job was requeued instead).
+    pub moves_failed: AtomicU64,
     /// Ended jobs by outcome (spec 3.5): `done` by outcome, plus the dead-lettered as `failed`.
     pub outcomes: OutcomeCounts,
     /// Connection attempts to the broker after the first (each follows a lost or failed session).
@@ -85,6 +91,9 @@ impl Default for Stats {
             dead_lettered: AtomicU64::default(),
             acks_lost: AtomicU64::default(),
             in_flight: AtomicU64::default(),
+            migrations_running: AtomicU64::default(),
+            max_migrations_running: AtomicU64::default(),
+            moves_failed: AtomicU64::default(),
             outcomes: OutcomeCounts::default(),
             reconnects: AtomicU64::default(),
             broker_connected: AtomicBool::default(),
@@ -348,12 +357,67 @@ fn attempt_of(hdrs: &BTreeMap<String, HeaderValue>) -> i64 {
     .saturating_add(1)
 }
 
+/// How many times the broker delivered this message before without an ack (`x-delivery-count`,
+/// set by quorum queues on redelivery; 0 on a first delivery).
+fn deliveries_before(hdrs: &BTreeMap<String, HeaderValue>) -> i64 {
+    match hdrs.get("x-delivery-count") {
+        Some(HeaderValue::Int(n)) => (*n).max(0),
+        _ => 0,
+    }
+}
+
+/// How a delivery ends. Every path of [`handle`] ends in exactly one of these, and [`settle`]
+/// turns each into an ack or a nack: a delivery never keeps its prefetch slot until the channel
+/// dies.
+enum Settle {
+    /// The job has its outcome in the ledger.
+    Ack,
+    /// Publish (mandatory, confirmed) to `queue` with the delivery's headers plus `extra`, then
+    /// ack; if the publish fails, requeue instead.
+    Move {
+        queue: String,
+        extra: BTreeMap<String, HeaderValue>,
+    },
+    /// Back to the work queue for another try (the outcome could not be recorded).
+    Requeue,
+}
+
+/// A job's task, aborted when this is dropped: when the delivery's own task is aborted (drain
+/// deadline, lost session), the migration stops with it instead of running on beside the
+/// redelivered copy and beyond `--concurrency`.
+struct JobTask<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for JobTask<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One migration running, for [`Stats::migrations_running`] and its high-water mark.
+struct Running(Arc<Stats>);
+
+impl Running {
+    fn new(stats: Arc<Stats>) -> Self {
+        let now = stats.migrations_running.fetch_add(1, Ordering::SeqCst) + 1;
+        stats
+            .max_migrations_running
+            .fetch_max(now, Ordering::SeqCst);
+        Running(stats)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.migrations_running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One delivery, end to end. Never panics out: a panicking job is caught and dead-lettered.
 async fn handle(
     migrator: &Migrator,
     publisher: &Publisher,
     topology: &Topology,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     d: Delivery,
 ) {
     let hdrs = broker::headers_of(&d.properties);
@@ -369,13 +433,26 @@ async fn handle(
         .map(|j| j.viz.clone())
         .unwrap_or_else(|_| "<unknown>".into());
     let batch = job.as_ref().ok().and_then(|j| j.batch.clone());
+    let deliveries = deliveries_before(&hdrs);
     let result = match job {
         Err(e) => Err(e),
+        // The broker's last allowed delivery: every earlier one ended without an ack, i.e. the
+        // worker holding it died (killed for memory, crashed, abandoned at a drain). Running it
+        // again would likely kill this one too, and past the limit the broker would dead-letter
+        // it with none of our headers and no ledger record: record it and dead-letter it here.
+        Ok(_) if deliveries >= i64::from(topology.delivery_limit) => Err(JobError::CrashLoop {
+            viz: viz.clone(),
+            deliveries,
+        }),
         Ok(job) => {
             // Run the job in its own task so a panic is contained and reported as a value.
             let m = migrator.clone();
-            match tokio::spawn(async move { m.migrate(&job.viz, job.batch.as_deref()).await }).await
-            {
+            let running = Running::new(stats.clone());
+            let mut task = JobTask(tokio::spawn(async move {
+                let _running = running;
+                m.migrate(&job.viz, job.batch.as_deref()).await
+            }));
+            match (&mut task.0).await {
                 Ok(r) => r,
                 Err(join) => Err(JobError::Panic {
                     viz: viz.clone(),
@@ -384,11 +461,11 @@ async fn handle(
             }
         }
     };
-    let acked = match result {
+    let how = match result {
         Ok(done) => {
-            tracing::info!(viz = %done.viz, outcome = done.outcome.as_str(), reason = done.reason.as_deref().unwrap_or(""), "job done");
+            tracing::info!(viz = %done.viz, outcome = done.outcome.as_str(), reason = done.reason.as_deref().unwrap_or(""), batch = batch.as_deref().unwrap_or(""), attempts, "job done");
             stats.ended(done.outcome);
-            d.ack(Default::default()).await.map_err(BrokerError::from)
+            Settle::Ack
         }
         Err(e) => {
             let disposition = e.disposition();
@@ -418,22 +495,23 @@ async fn handle(
                 Disposition::Retry if attempts <= max_retries => {
                     tracing::warn!(viz, attempts, error = %e, "transient failure; retrying later");
                     stats.retried.fetch_add(1, Ordering::Relaxed);
-                    broker::move_delivery(
-                        publisher,
-                        &d,
-                        &topology.retry(usize::try_from(attempts - 1).unwrap_or(0)),
+                    Settle::Move {
+                        queue: topology.retry(usize::try_from(attempts - 1).unwrap_or(0)),
                         extra,
-                    )
-                    .await
+                    }
                 }
                 Disposition::Skip => {
-                    if let Err(le) = migrator.record_failure(&viz, &e, batch.as_deref()).await {
-                        tracing::error!(viz, error = %le, "cannot record the skip; the job will come back");
-                        return;
+                    match migrator.record_failure(&viz, &e, batch.as_deref()).await {
+                        Ok(()) => {
+                            tracing::info!(viz, reason = %e, "job skipped");
+                            stats.ended(disposition.final_outcome());
+                            Settle::Ack
+                        }
+                        Err(le) => {
+                            tracing::error!(viz, error = %le, "cannot record the skip; the job goes back to the queue");
+                            Settle::Requeue
+                        }
                     }
-                    tracing::info!(viz, reason = %e, "job skipped");
-                    stats.ended(disposition.final_outcome());
-                    d.ack(Default::default()).await.map_err(BrokerError::from)
                 }
                 Disposition::Retry | Disposition::DeadLetter => {
                     tracing::error!(viz, attempts, kind = e.kind(), error = %e, "job failed; dead-lettering");
@@ -456,12 +534,45 @@ async fn handle(
                     );
                     stats.ended(disposition.final_outcome());
                     stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    broker::move_delivery(publisher, &d, &topology.dead(), extra).await
+                    Settle::Move {
+                        queue: topology.dead(),
+                        extra,
+                    }
                 }
             }
         }
     };
-    match acked {
+    settle(publisher, stats, &d, &viz, how).await;
+}
+
+/// End a delivery as decided: ack, or move (publish first, ack second), or nack with requeue.
+/// A move whose publish fails (the target queue is gone, the broker refused or returned it) is
+/// requeued — never acked, so the job is not lost — after a short pause, so a broker that keeps
+/// refusing does not spin the job.
+async fn settle(publisher: &Publisher, stats: &Stats, d: &Delivery, viz: &str, how: Settle) {
+    let requeue = lapin::options::BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    let ended = match how {
+        Settle::Ack => d.ack(Default::default()).await,
+        Settle::Move { queue, extra } => {
+            match broker::move_delivery(publisher, d, &queue, extra).await {
+                Ok(acked) => Ok(acked),
+                Err(e) => {
+                    tracing::error!(viz, queue, error = %e, "cannot move the job; it goes back to the queue");
+                    stats.moves_failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    d.nack(requeue).await
+                }
+            }
+        }
+        Settle::Requeue => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            d.nack(requeue).await
+        }
+    };
+    match ended {
         Ok(true) => {}
         Ok(false) => {
             stats.acks_lost.fetch_add(1, Ordering::Relaxed);
@@ -491,6 +602,44 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The task of a delivery aborted (drain deadline, lost session) takes its migration with
+    /// it: nothing of the job runs on beside its redelivered copy.
+    #[tokio::test]
+    async fn aborting_a_delivery_stops_its_migration() {
+        struct Flag(Arc<AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let stats = Arc::new(Stats::default());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (flag, s) = (Flag(dropped.clone()), stats.clone());
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let delivery = tokio::spawn(async move {
+            let running = Running::new(s);
+            let mut task = JobTask(tokio::spawn(async move {
+                let (_flag, _running) = (flag, running);
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await
+            }));
+            let _ = (&mut task.0).await;
+        });
+        started.await.unwrap();
+        assert_eq!(stats.migrations_running.load(Ordering::SeqCst), 1);
+        delivery.abort();
+        let _ = delivery.await;
+        for _ in 0..1000 {
+            if dropped.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(dropped.load(Ordering::SeqCst), "the migration kept running");
+        assert_eq!(stats.migrations_running.load(Ordering::SeqCst), 0);
+        assert_eq!(stats.max_migrations_running.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn attempt_numbers_never_overflow_or_go_below_one() {

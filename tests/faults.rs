@@ -175,6 +175,10 @@ async fn broker_restart_mid_run_loses_and_duplicates_nothing() {
         );
     }
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
+    // Across the reconnect, migrations of the lost session never ran beside the redelivered
+    // copies beyond the limit: two workers at concurrency 4 (they share these counters).
+    let most = stats.max_migrations_running.load(Ordering::SeqCst);
+    assert!((1..=8).contains(&most), "{most} migrations ran at once");
     let ch = vizhub_migrate::broker::connect(&uri)
         .await
         .unwrap()
