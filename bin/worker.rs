@@ -132,10 +132,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .mongo
                 .context("--v2-uri and --v3-uri (or V2_MONGO_URI / V3_MONGO_URI) are required")?;
             let (m, v3) = migrator(&mongo, r.translate.config()).await?;
-            // A worker without the right to create indexes still works, only slower.
-            if let Err(e) = m.v3.ensure_indexes().await {
-                tracing::warn!(error = %e, "cannot create the V3 indexes the migration queries use");
-            }
             let opts = Options {
                 concurrency: r.concurrency.max(1),
                 until_idle: r.until_idle.map(Duration::from_secs),
@@ -143,7 +139,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let stats = Arc::new(Stats::default());
             let endpoints = Arc::new(Metrics::new(stats.clone(), m.v2.clone(), v3));
-            // Jobs keep flowing without the endpoints (as when two workers share a host).
+            // Probes first: building indexes on a large V3 can take longer than a liveness
+            // probe waits. `/healthz` answers from now on; `/readyz` only once the worker
+            // consumes, which is after the indexes exist. Jobs keep flowing without the
+            // endpoints (as when two workers share a host).
             let server = metrics::Server::start(r.metrics_addr, endpoints)
                 .await
                 .inspect_err(|e| {
@@ -151,6 +150,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "cannot serve /metrics, /healthz, /readyz; running without them");
                 })
                 .ok();
+            // A worker without the right to create indexes still works, only slower.
+            if let Err(e) = m.v3.ensure_indexes().await {
+                tracing::warn!(error = %e, "cannot create the V3 indexes the migration queries use");
+            }
             let ran = worker::run(
                 m,
                 &r.broker.amqp_uri,

@@ -50,6 +50,10 @@ pub const PREFIX: &str = "vizhub_migrate";
 /// How long `/readyz` waits for each database's `ping`.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long `/readyz` reuses V2's answer to a `ping`: probes come every few seconds from every
+/// pod, and V2 is live production, read under a budget.
+pub const V2_PING_TTL: Duration = Duration::from_secs(5);
+
 /// What the endpoints read: the worker's counters, and the databases `/readyz` pings.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +61,9 @@ pub struct Metrics {
     v2: Reader,
     v3: Database,
     ping_timeout: Duration,
+    /// V2's last answer to a `ping` and when it came. Held while pinging, so concurrent probes
+    /// share one ping.
+    v2_answer: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
 
 impl Metrics {
@@ -80,6 +87,7 @@ impl Metrics {
             v2,
             v3,
             ping_timeout: PING_TIMEOUT,
+            v2_answer: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -106,12 +114,25 @@ impl Metrics {
         };
         let t = self.ping_timeout;
         let (v2, v3) = tokio::join!(
-            ping("v2", t, self.v2.ping()),
+            self.v2_readiness(),
             ping("v3", t, async {
                 self.v3.run_command(doc! {"ping": 1}).await.map(|_| ())
             }),
         );
         Readiness { broker, v2, v3 }
+    }
+
+    /// V2's answer to a `ping` (it takes a read-budget token), reused for [`V2_PING_TTL`].
+    async fn v2_readiness(&self) -> Result<(), String> {
+        let mut last = self.v2_answer.lock().await;
+        if let Some((at, answer)) = last.as_ref() {
+            if at.elapsed() < V2_PING_TTL {
+                return answer.clone();
+            }
+        }
+        let answer = ping("v2", self.ping_timeout, self.v2.ping()).await;
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
     }
 }
 

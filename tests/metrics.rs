@@ -181,7 +181,12 @@ async fn worker_metrics_move_as_jobs_complete() {
         value(&before, "vizhub_migrate_job_duration_seconds_count"),
         0.0
     );
-    assert_eq!(value(&before, "vizhub_migrate_v2_reads_total"), 0.0);
+    // No job yet: V2's only reads are the readiness pings (one per few seconds of probing).
+    let pings = value(&before, "vizhub_migrate_v2_reads_total");
+    assert!(
+        (1.0..=3.0).contains(&pings),
+        "{pings} V2 reads before any job"
+    );
     assert_eq!(value(&before, "vizhub_migrate_jobs_in_flight"), 0.0);
     assert_eq!(value(&before, "vizhub_migrate_broker_connected"), 1.0);
 
@@ -305,5 +310,24 @@ async fn readyz_names_an_unreachable_broker_and_reconnects_are_counted() {
     })
     .await;
     drop(reap);
+    env.cleanup().await;
+}
+
+/// `/readyz` does not spend live V2's read budget on every probe: V2's answer to a ping takes a
+/// budget token and is reused for a few seconds, however many probes come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_pings_v2_once_per_few_seconds_within_the_budget() {
+    use std::sync::Arc;
+    use vizhub_migrate::metrics::Metrics;
+    use vizhub_migrate::worker::Stats;
+    let env = TestEnv::new("readyzbudget").await;
+    let m = env.migrator();
+    let endpoints = Metrics::new(Arc::new(Stats::default()), m.v2.clone(), env.v3.clone());
+    let before = m.v2.counters().0;
+    for _ in 0..20 {
+        let r = endpoints.readiness().await;
+        assert!(r.v2.is_ok(), "{:?}", r.v2);
+    }
+    assert_eq!(m.v2.counters().0 - before, 1, "20 probes, one V2 ping");
     env.cleanup().await;
 }

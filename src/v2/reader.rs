@@ -76,9 +76,11 @@ impl Reader {
         self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A `ping` command, for health checks: it reads no data and changes nothing, so it takes no
-    /// token and is not counted as a read. Like the reads, it may be answered by a secondary.
+    /// A `ping` command, for health checks. It reads no data, but V2 answers it like any
+    /// command, so it takes a token of the budget and counts as a read (`/readyz` reuses its
+    /// answer for a few seconds). Like the reads, it may be answered by a secondary.
     pub async fn ping(&self) -> mongodb::error::Result<()> {
+        self.token().await;
         self.db
             .run_command(doc! {"ping": 1})
             .selection_criteria(SelectionCriteria::ReadPreference(
