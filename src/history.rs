@@ -60,6 +60,8 @@ pub struct Request<'a> {
     /// The snapshot's `_o`: the op its version came from (see [`linked_chain`]).
     pub head: Option<&'a str>,
     pub ops: &'a [ContentOp],
+    /// Why the op log was not loaded (too large): history falls back with this reason.
+    pub withheld: Option<&'a str>,
     /// V3 content the first draft diffs from: the fork parent's content at the fork commit (`{}`
     /// for the primordial viz), or on re-sync our own last migrated content.
     pub base: &'a Value,
@@ -436,6 +438,9 @@ fn fallback(req: &Request, reason: String) -> Result<History, String> {
 }
 
 fn replayed(req: &Request) -> Result<History, String> {
+    if let Some(reason) = req.withheld {
+        return Err(reason.to_string());
+    }
     let run = usable_run(req.ops, req.snapshot_v, req.head, req.since_v)?;
     if req.since_v == Some(req.snapshot_v) {
         return Err("no new ops".into());
@@ -553,6 +558,7 @@ mod tests {
             snapshot_v: p.content_v,
             head: p.content.envelope.op_link.as_deref(),
             ops: &p.ops,
+            withheld: None,
             base: &json!({}),
             since_v: None,
             initial_ids: InitialIds::MatchBase,

@@ -8,6 +8,7 @@
 
 pub mod analytics;
 pub mod broker;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dlq;

@@ -4,6 +4,7 @@
 //! the ledger. [`Migrator::migrate`] is the one function a job runs; it returns an [`Outcome`] or
 //! a [`JobError`] whose [`JobError::disposition`] tells the worker to retry or dead-letter.
 
+use crate::cache::{approx_bytes, Cache};
 use crate::ledger::{Ledger, Migrated, VizRecord};
 use crate::outcome::{self, LastMigration, Plan, V3Now};
 use crate::translate::{
@@ -15,7 +16,7 @@ use crate::v3::{collections as c3, Commit};
 use crate::{history, ids, v2, v3, Disposition, Outcome, PRIMORDIAL_VIZ_ID};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// How many times [`Migrator::migrate`] re-runs a job that collided with another write before
 /// it returns the error (which then goes through the delayed-retry queues).
@@ -144,15 +145,18 @@ pub struct Migrator {
     pub ledger: Ledger,
     pub cfg: Config,
     /// V3 content at a commit never changes (commits are immutable): cache it across jobs.
-    content_cache: Arc<Mutex<HashMap<String, CachedContent>>>,
+    content_cache: Arc<Cache<CachedContent>>,
     /// Each parent's commit chain with the `info.end` it ends at: the forks of one parent (most
     /// of VizHub forks a handful of vizzes) find their fork point without reading it again,
     /// while the parent's info still ends there.
-    chain_cache: Arc<Mutex<HashMap<String, CachedChain>>>,
+    chain_cache: Arc<Cache<CachedChain>>,
     /// Users this worker synced (created, updated, or found as wanted or V3's own), by id, with
     /// the fingerprint of the V2 user it synced: an owner of many vizzes, or a frequent
     /// upvoter, is read and compared once, not once per viz, while V2 says the same of them.
-    users_synced: Arc<Mutex<HashMap<String, String>>>,
+    users_synced: Arc<Cache<String>>,
+    /// The jobs' working memory, in KiB: a job takes its share before it translates, so 16
+    /// small jobs run at once but not 16 of 5 MiB each (see [`Migrator::memory_for`]).
+    memory: Arc<tokio::sync::Semaphore>,
 }
 
 /// A viz's commit chain and the `info.end` it was read at.
@@ -165,19 +169,20 @@ struct CachedContent {
     ancestry: Arc<HashSet<String>>,
 }
 
-const CONTENT_CACHE_MAX: usize = 512;
-const CHAIN_CACHE_MAX: usize = 256;
-const USERS_SYNCED_MAX: usize = 4096;
+/// Byte budgets of the per-worker caches (see [`crate::cache`]): together well inside a
+/// 256 MiB pod, beside the jobs' own working memory.
+const CONTENT_CACHE_BYTES: usize = 16 << 20;
+const CHAIN_CACHE_BYTES: usize = 8 << 20;
+const USERS_SYNCED_BYTES: usize = 1 << 20;
 
-/// Insert into one of the job caches, emptying it first when it holds `max` entries: the
-/// entries are cheap to read again, and clearing keeps memory bounded without bookkeeping.
-fn insert_bounded<V>(cache: &Mutex<HashMap<String, V>>, max: usize, key: String, value: V) {
-    let mut cache = cache.lock().expect("cache lock");
-    if cache.len() >= max {
-        cache.clear();
-    }
-    cache.insert(key, value);
-}
+/// Working memory of all jobs of one worker together, in KiB (96 MiB): with the caches and the
+/// process itself, inside the 256 MiB the manifests give a worker pod
+/// (`tests/memory.rs` measures it).
+pub const JOB_MEMORY_KIB: usize = 96 * 1024;
+
+/// How many times a job holds its V2 documents' size while it runs (parsed V2, the states of
+/// the history replay, V3 content, diffs, the BSON of its writes), measured roughly.
+const WORKING_COPIES: usize = 8;
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -260,10 +265,25 @@ impl Migrator {
             v3,
             ledger,
             cfg,
-            content_cache: Arc::default(),
-            chain_cache: Arc::default(),
-            users_synced: Arc::default(),
+            content_cache: Arc::new(Cache::new(CONTENT_CACHE_BYTES)),
+            chain_cache: Arc::new(Cache::new(CHAIN_CACHE_BYTES)),
+            users_synced: Arc::new(Cache::new(USERS_SYNCED_BYTES)),
+            memory: Arc::new(tokio::sync::Semaphore::new(JOB_MEMORY_KIB)),
         }
+    }
+
+    /// A job's share of [`JOB_MEMORY_KIB`], held until the job ends: [`WORKING_COPIES`] times
+    /// what its V2 documents hold (the whole budget at most, so a single huge viz still runs,
+    /// alone).
+    async fn memory_for(&self, raw: &translate::V2Viz) -> tokio::sync::OwnedSemaphorePermit {
+        let bytes = raw.content.as_ref().map_or(0, approx_bytes)
+            + raw.ops.iter().map(approx_bytes).sum::<usize>();
+        let kib = (bytes.saturating_mul(WORKING_COPIES) / 1024).clamp(1, JOB_MEMORY_KIB);
+        self.memory
+            .clone()
+            .acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
+            .await
+            .expect("the memory semaphore is never closed")
     }
 
     /// Migrate one viz (the job). Records the ledger for every outcome it returns; errors are
@@ -322,6 +342,13 @@ impl Migrator {
                 .ok_or_else(|| JobError::NotFound {
                     viz: viz.to_string(),
                 })?;
+            // The job's own viz waits for its share of the memory budget; parents it migrates
+            // first run under that share (waiting there could deadlock against the child).
+            let _memory = if walk.visiting.len() == 1 {
+                Some(self.memory_for(&raw).await)
+            } else {
+                None
+            };
             let last = self.ledger.get(viz).await.map_err(ledger_err(viz))?;
             let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
             let p = match translate::prepare(&raw, &self.cfg) {
@@ -345,6 +372,9 @@ impl Migrator {
                 }
                 Err(e) => return Err(e.into()),
             };
+            // The raw documents are parsed into `p` now: free them before the job (and the
+            // parents it migrates first) goes on.
+            drop(raw);
             let analytics = self
                 .v2
                 .event_record(&p.analytics_id)
@@ -694,11 +724,7 @@ impl Migrator {
 
     /// The cached V3 content at commit `id`, if this worker has it.
     fn cached_content(&self, id: &str) -> Option<CachedContent> {
-        self.content_cache
-            .lock()
-            .expect("cache lock")
-            .get(id)
-            .cloned()
+        self.content_cache.get(id)
     }
 
     /// The commit chain of `parent`, whose info ends at `end` (when visible), from the cache
@@ -712,23 +738,20 @@ impl Migrator {
     ) -> Result<Arc<Vec<Commit>>, JobError> {
         let cached = self
             .chain_cache
-            .lock()
-            .expect("cache lock")
             .get(parent)
             .filter(|(at, _)| Some(at.as_str()) == end)
-            .map(|(_, chain)| chain.clone());
+            .map(|(_, chain)| chain);
         if let Some(chain) = cached {
             return Ok(chain);
         }
         let chain = Arc::new(self.v3.commits_of(parent).await.map_err(v3_err(viz))?);
         if let Some(end) = end.filter(|e| chain.last().is_some_and(|c| c.id == *e)) {
+            let bytes = chain
+                .iter()
+                .map(|c| c.id.len() + approx_bytes(&c.ops))
+                .sum();
             let entry = (end.to_string(), chain.clone());
-            insert_bounded(
-                &self.chain_cache,
-                CHAIN_CACHE_MAX,
-                parent.to_string(),
-                entry,
-            );
+            self.chain_cache.insert(parent.to_string(), entry, bytes);
         }
         Ok(chain)
     }
@@ -858,12 +881,9 @@ impl Migrator {
             content: Arc::new(content),
             ancestry: Arc::new(ancestry),
         };
-        insert_bounded(
-            &self.content_cache,
-            CONTENT_CACHE_MAX,
-            at.id.clone(),
-            cached.clone(),
-        );
+        let bytes = approx_bytes(&cached.content);
+        self.content_cache
+            .insert(at.id.clone(), cached.clone(), bytes);
         Ok((!cached.ancestry.contains(viz)).then_some(cached.content))
     }
 
@@ -888,11 +908,10 @@ impl Migrator {
         // Users this worker has not synced as they are now, and their fingerprints.
         let (mut wanted, mut prints) = (Vec::new(), Vec::new());
         {
-            let synced = self.users_synced.lock().expect("cache lock");
             for u in &t.users {
                 let v = to_value(u);
                 let f = ids::fingerprint(&v);
-                if synced.get(&u.id) != Some(&f) {
+                if self.users_synced.get(&u.id).as_ref() != Some(&f) {
                     wanted.push((u.id.clone(), v));
                     prints.push(f);
                 }
@@ -912,7 +931,8 @@ impl Migrator {
             .map_err(err)?;
         for ((id, _), f) in wanted.into_iter().zip(prints) {
             if !report.lost_races.contains(&id) {
-                insert_bounded(&self.users_synced, USERS_SYNCED_MAX, id, f);
+                let bytes = f.len();
+                self.users_synced.insert(id, f, bytes);
             }
         }
         note(&mut raced, report, false);

@@ -341,6 +341,7 @@ impl<'a> Generator<'a> {
             info,
             content: Some(content),
             ops,
+            ..Default::default()
         }
     }
 

@@ -130,6 +130,9 @@ pub struct V2Viz {
     pub info: Value,
     pub content: Option<Value>,
     pub ops: Vec<Value>,
+    /// Why the op log was not loaded (it is larger than the reader's cap): history falls back,
+    /// with this as the reason.
+    pub ops_withheld: Option<String>,
 }
 
 impl V2Viz {
@@ -143,6 +146,7 @@ impl V2Viz {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default(),
+            ops_withheld: None,
         }
     }
 }
@@ -167,6 +171,8 @@ pub struct Prepared {
     /// Content payload, envelope stripped: the json0 state history is rebuilt from.
     pub content_state: Value,
     pub ops: Vec<v2::ContentOp>,
+    /// Why the op log was not loaded, if it was not (see [`V2Viz::ops_withheld`]).
+    pub ops_withheld: Option<String>,
     pub owner: String,
     pub created: i64,
     pub title: String,
@@ -356,6 +362,7 @@ pub fn prepare(raw: &V2Viz, cfg: &Config) -> Result<Prepared, TranslateError> {
         viz,
         content_v,
         ops,
+        ops_withheld: raw.ops_withheld.clone(),
         owner,
         created,
         parent,
@@ -476,6 +483,7 @@ pub fn translate(p: &Prepared, ctx: &Context, cfg: &Config) -> Result<Translatio
         snapshot_v: p.content_v,
         head: p.content.envelope.op_link.as_deref(),
         ops: &p.ops,
+        withheld: p.ops_withheld.as_deref(),
         base,
         since_v,
         initial_ids,

@@ -137,6 +137,7 @@ fn build(files: &[(u8, Vec<u8>)], steps: &[Step]) -> (V2Viz, usize) {
             info,
             content: Some(content),
             ops,
+            ..Default::default()
         },
         steps.len(),
     )

@@ -7,7 +7,7 @@
 use crate::translate::V2Viz;
 use futures_util::TryStreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Document, RawDocumentBuf};
 use mongodb::options::{CollectionOptions, FindOptions, ReadPreference, SelectionCriteria};
 use mongodb::{Collection, Database};
 use serde_json::Value;
@@ -19,6 +19,12 @@ use std::time::{Duration, Instant};
 
 /// Documents per reply of a multi-document query; every reply costs one token.
 const BATCH: u32 = 1000;
+
+/// Default cap on one viz's op log as V2 stores it (BSON bytes). A job holds its op log in
+/// memory several times over (BSON, JSON, parsed ops) while it rebuilds history; past this cap
+/// the log is not loaded and the history falls back to the two-commit form with the reason
+/// recorded (spec 3.5: an unusable op log), so one huge log cannot take a pod's memory.
+pub const DEFAULT_MAX_OP_LOG_BYTES: usize = 16 * 1024 * 1024;
 
 /// V2 collection names (production database `vizhub`).
 pub mod collections {
@@ -38,6 +44,7 @@ pub struct Reader {
     waits: Arc<AtomicU64>,
     /// Total time spent waiting for the limiter, in nanoseconds.
     wait_nanos: Arc<AtomicU64>,
+    max_op_log_bytes: usize,
 }
 
 impl Reader {
@@ -49,7 +56,14 @@ impl Reader {
             reads: Arc::default(),
             waits: Arc::default(),
             wait_nanos: Arc::default(),
+            max_op_log_bytes: DEFAULT_MAX_OP_LOG_BYTES,
         }
+    }
+
+    /// Cap on one viz's op log (see [`DEFAULT_MAX_OP_LOG_BYTES`]).
+    pub fn with_max_op_log_bytes(mut self, max: usize) -> Self {
+        self.max_op_log_bytes = max;
+        self
     }
 
     /// Queries issued so far, and how many had to wait for the rate limiter.
@@ -90,7 +104,7 @@ impl Reader {
         Ok(())
     }
 
-    fn coll(&self, name: &str) -> Collection<Document> {
+    fn coll<T: Send + Sync>(&self, name: &str) -> Collection<T> {
         let secondary =
             SelectionCriteria::ReadPreference(ReadPreference::SecondaryPreferred { options: None });
         self.db.collection_with_options(
@@ -108,7 +122,7 @@ impl Reader {
     ) -> mongodb::error::Result<Option<Value>> {
         self.token().await;
         Ok(self
-            .coll(coll)
+            .coll::<Document>(coll)
             .find_one(filter)
             .await?
             .map(super::from_bson))
@@ -136,7 +150,11 @@ impl Reader {
     ) -> mongodb::error::Result<Vec<Document>> {
         opts.batch_size = Some(BATCH);
         self.token().await;
-        let mut cursor = self.coll(coll).find(filter).with_options(opts).await?;
+        let mut cursor = self
+            .coll::<Document>(coll)
+            .find(filter)
+            .with_options(opts)
+            .await?;
         let mut out = Vec::new();
         loop {
             if !out.is_empty() && out.len() % BATCH as usize == 0 {
@@ -163,16 +181,57 @@ impl Reader {
             let content = self
                 .find_one(collections::CONTENT, doc! {"_id": id})
                 .await?;
-            let ops = self
-                .find_all(collections::CONTENT_OPS, doc! {"d": id}, Some(ops_opts))
-                .await?;
+            let ops = self.op_log(id, ops_opts).await?;
             Ok::<_, mongodb::error::Error>((content, ops))
         };
         let (info, (content, ops)) = tokio::try_join!(
             self.find_one(collections::INFO, doc! {"_id": id}),
             content_then_ops,
         )?;
-        Ok(info.map(|info| V2Viz { info, content, ops }))
+        let (ops, ops_withheld) = match ops {
+            Ok(ops) => (ops, None),
+            Err(bytes) => (
+                Vec::new(),
+                Some(format!(
+                    "op log larger than the {} MiB cap (stopped reading at {bytes} bytes): not loaded",
+                    self.max_op_log_bytes / (1024 * 1024)
+                )),
+            ),
+        };
+        Ok(info.map(|info| V2Viz {
+            info,
+            content,
+            ops,
+            ops_withheld,
+        }))
+    }
+
+    /// The content op log of `id`, in batches like [`Reader::drain`], read as raw BSON so its
+    /// size is known as it arrives: `Err(bytes read)` as soon as it passes the cap (the rest is
+    /// never fetched).
+    async fn op_log(
+        &self,
+        id: &str,
+        mut opts: FindOptions,
+    ) -> mongodb::error::Result<Result<Vec<Value>, usize>> {
+        opts.batch_size = Some(BATCH);
+        self.token().await;
+        let coll: Collection<RawDocumentBuf> = self.coll(collections::CONTENT_OPS);
+        let mut cursor = coll.find(doc! {"d": id}).with_options(opts).await?;
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        loop {
+            if !out.is_empty() && out.len() % BATCH as usize == 0 {
+                self.token().await;
+            }
+            let Some(raw) = cursor.try_next().await? else {
+                return Ok(Ok(out));
+            };
+            bytes += raw.as_bytes().len();
+            if bytes > self.max_op_log_bytes {
+                return Ok(Err(bytes));
+            }
+            out.push(super::from_bson(raw.to_document()?));
+        }
     }
 
     /// Raw `user` docs by id, one query. Missing ids are simply absent from the map.
@@ -193,7 +252,7 @@ impl Reader {
     pub async fn forked_from(&self, id: &str) -> mongodb::error::Result<Option<String>> {
         self.token().await;
         let doc = self
-            .coll(collections::INFO)
+            .coll::<Document>(collections::INFO)
             .find_one(doc! {"_id": id})
             .projection(doc! {"forkedFrom": 1})
             .await?;

@@ -206,5 +206,6 @@ pub fn synthetic_viz(
         info,
         content: Some(content),
         ops,
+        ..Default::default()
     }
 }
