@@ -681,3 +681,93 @@ async fn secrets_never_appear_in_output() {
     }
     env.cleanup().await;
 }
+
+/// A job whose transient failure sends it to a retry queue that was deleted mid-run: the
+/// mandatory publish comes back, the delivery is requeued (never acked), and once the fault is
+/// gone the job migrates. Nothing is lost, nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_to_a_deleted_retry_queue_is_requeued_not_lost() {
+    use std::sync::Arc;
+    use vizhub_migrate::worker::{self, Options, Stats};
+    let env = TestEnv::new("retry-deleted").await;
+    let app = format!("{}-faulty", env.name);
+    let client = env.client_named(&app, None).await;
+    env.load_fixtures(&[]).await;
+    let (stats, stop) = (
+        Arc::new(Stats::default()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let run = {
+        let (m, uri, t, s, stop) = (
+            env.migrator_on(&client, 10_000),
+            env.amqp_uri.clone(),
+            env.topology.clone(),
+            stats.clone(),
+            stop.clone(),
+        );
+        let opts = Options {
+            concurrency: 1,
+            until_idle: None,
+            drain_deadline: Duration::from_secs(5),
+        };
+        tokio::spawn(async move {
+            worker::run(m, &uri, &t, &opts, s, async move { stop.notified().await }).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stats.broker_connected.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the worker did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker has declared its queues; the first retry queue now goes away, and every V3
+    // insert of the worker fails as in an election.
+    let conn = vizhub_migrate::broker::connect(&env.amqp_uri)
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(env.topology.retry(0).as_str().into(), Default::default())
+        .await
+        .unwrap();
+    env.fail_point(
+        json!("alwaysOn"),
+        json!({"failCommands": ["insert"], "errorCode": 91, "appName": app}),
+    )
+    .await;
+    let conn2 = vizhub_migrate::broker::connect(&env.amqp_uri)
+        .await
+        .unwrap();
+    let p = vizhub_migrate::broker::Publisher::new(&conn2)
+        .await
+        .unwrap();
+    p.publish(
+        &env.topology.work(),
+        vizhub_migrate::broker::Message {
+            body: serde_json::to_vec(&json!({"viz": LOADING_CSV, "batch": null})).unwrap(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    while stats.moves_failed.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no failed move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.fail_point_off().await;
+    while env
+        .ledger()
+        .get(LOADING_CSV)
+        .await
+        .unwrap()
+        .is_none_or(|r| r.outcome != Outcome::Migrated)
+    {
+        assert!(Instant::now() < deadline, "the job never migrated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.notify_one();
+    run.await.unwrap().unwrap();
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
+    assert_eq!(env.queue_depth(&env.topology.work()).await, 0);
+    let _ = conn.close(200, "".into()).await;
+    let _ = conn2.close(200, "".into()).await;
+    env.cleanup().await;
+}
