@@ -1,7 +1,7 @@
 //! Revision history: turns a V2 content snapshot plus its json0 op log into V3 commit drafts
 //! (spec 3.1).
 //!
-//! 1. [`usable_run`] takes the ops the snapshot contains — the chain of `o` links back from its
+//! 1. `usable_run` takes the ops the snapshot contains — the chain of `o` links back from its
 //!    `_o`, as sharedb-mongo reads them, so ops a live V2 wrote past the snapshot and orphans of
 //!    failed commits are left out — as far back as it runs consecutively (stopping at a gap, a
 //!    link not in the log, a `del`, or just after a `create`).
@@ -57,7 +57,7 @@ pub struct Request<'a> {
     /// V2 content payload (envelope stripped) at `snapshot_v`.
     pub snapshot: &'a Value,
     pub snapshot_v: u64,
-    /// The snapshot's `_o`: the op its version came from (see [`linked_chain`]).
+    /// The snapshot's `_o`: the op its version came from (see `linked_chain`).
     pub head: Option<&'a str>,
     pub ops: &'a [ContentOp],
     /// Why the op log was not loaded (too large): history falls back with this reason.

@@ -13,6 +13,12 @@
 //!   recounting their parent's `forksCount`, 1 and 2) insert two ops, the loser's an orphan.
 //!   Derived from the version alone, the loser's op would have been dropped as a duplicate and
 //!   the winner's snapshot would link to an op that says something else.
+//! - Every update keeps the snapshot's `_m.ctime`; every op carries `src: "vizhub-migrate"`
+//!   ([`OP_SRC`]), which is how V3's own edits are told from ours ([`Policy::UpdateIfOurs`],
+//!   `verify`). The op-log indexes are made exactly as sharedb-mongo makes them
+//!   ([`Store::ensure_indexes`]), so V3's own index calls are no-ops.
+//! - [`Store::stop_after_writes`] is a test hook: the store refuses every write after the n-th,
+//!   as if the pod had been killed there.
 //! - Reads and writes are batched per collection (`$in` finds, unordered `insert_many`) to keep
 //!   round trips per viz low; [`Store::round_trips`] counts them for the benchmark.
 
