@@ -653,25 +653,19 @@ mod tests {
         );
     }
 
+    /// The snapshot as written before op linking: no `_o`.
+    fn unlink(raw: &mut V2Viz) {
+        let content = raw.content.as_mut().unwrap().as_object_mut().unwrap();
+        content.remove("_o");
+    }
+
     #[test]
     fn a_snapshot_without_op_link_goes_by_version() {
-        let h = replay(|raw| {
-            raw.content
-                .as_mut()
-                .unwrap()
-                .as_object_mut()
-                .unwrap()
-                .remove("_o");
-        });
+        let h = replay(unlink);
         assert_eq!(h.mode, full());
         // The ops' own `o` links still tell an orphan apart.
         let orphan = |raw: &mut V2Viz| {
-            raw.content
-                .as_mut()
-                .unwrap()
-                .as_object_mut()
-                .unwrap()
-                .remove("_o");
+            unlink(raw);
             let prev = op_id_at(raw, 399);
             raw.ops
                 .push(text_op("dddddddddddddddddddddddd", 400, &prev, "orphan "));

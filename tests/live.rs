@@ -286,24 +286,12 @@ async fn live_edits_racing_jobs_and_killed_pods_leave_v3_as_a_clean_run() {
     }
     assert_eq!(env.queue_depth(&env.topology.dead()).await, 0);
     let state = env.v3_state().await;
-    let views_now: std::collections::BTreeMap<String, Value> = {
-        use futures_util::TryStreamExt;
-        let docs: Vec<Document> = env
-            .v2
-            .collection::<Document>("eventRecords")
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        docs.into_iter()
-            .map(|d| {
-                let d = Bson::Document(d).into_relaxed_extjson();
-                (d["id"].as_str().unwrap().to_string(), d)
-            })
-            .collect()
-    };
+    let views_now: std::collections::BTreeMap<String, Value> = env
+        .v2_docs("eventRecords")
+        .await
+        .into_iter()
+        .map(|d| (d["id"].as_str().unwrap().to_string(), d))
+        .collect();
     TestEnv::assert_views_equal_v2(&state, &views_now, &ids);
     let report = verify::verify(&env.migrator(), Scope::All, |_, _| {})
         .await

@@ -10,9 +10,11 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mongodb::bson::{doc, Document, RawDocumentBuf};
 use mongodb::options::{CollectionOptions, FindOptions, ReadPreference, SelectionCriteria};
 use mongodb::{Collection, Database};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,32 +140,50 @@ impl Reader {
         Ok(docs.into_iter().map(super::from_bson).collect())
     }
 
-    /// Every document of a query, in batches of [`BATCH`]. Each batch is a command V2 answers
-    /// (the `find`, then one `getMore` per further batch), and each takes a token first.
-    /// (A batch the server cuts short at its 16 MiB reply limit costs an untaxed `getMore`;
-    /// op-log and info documents are far smaller than 16 KiB, so that needs > 1,000 of them.)
+    /// Every document of a query, in batches of [`BATCH`] (see [`Reader::visit`]).
     async fn drain(
         &self,
         coll: &str,
         filter: Document,
-        mut opts: FindOptions,
+        opts: FindOptions,
     ) -> mongodb::error::Result<Vec<Document>> {
+        let mut out = Vec::new();
+        self.visit(coll, filter, opts, |d: Document| {
+            out.push(d);
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Hand each document of a query to `each`, in batches of [`BATCH`], until the query ends
+    /// (`true`) or `each` breaks (`false`: the rest is never fetched). Each batch is a command
+    /// V2 answers (the `find`, then one `getMore` per further batch), and each takes a token
+    /// first. (A batch the server cuts short at its 16 MiB reply limit costs an untaxed
+    /// `getMore`; op-log and info documents are far smaller than 16 KiB, so that needs > 1,000
+    /// of them.)
+    async fn visit<T: DeserializeOwned + Send + Sync>(
+        &self,
+        coll: &str,
+        filter: Document,
+        mut opts: FindOptions,
+        mut each: impl FnMut(T) -> mongodb::error::Result<ControlFlow<()>>,
+    ) -> mongodb::error::Result<bool> {
         opts.batch_size = Some(BATCH);
         self.token().await;
-        let mut cursor = self
-            .coll::<Document>(coll)
-            .find(filter)
-            .with_options(opts)
-            .await?;
-        let mut out = Vec::new();
+        let mut cursor = self.coll::<T>(coll).find(filter).with_options(opts).await?;
+        let mut seen = 0usize;
         loop {
-            if !out.is_empty() && out.len() % BATCH as usize == 0 {
+            if seen > 0 && seen % BATCH as usize == 0 {
                 // The next document needs a `getMore`.
                 self.token().await;
             }
-            match cursor.try_next().await? {
-                Some(d) => out.push(d),
-                None => return Ok(out),
+            let Some(d) = cursor.try_next().await? else {
+                return Ok(true);
+            };
+            seen += 1;
+            if each(d)?.is_break() {
+                return Ok(false);
             }
         }
     }
@@ -206,32 +226,31 @@ impl Reader {
         }))
     }
 
-    /// The content op log of `id`, in batches like [`Reader::drain`], read as raw BSON so its
-    /// size is known as it arrives: `Err(bytes read)` as soon as it passes the cap (the rest is
-    /// never fetched).
+    /// The content op log of `id`, read as raw BSON so its size is known as it arrives:
+    /// `Err(bytes read)` as soon as it passes the cap (the rest is never fetched).
     async fn op_log(
         &self,
         id: &str,
-        mut opts: FindOptions,
+        opts: FindOptions,
     ) -> mongodb::error::Result<Result<Vec<Value>, usize>> {
-        opts.batch_size = Some(BATCH);
-        self.token().await;
-        let coll: Collection<RawDocumentBuf> = self.coll(collections::CONTENT_OPS);
-        let mut cursor = coll.find(doc! {"d": id}).with_options(opts).await?;
         let (mut out, mut bytes) = (Vec::new(), 0usize);
-        loop {
-            if !out.is_empty() && out.len() % BATCH as usize == 0 {
-                self.token().await;
-            }
-            let Some(raw) = cursor.try_next().await? else {
-                return Ok(Ok(out));
-            };
-            bytes += raw.as_bytes().len();
-            if bytes > self.max_op_log_bytes {
-                return Ok(Err(bytes));
-            }
-            out.push(super::from_bson(raw.to_document()?));
-        }
+        let cap = self.max_op_log_bytes;
+        let whole = self
+            .visit(
+                collections::CONTENT_OPS,
+                doc! {"d": id},
+                opts,
+                |raw: RawDocumentBuf| {
+                    bytes += raw.as_bytes().len();
+                    if bytes > cap {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    out.push(super::from_bson(raw.to_document()?));
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+            .await?;
+        Ok(if whole { Ok(out) } else { Err(bytes) })
     }
 
     /// Raw `user` docs by id, one query. Missing ids are simply absent from the map.

@@ -31,6 +31,7 @@ use mongodb::options::InsertManyOptions;
 use mongodb::{Collection, Database};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -456,8 +457,8 @@ impl Store {
             return Ok(report);
         }
         let mut creates = Vec::new();
-        // Updates wanted, each with the payload it brings the doc to.
-        let mut updates: Vec<(&Snapshot, Value)> = Vec::new();
+        // Updates wanted: the doc, the payload it is brought to, and the op that does it.
+        let mut updates: Vec<(&Snapshot, Cow<Value>, Value)> = Vec::new();
         for (id, data) in wanted {
             match existing.get(id) {
                 None => creates.push((id.as_str(), data)),
@@ -470,30 +471,30 @@ impl Store {
                 Some(s) => {
                     let migrated = s.data.get("migratedFromV2") == Some(&Value::Bool(true));
                     let (allowed, data) = match policy {
-                        Policy::Update => (true, data.clone()),
-                        Policy::UpdateIfMigrated => (migrated, data.clone()),
+                        Policy::Update => (true, Cow::Borrowed(data)),
+                        Policy::UpdateIfMigrated => (migrated, Cow::Borrowed(data)),
                         Policy::UpdateIfOurs { v3_owned } => {
-                            (migrated, keep_fields(data, &s.data, v3_owned))
+                            (migrated, Cow::Owned(keep_fields(data, &s.data, v3_owned)))
                         }
-                        Policy::CreateOnly => (false, data.clone()),
+                        Policy::CreateOnly => (false, Cow::Borrowed(data)),
                     };
                     match json1::diff(&s.data, &data) {
                         None => report.unchanged += 1,
                         Some(_) if !allowed => report.kept += 1,
-                        Some(_) => updates.push((s, data)),
+                        Some(op) => updates.push((s, data, op)),
                     }
                 }
             }
         }
         if let Policy::UpdateIfOurs { .. } = policy {
-            let ours = self.last_op_is_ours(collection, &updates).await?;
+            let docs: Vec<&Snapshot> = updates.iter().map(|(s, _, _)| *s).collect();
+            let ours = self.last_op_is_ours(collection, &docs).await?;
             let before = updates.len();
-            updates.retain(|(s, _)| ours.contains(&s.id));
+            updates.retain(|(s, _, _)| ours.contains(&s.id));
             report.kept += before - updates.len();
         }
-        for (s, data) in &updates {
-            let op = json1::diff(&s.data, data).expect("a diff was found above");
-            self.submit(collection, s, op, data, ts_ms, &mut report)
+        for (s, data, op) in updates {
+            self.submit(collection, s, op, &data, ts_ms, &mut report)
                 .await?;
         }
         let existed = self.create_many(collection, &creates, ts_ms).await?;
@@ -507,9 +508,9 @@ impl Store {
     async fn last_op_is_ours(
         &self,
         collection: &str,
-        docs: &[(&Snapshot, Value)],
+        docs: &[&Snapshot],
     ) -> Result<std::collections::HashSet<String>, StoreError> {
-        let ops: Vec<ObjectId> = docs.iter().filter_map(|(s, _)| s.last_op).collect();
+        let ops: Vec<ObjectId> = docs.iter().filter_map(|s| s.last_op).collect();
         if ops.is_empty() {
             return Ok(Default::default());
         }

@@ -405,18 +405,12 @@ impl TestEnv {
 
     /// Every doc of a V3 collection as JSON.
     pub async fn v3_docs(&self, coll: &str) -> Vec<Value> {
-        let docs: Vec<Document> = self
-            .v3
-            .collection::<Document>(coll)
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        docs.into_iter()
-            .map(|d| bson::Bson::Document(d).into_relaxed_extjson())
-            .collect()
+        docs(&self.v3, coll).await
+    }
+
+    /// Every doc of a V2 collection as JSON (as it is now, live writers included).
+    pub async fn v2_docs(&self, coll: &str) -> Vec<Value> {
+        docs(&self.v2, coll).await
     }
 
     pub async fn v3_doc(&self, coll: &str, id: &str) -> Option<Value> {
@@ -551,6 +545,21 @@ pub fn node(script: &str, args: &[&str]) -> (bool, Value) {
     let v = serde_json::from_str(text.trim().lines().last().unwrap_or("null"))
         .unwrap_or_else(|_| panic!("{script}: {text}{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.success(), v)
+}
+
+/// Every doc of a collection as JSON (relaxed extended JSON, as the V3 app sees numbers).
+pub async fn docs(db: &Database, coll: &str) -> Vec<Value> {
+    let docs: Vec<Document> = db
+        .collection::<Document>(coll)
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    docs.into_iter()
+        .map(|d| bson::Bson::Document(d).into_relaxed_extjson())
+        .collect()
 }
 
 /// A V2 user doc as V2 stored it.
