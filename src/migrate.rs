@@ -826,8 +826,32 @@ impl Migrator {
         at: &Commit,
         chain: &[Commit],
     ) -> Result<Option<Arc<Value>>, JobError> {
+        let c = self.replay(viz, at, chain).await?;
+        Ok((!c.ancestry.contains(viz)).then_some(c.content))
+    }
+
+    /// V3 content at `at` (a commit of `chain`), whatever vizzes it descends from: what
+    /// `verify` compares a viz's content with. Replayed as [`Self::content_at`] replays, and
+    /// cached the same way.
+    pub(crate) async fn replayed_content(
+        &self,
+        viz: &str,
+        at: &Commit,
+        chain: &[Commit],
+    ) -> Result<Arc<Value>, JobError> {
+        Ok(self.replay(viz, at, chain).await?.content)
+    }
+
+    /// The replay behind [`Self::content_at`]: from the nearest cached ancestor commit, else
+    /// from the root, walking fork parents across vizzes; the result is cached.
+    async fn replay(
+        &self,
+        viz: &str,
+        at: &Commit,
+        chain: &[Commit],
+    ) -> Result<CachedContent, JobError> {
         if let Some(c) = self.cached_content(&at.id) {
-            return Ok((!c.ancestry.contains(viz)).then_some(c.content));
+            return Ok(c);
         }
         let mut all: HashMap<String, Commit> =
             chain.iter().map(|c| (c.id.clone(), c.clone())).collect();
@@ -884,7 +908,7 @@ impl Migrator {
         let bytes = approx_bytes(&cached.content);
         self.content_cache
             .insert(at.id.clone(), cached.clone(), bytes);
-        Ok((!cached.ancestry.contains(viz)).then_some(cached.content))
+        Ok(cached)
     }
 
     /// Write a translation in the order that keeps a half-done job invisible, then the ledger.

@@ -35,7 +35,7 @@ use crate::{v3, Disposition, Outcome};
 use mongodb::bson::{doc, Bson, Document};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Which V2 vizzes to verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,40 +439,25 @@ async fn present(
     Ok(())
 }
 
-/// The viz's commit chain, with its fork ancestors, replayed from `{}`: `(end commit, content)`,
-/// or why it cannot be replayed.
+/// The viz's commit chain, with its fork ancestors however deep, replayed with json1:
+/// `(end commit, content)`, or why it cannot be replayed. The worker's replay
+/// ([`Migrator::replayed_content`]): ancestors this verify run already replayed are taken from
+/// its cache (commits are immutable), so a deep chain costs one level per viz, not its depth.
 async fn chain_content(
     m: &Migrator,
     viz: &str,
 ) -> Result<Result<(String, Value), String>, VerifyError> {
     let own = m.v3.commits_of(viz).await.map_err(store(viz))?;
-    let Some(end) = own.last().map(|c| c.id.clone()) else {
+    let Some(end) = own.last() else {
         return Ok(Err("no commits".into()));
     };
-    let mut all: HashMap<String, v3::Commit> = HashMap::new();
-    let mut next = own.first().and_then(|c| c.parent.clone());
-    all.extend(own.into_iter().map(|c| (c.id.clone(), c)));
-    // Walk up the fork ancestry, one viz at a time (bounded: fork chains are short, cycles are
-    // impossible in V3 but guarded anyway).
-    for _ in 0..64 {
-        let Some(parent) = next.take() else { break };
-        if all.contains_key(&parent) {
-            break;
+    match m.replayed_content(viz, end, &own).await {
+        Ok(content) => Ok(Ok((end.id.clone(), (*content).clone()))),
+        Err(JobError::Chain { commit, reason, .. }) => {
+            Ok(Err(format!("chain does not replay at {commit}: {reason}")))
         }
-        let found =
-            m.v3.commits(std::slice::from_ref(&parent))
-                .await
-                .map_err(store(viz))?;
-        let Some(pc) = found.into_iter().next() else {
-            return Ok(Err(format!("parent commit {parent} is missing")));
-        };
-        let theirs = m.v3.commits_of(&pc.viz).await.map_err(store(viz))?;
-        next = theirs.first().and_then(|c| c.parent.clone());
-        all.extend(theirs.into_iter().map(|c| (c.id.clone(), c)));
+        Err(e) => Err(VerifyError::Job(e)),
     }
-    Ok(v3::content_at(&all, &end)
-        .map(|c| (end, c))
-        .map_err(|e| format!("chain does not replay: {e}")))
 }
 
 /// Content as V3 shows it, without file ids: title, height and `[name, text]` in display order.

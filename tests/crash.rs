@@ -319,6 +319,20 @@ async fn a_200_deep_chain_published_leaf_first_keeps_every_link() {
         let fork_point = &commits[start["parent"].as_str().unwrap()];
         assert_eq!(fork_point["viz"], json!(parent), "link {k}");
     }
+    // The jobs of the ancestors (published too) find them migrated; verify replays every chain
+    // from the root, 200 vizzes deep.
+    let m = env.migrator();
+    for k in 0..DEPTH - 1 {
+        m.migrate(&id(k), None).await.unwrap();
+    }
+    m.migrate(PRIMORDIAL_VIZ_ID, None).await.unwrap();
+    let report = verify::verify(&m, Scope::All, |_, _| {}).await.unwrap();
+    let chains: Vec<_> = report
+        .mismatches
+        .iter()
+        .filter(|x| x.category == "history")
+        .collect();
+    assert!(chains.is_empty(), "{chains:?}");
     env.cleanup().await;
 }
 
@@ -379,5 +393,25 @@ async fn verify_compares_values_not_presence() {
         assert!(found.contains(&want), "{want:?} not in {}", report.render());
     }
     assert_eq!(found.len(), 4, "{}", report.render());
+    // A commit changed behind the migration's back: its chain no longer replays to the content.
+    let start = env.record(LOADING_CSV).await.migrated.unwrap().start;
+    coll("commit")
+        .update_one(
+            doc! {"_id": &start},
+            doc! {"$set": {"ops": ["title", {"r": true, "i": "broken"}]}},
+        )
+        .await
+        .unwrap();
+    let report = verify::verify(&env.migrator(), Scope::All, |_, _| {})
+        .await
+        .unwrap();
+    assert!(
+        report
+            .mismatches
+            .iter()
+            .any(|x| x.viz == LOADING_CSV && x.category == "history"),
+        "{}",
+        report.render()
+    );
     env.cleanup().await;
 }
