@@ -822,24 +822,20 @@ pub mod text {
         let mut ids: HashMap<T, u32> = HashMap::new();
         let mut intern = |t: &T| {
             let next = ids.len() as u32;
-            imara_diff::intern::Token(*ids.entry(*t).or_insert(next))
+            imara_diff::Token(*ids.entry(*t).or_insert(next))
         };
         let old_tokens: Vec<_> = old.iter().map(&mut intern).collect();
         let new_tokens: Vec<_> = new.iter().map(&mut intern).collect();
-        let mut out = Vec::new();
-        imara_diff::diff_with_tokens(
-            algorithm,
-            &old_tokens,
-            &new_tokens,
-            ids.len() as u32,
-            |o: Range<u32>, n: Range<u32>| {
-                out.push((
-                    o.start as usize..o.end as usize,
-                    n.start as usize..n.end as usize,
-                ))
-            },
-        );
-        out
+        let mut diff = imara_diff::Diff::default();
+        diff.compute_with(algorithm, &old_tokens, &new_tokens, ids.len() as u32);
+        diff.hunks()
+            .map(|h| {
+                (
+                    h.before.start as usize..h.before.end as usize,
+                    h.after.start as usize..h.after.end as usize,
+                )
+            })
+            .collect()
     }
 
     fn common_prefix(a: &[u8], b: &[u8]) -> usize {
