@@ -802,7 +802,7 @@ impl Migrator {
             .map_err(v3_err(viz))?;
         let missing = above
             .iter()
-            .take_while(|a| !live.get(*a).is_some_and(|s| s.doc_type.is_some()))
+            .take_while(|a| live.get(*a).is_none_or(|s| s.doc_type.is_none()))
             .filter(|a| !walk.visiting.contains(*a));
         let missing: Vec<String> = missing.cloned().collect();
         for ancestor in missing.iter().rev() {

@@ -426,7 +426,7 @@ async fn present(
     let found = m.v3.snapshots(collection, ids).await.map_err(store(viz))?;
     let missing: Vec<&str> = ids
         .iter()
-        .filter(|id| !found.get(*id).is_some_and(|s| s.doc_type.is_some()))
+        .filter(|id| found.get(*id).is_none_or(|s| s.doc_type.is_none()))
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {

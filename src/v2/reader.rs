@@ -174,7 +174,7 @@ impl Reader {
         let mut cursor = self.coll::<T>(coll).find(filter).with_options(opts).await?;
         let mut seen = 0usize;
         loop {
-            if seen > 0 && seen % BATCH as usize == 0 {
+            if seen > 0 && seen.is_multiple_of(BATCH as usize) {
                 // The next document needs a `getMore`.
                 self.token().await;
             }
