@@ -205,7 +205,7 @@ async fn live_edits_racing_jobs_and_killed_pods_leave_v3_as_a_clean_run() {
                 k += 1;
                 // A fixed pseudo-random walk over the targets (reproducible).
                 let viz = &targets[(k.wrapping_mul(2_654_435_761) % targets.len() as u64) as usize];
-                live_edit(&v2, viz, k, k % 4 == 0).await;
+                live_edit(&v2, viz, k, k.is_multiple_of(4)).await;
                 edits.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
