@@ -45,9 +45,9 @@ SERVICE_ACCOUNT = "vizhub-migrate"
 CONFIGMAP = "vizhub-migrate-config"
 WORKER = "vizhub-migrate-worker"
 # API groups of custom resources: KEDA's are checked structurally below; the others (the
-# metrics helper's PrometheusRule) have no schema here and are only parsed.
+# PrometheusRule, a GrafanaDashboard) have no schema here and are only parsed.
 KEDA_GROUP = "keda.sh"
-PARSE_ONLY_GROUPS = {"monitoring.coreos.com"}
+PARSE_ONLY_GROUPS = {"monitoring.coreos.com", "grafana.integreatly.org"}
 # Volume types the `restricted` Pod Security Standard allows.
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
                       "persistentVolumeClaim", "projected", "secret"}
