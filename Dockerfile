@@ -14,43 +14,64 @@
 # contain them: docker-compose.yml mounts them read-only into the `seed` container. Production
 # never runs `seed`.
 #
-# Builds with the classic builder and with BuildKit (no BuildKit-only syntax). Cache-friendly:
-# the dependencies are compiled in their own layer against stub sources, so a change under src/
-# or bin/ recompiles only this crate.
+# Builds with BuildKit and with the classic builder (no BuildKit-only syntax). Cache-friendly
+# through cargo-chef (pinned below): the `recipe` stage reduces the crate to its manifests
+# (recipe.json, unchanged by edits under src/ or bin/), the builder compiles the dependencies
+# from that recipe in a layer of their own, so a source change recompiles only this crate.
+#
+# Base images are pinned by digest, so a rebuild gets the same toolchain and runtime until the
+# pins are bumped deliberately (`docker buildx imagetools inspect rust:1.91-bookworm` shows the
+# current index digest of a tag). Where the pins were taken from (no registry was reachable
+# when they were written; both are index digests that public builds resolved these tags to):
+#   rust:1.91-bookworm@sha256:c1e5f19e...  BuildKit logs of public builds resolving
+#       `docker.io/library/rust:1.91-bookworm` to it (March 2026), and several public
+#       Dockerfiles pinning the tag to it.
+#   debian:bookworm-slim@sha256:3783cc01...  a BuildKit log resolving
+#       `docker.io/library/debian:bookworm-slim` to it, and public Dockerfiles pinning it.
+# The builder (Debian 12, glibc 2.36) and the runtime (Debian 12) must stay on the same Debian
+# release: a binary linked against a newer glibc does not start on an older one.
+# This file is validated by scripts/validate-deploy (pins, user, binaries), not built in CI.
 
-FROM rust:1-bookworm AS builder
+FROM rust:1.91-bookworm@sha256:c1e5f19e773b7878c3f7a805dd00a495e747acbdc76fb2337a4ebf0418896b33 AS chef
+# cargo-chef, pinned (and its own dependencies locked).
+ARG CARGO_CHEF_VERSION=0.1.77
+RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
 WORKDIR /build
+# The release profile of both the dependency layer and the final build (they must be identical,
+# or the cooked dependencies are not reused): stripped binaries (symbols and debug info out).
 ENV CARGO_TERM_COLOR=never \
-    CARGO_INCREMENTAL=0
+    CARGO_INCREMENTAL=0 \
+    CARGO_PROFILE_RELEASE_STRIP=true
 
-# 1. Dependency layer: only the manifests. Every target path Cargo.toml declares (the lib, each
-#    [[bin]], each [[bench]]) gets a stub so that Cargo accepts the manifest; this layer is reused
-#    until Cargo.toml or Cargo.lock change.
+# 1. The recipe: only what Cargo needs to know the targets and the dependencies.
+FROM chef AS recipe
 COPY Cargo.toml Cargo.lock ./
-RUN set -eux; \
-    { sed -n 's/^path = "\(.*\)"$/\1/p' Cargo.toml; \
-      sed -n '/^\[\[bench\]\]/,/^\[/s/^name = "\(.*\)"$/benches\/\1.rs/p' Cargo.toml; } \
-      | sort -u > /tmp/stubs; \
-    while read -r f; do mkdir -p "$(dirname "$f")"; echo 'fn main() {}' > "$f"; done < /tmp/stubs; \
-    cargo build --release --locked --bins; \
-    rm -rf src bin benches
+COPY src ./src
+COPY bin ./bin
+COPY benches ./benches
+RUN cargo chef prepare --recipe-path recipe.json
 
-# 2. The crate itself. COPY keeps the files' own mtimes, which can be older than the stubs':
-#    touch the target roots so Cargo rebuilds them instead of keeping the stub binaries.
+# 2. Dependencies, in their own layer: rebuilt only when recipe.json changes (Cargo.toml,
+#    Cargo.lock, or the list of targets).
+FROM chef AS builder
+COPY --from=recipe /build/recipe.json recipe.json
+RUN cargo chef cook --release --locked --bins --recipe-path recipe.json
+
+# 3. The crate itself.
+COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY bin ./bin
 COPY benches ./benches
 RUN set -eux; \
-    touch src/lib.rs bin/*.rs benches/*.rs; \
     cargo build --release --locked --bins; \
     mkdir -p /out; \
-    find target/release -maxdepth 1 -type f -executable -exec cp {} /out/ \; ; \
     for b in planner worker dlq seed; do \
-      test -x "/out/$b" || { echo "Dockerfile: binary '$b' was not built (is it a [[bin]] in Cargo.toml?)" >&2; exit 1; }; \
+      test -x "target/release/$b" || { echo "Dockerfile: binary '$b' was not built (is it a [[bin]] in Cargo.toml?)" >&2; exit 1; }; \
+      cp "target/release/$b" /out/; \
     done; \
     ls -l /out
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251
 LABEL org.opencontainers.image.title="vizhub-migrate" \
       org.opencontainers.image.description="VizHub V2 to V3 migration fleet: planner, worker, dlq, seed" \
       org.opencontainers.image.licenses="MIT"
