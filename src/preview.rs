@@ -7,6 +7,8 @@
 //! are the store's business). The diff names paths (`files.<id>.text`, `intervals.2019-01`) with
 //! both values as compact JSON cut to [`VALUE_CHARS`]; arrays of different lengths are reported
 //! whole. Commits are compared in the plain `commit` collection, by their deterministic ids.
+//! `info.migratedTimestamp` is not compared: it is the time of whichever job writes, so it
+//! differs on every preview, and a job that finds nothing else to change writes nothing.
 
 use crate::migrate::{JobError, Migrator};
 use crate::v3::collections as c3;
@@ -14,6 +16,9 @@ use crate::v3::store::StoreError;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+
+/// Fields stamped with the time of the write (top level of a payload): never a difference.
+const STAMPED: [&str; 1] = ["migratedTimestamp"];
 
 /// Longest value shown in a field diff (characters of compact JSON).
 pub const VALUE_CHARS: usize = 60;
@@ -109,6 +114,7 @@ fn doc_diff(collection: &str, id: &str, now: Option<&Value>, wanted: &Value) -> 
         Some(now) => {
             let mut fields = Vec::new();
             field_diff("", Some(now), Some(wanted), &mut fields);
+            fields.retain(|f| !STAMPED.contains(&f.path.as_str()));
             let status = if fields.is_empty() {
                 Status::Unchanged
             } else {
@@ -257,5 +263,7 @@ mod tests {
         let same = doc_diff("content", "v", Some(&json!({"t": 1})), &json!({"t": 1}));
         assert_eq!(same.status, Status::Unchanged);
         assert_eq!(doc_diff("content", "v", None, &json!({})).status, Status::New);
+        let stamped = doc_diff("info", "v", Some(&json!({"migratedTimestamp": 1})), &json!({"migratedTimestamp": 2}));
+        assert_eq!(stamped.status, Status::Unchanged);
     }
 }
