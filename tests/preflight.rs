@@ -134,3 +134,28 @@ async fn check_names_every_uncovered_v2_query_until_its_index_exists() {
     );
     env.cleanup().await;
 }
+
+/// The README lists exactly the indexes the check asks for (it is what operators forward).
+#[test]
+fn the_readme_asks_for_every_index_the_check_names() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Reports, checks and previews")
+        .nth(1)
+        .expect("README has the section")
+        .split("\n### ")
+        .next()
+        .unwrap();
+    let mut wanted: Vec<String> = QUERIES
+        .iter()
+        .filter(|q| q.index != ["_id"])
+        .map(vizhub_migrate::preflight::create_index_command)
+        .collect();
+    wanted.dedup();
+    let listed: Vec<String> = section
+        .lines()
+        .filter(|l| l.contains(".createIndex("))
+        .map(|l| l.split("//").next().unwrap().trim().to_string())
+        .collect();
+    assert_eq!(listed, wanted);
+}
