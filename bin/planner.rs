@@ -11,11 +11,11 @@ use vizhub_migrate::config::{mongo_database, redact};
 use vizhub_migrate::ledger::Ledger;
 use vizhub_migrate::migrate::Migrator;
 use vizhub_migrate::planner::{self, PlanError, Selection};
-use vizhub_migrate::{preflight, report};
 use vizhub_migrate::status;
 use vizhub_migrate::v2::reader::Reader;
 use vizhub_migrate::v3::store::Store;
 use vizhub_migrate::verify::{self, Scope};
+use vizhub_migrate::{preflight, report};
 
 #[derive(Parser)]
 #[command(

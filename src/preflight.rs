@@ -188,25 +188,37 @@ mod tests {
         assert!(serves(&doc! {"d": 1, "v": -1, "x": 1}, &["d", "v"]));
         assert!(!serves(&doc! {"d": 1}, &["d", "v"]));
         assert!(!serves(&doc! {"v": 1, "d": 1}, &["d", "v"]));
-        assert!(serves(&doc! {"createdTimestamp": 1, "_id": 1}, &["createdTimestamp", "_id"]));
-        assert!(!serves(&doc! {"createdTimestamp": 1}, &["createdTimestamp", "_id"]));
+        assert!(serves(
+            &doc! {"createdTimestamp": 1, "_id": 1},
+            &["createdTimestamp", "_id"]
+        ));
+        assert!(!serves(
+            &doc! {"createdTimestamp": 1},
+            &["createdTimestamp", "_id"]
+        ));
     }
 
     #[test]
     fn create_index_commands_quote_dotted_fields() {
-        let q = QUERIES.iter().find(|q| q.name == "info-by-upvote-time").unwrap();
+        let q = QUERIES
+            .iter()
+            .find(|q| q.name == "info-by-upvote-time")
+            .unwrap();
         assert_eq!(
             create_index_command(q),
             "db.documentInfo.createIndex({\"upvotes.timestamp\": 1})"
         );
         let q = QUERIES.iter().find(|q| q.name == "op-log-by-viz").unwrap();
-        assert_eq!(create_index_command(q), "db.o_documentContent.createIndex({d: 1, v: 1})");
+        assert_eq!(
+            create_index_command(q),
+            "db.o_documentContent.createIndex({d: 1, v: 1})"
+        );
     }
 
     #[test]
     fn plans_name_their_access_stages() {
         let plan = doc! {"stage": "SORT", "inputStage": {"stage": "OR", "inputStages": [
-            {"stage": "IXSCAN", "indexName": "a_1"}, {"stage": "COLLSCAN"}]}};
+        {"stage": "IXSCAN", "indexName": "a_1"}, {"stage": "COLLSCAN"}]}};
         let mut out = Vec::new();
         access_stages(&plan, &mut out);
         assert_eq!(out, ["IXSCAN a_1", "COLLSCAN"]);

@@ -101,7 +101,11 @@ pub fn field_diff(path: &str, v3: Option<&Value>, job: Option<&Value>, out: &mut
             }
         }
         (a, b) => out.push(FieldDiff {
-            path: if path.is_empty() { "(doc)".into() } else { path.into() },
+            path: if path.is_empty() {
+                "(doc)".into()
+            } else {
+                path.into()
+            },
             v3: a.map(compact),
             job: b.map(compact),
         }),
@@ -177,19 +181,20 @@ pub async fn diff(m: &Migrator, viz: &str) -> Result<Diff, PreviewError> {
         }
     }
     let ids: Vec<String> = t.commits.iter().map(|c| c.id.clone()).collect();
-    let now: HashMap<String, Value> = m
-        .v3
-        .commits(&ids)
-        .await?
-        .into_iter()
-        .map(|c| (c.id.clone(), to_value(&c)))
-        .collect();
+    let now: HashMap<String, Value> =
+        m.v3.commits(&ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id.clone(), to_value(&c)))
+            .collect();
     for c in &t.commits {
         docs.push(doc_diff(c3::COMMIT, &c.id, now.get(&c.id), &to_value(c)));
     }
     let mut counts = BTreeMap::new();
     for d in &docs {
-        *counts.entry(to_value(&d.status).as_str().unwrap_or_default().to_string()).or_default() += 1;
+        *counts
+            .entry(to_value(&d.status).as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
     }
     Ok(Diff {
         viz: viz.to_string(),
@@ -218,7 +223,11 @@ impl Diff {
                 );
             }
         }
-        let counts: Vec<String> = self.counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect();
         out += &format!("viz {}: {}", self.viz, counts.join(", "));
         out
     }
@@ -234,8 +243,12 @@ mod tests {
         let mut out = Vec::new();
         field_diff(
             "",
-            Some(&json!({"title": "a", "files": {"f1": {"name": "x", "text": "1"}}, "gone": 1, "list": [1, 2]})),
-            Some(&json!({"title": "b", "files": {"f1": {"name": "x", "text": "2"}}, "added": true, "list": [1, 2, 3]})),
+            Some(
+                &json!({"title": "a", "files": {"f1": {"name": "x", "text": "1"}}, "gone": 1, "list": [1, 2]}),
+            ),
+            Some(
+                &json!({"title": "b", "files": {"f1": {"name": "x", "text": "2"}}, "added": true, "list": [1, 2, 3]}),
+            ),
             &mut out,
         );
         let paths: Vec<(&str, Option<&str>, Option<&str>)> = out
@@ -257,13 +270,29 @@ mod tests {
     #[test]
     fn long_values_are_cut() {
         let long = Value::String("x".repeat(500));
-        let d = doc_diff("content", "v", Some(&json!({"t": long})), &json!({"t": "y"}));
+        let d = doc_diff(
+            "content",
+            "v",
+            Some(&json!({"t": long})),
+            &json!({"t": "y"}),
+        );
         assert_eq!(d.status, Status::Changed);
-        assert_eq!(d.fields[0].v3.as_ref().unwrap().chars().count(), VALUE_CHARS);
+        assert_eq!(
+            d.fields[0].v3.as_ref().unwrap().chars().count(),
+            VALUE_CHARS
+        );
         let same = doc_diff("content", "v", Some(&json!({"t": 1})), &json!({"t": 1}));
         assert_eq!(same.status, Status::Unchanged);
-        assert_eq!(doc_diff("content", "v", None, &json!({})).status, Status::New);
-        let stamped = doc_diff("info", "v", Some(&json!({"migratedTimestamp": 1})), &json!({"migratedTimestamp": 2}));
+        assert_eq!(
+            doc_diff("content", "v", None, &json!({})).status,
+            Status::New
+        );
+        let stamped = doc_diff(
+            "info",
+            "v",
+            Some(&json!({"migratedTimestamp": 1})),
+            &json!({"migratedTimestamp": 2}),
+        );
         assert_eq!(stamped.status, Status::Unchanged);
     }
 }

@@ -100,7 +100,9 @@ pub async fn report(ledger: &Ledger, filter: Filter) -> mongodb::error::Result<R
         .collect();
     let mut by_outcome = BTreeMap::new();
     for r in &rows {
-        *by_outcome.entry(r.outcome.as_str().to_string()).or_default() += 1;
+        *by_outcome
+            .entry(r.outcome.as_str().to_string())
+            .or_default() += 1;
     }
     Ok(Report {
         filter,
@@ -300,7 +302,7 @@ mod tests {
         assert_eq!(
             f.query(),
             doc! {"batch": "b1", "time": {"$gte": 10_i64, "$lt": 20_i64},
-                  "outcome": {"$in": ["failed", "skipped"]}}
+            "outcome": {"$in": ["failed", "skipped"]}}
         );
     }
 

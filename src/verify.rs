@@ -155,11 +155,7 @@ pub async fn verify(
         })
         .collect();
     if let Scope::Vizzes(asked) = &scope {
-        let mut unknown: Vec<String> = asked
-            .iter()
-            .filter(|a| !ids.contains(a))
-            .cloned()
-            .collect();
+        let mut unknown: Vec<String> = asked.iter().filter(|a| !ids.contains(a)).cloned().collect();
         unknown.sort();
         unknown.dedup();
         if !unknown.is_empty() {

@@ -68,7 +68,10 @@ async fn check_names_every_uncovered_v2_query_until_its_index_exists() {
     assert_eq!(c["allCovered"], false);
     let queries = c["queries"].as_array().unwrap();
     // Every query of the fleet is named, once.
-    let names: Vec<&str> = queries.iter().map(|q| q["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = queries
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
     let expected: Vec<&str> = QUERIES.iter().map(|q| q.name).collect();
     assert_eq!(names, expected);
     for name in [
@@ -80,24 +83,44 @@ async fn check_names_every_uncovered_v2_query_until_its_index_exists() {
     ] {
         let q = queries.iter().find(|q| q["name"] == name).unwrap();
         assert_eq!(q["covered"], false, "{q:#}");
-        assert!(q["createIndex"].as_str().unwrap().contains(".createIndex({"), "{q:#}");
+        assert!(
+            q["createIndex"]
+                .as_str()
+                .unwrap()
+                .contains(".createIndex({"),
+            "{q:#}"
+        );
     }
     // Only `_id` lookups are served without asking (every collection has that index).
     for q in queries.iter().filter(|q| q["covered"] == true) {
         assert_eq!(q["needs"], serde_json::json!(["_id"]), "{q:#}");
     }
-    let op_log = queries.iter().find(|q| q["name"] == "op-log-by-viz").unwrap();
-    assert_eq!(op_log["createIndex"], "db.o_documentContent.createIndex({d: 1, v: 1})");
-    assert!(op_log["plan"].as_str().unwrap().contains("COLLSCAN"), "{op_log:#}");
+    let op_log = queries
+        .iter()
+        .find(|q| q["name"] == "op-log-by-viz")
+        .unwrap();
+    assert_eq!(
+        op_log["createIndex"],
+        "db.o_documentContent.createIndex({d: 1, v: 1})"
+    );
+    assert!(
+        op_log["plan"].as_str().unwrap().contains("COLLSCAN"),
+        "{op_log:#}"
+    );
 
     let text = String::from_utf8_lossy(&check(&env, &[]).stdout).into_owned();
     assert!(text.contains("op-log-by-viz"), "{text}");
     assert!(
-        text.contains("ask V2's owner to run") && text.contains("  db.documentInfo.createIndex({createdTimestamp: 1, _id: 1})"),
+        text.contains("ask V2's owner to run")
+            && text.contains("  db.documentInfo.createIndex({createdTimestamp: 1, _id: 1})"),
         "{text}"
     );
     // The check only read.
-    assert_eq!(v2_indexes(&env).await, indexes_before, "the check created no index");
+    assert_eq!(
+        v2_indexes(&env).await,
+        indexes_before,
+        "the check created no index"
+    );
     assert_eq!(env.hash(&env.v2).await, v2_before);
 
     // V2's owner creates what the check asked for (the test plays that part).
@@ -126,10 +149,14 @@ async fn check_names_every_uncovered_v2_query_until_its_index_exists() {
         .iter()
         .find(|q| q["name"] == "op-log-by-viz")
         .unwrap();
-    assert!(op_log["plan"].as_str().unwrap().contains("IXSCAN d_1_v_1"), "{op_log:#}");
+    assert!(
+        op_log["plan"].as_str().unwrap().contains("IXSCAN d_1_v_1"),
+        "{op_log:#}"
+    );
     let text = String::from_utf8_lossy(&check(&env, &[]).stdout).into_owned();
     assert!(
-        text.trim_end().ends_with("every V2 query the fleet makes has an index"),
+        text.trim_end()
+            .ends_with("every V2 query the fleet makes has an index"),
         "{text}"
     );
     env.cleanup().await;
@@ -138,7 +165,8 @@ async fn check_names_every_uncovered_v2_query_until_its_index_exists() {
 /// The README lists exactly the indexes the check asks for (it is what operators forward).
 #[test]
 fn the_readme_asks_for_every_index_the_check_names() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let section = readme
         .split("### Reports, checks and previews")
         .nth(1)

@@ -108,7 +108,14 @@ async fn report_lists_outcomes_and_reasons_as_table_json_and_csv() {
     let out = planner(
         &env,
         &[
-            "report", "--batch", &batch, "--outcome", "failed", "--outcome", "skipped", "--json",
+            "report",
+            "--batch",
+            &batch,
+            "--outcome",
+            "failed",
+            "--outcome",
+            "skipped",
+            "--json",
         ],
     );
     let r = json_of(&out);
@@ -120,16 +127,35 @@ async fn report_lists_outcomes_and_reasons_as_table_json_and_csv() {
         .collect();
     vizzes.sort();
     assert_eq!(vizzes, [skipped.as_str(), failed.as_str()], "{r:#}");
-    let r = json_of(&planner(&env, &["report", "--batch", "no-such-batch", "--json"]));
+    let r = json_of(&planner(
+        &env,
+        &["report", "--batch", "no-such-batch", "--json"],
+    ));
     assert_eq!(r["count"], 0, "{r:#}");
     let r = json_of(&planner(
         &env,
-        &["report", "--from", "2000-01-01T00:00:00Z", "--to", "2001-01-01T00:00:00Z", "--json"],
+        &[
+            "report",
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2001-01-01T00:00:00Z",
+            "--json",
+        ],
     ));
     assert_eq!(r["count"], 0, "no job ended in 2000: {r:#}");
     let r = json_of(&planner(
         &env,
-        &["report", "--from", "0", "--to", "99999999999", "--outcome", "skipped", "--json"],
+        &[
+            "report",
+            "--from",
+            "0",
+            "--to",
+            "99999999999",
+            "--outcome",
+            "skipped",
+            "--json",
+        ],
     ));
     assert_eq!(r["count"], 1, "{r:#}");
     let out = planner(&env, &["report", "--outcome", "exploded"]);
@@ -156,12 +182,24 @@ async fn report_lists_outcomes_and_reasons_as_table_json_and_csv() {
     );
 
     // The table, for a terminal.
-    let out = planner(&env, &["report", "--outcome", "failed", "--outcome", "skipped"]);
+    let out = planner(
+        &env,
+        &["report", "--outcome", "failed", "--outcome", "skipped"],
+    );
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("VIZ"), "{text}");
-    assert!(lines.iter().any(|l| l.starts_with(&failed) && l.contains("op 7, \"v\" gap then stop")), "{text}");
-    assert_eq!(lines.last().copied(), Some("2 vizzes (failed 1, skipped 1)"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&failed) && l.contains("op 7, \"v\" gap then stop")),
+        "{text}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("2 vizzes (failed 1, skipped 1)"),
+        "{text}"
+    );
     assert_eq!(lines.len(), 4, "{text}");
     env.cleanup().await;
 }
@@ -170,7 +208,14 @@ async fn report_lists_outcomes_and_reasons_as_table_json_and_csv() {
 async fn verify_viz_and_preview_diff_look_at_exactly_the_vizzes_named() {
     let env = TestEnv::new("verify-viz").await;
     migrated_world(&env).await;
-    let last_line = |out: &Output| stdout(out).trim_end().lines().last().unwrap_or("").to_string();
+    let last_line = |out: &Output| {
+        stdout(out)
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    };
 
     let out = planner(&env, &["verify", "--viz", PENGUIN, "--viz", LOADING_CSV]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
@@ -188,16 +233,17 @@ async fn verify_viz_and_preview_diff_look_at_exactly_the_vizzes_named() {
             .iter()
             .map(|doc| {
                 (
-                    format!("{}/{}", doc["collection"].as_str().unwrap(), doc["id"].as_str().unwrap()),
+                    format!(
+                        "{}/{}",
+                        doc["collection"].as_str().unwrap(),
+                        doc["id"].as_str().unwrap()
+                    ),
                     doc["status"].as_str().unwrap().to_string(),
                 )
             })
             .collect()
     };
-    assert!(
-        statuses(&d).iter().all(|(_, s)| s == "unchanged"),
-        "{d:#}"
-    );
+    assert!(statuses(&d).iter().all(|(_, s)| s == "unchanged"), "{d:#}");
     assert!(statuses(&d).contains(&(format!("content/{PENGUIN}"), "unchanged".into())));
 
     // V3 changed behind the migration's back: verify names it, only for that viz; the diff
@@ -217,7 +263,14 @@ async fn verify_viz_and_preview_diff_look_at_exactly_the_vizzes_named() {
     let r = json_of(&out);
     assert_eq!(out.status.code(), Some(3), "{r:#}");
     assert_eq!(r["compared"], 1);
-    assert!(r["mismatches"].as_array().unwrap().iter().all(|m| m["viz"] == PENGUIN), "{r:#}");
+    assert!(
+        r["mismatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["viz"] == PENGUIN),
+        "{r:#}"
+    );
 
     let v3_before_diff = env.hash(&env.v3).await;
     let out = worker(&env, &["preview", "--diff", PENGUIN]);
@@ -239,12 +292,28 @@ async fn verify_viz_and_preview_diff_look_at_exactly_the_vizzes_named() {
     let id = format!("{:032x}", 0x23);
     let d = json_of(&worker(&env, &["preview", "--diff", &id, "--json"]));
     for (doc, status) in statuses(&d) {
-        let expected = if doc == "user/68416" { "unchanged" } else { "new" };
+        let expected = if doc == "user/68416" {
+            "unchanged"
+        } else {
+            "new"
+        };
         assert_eq!(status, expected, "{doc}: {d:#}");
     }
-    assert!(statuses(&d).contains(&(format!("info/{id}"), "new".into())), "{d:#}");
-    assert!(statuses(&d).iter().any(|(doc, _)| doc.starts_with("commit/")), "{d:#}");
-    assert_eq!(env.hash(&env.v3).await, v3_before_diff, "preview --diff writes nothing");
+    assert!(
+        statuses(&d).contains(&(format!("info/{id}"), "new".into())),
+        "{d:#}"
+    );
+    assert!(
+        statuses(&d)
+            .iter()
+            .any(|(doc, _)| doc.starts_with("commit/")),
+        "{d:#}"
+    );
+    assert_eq!(
+        env.hash(&env.v3).await,
+        v3_before_diff,
+        "preview --diff writes nothing"
+    );
     assert_ne!(v3_before, v3_before_diff);
 
     // A skipped viz is in scope but not compared (exit 4); an unknown id is a usage error.

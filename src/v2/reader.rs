@@ -432,5 +432,4 @@ impl Reader {
             .cloned()
             .unwrap_or_default())
     }
-
 }
