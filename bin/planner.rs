@@ -52,10 +52,10 @@ struct ReportArgs {
     /// Only this batch.
     #[arg(long, conflicts_with = "from")]
     batch: Option<String>,
-    /// Only vizzes whose last job ended at or after FROM. Unix seconds or RFC 3339.
+    /// Window start (inclusive): the last job on the viz ended at or after FROM. Unix seconds or RFC 3339.
     #[arg(long, requires = "to", value_parser = cli::parse_time)]
     from: Option<i64>,
-    /// ... and before TO.
+    /// Window end (exclusive): the last job ended before TO.
     #[arg(long, requires = "from", value_parser = cli::parse_time)]
     to: Option<i64>,
     /// Only this outcome (repeatable): migrated, unchanged, skipped, failed, conflict.
@@ -315,7 +315,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(a) => {
-            // One read per command is plenty; the budget only has to be positive.
+            // About a dozen reads in all (listIndexes per collection, one explain per query):
+            // a small fixed budget, well under any V2 read budget.
             let reader = Reader::new(
                 mongo_database(&a.v2_uri, "vizhub-migrate-planner").await?,
                 NonZeroU32::new(50).expect("non-zero"),
