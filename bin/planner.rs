@@ -15,6 +15,7 @@ use vizhub_migrate::status;
 use vizhub_migrate::v2::reader::Reader;
 use vizhub_migrate::v3::store::Store;
 use vizhub_migrate::verify::{self, Scope};
+use vizhub_migrate::{preflight, report};
 
 #[derive(Parser)]
 #[command(
@@ -36,10 +37,50 @@ enum Command {
     Status(StatusArgs),
     /// Re-derive V3 from V2 as it is now and compare (exit 0 all equal, 3 mismatches, 4 nothing compared).
     Verify(VerifyArgs),
+    /// The ledger's per-viz outcomes and reasons (table, --json or --csv).
+    Report(ReportArgs),
+    /// Read-only pre-flight of V2: does an index serve every query the fleet makes?
+    /// (exit 0 all covered, 5 some are not)
+    Check(CheckArgs),
 }
 
 #[derive(Args)]
-#[group(id = "scope", required = true, multiple = false, args = ["from", "all"])]
+struct ReportArgs {
+    /// V3 MongoDB URI (holds the ledger).
+    #[arg(long, env = "V3_MONGO_URI", hide_env_values = true)]
+    v3_uri: String,
+    /// Only this batch.
+    #[arg(long, conflicts_with = "from")]
+    batch: Option<String>,
+    /// Window start (inclusive): the last job on the viz ended at or after FROM. Unix seconds or RFC 3339.
+    #[arg(long, requires = "to", value_parser = cli::parse_time)]
+    from: Option<i64>,
+    /// Window end (exclusive): the last job ended before TO.
+    #[arg(long, requires = "from", value_parser = cli::parse_time)]
+    to: Option<i64>,
+    /// Only this outcome (repeatable): migrated, unchanged, skipped, failed, conflict.
+    #[arg(long, value_name = "O", value_parser = report::parse_outcome)]
+    outcome: Vec<vizhub_migrate::Outcome>,
+    /// One JSON document on stdout.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// RFC 4180 CSV on stdout.
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// V2 MongoDB URI; must name its database (read only).
+    #[arg(long, env = "V2_MONGO_URI", hide_env_values = true)]
+    v2_uri: String,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[group(id = "scope", required = true, multiple = false, args = ["from", "all", "viz"])]
 struct VerifyArgs {
     #[command(flatten)]
     mongo: MongoArgs,
@@ -54,6 +95,9 @@ struct VerifyArgs {
     /// Every V2 viz.
     #[arg(long)]
     all: bool,
+    /// Exactly this V2 viz (repeatable). Refuses (exit 2) when an id is not in V2's documentInfo.
+    #[arg(long, value_name = "ID")]
+    viz: Vec<String>,
     /// Print the report as one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -206,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify(a) => {
             let scope = match (a.from, a.to) {
+                _ if !a.viz.is_empty() => Scope::Vizzes(a.viz.clone()),
                 (Some(from), Some(to)) => Scope::Window { from, to },
                 _ => Scope::All,
             };
@@ -223,11 +268,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 a.translate.config(),
             );
             let bar = cli::progress_bar("verifying");
-            let report = verify::verify(&m, scope, |done, total| {
+            let report = match verify::verify(&m, scope, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })
-            .await?;
+            .await
+            {
+                Err(e @ verify::VerifyError::UnknownVizzes(_)) => {
+                    // Bad usage, as for `plan --viz`: exit 2.
+                    bar.finish_and_clear();
+                    eprintln!("planner: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+                r => r?,
+            };
             bar.finish_and_clear();
             if a.json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -242,6 +296,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Report(a) => {
+            let ledger = Ledger::new(mongo_database(&a.v3_uri, "vizhub-migrate-planner").await?);
+            let filter = report::Filter {
+                batch: a.batch,
+                window: a.from.zip(a.to),
+                outcomes: a.outcome,
+            };
+            let r = report::report(&ledger, filter).await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else if a.csv {
+                print!("{}", r.csv());
+            } else {
+                println!("{}", r.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(a) => {
+            // About a dozen reads in all (listIndexes per collection, one explain per query):
+            // a small fixed budget, well under any V2 read budget.
+            let reader = Reader::new(
+                mongo_database(&a.v2_uri, "vizhub-migrate-planner").await?,
+                NonZeroU32::new(50).expect("non-zero"),
+            );
+            let c = preflight::check(&reader).await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&c)?);
+            } else {
+                println!("{}", c.render());
+            }
+            Ok(ExitCode::from(if c.all_covered { 0 } else { 5 }))
         }
         Command::Status(a) => {
             let ledger = Ledger::new(mongo_database(&a.v3_uri, "vizhub-migrate-planner").await?);

@@ -96,6 +96,13 @@ struct PreviewArgs {
     translate: TranslateArgs,
     /// The viz id.
     viz: String,
+    /// Print what a job would change against V3 now (per document: new, unchanged, or changed
+    /// with the fields that differ) instead of the documents.
+    #[arg(long)]
+    diff: bool,
+    /// With --diff: one JSON document on stdout.
+    #[arg(long, requires = "diff")]
+    json: bool,
 }
 
 /// The migrator, and the V3 database it writes (for `/readyz`).
@@ -122,6 +129,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Preview(a)) => {
             let (m, _) = migrator(&a.mongo, a.translate.config()).await?;
+            if a.diff {
+                let d = vizhub_migrate::preview::diff(&m, &a.viz).await?;
+                if a.json {
+                    println!("{}", serde_json::to_string(&d)?);
+                } else {
+                    println!("{}", d.render());
+                }
+                return Ok(());
+            }
             let docs = m.preview(&a.viz).await?;
             println!("{}", serde_json::to_string_pretty(&docs)?);
             Ok(())

@@ -145,6 +145,19 @@ impl Ledger {
         Ok(docs.into_iter().filter_map(decode).collect())
     }
 
+    /// The records matching `filter` (a query on `migrationviz` fields), oldest job first, then
+    /// by viz id: `planner report` filters in the database, not after reading everything.
+    pub async fn find(&self, filter: Document) -> mongodb::error::Result<Vec<VizRecord>> {
+        let docs: Vec<Document> = self
+            .vizzes()
+            .find(filter)
+            .sort(doc! {"time": 1, "_id": 1})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.into_iter().filter_map(decode).collect())
+    }
+
     /// Outcome counts per (batch, outcome), and how many of them ended at or after `since`
     /// (Unix seconds). One aggregation in the database: `planner status` stays cheap with
     /// 100,000 records and `--watch`.

@@ -38,7 +38,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Which V2 vizzes to verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Created, updated or upvoted in `[from, to)`, as the planner selects them.
     Window {
@@ -46,6 +46,9 @@ pub enum Scope {
         to: i64,
     },
     All,
+    /// Exactly these V2 vizzes (`--viz`, `documentInfo` ids; duplicates count once). Every id
+    /// must be in V2, or nothing is verified ([`VerifyError::UnknownVizzes`]).
+    Vizzes(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -124,6 +127,9 @@ pub enum VerifyError {
     /// A transient failure while deriving or reading one viz: the verification is incomplete.
     #[error("{0}")]
     Job(JobError),
+    /// `--viz` ids that V2's `documentInfo` does not have (a typo, most likely).
+    #[error("not in V2 documentInfo: {}; nothing verified", .0.join(", "))]
+    UnknownVizzes(Vec<String>),
 }
 
 /// Verify every V2 viz in `scope`. `progress(done, total)` is called after each viz.
@@ -132,9 +138,10 @@ pub async fn verify(
     scope: Scope,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Report, VerifyError> {
-    let filter = match scope {
-        Scope::Window { from, to } => window_filter(from, to),
+    let filter = match &scope {
+        Scope::Window { from, to } => window_filter(*from, *to),
         Scope::All => Document::new(),
+        Scope::Vizzes(ids) => doc! {"_id": {"$in": ids}},
     };
     let infos =
         m.v2.scan_infos(filter, None)
@@ -147,6 +154,14 @@ pub async fn verify(
             other => Some(other.to_string()),
         })
         .collect();
+    if let Scope::Vizzes(asked) = &scope {
+        let mut unknown: Vec<String> = asked.iter().filter(|a| !ids.contains(a)).cloned().collect();
+        unknown.sort();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            return Err(VerifyError::UnknownVizzes(unknown));
+        }
+    }
     let mut report = Report {
         in_scope: ids.len() as u64,
         ..Report::default()

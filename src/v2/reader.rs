@@ -37,6 +37,93 @@ pub mod collections {
     pub const EVENT_RECORDS: &str = "eventRecords";
 }
 
+/// One kind of V2 query the fleet makes, and the index that serves it. [`QUERIES`] lists them
+/// all, here beside the methods that make them (each method names its entries), so `planner
+/// check` asks V2 about exactly the queries the fleet runs.
+#[derive(Debug, Clone, Copy)]
+pub struct V2Query {
+    /// Short stable name (`planner check --json` reports it).
+    pub name: &'static str,
+    pub collection: &'static str,
+    /// Who makes it, for the operator.
+    pub used_by: &'static str,
+    /// The index keys (ascending) that serve it: an index whose keys begin with these fields,
+    /// in this order, covers the query.
+    pub index: &'static [&'static str],
+    /// A query of this shape (filter, sort) for `explain`.
+    pub example: fn() -> (Document, Option<Document>),
+}
+
+/// Every V2 query shape the planner, the workers and `planner verify` issue.
+pub const QUERIES: [V2Query; 8] = [
+    V2Query {
+        name: "info-by-id",
+        collection: collections::INFO,
+        used_by: "worker (documentInfo of a job's viz, fork parents' forkedFrom), plan/verify --viz",
+        index: &["_id"],
+        example: || (doc! {"_id": "x"}, None),
+    },
+    V2Query {
+        name: "info-by-created",
+        collection: collections::INFO,
+        used_by: "planner --next-batch/--all/windows, verify: documentInfo by createdTimestamp, in (createdTimestamp, _id) order",
+        index: &["createdTimestamp", "_id"],
+        example: || {
+            (
+                doc! {"createdTimestamp": {"$gte": 0}},
+                Some(doc! {"createdTimestamp": 1, "_id": 1}),
+            )
+        },
+    },
+    V2Query {
+        name: "info-by-updated",
+        collection: collections::INFO,
+        used_by: "planner windows (--from/--to, --since-last), verify --from: documentInfo by lastUpdatedTimestamp",
+        index: &["lastUpdatedTimestamp"],
+        example: || (doc! {"lastUpdatedTimestamp": {"$gte": 0, "$lt": 1}}, None),
+    },
+    V2Query {
+        name: "info-by-upvote-time",
+        collection: collections::INFO,
+        used_by: "planner windows (--from/--to, --since-last), verify --from: documentInfo by upvotes.timestamp",
+        index: &["upvotes.timestamp"],
+        example: || {
+            (
+                doc! {"upvotes": {"$elemMatch": {"timestamp": {"$gte": 0, "$lt": 1}}}},
+                None,
+            )
+        },
+    },
+    V2Query {
+        name: "content-by-id",
+        collection: collections::CONTENT,
+        used_by: "worker: documentContent of a job's viz",
+        index: &["_id"],
+        example: || (doc! {"_id": "x"}, None),
+    },
+    V2Query {
+        name: "op-log-by-viz",
+        collection: collections::CONTENT_OPS,
+        used_by: "worker: o_documentContent of a job's viz ({d}), in v order",
+        index: &["d", "v"],
+        example: || (doc! {"d": "x"}, Some(doc! {"v": 1})),
+    },
+    V2Query {
+        name: "users-by-id",
+        collection: collections::USER,
+        used_by: "worker: owners, collaborators and upvoters ({_id: {$in}})",
+        index: &["_id"],
+        example: || (doc! {"_id": {"$in": ["x"]}}, None),
+    },
+    V2Query {
+        name: "event-record-by-id",
+        collection: collections::EVENT_RECORDS,
+        used_by: "worker: a viz's page-view record ({id})",
+        index: &["id"],
+        example: || (doc! {"id": "x"}, None),
+    },
+];
+
 /// Read-only, rate-limited access to V2.
 #[derive(Clone)]
 pub struct Reader {
@@ -188,7 +275,8 @@ impl Reader {
         }
     }
 
-    /// `documentInfo`, `documentContent` and the content op log of one viz (3 queries). `None`
+    /// `documentInfo`, `documentContent` and the content op log of one viz (3 queries:
+    /// `info-by-id`, `content-by-id`, `op-log-by-viz` in [`QUERIES`]). `None`
     /// when there is no `documentInfo` with that `_id`.
     ///
     /// The op log is read *after* the content snapshot: sharedb-mongo writes an op before the
@@ -253,7 +341,7 @@ impl Reader {
         Ok(if whole { Ok(out) } else { Err(bytes) })
     }
 
-    /// Raw `user` docs by id, one query. Missing ids are simply absent from the map.
+    /// Raw `user` docs by id, one query (`users-by-id`). Missing ids are simply absent from the map.
     pub async fn users(&self, ids: &[String]) -> mongodb::error::Result<HashMap<String, Value>> {
         if ids.is_empty() {
             return Ok(HashMap::new());
@@ -267,7 +355,7 @@ impl Reader {
             .collect())
     }
 
-    /// The `forkedFrom` of a viz (one projected query); `None` when it has none or is missing.
+    /// The `forkedFrom` of a viz (one projected query, `info-by-id`); `None` when it has none or is missing.
     pub async fn forked_from(&self, id: &str) -> mongodb::error::Result<Option<String>> {
         self.token().await;
         let doc = self
@@ -278,14 +366,15 @@ impl Reader {
         Ok(doc.and_then(|d| d.get_str("forkedFrom").ok().map(str::to_string)))
     }
 
-    /// The raw `eventRecords` doc with this event id, if any.
+    /// The raw `eventRecords` doc with this event id, if any (`event-record-by-id`).
     pub async fn event_record(&self, id: &str) -> mongodb::error::Result<Option<Value>> {
         self.find_one(collections::EVENT_RECORDS, doc! {"id": id})
             .await
     }
 
     /// Projected `documentInfo` docs matching `filter`, sorted by `(createdTimestamp, _id)`.
-    /// One query, drained in batches (each budgeted).
+    /// One query, drained in batches (each budgeted). Its filters are the `info-by-*` entries
+    /// of [`QUERIES`] (an `$or` of the three for a window, `_id` for `--viz`).
     pub async fn scan_infos(
         &self,
         filter: Document,
@@ -297,5 +386,50 @@ impl Reader {
             .limit(limit)
             .build();
         self.drain(collections::INFO, filter, opts).await
+    }
+
+    /// The index key patterns of a V2 collection (`listIndexes`, read-only; one token). A
+    /// collection V2 does not have has none.
+    pub async fn index_keys(&self, coll: &str) -> mongodb::error::Result<Vec<Document>> {
+        self.token().await;
+        let listed = match self.coll::<Document>(coll).list_indexes().await {
+            Ok(cursor) => cursor.try_collect::<Vec<_>>().await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(models) => Ok(models.into_iter().map(|m| m.keys).collect()),
+            // NamespaceNotFound: MongoDB answers listIndexes on a missing collection so.
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The winning plan of a `find` (`explain` at `queryPlanner` verbosity: the server plans the
+    /// query and runs nothing; one token).
+    pub async fn explain(
+        &self,
+        coll: &str,
+        filter: Document,
+        sort: Option<Document>,
+    ) -> mongodb::error::Result<Document> {
+        self.token().await;
+        let mut find = doc! {"find": coll, "filter": filter};
+        if let Some(sort) = sort {
+            find.insert("sort", sort);
+        }
+        let answer = self
+            .db
+            .run_command(doc! {"explain": find, "verbosity": "queryPlanner"})
+            .selection_criteria(SelectionCriteria::ReadPreference(
+                ReadPreference::SecondaryPreferred { options: None },
+            ))
+            .await?;
+        Ok(answer
+            .get_document("queryPlanner")
+            .and_then(|q| q.get_document("winningPlan"))
+            .cloned()
+            .unwrap_or_default())
     }
 }
