@@ -1,12 +1,10 @@
 //! `planner`: plans jobs (one per viz) onto the work queue, and reports status.
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
-use std::num::NonZeroU32;
 use std::process::ExitCode;
 use vizhub_migrate::broker::{self, Publisher, Topology};
-use vizhub_migrate::cli::{self, BrokerArgs, LogArgs, MongoArgs, TranslateArgs};
+use vizhub_migrate::cli::{self, BrokerArgs, GenerateArgs, LogArgs, MongoArgs, TranslateArgs};
 use vizhub_migrate::config::{mongo_database, redact};
 use vizhub_migrate::ledger::Ledger;
 use vizhub_migrate::migrate::Migrator;
@@ -18,14 +16,24 @@ use vizhub_migrate::verify::{self, Scope};
 
 #[derive(Parser)]
 #[command(
+    name = "planner",
+    override_usage = "planner [OPTIONS] <COMMAND>",
     version,
     about = "Plan VizHub V2 → V3 migration jobs and watch their progress"
 )]
 struct Cli {
+    // The common flags are global: before or after the subcommand.
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    mongo: MongoArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(flatten)]
+    generate: GenerateArgs,
+    /// Optional for clap only, so that `--generate` needs none; `main` requires it.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -41,8 +49,6 @@ enum Command {
 #[derive(Args)]
 #[group(id = "scope", required = true, multiple = false, args = ["from", "all"])]
 struct VerifyArgs {
-    #[command(flatten)]
-    mongo: MongoArgs,
     #[command(flatten)]
     translate: TranslateArgs,
     /// Window start (inclusive), as for `plan`. Unix seconds or RFC 3339.
@@ -60,12 +66,15 @@ struct VerifyArgs {
 }
 
 #[derive(Args)]
-#[group(id = "selection", required = true, multiple = false, args = ["from", "next_batch", "since_last", "all", "viz"])]
+// Not `#[group(id = "selection", args = [...])]`: in a struct without a flattened field, clap's
+// derive also puts every other field into that group, so `--all --json` would conflict.
+#[group(skip)]
+#[command(group(
+    clap::ArgGroup::new("selection")
+        .required(true)
+        .args(["from", "next_batch", "since_last", "all", "viz"])
+))]
 struct PlanArgs {
-    #[command(flatten)]
-    mongo: MongoArgs,
-    #[command(flatten)]
-    broker: BrokerArgs,
     /// Window start (inclusive): vizzes created, updated or upvoted in [FROM, TO). Unix seconds or RFC 3339.
     #[arg(long, requires = "to", value_parser = cli::parse_time)]
     from: Option<i64>,
@@ -105,11 +114,6 @@ struct PlanArgs {
 
 #[derive(Args)]
 struct StatusArgs {
-    /// V3 MongoDB URI (holds the ledger).
-    #[arg(long, env = "V3_MONGO_URI", hide_env_values = true)]
-    v3_uri: String,
-    #[command(flatten)]
-    broker: BrokerArgs,
     /// Print one JSON document on stdout (with --watch: one per refresh, one per line).
     #[arg(long)]
     json: bool,
@@ -121,12 +125,26 @@ struct StatusArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init();
+    if let Some(kind) = cli.generate.generate {
+        return cli::generate_to_stdout::<Cli>(kind);
+    }
+    if let Err(e) = cli.log.init() {
+        return cli::exit_code("planner", Err(e.into()));
+    }
     cli::exit_code("planner", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    let Cli {
+        mongo,
+        broker: amqp,
+        command,
+        ..
+    } = cli;
+    let Some(command) = command else {
+        cli::missing_subcommand::<Cli>()
+    };
+    match command {
         Command::Plan(a) => {
             let mut selection = match (a.from, a.to, a.next_batch, a.since_last) {
                 _ if !a.viz.is_empty() => Selection::Vizzes(a.viz.clone()),
@@ -141,19 +159,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if a.force {
                 selection = selection.forced();
             }
-            let reads = NonZeroU32::new(a.mongo.v2_reads_per_sec)
-                .context("--v2-reads-per-sec must be > 0")?;
+            let (v2_uri, v3_uri) = (mongo.v2_uri()?, mongo.v3_uri()?);
             let reader = Reader::new(
-                mongo_database(&a.mongo.v2_uri, "vizhub-migrate-planner").await?,
-                reads,
+                mongo_database(v2_uri, "vizhub-migrate-planner").await?,
+                mongo.v2_reads_per_sec,
             );
-            let ledger =
-                Ledger::new(mongo_database(&a.mongo.v3_uri, "vizhub-migrate-planner").await?);
-            let topology = Topology::new(&a.broker.queue_prefix);
+            let ledger = Ledger::new(mongo_database(v3_uri, "vizhub-migrate-planner").await?);
+            let topology = Topology::new(&amqp.queue_prefix);
             let conn = if a.dry_run {
                 None
             } else {
-                Some(broker::connect(&a.broker.amqp_uri).await?)
+                Some(broker::connect(&amqp.amqp_uri).await?)
             };
             let publisher = match &conn {
                 Some(c) => {
@@ -162,7 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            tracing::info!(amqp = %redact(&a.broker.amqp_uri), ?selection, "planning");
+            tracing::info!(amqp = %redact(&amqp.amqp_uri), ?selection, "planning");
             let report = match planner::plan(
                 &reader,
                 &ledger,
@@ -175,9 +191,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 Err(e @ (PlanError::UnknownVizzes(_) | PlanError::NoVizzes)) => {
                     // Bad usage, not a failure to run: exit 2 like clap's own usage errors.
-                    tracing::error!("{e}");
-                    eprintln!("planner: {e}");
-                    return Ok(ExitCode::from(2));
+                    cli::report_error("planner", &e);
+                    return Ok(ExitCode::from(cli::EXIT_USAGE));
                 }
                 r => r?,
             };
@@ -209,13 +224,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(from), Some(to)) => Scope::Window { from, to },
                 _ => Scope::All,
             };
-            let reads = NonZeroU32::new(a.mongo.v2_reads_per_sec)
-                .context("--v2-reads-per-sec must be > 0")?;
+            let (v2_uri, v3_uri) = (mongo.v2_uri()?, mongo.v3_uri()?);
             let v2 = Reader::new(
-                mongo_database(&a.mongo.v2_uri, "vizhub-migrate-verify").await?,
-                reads,
+                mongo_database(v2_uri, "vizhub-migrate-verify").await?,
+                mongo.v2_reads_per_sec,
             );
-            let v3 = mongo_database(&a.mongo.v3_uri, "vizhub-migrate-verify").await?;
+            let v3 = mongo_database(v3_uri, "vizhub-migrate-verify").await?;
             let m = Migrator::new(
                 v2,
                 Store::new(v3.clone()),
@@ -237,16 +251,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if !report.mismatches.is_empty() {
                 ExitCode::from(3)
             } else if report.compared == 0 {
-                eprintln!("planner: verify compared nothing: refusing to call that a pass");
+                cli::report_error(
+                    "planner",
+                    &"verify compared nothing: refusing to call that a pass",
+                );
                 ExitCode::from(4)
             } else {
                 ExitCode::SUCCESS
             })
         }
         Command::Status(a) => {
-            let ledger = Ledger::new(mongo_database(&a.v3_uri, "vizhub-migrate-planner").await?);
-            let conn = broker::connect(&a.broker.amqp_uri).await?;
-            let topology = Topology::new(&a.broker.queue_prefix);
+            let ledger = Ledger::new(mongo_database(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
+            let conn = broker::connect(&amqp.amqp_uri).await?;
+            let topology = Topology::new(&amqp.queue_prefix);
             let shutdown = cli::shutdown_signal();
             tokio::pin!(shutdown);
             loop {
