@@ -261,7 +261,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Status(a) => {
-            let ledger = Ledger::new(mongo_database(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
+            let ledger =
+                Ledger::new(mongo_database(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
             let conn = broker::connect(&amqp.amqp_uri).await?;
             let topology = Topology::new(&amqp.queue_prefix);
             let shutdown = cli::shutdown_signal();

@@ -91,7 +91,12 @@ pub struct BrokerArgs {
     )]
     pub amqp_uri: String,
     /// Prefix of every queue name (several environments can share one broker).
-    #[arg(long, global = true, env = "QUEUE_PREFIX", default_value = "vizhub-migrate")]
+    #[arg(
+        long,
+        global = true,
+        env = "QUEUE_PREFIX",
+        default_value = "vizhub-migrate"
+    )]
     pub queue_prefix: String,
 }
 
@@ -151,11 +156,12 @@ impl LogArgs {
     /// Install the global subscriber. Logs go to stderr: stdout is for `--json` output. Colour
     /// only when stderr is a terminal and `NO_COLOR` is unset, so files and pipes stay plain.
     pub fn init(&self) -> Result<(), UsageError> {
-        let filter =
-            tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| UsageError::LogFilter {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| {
+            UsageError::LogFilter {
                 value: self.log.clone(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);
@@ -237,7 +243,11 @@ pub struct GenerateArgs {
 }
 
 /// Write `kind` for the command line `cmd` to `out`.
-pub fn generate(kind: Generate, mut cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
+pub fn generate(
+    kind: Generate,
+    mut cmd: clap::Command,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     use clap_complete::Shell;
     let shell = match kind {
         Generate::Man => return clap_mangen::Man::new(cmd).render(out),
@@ -403,5 +413,60 @@ mod tests {
         assert_eq!(parse_time("1534246611"), Ok(1534246611));
         assert_eq!(parse_time("2018-08-14T11:36:51Z"), Ok(1534246611));
         assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_missing_flag_names_flag_and_variable_and_is_a_usage_error() {
+        let m = MongoArgs {
+            v2_uri: Some("mongodb://h/v2".into()),
+            v3_uri: None,
+            v2_reads_per_sec: NonZeroU32::new(1).unwrap(),
+        };
+        assert_eq!(m.v2_uri().unwrap(), "mongodb://h/v2");
+        let e = m.v3_uri().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the V3 MongoDB URI is required: give --v3-uri or set V3_MONGO_URI"
+        );
+        assert_eq!(
+            exit_code("test", Err(anyhow::Error::from(e).context("planning"))),
+            ExitCode::from(EXIT_USAGE)
+        );
+        assert_eq!(
+            exit_code("test", Err(anyhow::anyhow!("unreachable"))),
+            ExitCode::from(1)
+        );
+    }
+
+    #[test]
+    fn an_invalid_log_filter_is_refused() {
+        let log = |f: &str| LogArgs {
+            log_format: LogFormat::Text,
+            log: f.into(),
+        };
+        assert!(matches!(
+            log("info,x=loud").init(),
+            Err(UsageError::LogFilter { .. })
+        ));
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.json");
+        std::fs::write(&path, "an older and much longer content").unwrap();
+        write_atomically(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out.json")]);
+        // A directory that does not exist: an error, and nothing created.
+        let missing = dir.path().join("no/such/out.json");
+        assert!(write_atomically(&missing, b"x").is_err());
+        assert!(!dir.path().join("no").exists());
+        // A path that names no file.
+        assert!(write_atomically(Path::new("/"), b"x").is_err());
     }
 }

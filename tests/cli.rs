@@ -95,11 +95,7 @@ fn common_flags_are_accepted_before_and_after_the_subcommand() {
         for (where_, r) in [("before", &before), ("after", &after)] {
             // Parsed (not clap's exit 2), and the value reached the command: it refuses a URI
             // without a database, which it could only have got from the flag.
-            assert_eq!(
-                r.code, 1,
-                "{name} {sub:?}, flags {where_}: {}",
-                r.stderr
-            );
+            assert_eq!(r.code, 1, "{name} {sub:?}, flags {where_}: {}", r.stderr);
             assert!(
                 r.stderr.contains("must name its database"),
                 "{name} {sub:?}, flags {where_}: {}",
@@ -114,7 +110,11 @@ fn common_flags_are_accepted_before_and_after_the_subcommand() {
     ] {
         let r = run_args(name, flags);
         assert_eq!(r.code, 1, "{name}: {}", r.stderr);
-        assert!(r.stderr.contains("must name its database"), "{name}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("must name its database"),
+            "{name}: {}",
+            r.stderr
+        );
     }
     // The environment fallbacks still work.
     let mut c = bin("planner");
@@ -179,7 +179,11 @@ fn an_error_is_printed_once_in_the_chosen_log_format() {
     let r = run_args("planner", &["--log", "off", "plan", "--all"]);
     assert_eq!(r.code, 2);
     assert_eq!(lines(&r.stderr).len(), 1, "{}", r.stderr);
-    assert!(r.stderr.contains("planner: ") && r.stderr.contains("--v2-uri"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("planner: ") && r.stderr.contains("--v2-uri"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -224,7 +228,11 @@ fn log_format_auto_is_json_only_in_kubernetes_and_never_coloured_off_a_terminal(
         serde_json::from_str::<Value>(line).is_err() && line.contains("ERROR"),
         "text expected: {line}"
     );
-    assert!(!r.stderr.contains('\x1b'), "no ANSI escapes off a terminal: {:?}", r.stderr);
+    assert!(
+        !r.stderr.contains('\x1b'),
+        "no ANSI escapes off a terminal: {:?}",
+        r.stderr
+    );
     let r = auto(true);
     assert_eq!(r.code, 2, "{}", r.stderr);
     for line in lines(&r.stderr) {
@@ -302,7 +310,9 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
         assert!(man.contains(".TH"), "{name}: a roff page");
     }
     // Hidden from --help: an operator's help stays about the migration.
-    assert!(!run_args("planner", &["--help"]).stdout.contains("--generate"));
+    assert!(!run_args("planner", &["--help"])
+        .stdout
+        .contains("--generate"));
 }
 
 /// Publish one dead letter (as the worker leaves them) into the test's DLQ.
@@ -315,8 +325,14 @@ async fn dead_letter(env: &TestEnv, viz: &str) {
     for (k, v) in [
         (headers::VIZ, HeaderValue::Str(viz.into())),
         (headers::ERROR_KIND, HeaderValue::Str("invalid_v2".into())),
-        (headers::ERROR_MESSAGE, HeaderValue::Str("no content".into())),
-        (headers::FINGERPRINT, HeaderValue::Str("invalid_v2:no content".into())),
+        (
+            headers::ERROR_MESSAGE,
+            HeaderValue::Str("no content".into()),
+        ),
+        (
+            headers::FINGERPRINT,
+            HeaderValue::Str("invalid_v2:no content".into()),
+        ),
         (headers::ATTEMPTS, HeaderValue::Int(1)),
     ] {
         h.insert(k.to_string(), v);
@@ -356,8 +372,9 @@ async fn dlq_export_writes_stdout_or_replaces_a_file_whole() {
         let args: Vec<String> = args.into_iter().map(String::from).collect();
         let r = dlq(args.clone()).await.unwrap();
         assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
-        let letters: Value = serde_json::from_str(&r.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: stdout is one JSON document ({e}): {}", r.stdout));
+        let letters: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
+            panic!("{args:?}: stdout is one JSON document ({e}): {}", r.stdout)
+        });
         let letters = letters.as_array().expect("an array");
         assert_eq!(letters.len(), 1, "{}", r.stdout);
         assert_eq!(letters[0]["viz"], viz);
@@ -366,7 +383,11 @@ async fn dlq_export_writes_stdout_or_replaces_a_file_whole() {
     // A file: an earlier export is replaced whole, and no temporary file is left beside it.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("dead.json");
-    std::fs::write(&out, "an earlier, longer export that must not leave a tail behind").unwrap();
+    std::fs::write(
+        &out,
+        "an earlier, longer export that must not leave a tail behind",
+    )
+    .unwrap();
     let args = vec![
         "export".to_string(),
         "--out".into(),
@@ -396,7 +417,11 @@ async fn dlq_export_writes_stdout_or_replaces_a_file_whole() {
     .await
     .unwrap();
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("writing the dead letters"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("writing the dead letters"),
+        "{}",
+        r.stderr
+    );
     // Export is non-destructive.
     assert_eq!(env.queue_depth(&env.topology.dead()).await, 1);
     env.cleanup().await;
@@ -416,7 +441,10 @@ async fn seed_refuses_an_already_seeded_v2_with_exit_3() {
     assert_eq!(records.len(), 1, "{}", r.stderr);
     let v: Value = serde_json::from_str(records[0]).expect("a JSON log record");
     let msg = v["fields"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("already holds") && msg.contains("--force"), "{msg}");
+    assert!(
+        msg.contains("already holds") && msg.contains("--force"),
+        "{msg}"
+    );
     assert!(r.stdout.is_empty(), "{}", r.stdout);
     // Documented where operators look.
     let help = run_args("seed", &["--help"]).stdout;
