@@ -3,21 +3,27 @@
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 use vizhub_migrate::broker::{self, Topology};
-use vizhub_migrate::cli::{self, BrokerArgs, LogArgs};
-use vizhub_migrate::dlq::{self, Filter};
+use vizhub_migrate::cli::{self, BrokerArgs, GenerateArgs, LogArgs};
+use vizhub_migrate::dlq::{self, ExportTo, Filter};
 
 #[derive(Parser)]
 #[command(
+    name = "dlq",
+    override_usage = "dlq [OPTIONS] <COMMAND>",
     version,
     about = "Inspect and requeue dead-lettered VizHub migration jobs"
 )]
 struct Cli {
+    // The common flags are global: before or after the subcommand.
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
     broker: BrokerArgs,
+    #[command(flatten)]
+    generate: GenerateArgs,
+    /// Optional for clap only, so that `--generate` needs none; `run` requires it.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -36,9 +42,10 @@ enum Command {
     },
     /// Move dead letters back to the work queue (publish with confirm, then ack).
     Requeue(RequeueArgs),
-    /// Write every dead letter to a JSON file; non-destructive.
+    /// Write every dead letter to a JSON file (replaced atomically), or to stdout; non-destructive.
     Export {
-        #[arg(long)]
+        /// The file to write, `-` for stdout.
+        #[arg(long, value_name = "FILE")]
         out: std::path::PathBuf,
     },
 }
@@ -63,15 +70,23 @@ struct RequeueArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init();
+    if let Some(kind) = cli.generate.generate {
+        return cli::generate_to_stdout::<Cli>(kind);
+    }
+    if let Err(e) = cli.log.init() {
+        return cli::exit_code("dlq", Err(e.into()));
+    }
     cli::exit_code("dlq", run(cli).await.map(|()| ExitCode::SUCCESS))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Some(command) = cli.command else {
+        cli::missing_subcommand::<Cli>()
+    };
     let conn = broker::connect(&cli.broker.amqp_uri).await?;
     let t = Topology::new(&cli.broker.queue_prefix);
     broker::declare(&conn.create_channel().await?, &t).await?;
-    match cli.command {
+    match command {
         Command::List { json } => {
             let letters = dlq::list(&conn, &t).await?;
             if json {
@@ -118,12 +133,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Export { out } => {
             let letters = dlq::list(&conn, &t).await?;
-            std::fs::write(&out, serde_json::to_vec_pretty(&letters)?)?;
-            println!(
-                "exported {} dead letters to {}",
-                letters.len(),
-                out.display()
-            );
+            let to = ExportTo::from(out);
+            dlq::export(&letters, &to)?;
+            match to {
+                // stdout holds the JSON document alone.
+                ExportTo::Stdout => tracing::info!(count = letters.len(), "exported dead letters"),
+                ExportTo::File(_) => println!("exported {} dead letters to {to}", letters.len()),
+            }
         }
     }
     Ok(())

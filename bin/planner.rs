@@ -1,12 +1,10 @@
 //! `planner`: plans jobs (one per viz) onto the work queue, and reports status.
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
-use std::num::NonZeroU32;
 use std::process::ExitCode;
 use vizhub_migrate::broker::{self, Publisher, Topology};
-use vizhub_migrate::cli::{self, BrokerArgs, LogArgs, MongoArgs, TranslateArgs};
+use vizhub_migrate::cli::{self, BrokerArgs, GenerateArgs, LogArgs, MongoArgs, TranslateArgs};
 use vizhub_migrate::config::{mongo_database, redact};
 use vizhub_migrate::ledger::Ledger;
 use vizhub_migrate::migrate::Migrator;
@@ -19,14 +17,24 @@ use vizhub_migrate::{preflight, report};
 
 #[derive(Parser)]
 #[command(
+    name = "planner",
+    override_usage = "planner [OPTIONS] <COMMAND>",
     version,
     about = "Plan VizHub V2 → V3 migration jobs and watch their progress"
 )]
 struct Cli {
+    // The common flags are global: before or after the subcommand.
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    mongo: MongoArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(flatten)]
+    generate: GenerateArgs,
+    /// Optional for clap only, so that `--generate` needs none; `main` requires it.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -46,9 +54,6 @@ enum Command {
 
 #[derive(Args)]
 struct ReportArgs {
-    /// V3 MongoDB URI (holds the ledger).
-    #[arg(long, env = "V3_MONGO_URI", hide_env_values = true)]
-    v3_uri: String,
     /// Only this batch.
     #[arg(long, conflicts_with = "from")]
     batch: Option<String>,
@@ -71,9 +76,6 @@ struct ReportArgs {
 
 #[derive(Args)]
 struct CheckArgs {
-    /// V2 MongoDB URI; must name its database (read only).
-    #[arg(long, env = "V2_MONGO_URI", hide_env_values = true)]
-    v2_uri: String,
     /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -82,8 +84,6 @@ struct CheckArgs {
 #[derive(Args)]
 #[group(id = "scope", required = true, multiple = false, args = ["from", "all", "viz"])]
 struct VerifyArgs {
-    #[command(flatten)]
-    mongo: MongoArgs,
     #[command(flatten)]
     translate: TranslateArgs,
     /// Window start (inclusive), as for `plan`. Unix seconds or RFC 3339.
@@ -104,12 +104,15 @@ struct VerifyArgs {
 }
 
 #[derive(Args)]
-#[group(id = "selection", required = true, multiple = false, args = ["from", "next_batch", "since_last", "all", "viz"])]
+// Not `#[group(id = "selection", args = [...])]`: in a struct without a flattened field, clap's
+// derive also puts every other field into that group, so `--all --json` would conflict.
+#[group(skip)]
+#[command(group(
+    clap::ArgGroup::new("selection")
+        .required(true)
+        .args(["from", "next_batch", "since_last", "all", "viz"])
+))]
 struct PlanArgs {
-    #[command(flatten)]
-    mongo: MongoArgs,
-    #[command(flatten)]
-    broker: BrokerArgs,
     /// Window start (inclusive): vizzes created, updated or upvoted in [FROM, TO). Unix seconds or RFC 3339.
     #[arg(long, requires = "to", value_parser = cli::parse_time)]
     from: Option<i64>,
@@ -149,11 +152,6 @@ struct PlanArgs {
 
 #[derive(Args)]
 struct StatusArgs {
-    /// V3 MongoDB URI (holds the ledger).
-    #[arg(long, env = "V3_MONGO_URI", hide_env_values = true)]
-    v3_uri: String,
-    #[command(flatten)]
-    broker: BrokerArgs,
     /// Print one JSON document on stdout (with --watch: one per refresh, one per line).
     #[arg(long)]
     json: bool,
@@ -165,12 +163,26 @@ struct StatusArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init();
+    if let Some(kind) = cli.generate.generate {
+        return cli::generate_to_stdout::<Cli>(kind);
+    }
+    if let Err(e) = cli.log.init() {
+        return cli::exit_code("planner", Err(e.into()));
+    }
     cli::exit_code("planner", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    let Cli {
+        mongo,
+        broker: amqp,
+        command,
+        ..
+    } = cli;
+    let Some(command) = command else {
+        cli::missing_subcommand::<Cli>()
+    };
+    match command {
         Command::Plan(a) => {
             let mut selection = match (a.from, a.to, a.next_batch, a.since_last) {
                 _ if !a.viz.is_empty() => Selection::Vizzes(a.viz.clone()),
@@ -185,19 +197,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if a.force {
                 selection = selection.forced();
             }
-            let reads = NonZeroU32::new(a.mongo.v2_reads_per_sec)
-                .context("--v2-reads-per-sec must be > 0")?;
+            let (v2_uri, v3_uri) = (mongo.v2_uri()?, mongo.v3_uri()?);
             let reader = Reader::new(
-                mongo_database(&a.mongo.v2_uri, "vizhub-migrate-planner").await?,
-                reads,
+                mongo_database(v2_uri, "vizhub-migrate-planner").await?,
+                mongo.v2_reads_per_sec,
             );
-            let ledger =
-                Ledger::new(mongo_database(&a.mongo.v3_uri, "vizhub-migrate-planner").await?);
-            let topology = Topology::new(&a.broker.queue_prefix);
+            let ledger = Ledger::new(mongo_database(v3_uri, "vizhub-migrate-planner").await?);
+            let topology = Topology::new(&amqp.queue_prefix);
             let conn = if a.dry_run {
                 None
             } else {
-                Some(broker::connect(&a.broker.amqp_uri).await?)
+                Some(broker::connect(&amqp.amqp_uri).await?)
             };
             let publisher = match &conn {
                 Some(c) => {
@@ -206,7 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            tracing::info!(amqp = %redact(&a.broker.amqp_uri), ?selection, "planning");
+            tracing::info!(amqp = %redact(&amqp.amqp_uri), ?selection, "planning");
             let report = match planner::plan(
                 &reader,
                 &ledger,
@@ -219,9 +229,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 Err(e @ (PlanError::UnknownVizzes(_) | PlanError::NoVizzes)) => {
                     // Bad usage, not a failure to run: exit 2 like clap's own usage errors.
-                    tracing::error!("{e}");
-                    eprintln!("planner: {e}");
-                    return Ok(ExitCode::from(2));
+                    cli::report_error("planner", &e);
+                    return Ok(ExitCode::from(cli::EXIT_USAGE));
                 }
                 r => r?,
             };
@@ -254,13 +263,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(from), Some(to)) => Scope::Window { from, to },
                 _ => Scope::All,
             };
-            let reads = NonZeroU32::new(a.mongo.v2_reads_per_sec)
-                .context("--v2-reads-per-sec must be > 0")?;
+            let (v2_uri, v3_uri) = (mongo.v2_uri()?, mongo.v3_uri()?);
             let v2 = Reader::new(
-                mongo_database(&a.mongo.v2_uri, "vizhub-migrate-verify").await?,
-                reads,
+                mongo_database(v2_uri, "vizhub-migrate-verify").await?,
+                mongo.v2_reads_per_sec,
             );
-            let v3 = mongo_database(&a.mongo.v3_uri, "vizhub-migrate-verify").await?;
+            let v3 = mongo_database(v3_uri, "vizhub-migrate-verify").await?;
             let m = Migrator::new(
                 v2,
                 Store::new(v3.clone()),
@@ -291,14 +299,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if !report.mismatches.is_empty() {
                 ExitCode::from(3)
             } else if report.compared == 0 {
-                eprintln!("planner: verify compared nothing: refusing to call that a pass");
+                cli::report_error(
+                    "planner",
+                    &"verify compared nothing: refusing to call that a pass",
+                );
                 ExitCode::from(4)
             } else {
                 ExitCode::SUCCESS
             })
         }
         Command::Report(a) => {
-            let ledger = Ledger::new(mongo_database(&a.v3_uri, "vizhub-migrate-planner").await?);
+            let ledger = Ledger::new(mongo_database(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
             let filter = report::Filter {
                 batch: a.batch,
                 window: a.from.zip(a.to),
@@ -318,8 +329,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // About a dozen reads in all (listIndexes per collection, one explain per query):
             // a small fixed budget, well under any V2 read budget.
             let reader = Reader::new(
-                mongo_database(&a.v2_uri, "vizhub-migrate-planner").await?,
-                NonZeroU32::new(50).expect("non-zero"),
+                mongo_database(mongo.v2_uri()?, "vizhub-migrate-planner").await?,
+                std::num::NonZeroU32::new(50).expect("non-zero"),
             );
             let c = preflight::check(&reader).await?;
             if a.json {
@@ -330,9 +341,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(if c.all_covered { 0 } else { 5 }))
         }
         Command::Status(a) => {
-            let ledger = Ledger::new(mongo_database(&a.v3_uri, "vizhub-migrate-planner").await?);
-            let conn = broker::connect(&a.broker.amqp_uri).await?;
-            let topology = Topology::new(&a.broker.queue_prefix);
+            let ledger =
+                Ledger::new(mongo_database(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
+            let conn = broker::connect(&amqp.amqp_uri).await?;
+            let topology = Topology::new(&amqp.queue_prefix);
             let shutdown = cli::shutdown_signal();
             tokio::pin!(shutdown);
             loop {

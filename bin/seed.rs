@@ -6,30 +6,30 @@ use anyhow::Context as _;
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vizhub_migrate::cli::{self, LogArgs};
+use vizhub_migrate::cli::{self, GenerateArgs, LogArgs};
 use vizhub_migrate::config::{mongo_database, redact};
 use vizhub_migrate::seed::{self, Dataset, Options};
 
-/// Exit code when V2 already holds data and `--force` was not given.
-const REFUSED: u8 = 2;
+/// Exit code when V2 already holds data and `--force` was not given: its own, so that scripts
+/// keeping an earlier seed tell it from a usage error (clap's 2) or a failure (1).
+const REFUSED: u8 = 3;
 
 #[derive(Parser)]
 #[command(
+    name = "seed",
     version,
     about = "Seed a development V2 database with the real fixtures and generated vizzes",
     long_about = "Seed a development V2 database: the real fixtures (vizzes and users), plus \
         --synthetic N generated vizzes shaped like the real 2019 sample (fork graph, titles, \
         heights, owners, op logs of 0-500 edits, upvotes, collaborators, private vizzes, \
         analytics records) with a share of the bad inputs of spec 3.5. Deterministic for a \
-        given --rng-seed.\n\nExit codes: 0 seeded; 1 error; 2 V2 already holds vizzes (nothing \
-        written; --force replaces them)."
+        given --rng-seed.\n\nExit codes: 0 seeded; 1 error; 2 usage error (a bad flag, no --v2-uri); \
+        3 V2 already holds vizzes (nothing written; --force replaces them)."
 )]
 struct Cli {
-    #[command(flatten)]
-    log: LogArgs,
     /// V2 MongoDB URI of a development database; must name its database.
     #[arg(long, env = "V2_MONGO_URI", hide_env_values = true)]
-    v2_uri: String,
+    v2_uri: Option<String>,
     /// Directory of the V2 fixtures (`vizV2-*.json`, `userV2-*.json`,
     /// `documentInfo-sample-2019.json`); default: the workplace's `shared/fixtures/v2`.
     #[arg(long, env = "SEED_FIXTURES_DIR", value_name = "DIR")]
@@ -57,16 +57,32 @@ struct Cli {
     /// Print the summary as one JSON document on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    generate: GenerateArgs,
+    // Last: it sets the help heading of what follows.
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init();
+    if let Some(kind) = cli.generate.generate {
+        return cli::generate_to_stdout::<Cli>(kind);
+    }
+    if let Err(e) = cli.log.init() {
+        return cli::exit_code("seed", Err(e.into()));
+    }
     cli::exit_code("seed", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let v2_uri = cli::require(
+        cli.v2_uri.as_deref(),
+        "the V2 MongoDB URI",
+        "--v2-uri",
+        "V2_MONGO_URI",
+    )?;
     if let Some(dir) = &cli.fixtures {
         anyhow::ensure!(
             dir.is_dir(),
@@ -86,16 +102,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (0.0..=1.0).contains(&cli.bad_share),
         "--bad-share must be between 0 and 1"
     );
-    let db = mongo_database(&cli.v2_uri, "vizhub-migrate-seed").await?;
+    let db = mongo_database(v2_uri, "vizhub-migrate-seed").await?;
     let existing = seed::holds_data(&db)
         .await
-        .with_context(|| format!("reading {}", redact(&cli.v2_uri)))?;
+        .with_context(|| format!("reading {}", redact(v2_uri)))?;
     if existing > 0 {
         if !cli.force {
-            eprintln!(
-                "seed: V2 database {} already holds {existing} vizzes; nothing written \
-                 (--force drops and re-seeds it)",
-                db.name()
+            cli::report_warning(
+                "seed",
+                &format_args!(
+                    "V2 database {} already holds {existing} vizzes; nothing written \
+                     (--force drops and re-seeds it)",
+                    db.name()
+                ),
             );
             return Ok(ExitCode::from(REFUSED));
         }

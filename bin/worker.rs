@@ -1,15 +1,13 @@
 //! `worker`: consumes migration jobs until stopped (or idle), or previews one viz.
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use mongodb::Database;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use vizhub_migrate::broker::Topology;
-use vizhub_migrate::cli::{self, BrokerArgs, LogArgs, MongoArgs};
+use vizhub_migrate::cli::{self, BrokerArgs, GenerateArgs, LogArgs, MongoArgs};
 use vizhub_migrate::config::mongo_database;
 use vizhub_migrate::ledger::Ledger;
 use vizhub_migrate::metrics::{self, Metrics};
@@ -19,19 +17,28 @@ use vizhub_migrate::v2::reader::Reader;
 use vizhub_migrate::v3::store::Store;
 use vizhub_migrate::worker::{self, Options, Stats};
 
+/// Parsed by [`cli::parse_with_run_args`]: the [`RunArgs`] flags are refused with a subcommand,
+/// the global ones (URIs, logging) are accepted before or after it.
 #[derive(Parser)]
 #[command(
+    name = "worker",
     version,
     about = "Migrate VizHub V2 vizzes to V3, one job per viz from the work queue"
 )]
-#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
-    #[command(flatten)]
-    log: LogArgs,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    generate: GenerateArgs,
+    // Last: they set the help heading of what follows.
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    mongo: MongoArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
 }
 
 #[derive(Subcommand)]
@@ -62,10 +69,6 @@ impl TranslateArgs {
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
-    mongo: Option<MongoArgs>,
-    #[command(flatten)]
-    broker: BrokerArgs,
-    #[command(flatten)]
     translate: TranslateArgs,
     /// Jobs run at once (also the per-consumer prefetch).
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
@@ -91,8 +94,6 @@ struct RunArgs {
 #[derive(Args)]
 struct PreviewArgs {
     #[command(flatten)]
-    mongo: MongoArgs,
-    #[command(flatten)]
     translate: TranslateArgs,
     /// The viz id.
     viz: String,
@@ -107,28 +108,32 @@ struct PreviewArgs {
 
 /// The migrator, and the V3 database it writes (for `/readyz`).
 async fn migrator(mongo: &MongoArgs, cfg: Config) -> anyhow::Result<(Migrator, Database)> {
-    let reads =
-        NonZeroU32::new(mongo.v2_reads_per_sec).context("--v2-reads-per-sec must be > 0")?;
+    let (v2_uri, v3_uri) = (mongo.v2_uri()?, mongo.v3_uri()?);
     let v2 = Reader::new(
-        mongo_database(&mongo.v2_uri, "vizhub-migrate-worker").await?,
-        reads,
+        mongo_database(v2_uri, "vizhub-migrate-worker").await?,
+        mongo.v2_reads_per_sec,
     );
-    let v3 = mongo_database(&mongo.v3_uri, "vizhub-migrate-worker").await?;
+    let v3 = mongo_database(v3_uri, "vizhub-migrate-worker").await?;
     let m = Migrator::new(v2, Store::new(v3.clone()), Ledger::new(v3.clone()), cfg);
     Ok((m, v3))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    cli.log.init();
+    let cli: Cli = cli::parse_with_run_args::<Cli, RunArgs>();
+    if let Some(kind) = cli.generate.generate {
+        return cli::generate_to_stdout::<Cli>(kind);
+    }
+    if let Err(e) = cli.log.init() {
+        return cli::exit_code("worker", Err(e.into()));
+    }
     cli::exit_code("worker", run(cli).await.map(|()| ExitCode::SUCCESS))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Preview(a)) => {
-            let (m, _) = migrator(&a.mongo, a.translate.config()).await?;
+            let (m, _) = migrator(&cli.mongo, a.translate.config()).await?;
             if a.diff {
                 let d = vizhub_migrate::preview::diff(&m, &a.viz).await?;
                 if a.json {
@@ -144,10 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => {
             let r = cli.run;
-            let mongo = r
-                .mongo
-                .context("--v2-uri and --v3-uri (or V2_MONGO_URI / V3_MONGO_URI) are required")?;
-            let (m, v3) = migrator(&mongo, r.translate.config()).await?;
+            let (m, v3) = migrator(&cli.mongo, r.translate.config()).await?;
             let opts = Options {
                 concurrency: r.concurrency.max(1),
                 until_idle: r.until_idle.map(Duration::from_secs),
@@ -172,8 +174,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let ran = worker::run(
                 m,
-                &r.broker.amqp_uri,
-                &Topology::new(&r.broker.queue_prefix),
+                &cli.broker.amqp_uri,
+                &Topology::new(&cli.broker.queue_prefix),
                 &opts,
                 stats,
                 cli::shutdown_signal(),

@@ -149,3 +149,59 @@ pub async fn requeue(
     })
     .await
 }
+
+/// Where `dlq export` writes: a file, or stdout for `--out -`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportTo {
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+impl From<std::path::PathBuf> for ExportTo {
+    fn from(p: std::path::PathBuf) -> Self {
+        if p.as_os_str() == "-" {
+            ExportTo::Stdout
+        } else {
+            ExportTo::File(p)
+        }
+    }
+}
+
+impl std::fmt::Display for ExportTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExportTo::Stdout => f.write_str("stdout"),
+            ExportTo::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("writing the dead letters to {to}: {source}")]
+    Write {
+        to: ExportTo,
+        source: std::io::Error,
+    },
+    #[error("serializing the dead letters: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Write `letters` as one pretty JSON array. A file is replaced atomically (a crash or a reader
+/// sees the previous export or the whole new one); stdout gets the document and a newline.
+pub fn export(letters: &[DeadLetter], to: &ExportTo) -> Result<(), ExportError> {
+    use std::io::Write as _;
+    let mut json = serde_json::to_vec_pretty(letters)?;
+    json.push(b'\n');
+    let written = match to {
+        ExportTo::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&json).and_then(|()| out.flush())
+        }
+        ExportTo::File(path) => crate::cli::write_atomically(path, &json),
+    };
+    written.map_err(|source| ExportError::Write {
+        to: to.clone(),
+        source,
+    })
+}
