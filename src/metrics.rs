@@ -105,8 +105,7 @@ impl Metrics {
 
     /// Export the V3 write latencies of the worker's store (`Store::write_times`).
     pub fn with_v3_writes(mut self, times: WriteTimes) -> Self {
-        self.registry
-            .register_collector(Box::new(V3Writes(times)));
+        self.registry.register_collector(Box::new(V3Writes(times)));
         self
     }
 
