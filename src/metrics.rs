@@ -1,7 +1,8 @@
 //! The worker's HTTP endpoints (spec 4.2): `/metrics` (Prometheus text format), `/healthz` and
 //! `/readyz`. This module owns the metric names, their help texts and the readiness checks; it
 //! keeps no counters of its own: every value is read at scrape time from where it is counted,
-//! the worker's [`Stats`] and the V2 [`Reader`].
+//! the worker's [`Stats`], the V2 [`Reader`] and the V3 store's [`WriteTimes`].
+//! `k8s/monitoring/` (dashboard, alerts) uses these names; `tests/metrics.rs` checks it does.
 //!
 //! | metric | type | labels |
 //! |---|---|---|

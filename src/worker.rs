@@ -359,6 +359,7 @@ async fn consume(
     let publisher = Arc::new(Publisher::new(&conn).await?);
     let mut probe = Some(conn.create_channel().await?);
     let mut sample = tokio::time::interval(QUEUE_SAMPLE_EVERY);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let tag = format!("worker-{}-{}", std::process::id(), now_secs());
     let mut consumer = channel
         .basic_consume(

@@ -674,7 +674,7 @@ fn yaml_block(
             },
             "|" => {
                 let mut block = Vec::new();
-                while let Some(_) = deeper(i, lines) {
+                while deeper(i, lines).is_some() {
                     block.push(lines[*i].2.clone());
                     *i += 1;
                 }
