@@ -80,8 +80,8 @@ struct RunArgs {
     #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 25)]
     drain_deadline: u64,
     /// Where to serve /metrics (Prometheus), /healthz and /readyz; port 0 picks a free port (the
-    /// bound address is logged as `metrics_addr`). If it cannot be bound, the worker logs an
-    /// error and runs without them.
+    /// bound address is logged as `metrics_addr`). If it cannot be bound (in use, not a local
+    /// address, a privileged port), the worker exits 1 before consuming any job.
     #[arg(
         long,
         env = "METRICS_ADDR",
@@ -156,18 +156,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 drain_deadline: Duration::from_secs(r.drain_deadline),
             };
             let stats = Arc::new(Stats::default());
-            let endpoints = Arc::new(Metrics::new(stats.clone(), m.v2.clone(), v3));
+            let endpoints = Arc::new(
+                Metrics::new(stats.clone(), m.v2.clone(), v3)
+                    .with_v3_writes(m.v3.write_times())
+                    .with_v2_budget(mongo.v2_reads_per_sec),
+            );
             // Probes first: building indexes on a large V3 can take longer than a liveness
             // probe waits. `/healthz` answers from now on; `/readyz` only once the worker
-            // consumes, which is after the indexes exist. Jobs keep flowing without the
-            // endpoints (as when two workers share a host).
+            // consumes, which is after the indexes exist. A worker that cannot serve them
+            // stops here: unprobed and unscraped, it would run unseen (or be killed by its
+            // liveness probe later, with a less clear reason).
             let server = metrics::Server::start(r.metrics_addr, endpoints)
                 .await
-                .inspect_err(|e| {
-                    tracing::error!(metrics_addr = %r.metrics_addr, error = %e,
-                        "cannot serve /metrics, /healthz, /readyz; running without them");
-                })
-                .ok();
+                .with_context(|| {
+                    format!(
+                        "cannot serve /metrics, /healthz, /readyz on --metrics-addr {}",
+                        r.metrics_addr
+                    )
+                })?;
             // A worker without the right to create indexes still works, only slower.
             if let Err(e) = m.v3.ensure_indexes().await {
                 tracing::warn!(error = %e, "cannot create the V3 indexes the migration queries use");
@@ -181,9 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cli::shutdown_signal(),
             )
             .await;
-            if let Some(server) = server {
-                server.stop().await;
-            }
+            server.stop().await;
             Ok(ran?)
         }
     }

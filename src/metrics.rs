@@ -1,21 +1,32 @@
 //! The worker's HTTP endpoints (spec 4.2): `/metrics` (Prometheus text format), `/healthz` and
 //! `/readyz`. This module owns the metric names, their help texts and the readiness checks; it
 //! keeps no counters of its own: every value is read at scrape time from where it is counted,
-//! the worker's [`Stats`] and the V2 [`Reader`].
+//! the worker's [`Stats`], the V2 [`Reader`] and the V3 store's [`WriteTimes`].
+//! `k8s/monitoring/` (dashboard, alerts) uses these names; `tests/metrics.rs` checks it does.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `vizhub_migrate_jobs_total` | counter | `outcome`: `migrated`, `skipped`, `failed`, `conflict`, `unchanged` |
 //! | `vizhub_migrate_job_duration_seconds` | histogram | — |
 //! | `vizhub_migrate_jobs_in_flight` | gauge | — |
-//! | `vizhub_migrate_retries_total` | counter | — |
-//! | `vizhub_migrate_dead_letters_total` | counter | — |
+//! | `vizhub_migrate_retries_total` | counter | `error_kind` (below) |
+//! | `vizhub_migrate_dead_letters_total` | counter | `error_kind` (below) |
 //! | `vizhub_migrate_acks_lost_total` | counter | — |
 //! | `vizhub_migrate_broker_reconnects_total` | counter | — |
 //! | `vizhub_migrate_broker_connected` | gauge (0/1) | — |
 //! | `vizhub_migrate_v2_reads_total` | counter | — |
 //! | `vizhub_migrate_v2_rate_limit_waits_total` | counter | — |
 //! | `vizhub_migrate_v2_rate_limit_wait_seconds_total` | counter | — |
+//! | `vizhub_migrate_v2_read_budget_per_second` | gauge | — |
+//! | `vizhub_migrate_v3_write_duration_seconds` | histogram | `write`: `op_insert`, `snapshot_insert`, `snapshot_replace`, `commit_insert` |
+//! | `vizhub_migrate_queue_messages` | gauge (-1 until sampled) | `queue`: `work`, `retry`, `dead` |
+//! | `vizhub_migrate_build_info` | gauge (1) | `version`, `profile` (`debug`/`release`), `os`, `arch` |
+//!
+//! `error_kind` is one of [`crate::outcome::ErrorKind::ALL`]: `tombstone`, `no_id`, `not_visualization`,
+//! `partial_doc`, `no_files`, `content_missing`, `content_tombstone`, `content_too_large`,
+//! `id_mismatch`, `owner_missing`, `malformed`, `bad_content`, `v2_read`, `v3_write`,
+//! `not_found`, `parent`, `chain`, `raced`, `bad_message`, `crash_loop`, `panic` — every one
+//! present from the start (at 0), so `rate()` and `increase()` see a job's first failure.
 //!
 //! Labels only ever take the fixed values above: no URI, host or id ends up in a label.
 //!
@@ -25,7 +36,8 @@
 //! which is down.
 
 use crate::v2::reader::Reader;
-use crate::worker::Stats;
+use crate::v3::store::WriteTimes;
+use crate::worker::{KindCounts, QueueRole, Stats};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -68,6 +80,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// `v2`: the worker's reader (a clone shares its counters); `v3`: the V3 database.
+    /// [`Metrics::with_v3_writes`] adds the V3 write latencies.
     pub fn new(stats: Arc<Stats>, v2: Reader, v3: Database) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         // (The registry ends this help text with a period; the collector's have theirs.)
@@ -89,6 +102,25 @@ impl Metrics {
             ping_timeout: PING_TIMEOUT,
             v2_answer: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Export the V3 write latencies of the worker's store (`Store::write_times`).
+    pub fn with_v3_writes(mut self, times: WriteTimes) -> Self {
+        self.registry.register_collector(Box::new(V3Writes(times)));
+        self
+    }
+
+    /// Export this process's V2 read budget (`--v2-reads-per-sec`), so dashboards can show
+    /// `rate(v2_reads_total)` against it.
+    pub fn with_v2_budget(mut self, reads_per_sec: u32) -> Self {
+        let budget = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        budget.set(i64::from(reads_per_sec));
+        self.registry.register(
+            "v2_read_budget_per_second",
+            "This process's V2 read budget: queries per second the rate limiter lets through",
+            budget,
+        );
+        self
     }
 
     /// How long each `ping` of `/readyz` may take (default [`PING_TIMEOUT`]).
@@ -227,10 +259,84 @@ fn gauge(
     ConstGauge::new(value).encode(metric)
 }
 
+/// A counter family with one series per [`ErrorKind`] (zeros included).
+fn by_kind(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    counts: &KindCounts,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (kind, n) in counts.iter() {
+        let labels = [("error_kind", kind.as_str())];
+        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The `build_info` labels: what the binary knows of itself without a build script.
+pub fn build_labels() -> [(&'static str, &'static str); 4] {
+    [
+        ("version", env!("CARGO_PKG_VERSION")),
+        (
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        ),
+        ("os", std::env::consts::OS),
+        ("arch", std::env::consts::ARCH),
+    ]
+}
+
+/// Encodes the V3 write latency histograms on each scrape.
+#[derive(Debug)]
+struct V3Writes(WriteTimes);
+
+impl Collector for V3Writes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "v3_write_duration",
+            "Time of each V3 write command until the server answered, by what it writes.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (kind, histogram) in self.0.iter() {
+            let labels = [("write", kind.as_str())];
+            histogram.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Collector for Counters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        {
+            let mut family = encoder.encode_descriptor(
+                "build_info",
+                "1, labelled with the worker's version and build.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(1).encode(family.encode_family(&build_labels())?)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "queue_messages",
+                "Messages in the work queue, the retry queues (summed) and the DLQ, sampled every 15 s while connected; -1 until the first sample.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for role in QueueRole::ALL {
+                let labels = [("queue", role.as_str())];
+                ConstGauge::new(s.queue_messages.get(role))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
         {
             let mut family = encoder.encode_descriptor(
                 "jobs",
@@ -250,19 +356,17 @@ impl Collector for Counters {
             "Jobs being handled now.",
             load(&s.in_flight) as i64,
         )?;
-        counter(
+        by_kind(
             e,
             "retries",
-            "Jobs sent to a delayed-retry queue after a transient failure.",
-            None,
-            load(&s.retried),
+            "Jobs sent to a delayed-retry queue after a transient failure, by error kind.",
+            &s.retried_by_kind,
         )?;
-        counter(
+        by_kind(
             e,
             "dead_letters",
-            "Jobs published to the dead-letter queue.",
-            None,
-            load(&s.dead_lettered),
+            "Jobs published to the dead-letter queue, by error kind.",
+            &s.dead_lettered_by_kind,
         )?;
         counter(
             e,
@@ -416,8 +520,18 @@ mod tests {
         stats.outcomes.add(crate::Outcome::Failed);
         stats.in_flight.store(3, Ordering::Relaxed);
         stats.job_seconds.observe(0.2);
+        stats
+            .dead_lettered_by_kind
+            .add(crate::outcome::ErrorKind::ContentTooLarge);
+        stats.retried_by_kind.add(crate::outcome::ErrorKind::V2Read);
         let reader = Reader::new(db.clone(), std::num::NonZeroU32::new(10).unwrap());
-        let m = Metrics::new(stats, reader, db);
+        let writes = WriteTimes::default();
+        writes
+            .of(crate::v3::store::WriteKind::SnapshotReplace)
+            .observe(0.003);
+        let m = Metrics::new(stats, reader, db)
+            .with_v3_writes(writes)
+            .with_v2_budget(40);
         let text = m.render();
         for line in [
             "vizhub_migrate_jobs_total{outcome=\"migrated\"} 2",
@@ -429,8 +543,24 @@ mod tests {
             "vizhub_migrate_v2_rate_limit_wait_seconds_total 0.0",
             "vizhub_migrate_broker_connected 0",
             "# TYPE vizhub_migrate_job_duration_seconds histogram",
+            "vizhub_migrate_dead_letters_total{error_kind=\"content_too_large\"} 1",
+            "vizhub_migrate_dead_letters_total{error_kind=\"panic\"} 0",
+            "vizhub_migrate_retries_total{error_kind=\"v2_read\"} 1",
+            "vizhub_migrate_retries_total{error_kind=\"raced\"} 0",
+            "vizhub_migrate_v3_write_duration_seconds_count{write=\"snapshot_replace\"} 1",
+            "vizhub_migrate_v3_write_duration_seconds_count{write=\"op_insert\"} 0",
+            "vizhub_migrate_v2_read_budget_per_second 40",
+            "vizhub_migrate_queue_messages{queue=\"work\"} -1",
+            "# TYPE vizhub_migrate_v3_write_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
         }
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!(
+                "vizhub_migrate_build_info{{version=\"{version}\",profile=\"debug\","
+            )) && l.ends_with("} 1")),
+            "{text}"
+        );
     }
 }

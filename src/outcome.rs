@@ -2,6 +2,8 @@
 //! that may already be in V3: migrate it fresh, re-sync it, leave it alone, or report a conflict.
 //! Every job ends in exactly one [`Outcome`], recorded in the ledger.
 
+use crate::migrate::JobError;
+use crate::translate::TranslateError;
 use serde::{Deserialize, Serialize};
 
 /// The one recorded end of a job.
@@ -42,6 +44,136 @@ impl Disposition {
             Disposition::Skip => Outcome::Skipped,
             Disposition::Retry | Disposition::DeadLetter => Outcome::Failed,
         }
+    }
+}
+
+/// Why a job failed, as the `error_kind` label of the retry and dead-letter counters and the
+/// `x-vizhub-error-kind` header: one value per failure class of [`JobError`] and
+/// [`TranslateError`], the fixed set [`ErrorKind::ALL`]. [`ErrorKind::of`] matches every variant
+/// of both without a wildcard, so a new failure class does not compile until it has its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    // TranslateError: the V2 documents cannot become V3 ones.
+    Tombstone,
+    NoId,
+    NotVisualization,
+    PartialDoc,
+    NoFiles,
+    ContentMissing,
+    ContentTombstone,
+    ContentTooLarge,
+    IdMismatch,
+    OwnerMissing,
+    Malformed,
+    BadContent,
+    // JobError: reading, writing, the fork chain, the delivery itself.
+    V2Read,
+    V3Write,
+    NotFound,
+    Parent,
+    Chain,
+    Raced,
+    BadMessage,
+    CrashLoop,
+    Panic,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order `/metrics` lists them.
+    pub const ALL: [ErrorKind; 21] = [
+        ErrorKind::Tombstone,
+        ErrorKind::NoId,
+        ErrorKind::NotVisualization,
+        ErrorKind::PartialDoc,
+        ErrorKind::NoFiles,
+        ErrorKind::ContentMissing,
+        ErrorKind::ContentTombstone,
+        ErrorKind::ContentTooLarge,
+        ErrorKind::IdMismatch,
+        ErrorKind::OwnerMissing,
+        ErrorKind::Malformed,
+        ErrorKind::BadContent,
+        ErrorKind::V2Read,
+        ErrorKind::V3Write,
+        ErrorKind::NotFound,
+        ErrorKind::Parent,
+        ErrorKind::Chain,
+        ErrorKind::Raced,
+        ErrorKind::BadMessage,
+        ErrorKind::CrashLoop,
+        ErrorKind::Panic,
+    ];
+
+    /// The label value (the same names `JobError::kind` gives headers and `dlq stats`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Tombstone => "tombstone",
+            ErrorKind::NoId => "no_id",
+            ErrorKind::NotVisualization => "not_visualization",
+            ErrorKind::PartialDoc => "partial_doc",
+            ErrorKind::NoFiles => "no_files",
+            ErrorKind::ContentMissing => "content_missing",
+            ErrorKind::ContentTombstone => "content_tombstone",
+            ErrorKind::ContentTooLarge => "content_too_large",
+            ErrorKind::IdMismatch => "id_mismatch",
+            ErrorKind::OwnerMissing => "owner_missing",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::BadContent => "bad_content",
+            ErrorKind::V2Read => "v2_read",
+            ErrorKind::V3Write => "v3_write",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Parent => "parent",
+            ErrorKind::Chain => "chain",
+            ErrorKind::Raced => "raced",
+            ErrorKind::BadMessage => "bad_message",
+            ErrorKind::CrashLoop => "crash_loop",
+            ErrorKind::Panic => "panic",
+        }
+    }
+
+    /// Position in [`ErrorKind::ALL`] (for per-kind counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kind of a job's error.
+    pub fn of(e: &JobError) -> ErrorKind {
+        match e {
+            JobError::Translate(t) => ErrorKind::of_translate(t),
+            JobError::V2 { .. } => ErrorKind::V2Read,
+            JobError::V3 { .. } => ErrorKind::V3Write,
+            JobError::NotFound { .. } => ErrorKind::NotFound,
+            JobError::Parent { .. } | JobError::ParentFailed { .. } => ErrorKind::Parent,
+            JobError::Chain { .. } => ErrorKind::Chain,
+            JobError::Raced { .. } => ErrorKind::Raced,
+            JobError::BadMessage(_) => ErrorKind::BadMessage,
+            JobError::CrashLoop { .. } => ErrorKind::CrashLoop,
+            JobError::Panic { .. } => ErrorKind::Panic,
+        }
+    }
+
+    fn of_translate(e: &TranslateError) -> ErrorKind {
+        use TranslateError as T;
+        match e {
+            T::Tombstone { .. } => ErrorKind::Tombstone,
+            T::NoId { .. } => ErrorKind::NoId,
+            T::NotVisualization { .. } => ErrorKind::NotVisualization,
+            T::Partial { .. } => ErrorKind::PartialDoc,
+            T::NoFiles { .. } => ErrorKind::NoFiles,
+            T::ContentMissing { .. } => ErrorKind::ContentMissing,
+            T::ContentTombstone { .. } => ErrorKind::ContentTombstone,
+            T::ContentTooLarge { .. } => ErrorKind::ContentTooLarge,
+            T::IdMismatch { .. } => ErrorKind::IdMismatch,
+            T::OwnerMissing { .. } => ErrorKind::OwnerMissing,
+            T::Malformed { .. } => ErrorKind::Malformed,
+            T::BadContent { .. } => ErrorKind::BadContent,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -176,5 +308,51 @@ mod tests {
         assert_eq!(Disposition::DeadLetter.final_outcome(), Outcome::Failed);
         assert_eq!(Disposition::Retry.final_outcome(), Outcome::Failed);
         assert_eq!(Outcome::Conflict.as_str(), "conflict");
+    }
+
+    #[test]
+    fn error_kinds_are_a_fixed_set_that_agrees_with_job_errors() {
+        // ALL is in declaration order (index() relies on it) and its names are distinct.
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k}");
+        }
+        let names: std::collections::HashSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        let viz = || "v1".to_string();
+        let errors = [
+            JobError::Translate(TranslateError::Tombstone { viz: viz() }),
+            JobError::Translate(TranslateError::Partial {
+                viz: viz(),
+                missing: "owner",
+            }),
+            JobError::Translate(TranslateError::ContentTooLarge {
+                viz: viz(),
+                bytes: 2,
+                limit: 1,
+            }),
+            JobError::NotFound { viz: viz() },
+            JobError::ParentFailed {
+                viz: viz(),
+                parent: "p".into(),
+                source: Box::new(JobError::NotFound { viz: "p".into() }),
+            },
+            JobError::Raced {
+                viz: viz(),
+                docs: vec![],
+            },
+            JobError::BadMessage("x".into()),
+            JobError::CrashLoop {
+                viz: viz(),
+                deliveries: 5,
+            },
+            JobError::Panic {
+                viz: viz(),
+                message: "m".into(),
+            },
+        ];
+        for e in &errors {
+            assert_eq!(ErrorKind::of(e).as_str(), e.kind(), "{e}");
+        }
     }
 }

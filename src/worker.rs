@@ -15,12 +15,14 @@
 //! closes), and with `until_idle` exits once the work and retry queues stayed empty with nothing
 //! in flight for that long.
 //!
-//! Everything it counts lives in [`Stats`], the one place of the worker's counters; the
-//! `/metrics` endpoint ([`crate::metrics`]) only reads them.
+//! Everything it counts lives in [`Stats`], the one place of the worker's counters (failures by
+//! [`ErrorKind`], and its queues' depths sampled every [`QUEUE_SAMPLE_EVERY`] so alerts can tell
+//! "idle" from "stuck"); the `/metrics` endpoint ([`crate::metrics`]) only reads them.
 
 use crate::broker::{self, BrokerError, HeaderValue, Publisher, Topology};
 use crate::ids;
 use crate::migrate::{JobError, Migrator};
+use crate::outcome::ErrorKind;
 use crate::planner::Job;
 use crate::{Disposition, Outcome};
 use futures_util::StreamExt;
@@ -30,7 +32,7 @@ use lapin::types::FieldTable;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -62,6 +64,13 @@ pub struct Stats {
     pub retried: AtomicU64,
     /// Jobs published to the dead-letter queue.
     pub dead_lettered: AtomicU64,
+    /// `retried`, by the kind of error that sent them there.
+    pub retried_by_kind: KindCounts,
+    /// `dead_lettered`, by the kind of error that sent them there.
+    pub dead_lettered_by_kind: KindCounts,
+    /// Messages in the work queue, the retry queues (together) and the DLQ, as last sampled
+    /// (every [`QUEUE_SAMPLE_EVERY`] while connected; -1 until the first sample).
+    pub queue_messages: QueueDepths,
     /// Acks refused or failed because the channel died since the delivery (redelivered later).
     pub acks_lost: AtomicU64,
     /// Jobs being handled now.
@@ -89,6 +98,9 @@ impl Default for Stats {
             done: AtomicU64::default(),
             retried: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
+            retried_by_kind: KindCounts::default(),
+            dead_lettered_by_kind: KindCounts::default(),
+            queue_messages: QueueDepths::default(),
             acks_lost: AtomicU64::default(),
             in_flight: AtomicU64::default(),
             migrations_running: AtomicU64::default(),
@@ -149,6 +161,96 @@ impl OutcomeCounts {
     pub fn iter(&self) -> impl Iterator<Item = (Outcome, u64)> + '_ {
         Self::ALL.into_iter().map(|o| (o, self.get(o)))
     }
+}
+
+/// Jobs counted by [`ErrorKind`], one counter per kind.
+#[derive(Debug)]
+pub struct KindCounts([AtomicU64; ErrorKind::ALL.len()]);
+
+impl Default for KindCounts {
+    fn default() -> Self {
+        KindCounts(std::array::from_fn(|_| AtomicU64::default()))
+    }
+}
+
+impl KindCounts {
+    pub fn add(&self, kind: ErrorKind) {
+        self.0[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, kind: ErrorKind) -> u64 {
+        self.0[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// `(kind, count)` for every kind, zeros included.
+    pub fn iter(&self) -> impl Iterator<Item = (ErrorKind, u64)> + '_ {
+        ErrorKind::ALL.into_iter().map(|k| (k, self.get(k)))
+    }
+}
+
+/// How often a connected worker samples its queues' depths (one passive declare per queue).
+pub const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(15);
+
+/// The queues a worker samples, by role: the `queue` label of `vizhub_migrate_queue_messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRole {
+    Work,
+    /// Every delayed-retry queue, summed.
+    Retry,
+    Dead,
+}
+
+impl QueueRole {
+    pub const ALL: [QueueRole; 3] = [QueueRole::Work, QueueRole::Retry, QueueRole::Dead];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueRole::Work => "work",
+            QueueRole::Retry => "retry",
+            QueueRole::Dead => "dead",
+        }
+    }
+}
+
+/// Last sampled depth per [`QueueRole`]; -1: not sampled yet.
+#[derive(Debug)]
+pub struct QueueDepths([AtomicI64; 3]);
+
+impl Default for QueueDepths {
+    fn default() -> Self {
+        QueueDepths(std::array::from_fn(|_| AtomicI64::new(-1)))
+    }
+}
+
+impl QueueDepths {
+    pub fn get(&self, role: QueueRole) -> i64 {
+        self.0[role as usize].load(Ordering::Relaxed)
+    }
+
+    fn set(&self, role: QueueRole, messages: u64) {
+        let n = i64::try_from(messages).unwrap_or(i64::MAX);
+        self.0[role as usize].store(n, Ordering::Relaxed);
+    }
+}
+
+/// Sample the depths of this worker's queues on `probe` (a channel of its own: a failed passive
+/// declare closes the channel it ran on, and the consumer's must survive).
+async fn sample_queues(
+    probe: &lapin::Channel,
+    topology: &Topology,
+    retry_queues: &[String],
+    depths: &QueueDepths,
+) -> Result<(), BrokerError> {
+    let work = broker::queue_depth(probe, &topology.work()).await?.0;
+    let mut retry = 0u64;
+    for q in retry_queues {
+        retry += u64::from(broker::queue_depth(probe, q).await?.0);
+    }
+    let dead = broker::queue_depth(probe, &topology.dead()).await?.0;
+    depths.set(QueueRole::Work, work.into());
+    depths.set(QueueRole::Retry, retry);
+    depths.set(QueueRole::Dead, dead.into());
+    Ok(())
 }
 
 /// Counts a job in flight for as long as it lives, including when its task is aborted.
@@ -255,6 +357,9 @@ async fn consume(
         .basic_qos(opts.concurrency, BasicQosOptions { global: false })
         .await?;
     let publisher = Arc::new(Publisher::new(&conn).await?);
+    let mut probe = Some(conn.create_channel().await?);
+    let mut sample = tokio::time::interval(QUEUE_SAMPLE_EVERY);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let tag = format!("worker-{}-{}", std::process::id(), now_secs());
     let mut consumer = channel
         .basic_consume(
@@ -286,7 +391,7 @@ async fn consume(
                     let in_flight = InFlight::new(stats.clone());
                     tasks.spawn(async move {
                         let started = Instant::now();
-                        handle(&m, &p, &t, &s, d).await;
+                        handle(&m, &p, &t, &s, d, started).await;
                         s.job_seconds.observe(started.elapsed().as_secs_f64());
                         drop(in_flight);
                     });
@@ -303,6 +408,14 @@ async fn consume(
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = joined {
                     tracing::error!(error = %e, "job task failed outside the job");
+                }
+            }
+            _ = sample.tick(), if probe.is_some() => {
+                let p = probe.as_ref().expect("checked by the guard");
+                if let Err(e) = sample_queues(p, topology, &retry_queues, &stats.queue_messages).await {
+                    // Sampled again after the next reconnect; jobs are unaffected.
+                    tracing::warn!(error = %e, "cannot sample queue depths; stopped until the next broker session");
+                    probe = None;
                 }
             }
             _ = tick.tick(), if opts.until_idle.is_some() => {
@@ -419,6 +532,7 @@ async fn handle(
     topology: &Topology,
     stats: &Arc<Stats>,
     d: Delivery,
+    started: Instant,
 ) {
     let hdrs = broker::headers_of(&d.properties);
     let attempts = attempt_of(&hdrs);
@@ -461,21 +575,26 @@ async fn handle(
             }
         }
     };
+    // Until the outcome is known (what the job itself took); the histogram's value also counts
+    // the ack or the move.
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let batch_field = batch.as_deref().unwrap_or("");
     let how = match result {
         Ok(done) => {
-            tracing::info!(viz = %done.viz, outcome = done.outcome.as_str(), reason = done.reason.as_deref().unwrap_or(""), batch = batch.as_deref().unwrap_or(""), attempts, "job done");
+            tracing::info!(viz = %done.viz, outcome = done.outcome.as_str(), reason = done.reason.as_deref().unwrap_or(""), batch = batch_field, attempts, duration_ms, "job done");
             stats.ended(done.outcome);
             Settle::Ack
         }
         Err(e) => {
             let disposition = e.disposition();
+            let kind = ErrorKind::of(&e);
             let max_retries = topology.retry_delays_ms.len() as i64;
             let mut extra = BTreeMap::new();
             extra.insert(headers::ATTEMPTS.to_string(), HeaderValue::Int(attempts));
             extra.insert(headers::VIZ.to_string(), HeaderValue::Str(viz.clone()));
             extra.insert(
                 headers::ERROR_KIND.to_string(),
-                HeaderValue::Str(e.kind().to_string()),
+                HeaderValue::Str(kind.as_str().to_string()),
             );
             extra.insert(
                 headers::ERROR_MESSAGE.to_string(),
@@ -493,8 +612,9 @@ async fn handle(
             }
             match disposition {
                 Disposition::Retry if attempts <= max_retries => {
-                    tracing::warn!(viz, attempts, error = %e, "transient failure; retrying later");
+                    tracing::warn!(viz, batch = batch_field, attempts, duration_ms, kind = kind.as_str(), error = %e, "transient failure; retrying later");
                     stats.retried.fetch_add(1, Ordering::Relaxed);
+                    stats.retried_by_kind.add(kind);
                     Settle::Move {
                         queue: topology.retry(usize::try_from(attempts - 1).unwrap_or(0)),
                         extra,
@@ -503,7 +623,7 @@ async fn handle(
                 Disposition::Skip => {
                     match migrator.record_failure(&viz, &e, batch.as_deref()).await {
                         Ok(()) => {
-                            tracing::info!(viz, reason = %e, "job skipped");
+                            tracing::info!(viz, batch = batch_field, attempts, duration_ms, kind = kind.as_str(), reason = %e, "job skipped");
                             stats.ended(disposition.final_outcome());
                             Settle::Ack
                         }
@@ -514,7 +634,7 @@ async fn handle(
                     }
                 }
                 Disposition::Retry | Disposition::DeadLetter => {
-                    tracing::error!(viz, attempts, kind = e.kind(), error = %e, "job failed; dead-lettering");
+                    tracing::error!(viz, batch = batch_field, attempts, duration_ms, kind = kind.as_str(), error = %e, "job failed; dead-lettering");
                     // The dead letter is the record of last resort; try hard to have the ledger
                     // agree (a V3 hiccup should not leave the job without a recorded outcome).
                     let mut recorded = migrator.record_failure(&viz, &e, batch.as_deref()).await;
@@ -530,10 +650,11 @@ async fn handle(
                     }
                     extra.insert(
                         headers::FINGERPRINT.to_string(),
-                        HeaderValue::Str(fingerprint(e.kind(), &e.to_string(), &viz)),
+                        HeaderValue::Str(fingerprint(kind.as_str(), &e.to_string(), &viz)),
                     );
                     stats.ended(disposition.final_outcome());
                     stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    stats.dead_lettered_by_kind.add(kind);
                     Settle::Move {
                         queue: topology.dead(),
                         extra,

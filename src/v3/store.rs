@@ -21,6 +21,8 @@
 //!   as if the pod had been killed there.
 //! - Reads and writes are batched per collection (`$in` finds, unordered `insert_many`) to keep
 //!   round trips per viz low; [`Store::round_trips`] counts them for the benchmark.
+//! - Every write command is timed by [`WriteKind`] in [`WriteTimes`] (shared by clones), which
+//!   `/metrics` exports as `vizhub_migrate_v3_write_duration_seconds{write}`.
 
 use crate::json1;
 use crate::v3::{collections, Commit, OT_TYPE};
@@ -29,12 +31,14 @@ use mongodb::bson::{self, doc, oid::ObjectId, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::InsertManyOptions;
 use mongodb::{Collection, Database};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
@@ -184,6 +188,66 @@ pub struct Store {
     /// Writes left before [`StoreError::Stopped`]; negative: no limit (see
     /// [`Store::stop_after_writes`]). Shared by clones, so a test sets it on a job's store.
     writes_left: Arc<AtomicI64>,
+    /// Time of each write command, by kind. Shared by clones: one per worker process.
+    write_times: WriteTimes,
+}
+
+/// The write commands a job sends V3: the `write` label of the V3 write latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// ShareDB ops (`create`, json1 edit, `del`) into an `o_<collection>` op log.
+    OpInsert,
+    /// New snapshots (after their `create` ops), one unordered insert per collection.
+    SnapshotInsert,
+    /// A snapshot moved on to its next version (conditional replace on `_v`).
+    SnapshotReplace,
+    /// Commits of the rebuilt history.
+    CommitInsert,
+}
+
+impl WriteKind {
+    pub const ALL: [WriteKind; 4] = [
+        WriteKind::OpInsert,
+        WriteKind::SnapshotInsert,
+        WriteKind::SnapshotReplace,
+        WriteKind::CommitInsert,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteKind::OpInsert => "op_insert",
+            WriteKind::SnapshotInsert => "snapshot_insert",
+            WriteKind::SnapshotReplace => "snapshot_replace",
+            WriteKind::CommitInsert => "commit_insert",
+        }
+    }
+}
+
+/// Seconds each V3 write command took (until the server answered, errors included), one
+/// histogram per [`WriteKind`]. Cheap to clone: the histograms are shared.
+#[derive(Debug, Clone)]
+pub struct WriteTimes(Arc<[Histogram; 4]>);
+
+impl Default for WriteTimes {
+    fn default() -> Self {
+        // 1 ms … ~16 s: an insert on an idle replica set takes a millisecond or two; a
+        // many-document insert under load or an election much longer.
+        WriteTimes(Arc::new(std::array::from_fn(|_| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        })))
+    }
+}
+
+impl WriteTimes {
+    /// The histogram of `kind`.
+    pub fn of(&self, kind: WriteKind) -> &Histogram {
+        &self.0[kind as usize]
+    }
+
+    /// `(kind, histogram)` for every kind.
+    pub fn iter(&self) -> impl Iterator<Item = (WriteKind, &Histogram)> {
+        WriteKind::ALL.into_iter().map(|k| (k, self.of(k)))
+    }
 }
 
 /// The `src` of every op the migration writes (ShareDB clients write their connection id there):
@@ -303,7 +367,13 @@ impl Store {
             db,
             round_trips: Arc::default(),
             writes_left: Arc::new(AtomicI64::new(-1)),
+            write_times: WriteTimes::default(),
         }
+    }
+
+    /// The V3 write latency histograms (for `/metrics`), shared with this store and its clones.
+    pub fn write_times(&self) -> WriteTimes {
+        self.write_times.clone()
     }
 
     pub fn database(&self) -> &Database {
@@ -551,9 +621,11 @@ impl Store {
         }
         // A `create` op already there is one an earlier attempt wrote before it stopped: its
         // snapshot may be missing, so the snapshots are inserted regardless.
-        self.insert_ignoring_duplicates(&format!("o_{collection}"), ops)
+        self.insert_ignoring_duplicates(&format!("o_{collection}"), ops, WriteKind::OpInsert)
             .await?;
-        let existed = self.insert_ignoring_duplicates(collection, snaps).await?;
+        let existed = self
+            .insert_ignoring_duplicates(collection, snaps, WriteKind::SnapshotInsert)
+            .await?;
         Ok(existed.into_iter().map(|i| docs[i].0.to_string()).collect())
     }
 
@@ -563,6 +635,7 @@ impl Store {
         &self,
         collection: &str,
         docs: Vec<Document>,
+        kind: WriteKind,
     ) -> Result<Vec<usize>, StoreError> {
         if docs.is_empty() {
             return Ok(Vec::new());
@@ -571,12 +644,16 @@ impl Store {
         self.write_allowed()?;
         self.trip();
         let opts = InsertManyOptions::builder().ordered(false).build();
-        match self
+        let started = Instant::now();
+        let inserted = self
             .coll(collection)
             .insert_many(docs)
             .with_options(opts)
-            .await
-        {
+            .await;
+        self.write_times
+            .of(kind)
+            .observe(started.elapsed().as_secs_f64());
+        match inserted {
             Ok(_) => Ok(Vec::new()),
             Err(e) => duplicate_positions(&e, n).ok_or_else(|| e.into()),
         }
@@ -632,7 +709,7 @@ impl Store {
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
         let (oid, op) = op_doc(collection, &s.id, s.version, body, s.last_op, ts_ms);
-        self.insert_ignoring_duplicates(&format!("o_{collection}"), vec![op])
+        self.insert_ignoring_duplicates(&format!("o_{collection}"), vec![op], WriteKind::OpInsert)
             .await?;
         let mut snap = doc! {
             "_id": &s.id,
@@ -646,10 +723,15 @@ impl Store {
         }
         self.write_allowed()?;
         self.trip();
-        let res = self
+        let started = Instant::now();
+        let replaced = self
             .coll(collection)
             .replace_one(doc! {"_id": &s.id, "_v": s.version}, snap)
-            .await?;
+            .await;
+        self.write_times
+            .of(WriteKind::SnapshotReplace)
+            .observe(started.elapsed().as_secs_f64());
+        let res = replaced?;
         if res.matched_count == 0 {
             report.lost_races.push(s.id.clone());
         } else if data.is_none() {
@@ -672,7 +754,7 @@ impl Store {
                 Ok(d)
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.insert_ignoring_duplicates(collections::COMMIT, docs)
+        self.insert_ignoring_duplicates(collections::COMMIT, docs, WriteKind::CommitInsert)
             .await?;
         Ok(())
     }
