@@ -309,7 +309,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Report(a) => {
-            let ledger = Ledger::new(mongo_database(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
+            let ledger =
+                Ledger::new(mongo_database(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
             let filter = report::Filter {
                 batch: a.batch,
                 window: a.from.zip(a.to),

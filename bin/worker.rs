@@ -1,5 +1,6 @@
 //! `worker`: consumes migration jobs until stopped (or idle), or previews one viz.
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use mongodb::Database;
 use std::net::SocketAddr;
@@ -159,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let endpoints = Arc::new(
                 Metrics::new(stats.clone(), m.v2.clone(), v3)
                     .with_v3_writes(m.v3.write_times())
-                    .with_v2_budget(mongo.v2_reads_per_sec),
+                    .with_v2_budget(cli.mongo.v2_reads_per_sec.get()),
             );
             // Probes first: building indexes on a large V3 can take longer than a liveness
             // probe waits. `/healthz` answers from now on; `/readyz` only once the worker

@@ -114,18 +114,8 @@ impl JobError {
 
     /// Short, stable name for headers, metrics and `dlq stats`.
     pub fn kind(&self) -> &'static str {
-        match self {
-            JobError::Translate(e) => e.kind(),
-            JobError::V2 { .. } => "v2_read",
-            JobError::V3 { .. } => "v3_write",
-            JobError::NotFound { .. } => "not_found",
-            JobError::Parent { .. } | JobError::ParentFailed { .. } => "parent",
-            JobError::Chain { .. } => "chain",
-            JobError::Raced { .. } => "raced",
-            JobError::BadMessage(_) => "bad_message",
-            JobError::CrashLoop { .. } => "crash_loop",
-            JobError::Panic { .. } => "panic",
-        }
+        // One mapping for headers, the ledger, `dlq stats` and the `error_kind` label.
+        crate::outcome::ErrorKind::of(self).as_str()
     }
 }
 

@@ -152,7 +152,8 @@ impl ErrorKind {
         }
     }
 
-    fn of_translate(e: &TranslateError) -> ErrorKind {
+    /// The kind of a translation error.
+    pub fn of_translate(e: &TranslateError) -> ErrorKind {
         use TranslateError as T;
         match e {
             T::Tombstone { .. } => ErrorKind::Tombstone,

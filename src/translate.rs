@@ -106,21 +106,7 @@ impl TranslateError {
 
     /// A stable, short name for dashboards and DLQ headers.
     pub fn kind(&self) -> &'static str {
-        use TranslateError::*;
-        match self {
-            Tombstone { .. } => "tombstone",
-            NoId { .. } => "no_id",
-            NotVisualization { .. } => "not_visualization",
-            Partial { .. } => "partial_doc",
-            NoFiles { .. } => "no_files",
-            ContentMissing { .. } => "content_missing",
-            ContentTombstone { .. } => "content_tombstone",
-            ContentTooLarge { .. } => "content_too_large",
-            IdMismatch { .. } => "id_mismatch",
-            OwnerMissing { .. } => "owner_missing",
-            Malformed { .. } => "malformed",
-            BadContent { .. } => "bad_content",
-        }
+        crate::outcome::ErrorKind::of_translate(self).as_str()
     }
 }
 

@@ -163,6 +163,9 @@ impl TestEnv {
             .env("AMQP_URI", &self.amqp_uri)
             .env("QUEUE_PREFIX", &self.topology.prefix)
             .env("LOG_FORMAT", "json")
+            // Never the default 0.0.0.0:9090: a worker that cannot bind it exits 1, and tests
+            // run in parallel.
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .stderr(std::process::Stdio::null());
         c
     }
