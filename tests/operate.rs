@@ -5,7 +5,7 @@ mod common;
 #[path = "common/env.rs"]
 mod env;
 
-use env::TestEnv;
+use env::{json_stdout, TestEnv};
 use serde_json::{json, Value};
 use std::process::Output;
 use vizhub_migrate::planner::Selection;
@@ -15,15 +15,7 @@ const LOADING_CSV: &str = "3fd333e335fe4ecb9ee0c819802443b7";
 
 impl TestEnv {
     fn planner(&self, args: &[&str]) -> Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_planner"))
-            .args(args)
-            .env("V2_MONGO_URI", self.v2_uri())
-            .env("V3_MONGO_URI", self.v3_uri())
-            .env("AMQP_URI", &self.amqp_uri)
-            .env("QUEUE_PREFIX", &self.topology.prefix)
-            .env("LOG_FORMAT", "json")
-            .output()
-            .expect("planner binary runs")
+        self.run_bin(env!("CARGO_BIN_EXE_planner"), args)
     }
 
     /// Fixtures plus one tombstone (skipped) and one viz without content (dead-lettered).
@@ -51,16 +43,6 @@ impl TestEnv {
     }
 }
 
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is one JSON document ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_after_a_run_then_catches_a_corrupted_v3_doc() {
     let env = TestEnv::new("verify").await;
@@ -68,7 +50,7 @@ async fn verify_passes_after_a_run_then_catches_a_corrupted_v3_doc() {
     let v2_before = env.hash(&env.v2).await;
 
     let out = env.planner(&["verify", "--all", "--json"]);
-    let report = json_of(&out);
+    let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{report:#}");
     assert_eq!(report["compared"], ids.len(), "{report:#}");
     assert_eq!(report["inScope"], ids.len() + 2);
@@ -102,7 +84,7 @@ async fn verify_passes_after_a_run_then_catches_a_corrupted_v3_doc() {
     assert!(text.contains("mismatch history: 1"), "{text}");
 
     let out = env.planner(&["verify", "--all", "--json"]);
-    let report = json_of(&out);
+    let report = json_stdout(&out);
     let categories: Vec<(&str, &str)> = report["mismatches"]
         .as_array()
         .unwrap()
@@ -131,7 +113,7 @@ async fn verify_refuses_to_pass_having_compared_nothing() {
     // A viz planned but never worked is a mismatch, not a pass.
     env.load_fixtures(&[]).await;
     let out = env.planner(&["verify", "--all", "--json"]);
-    let report = json_of(&out);
+    let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(3), "{report:#}");
     assert!(
         report["mismatches"]
@@ -149,7 +131,7 @@ async fn status_json_counts_batches_outcomes_and_queues() {
     let env = TestEnv::new("status").await;
     let ids = env.migrated_world().await;
     let out = env.planner(&["status", "--json"]);
-    let s = json_of(&out);
+    let s = json_stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{s:#}");
     // A parent migrated on behalf of its fork finds itself `unchanged` when its own job runs.
     let done =

@@ -6,7 +6,7 @@ mod common;
 #[path = "common/env.rs"]
 mod env;
 
-use env::TestEnv;
+use env::{json_stdout, TestEnv};
 use futures_util::TryStreamExt;
 use mongodb::bson::Document;
 use mongodb::IndexModel;
@@ -22,16 +22,6 @@ fn check(env: &TestEnv, args: &[&str]) -> Output {
         .env("LOG_FORMAT", "json")
         .output()
         .expect("planner binary runs")
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is one JSON document ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 /// Every index of every V2 collection, by collection, as key patterns.
@@ -63,7 +53,7 @@ async fn check_names_every_uncovered_v2_query_until_its_index_exists() {
     let v2_before = env.hash(&env.v2).await;
 
     let out = check(&env, &["--json"]);
-    let c = json_of(&out);
+    let c = json_stdout(&out);
     assert_eq!(out.status.code(), Some(5), "{c:#}");
     assert_eq!(c["allCovered"], false);
     let queries = c["queries"].as_array().unwrap();
@@ -136,7 +126,7 @@ async fn check_names_every_uncovered_v2_query_until_its_index_exists() {
             .unwrap();
     }
     let out = check(&env, &["--json"]);
-    let c = json_of(&out);
+    let c = json_stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{c:#}");
     assert_eq!(c["allCovered"], true);
     for q in c["queries"].as_array().unwrap() {

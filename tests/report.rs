@@ -6,7 +6,7 @@ mod common;
 #[path = "common/env.rs"]
 mod env;
 
-use env::TestEnv;
+use env::{json_stdout, TestEnv};
 use serde_json::{json, Value};
 use std::process::Output;
 use vizhub_migrate::ledger::VizRecord;
@@ -15,38 +15,16 @@ use vizhub_migrate::planner::Selection;
 const PENGUIN: &str = "a56e821963b849b897dd51db26067db9";
 const LOADING_CSV: &str = "3fd333e335fe4ecb9ee0c819802443b7";
 
-fn run(bin: &str, env: &TestEnv, args: &[&str]) -> Output {
-    std::process::Command::new(bin)
-        .args(args)
-        .env("V2_MONGO_URI", env.v2_uri())
-        .env("V3_MONGO_URI", env.v3_uri())
-        .env("AMQP_URI", &env.amqp_uri)
-        .env("QUEUE_PREFIX", &env.topology.prefix)
-        .env("LOG_FORMAT", "json")
-        .output()
-        .expect("binary runs")
-}
-
 fn planner(env: &TestEnv, args: &[&str]) -> Output {
-    run(env!("CARGO_BIN_EXE_planner"), env, args)
+    env.run_bin(env!("CARGO_BIN_EXE_planner"), args)
 }
 
 fn worker(env: &TestEnv, args: &[&str]) -> Output {
-    run(env!("CARGO_BIN_EXE_worker"), env, args)
+    env.run_bin(env!("CARGO_BIN_EXE_worker"), args)
 }
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is one JSON document ({e}): {}\nstderr: {}",
-            stdout(out),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 fn synthetic(n: u32) -> vizhub_migrate::translate::V2Viz {
@@ -83,7 +61,7 @@ async fn report_lists_outcomes_and_reasons_as_table_json_and_csv() {
     let skipped = format!("{:032x}", 0x21);
 
     let out = planner(&env, &["report", "--json"]);
-    let r = json_of(&out);
+    let r = json_stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{r:#}");
     assert_eq!(r["count"], ids.len() + 2, "{r:#}");
     assert_eq!(r["rows"].as_array().unwrap().len(), ids.len() + 2);
@@ -118,7 +96,7 @@ async fn report_lists_outcomes_and_reasons_as_table_json_and_csv() {
             "--json",
         ],
     );
-    let r = json_of(&out);
+    let r = json_stdout(&out);
     let mut vizzes: Vec<&str> = r["rows"]
         .as_array()
         .unwrap()
@@ -127,12 +105,12 @@ async fn report_lists_outcomes_and_reasons_as_table_json_and_csv() {
         .collect();
     vizzes.sort();
     assert_eq!(vizzes, [skipped.as_str(), failed.as_str()], "{r:#}");
-    let r = json_of(&planner(
+    let r = json_stdout(&planner(
         &env,
         &["report", "--batch", "no-such-batch", "--json"],
     ));
     assert_eq!(r["count"], 0, "{r:#}");
-    let r = json_of(&planner(
+    let r = json_stdout(&planner(
         &env,
         &[
             "report",
@@ -144,7 +122,7 @@ async fn report_lists_outcomes_and_reasons_as_table_json_and_csv() {
         ],
     ));
     assert_eq!(r["count"], 0, "no job ended in 2000: {r:#}");
-    let r = json_of(&planner(
+    let r = json_stdout(&planner(
         &env,
         &[
             "report",
@@ -224,7 +202,7 @@ async fn verify_viz_and_preview_diff_look_at_exactly_the_vizzes_named() {
     // Just migrated: a job would change nothing.
     let v3_before = env.hash(&env.v3).await;
     let out = worker(&env, &["preview", "--diff", PENGUIN, "--json"]);
-    let d = json_of(&out);
+    let d = json_stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{d:#}");
     let statuses = |d: &Value| -> Vec<(String, String)> {
         d["docs"]
@@ -260,7 +238,7 @@ async fn verify_viz_and_preview_diff_look_at_exactly_the_vizzes_named() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(last_line(&out), "verified 1 vizzes, 0 mismatches");
     let out = planner(&env, &["verify", "--viz", PENGUIN, "--json"]);
-    let r = json_of(&out);
+    let r = json_stdout(&out);
     assert_eq!(out.status.code(), Some(3), "{r:#}");
     assert_eq!(r["compared"], 1);
     assert!(
@@ -282,7 +260,7 @@ async fn verify_viz_and_preview_diff_look_at_exactly_the_vizzes_named() {
         )),
         "{text}"
     );
-    let d = json_of(&worker(&env, &["preview", "--diff", PENGUIN, "--json"]));
+    let d = json_stdout(&worker(&env, &["preview", "--diff", PENGUIN, "--json"]));
     assert_eq!(d["counts"]["changed"], 1, "{d:#}");
 
     // A viz V2 gained since the run: its own documents are new, its owner (migrated with the
@@ -290,7 +268,7 @@ async fn verify_viz_and_preview_diff_look_at_exactly_the_vizzes_named() {
     let late = synthetic(0x23);
     env.load_viz(&late).await;
     let id = format!("{:032x}", 0x23);
-    let d = json_of(&worker(&env, &["preview", "--diff", &id, "--json"]));
+    let d = json_stdout(&worker(&env, &["preview", "--diff", &id, "--json"]));
     for (doc, status) in statuses(&d) {
         let expected = if doc == "user/68416" {
             "unchanged"

@@ -156,16 +156,31 @@ impl TestEnv {
 
     /// The `worker` binary on this test's databases and queues, JSON logs, stderr discarded;
     /// the caller adds arguments and spawns it.
-    pub fn worker_command(&self) -> std::process::Command {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
+    /// A project binary (`env!("CARGO_BIN_EXE_…")`) pointed at this environment: both
+    /// databases, the broker, the queue prefix, JSON logs.
+    pub fn bin_command(&self, exe: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(exe);
         c.env("V2_MONGO_URI", self.v2_uri())
             .env("V3_MONGO_URI", self.v3_uri())
             .env("AMQP_URI", &self.amqp_uri)
             .env("QUEUE_PREFIX", &self.topology.prefix)
-            .env("LOG_FORMAT", "json")
-            // Never the default 0.0.0.0:9090: a worker that cannot bind it exits 1, and tests
-            // run in parallel.
-            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json");
+        c
+    }
+
+    /// `exe` run to completion with `args` (see [`TestEnv::bin_command`]).
+    pub fn run_bin(&self, exe: &str, args: &[&str]) -> std::process::Output {
+        self.bin_command(exe)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{exe} runs: {e}"))
+    }
+
+    pub fn worker_command(&self) -> std::process::Command {
+        let mut c = self.bin_command(env!("CARGO_BIN_EXE_worker"));
+        // Never the default 0.0.0.0:9090: a worker that cannot bind it exits 1, and tests
+        // run in parallel.
+        c.env("METRICS_ADDR", "127.0.0.1:0")
             .stderr(std::process::Stdio::null());
         c
     }
@@ -569,4 +584,15 @@ pub async fn docs(db: &Database, coll: &str) -> Vec<Value> {
 pub fn user_doc(id: &str) -> Value {
     json!({"_id": id, "id": id, "userName": format!("user{id}"), "fullName": null, "email": null,
            "_type": "http://sharejs.org/types/JSONv0", "_v": 1})
+}
+
+/// A command's stdout as the one JSON document `--json` promises (the panic shows both streams).
+pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is one JSON document ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
