@@ -1,6 +1,7 @@
 //! The ledger: what the migration itself remembers, kept in the V3 database (never in V2).
 //!
-//! - `migrationviz`: one doc per viz — its last outcome and reason, attempts, batch, and, once
+//! - `migrationviz`: one doc per viz — its last outcome and reason, attempts, batch (of the last
+//!   job; `batches` lists every batch one of whose jobs on the viz ended), and, once
 //!   migrated, what re-sync needs: V2 fingerprints, V3 start/end commits, the V3 content version
 //!   we left, the file-id map aligned with V2's files array, the V2 analytics record last merged.
 //! - `migrationbatch`: one doc per planner run, id derived from its parameters.
@@ -10,7 +11,7 @@ use crate::outcome::Outcome;
 use crate::v2::Intervals;
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc, Document};
-use mongodb::options::ReplaceOptions;
+use mongodb::options::{ReplaceOptions, UpdateOptions};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -18,6 +19,8 @@ use std::collections::HashMap;
 pub const VIZ: &str = "migrationviz";
 pub const BATCH: &str = "migrationbatch";
 pub const STATE: &str = "migrationstate";
+/// `migrationviz` field: every batch one of whose jobs on the viz ended (see [`Ledger::record`]).
+const BATCHES: &str = "batches";
 
 /// What the last successful migration of a viz left in V3.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +63,7 @@ pub struct VizRecord {
 /// One row of [`Ledger::outcome_counts`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutcomeCount {
+    /// `None`: the overall count (each viz once); `Some`: that batch's.
     pub batch: Option<String>,
     pub outcome: String,
     pub n: i64,
@@ -130,13 +134,28 @@ impl Ledger {
     }
 
     /// Record the outcome of a job (one upsert). `attempts` counts jobs on this viz.
+    ///
+    /// Besides the record itself (`$set`: the whole [`VizRecord`]), the job's batch joins the
+    /// viz's `batches` (a set: a redelivered job adds nothing). `batch` names only the last job's
+    /// batch, so a viz re-planned by a later batch would otherwise look pending forever in the
+    /// earlier one (`planner status`, `planner report --batch`). The set grows by one per
+    /// re-plan of the viz (a daily cron re-plans only edited vizzes): small.
     pub async fn record(&self, rec: &VizRecord) -> mongodb::error::Result<()> {
-        let opts = ReplaceOptions::builder().upsert(true).build();
+        let mut update = doc! {"$set": encode(rec)?};
+        if let Some(batch) = &rec.batch {
+            update.insert("$addToSet", doc! {BATCHES: batch});
+        }
         self.vizzes()
-            .replace_one(doc! {"_id": &rec.viz}, encode(rec)?)
-            .with_options(opts)
+            .update_one(doc! {"_id": &rec.viz}, update)
+            .with_options(UpdateOptions::builder().upsert(true).build())
             .await?;
         Ok(())
+    }
+
+    /// The `migrationviz` query for "a job of `batch` ended on this viz" (records written
+    /// before `batches` existed name it in `batch` only).
+    pub fn in_batch(batch: &str) -> Document {
+        doc! {"$or": [{BATCHES: batch}, {"batch": batch}]}
     }
 
     /// Every record (for status and verify). Small: one doc per viz.
@@ -158,24 +177,36 @@ impl Ledger {
         Ok(docs.into_iter().filter_map(decode).collect())
     }
 
-    /// Outcome counts per (batch, outcome), and how many of them ended at or after `since`
-    /// (Unix seconds). One aggregation in the database: `planner status` stays cheap with
-    /// 100,000 records and `--watch`.
+    /// Outcome counts: overall (`batch: None`, each viz once, by its last outcome) and per
+    /// batch (each viz in every batch one of whose jobs on it ended, by its last outcome), and
+    /// how many ended at or after `since` (Unix seconds; overall rows only). Two aggregations in
+    /// the database: `planner status` stays cheap with 100,000 records and `--watch`.
     pub async fn outcome_counts(&self, since: i64) -> mongodb::error::Result<Vec<OutcomeCount>> {
-        let pipeline = [doc! {"$group": {
-            "_id": {"batch": "$batch", "outcome": "$outcome"},
+        let overall = [doc! {"$group": {
+            "_id": {"outcome": "$outcome"},
             "n": {"$sum": 1},
             "recent": {"$sum": {"$cond": [{"$gte": ["$time", since]}, 1, 0]}},
         }}];
-        let docs: Vec<Document> = self
-            .vizzes()
-            .aggregate(pipeline)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(docs
-            .into_iter()
-            .filter_map(|d| {
+        let per_batch = [
+            doc! {"$project": {
+                "outcome": 1,
+                BATCHES: {"$ifNull": [format!("${BATCHES}"), ["$batch"]]},
+            }},
+            doc! {"$unwind": format!("${BATCHES}")},
+            doc! {"$group": {
+                "_id": {"batch": format!("${BATCHES}"), "outcome": "$outcome"},
+                "n": {"$sum": 1},
+            }},
+        ];
+        let mut rows = Vec::new();
+        for (pipeline, by_batch) in [(&overall[..], false), (&per_batch[..], true)] {
+            let docs: Vec<Document> = self
+                .vizzes()
+                .aggregate(pipeline.to_vec())
+                .await?
+                .try_collect()
+                .await?;
+            rows.extend(docs.into_iter().filter_map(|d| {
                 let key = d.get_document("_id").ok()?;
                 let int = |k: &str| match d.get(k) {
                     Some(bson::Bson::Int32(n)) => *n as i64,
@@ -183,14 +214,21 @@ impl Ledger {
                     Some(bson::Bson::Double(n)) => *n as i64,
                     _ => 0,
                 };
+                let batch = if by_batch {
+                    // A record without any batch (a job published by hand) is only counted overall.
+                    Some(key.get_str("batch").ok()?.to_string())
+                } else {
+                    None
+                };
                 Some(OutcomeCount {
-                    batch: key.get_str("batch").ok().map(str::to_string),
+                    batch,
                     outcome: key.get_str("outcome").ok()?.to_string(),
                     n: int("n"),
                     recent: int("recent"),
                 })
-            })
-            .collect())
+            }));
+        }
+        Ok(rows)
     }
 
     pub async fn batch(&self, id: &str) -> mongodb::error::Result<Option<Batch>> {

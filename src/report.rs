@@ -30,7 +30,8 @@ impl Filter {
     pub fn query(&self) -> Document {
         let mut q = Document::new();
         if let Some(batch) = &self.batch {
-            q.insert("batch", batch);
+            // Every viz a job of this batch ended on, also those re-planned by a later batch.
+            q.extend(crate::ledger::Ledger::in_batch(batch));
         }
         if let Some((from, to)) = self.window {
             q.insert("time", doc! {"$gte": from, "$lt": to});
@@ -301,7 +302,8 @@ mod tests {
         };
         assert_eq!(
             f.query(),
-            doc! {"batch": "b1", "time": {"$gte": 10_i64, "$lt": 20_i64},
+            doc! {"$or": [{"batches": "b1"}, {"batch": "b1"}],
+            "time": {"$gte": 10_i64, "$lt": 20_i64},
             "outcome": {"$in": ["failed", "skipped"]}}
         );
     }

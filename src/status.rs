@@ -21,7 +21,8 @@ pub struct BatchStatus {
     pub status: String,
     pub planned: i64,
     pub outcomes: BTreeMap<String, i64>,
-    /// Planned vizzes without an outcome in this batch yet.
+    /// Planned vizzes no job of this batch has ended yet (a viz re-planned by a later batch
+    /// counts as ended here once this batch's job on it ended: `ledger::Ledger::record`).
     pub pending: i64,
 }
 
@@ -76,15 +77,19 @@ pub async fn collect(
     let mut per_batch: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     let mut recent = 0;
     for c in ledger.outcome_counts(now - RATE_WINDOW_SECS).await? {
-        *outcomes.entry(c.outcome.clone()).or_insert(0) += c.n;
-        if let Some(b) = c.batch {
-            *per_batch
-                .entry(b)
-                .or_default()
-                .entry(c.outcome)
-                .or_insert(0) += c.n;
+        match c.batch {
+            Some(b) => {
+                *per_batch
+                    .entry(b)
+                    .or_default()
+                    .entry(c.outcome)
+                    .or_insert(0) += c.n
+            }
+            None => {
+                *outcomes.entry(c.outcome).or_insert(0) += c.n;
+                recent += c.recent;
+            }
         }
-        recent += c.recent;
     }
     let batches = ledger
         .batches()

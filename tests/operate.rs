@@ -158,6 +158,53 @@ async fn status_json_counts_batches_outcomes_and_queues() {
     env.cleanup().await;
 }
 
+/// A viz re-planned by a later batch (`plan --viz`, a daily `--since-last`) has ended in the
+/// earlier batch too: that batch is not left pending forever, nothing looks in flight once the
+/// run is over, and `report --batch` of either batch lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replanned_viz_is_not_pending_in_its_earlier_batch() {
+    let env = TestEnv::new("status-replan").await;
+    let ids = env.migrated_world().await;
+    let first = env.planner(&["status", "--json"]);
+    let first = json_stdout(&first)["batches"][0]["batch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = env.planner(&["plan", "--viz", &ids[0], "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", json_stdout(&out));
+    let second = json_stdout(&out)["batch"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    env.run_workers(1).await;
+
+    let out = env.planner(&["status", "--json"]);
+    let s = json_stdout(&out);
+    let batches = s["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 2, "{s:#}");
+    for b in batches {
+        assert_eq!(b["pending"], 0, "every job of every batch ended: {s:#}");
+    }
+    assert_eq!(s["inFlight"], 0, "the run is over: {s:#}");
+    // Overall counts take each viz once, by its last outcome.
+    let total: u64 = s["outcomes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, ids.len() as u64 + 2, "{s:#}");
+    for batch in [&first, &second] {
+        let out = env.planner(&["report", "--batch", batch, "--json"]);
+        let r = json_stdout(&out);
+        let listed = r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["viz"] == ids[0].as_str());
+        assert!(listed, "{} in the report of {batch}: {r:#}", ids[0]);
+    }
+    env.cleanup().await;
+}
+
 /// The V2 guard every test relies on really catches a write the test did not make.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[should_panic(expected = "the migration must never write V2")]
