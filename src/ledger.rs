@@ -141,7 +141,10 @@ impl Ledger {
     /// earlier one (`planner status`, `planner report --batch`). The set grows by one per
     /// re-plan of the viz (a daily cron re-plans only edited vizzes): small.
     pub async fn record(&self, rec: &VizRecord) -> mongodb::error::Result<()> {
-        let mut update = doc! {"$set": encode(rec)?};
+        let mut fields = encode(rec)?;
+        // `_id` comes from the filter on an upsert; `$set` leaves it alone.
+        fields.remove("_id");
+        let mut update = doc! {"$set": fields};
         if let Some(batch) = &rec.batch {
             update.insert("$addToSet", doc! {BATCHES: batch});
         }
