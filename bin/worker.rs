@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use vizhub_migrate::broker::Topology;
-use vizhub_migrate::cli::{self, BrokerArgs, GenerateArgs, LogArgs, MongoArgs};
+use vizhub_migrate::cli::{self, BrokerArgs, GenerateArgs, LogArgs, MongoArgs, TranslateArgs};
 use vizhub_migrate::config::mongo_database;
 use vizhub_migrate::ledger::Ledger;
 use vizhub_migrate::metrics::{self, Metrics};
@@ -46,25 +46,6 @@ struct Cli {
 enum Command {
     /// Print the V3 documents a job would write for one viz; writes nothing.
     Preview(PreviewArgs),
-}
-
-#[derive(Args)]
-struct TranslateArgs {
-    /// Idle gap that separates two commits of the rebuilt history, in minutes.
-    #[arg(long, env = "SESSION_GAP_MINS", default_value_t = 15)]
-    session_gap_mins: i64,
-    /// Content size limit without bundle.js, in bytes (larger vizzes are dead-lettered).
-    #[arg(long, env = "MAX_CONTENT_BYTES", default_value_t = 5 * 1024 * 1024)]
-    max_content_bytes: usize,
-}
-
-impl TranslateArgs {
-    fn config(&self) -> Config {
-        Config {
-            session_gap_secs: self.session_gap_mins * 60,
-            max_content_bytes: self.max_content_bytes,
-        }
-    }
 }
 
 #[derive(Args)]
