@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use vizhub_migrate::broker::{self, Publisher, Topology};
 use vizhub_migrate::cli::{self, BrokerArgs, GenerateArgs, LogArgs, MongoArgs, TranslateArgs};
-use vizhub_migrate::config::{mongo_database, redact};
+use vizhub_migrate::config::redact;
 use vizhub_migrate::ledger::Ledger;
 use vizhub_migrate::migrate::Migrator;
 use vizhub_migrate::planner::{self, PlanError, Selection};
@@ -169,7 +169,9 @@ async fn main() -> ExitCode {
     if let Err(e) = cli.log.init() {
         return cli::exit_code("planner", Err(e.into()));
     }
-    cli::exit_code("planner", run(cli).await)
+    let result = run(cli).await;
+    cli::close_mongo().await;
+    cli::exit_code("planner", result)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -199,10 +201,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let (v2_uri, v3_uri) = (mongo.v2_uri()?, mongo.v3_uri()?);
             let reader = Reader::new(
-                mongo_database(v2_uri, "vizhub-migrate-planner").await?,
+                cli::mongo(v2_uri, "vizhub-migrate-planner").await?,
                 mongo.v2_reads_per_sec,
             );
-            let ledger = Ledger::new(mongo_database(v3_uri, "vizhub-migrate-planner").await?);
+            let ledger = Ledger::new(cli::mongo(v3_uri, "vizhub-migrate-planner").await?);
             let topology = Topology::new(&amqp.queue_prefix);
             let conn = if a.dry_run {
                 None
@@ -265,10 +267,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let (v2_uri, v3_uri) = (mongo.v2_uri()?, mongo.v3_uri()?);
             let v2 = Reader::new(
-                mongo_database(v2_uri, "vizhub-migrate-verify").await?,
+                cli::mongo(v2_uri, "vizhub-migrate-verify").await?,
                 mongo.v2_reads_per_sec,
             );
-            let v3 = mongo_database(v3_uri, "vizhub-migrate-verify").await?;
+            let v3 = cli::mongo(v3_uri, "vizhub-migrate-verify").await?;
             let m = Migrator::new(
                 v2,
                 Store::new(v3.clone()),
@@ -309,8 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Report(a) => {
-            let ledger =
-                Ledger::new(mongo_database(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
+            let ledger = Ledger::new(cli::mongo(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
             let filter = report::Filter {
                 batch: a.batch,
                 window: a.from.zip(a.to),
@@ -330,7 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // About a dozen reads in all (listIndexes per collection, one explain per query):
             // a small fixed budget, well under any V2 read budget.
             let reader = Reader::new(
-                mongo_database(mongo.v2_uri()?, "vizhub-migrate-planner").await?,
+                cli::mongo(mongo.v2_uri()?, "vizhub-migrate-planner").await?,
                 std::num::NonZeroU32::new(50).expect("non-zero"),
             );
             let c = preflight::check(&reader).await?;
@@ -342,8 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(if c.all_covered { 0 } else { 5 }))
         }
         Command::Status(a) => {
-            let ledger =
-                Ledger::new(mongo_database(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
+            let ledger = Ledger::new(cli::mongo(mongo.v3_uri()?, "vizhub-migrate-planner").await?);
             let conn = broker::connect(&amqp.amqp_uri).await?;
             let topology = Topology::new(&amqp.queue_prefix);
             let shutdown = cli::shutdown_signal();

@@ -7,7 +7,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vizhub_migrate::cli::{self, GenerateArgs, LogArgs};
-use vizhub_migrate::config::{mongo_database, redact};
+use vizhub_migrate::config::redact;
 use vizhub_migrate::seed::{self, Dataset, Options};
 
 /// Exit code when V2 already holds data and `--force` was not given: its own, so that scripts
@@ -73,7 +73,9 @@ async fn main() -> ExitCode {
     if let Err(e) = cli.log.init() {
         return cli::exit_code("seed", Err(e.into()));
     }
-    cli::exit_code("seed", run(cli).await)
+    let result = run(cli).await;
+    cli::close_mongo().await;
+    cli::exit_code("seed", result)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -102,7 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (0.0..=1.0).contains(&cli.bad_share),
         "--bad-share must be between 0 and 1"
     );
-    let db = mongo_database(v2_uri, "vizhub-migrate-seed").await?;
+    let db = cli::mongo(v2_uri, "vizhub-migrate-seed").await?;
     let existing = seed::holds_data(&db)
         .await
         .with_context(|| format!("reading {}", redact(v2_uri)))?;

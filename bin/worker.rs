@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use vizhub_migrate::broker::Topology;
 use vizhub_migrate::cli::{self, BrokerArgs, GenerateArgs, LogArgs, MongoArgs, TranslateArgs};
-use vizhub_migrate::config::mongo_database;
 use vizhub_migrate::ledger::Ledger;
 use vizhub_migrate::metrics::{self, Metrics};
 use vizhub_migrate::migrate::Migrator;
@@ -92,10 +91,10 @@ struct PreviewArgs {
 async fn migrator(mongo: &MongoArgs, cfg: Config) -> anyhow::Result<(Migrator, Database)> {
     let (v2_uri, v3_uri) = (mongo.v2_uri()?, mongo.v3_uri()?);
     let v2 = Reader::new(
-        mongo_database(v2_uri, "vizhub-migrate-worker").await?,
+        cli::mongo(v2_uri, "vizhub-migrate-worker").await?,
         mongo.v2_reads_per_sec,
     );
-    let v3 = mongo_database(v3_uri, "vizhub-migrate-worker").await?;
+    let v3 = cli::mongo(v3_uri, "vizhub-migrate-worker").await?;
     let m = Migrator::new(v2, Store::new(v3.clone()), Ledger::new(v3.clone()), cfg);
     Ok((m, v3))
 }
@@ -109,7 +108,9 @@ async fn main() -> ExitCode {
     if let Err(e) = cli.log.init() {
         return cli::exit_code("worker", Err(e.into()));
     }
-    cli::exit_code("worker", run(cli).await.map(|()| ExitCode::SUCCESS))
+    let result = run(cli).await.map(|()| ExitCode::SUCCESS);
+    cli::close_mongo().await;
+    cli::exit_code("worker", result)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

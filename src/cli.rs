@@ -360,6 +360,40 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The MongoDB clients this process opened through [`mongo`], shut down by [`close_mongo`].
+static MONGO_CLIENTS: std::sync::Mutex<Vec<mongodb::Client>> = std::sync::Mutex::new(Vec::new());
+
+/// A binary's MongoDB database (see [`crate::config::mongo_database`]), its client remembered so
+/// that [`close_mongo`] can shut it down before the runtime stops.
+pub async fn mongo(uri: &str, app_name: &str) -> anyhow::Result<mongodb::Database> {
+    let db = crate::config::mongo_database(uri, app_name).await?;
+    MONGO_CLIENTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(db.client().clone());
+    Ok(db)
+}
+
+/// Shut down every client [`mongo`] opened. Called by each binary after its work, before
+/// `main` returns: left to the runtime's teardown, the driver's background tasks race it and
+/// can panic (`SendError` in `connection_requester`, a backtrace on stderr after a command that
+/// succeeded; mongo-rust-driver issues 674, 847). Immediate (nothing of ours is pending by then)
+/// and bounded, so a stuck server never holds up an exit.
+pub async fn close_mongo() {
+    let clients = std::mem::take(
+        &mut *MONGO_CLIENTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for client in clients {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::IntoFuture::into_future(client.shutdown().immediate(true)),
+        )
+        .await;
+    }
+}
+
 /// Parse a time given as Unix seconds or RFC 3339 (`2019-01-01T00:00:00Z`).
 pub fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(n) = s.trim().parse::<i64>() {
