@@ -76,7 +76,7 @@ async fn main() -> ExitCode {
     if let Err(e) = cli.log.init() {
         return cli::exit_code("dlq", Err(e.into()));
     }
-    cli::exit_code("dlq", run(cli).await.map(|()| ExitCode::SUCCESS))
+    cli::finish("dlq", run(cli).await.map(|()| ExitCode::SUCCESS)).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

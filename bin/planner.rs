@@ -169,9 +169,7 @@ async fn main() -> ExitCode {
     if let Err(e) = cli.log.init() {
         return cli::exit_code("planner", Err(e.into()));
     }
-    let result = run(cli).await;
-    cli::close_mongo().await;
-    cli::exit_code("planner", result)
+    cli::finish("planner", run(cli).await).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -73,9 +73,7 @@ async fn main() -> ExitCode {
     if let Err(e) = cli.log.init() {
         return cli::exit_code("seed", Err(e.into()));
     }
-    let result = run(cli).await;
-    cli::close_mongo().await;
-    cli::exit_code("seed", result)
+    cli::finish("seed", run(cli).await).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

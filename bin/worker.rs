@@ -108,9 +108,7 @@ async fn main() -> ExitCode {
     if let Err(e) = cli.log.init() {
         return cli::exit_code("worker", Err(e.into()));
     }
-    let result = run(cli).await.map(|()| ExitCode::SUCCESS);
-    cli::close_mongo().await;
-    cli::exit_code("worker", result)
+    cli::finish("worker", run(cli).await.map(|()| ExitCode::SUCCESS)).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -374,12 +374,12 @@ pub async fn mongo(uri: &str, app_name: &str) -> anyhow::Result<mongodb::Databas
     Ok(db)
 }
 
-/// Shut down every client [`mongo`] opened. Called by each binary after its work, before
+/// Shut down every client [`mongo`] opened. Called by [`finish`] after a binary's work, before
 /// `main` returns: left to the runtime's teardown, the driver's background tasks race it and
 /// can panic (`SendError` in `connection_requester`, a backtrace on stderr after a command that
 /// succeeded; mongo-rust-driver issues 674, 847). Immediate (nothing of ours is pending by then)
 /// and bounded, so a stuck server never holds up an exit.
-pub async fn close_mongo() {
+async fn close_mongo() {
     let clients = std::mem::take(
         &mut *MONGO_CLIENTS
             .lock()
@@ -392,6 +392,14 @@ pub async fn close_mongo() {
         )
         .await;
     }
+}
+
+/// How a binary ends once its `run` returned `result`: the MongoDB clients it opened are shut
+/// down first ([`close_mongo`]), then the exit code is decided and any error reported once
+/// ([`exit_code`]). Every binary's `main` ends here, so none can forget the shutdown.
+pub async fn finish(bin: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
+    close_mongo().await;
+    exit_code(bin, result)
 }
 
 /// Parse a time given as Unix seconds or RFC 3339 (`2019-01-01T00:00:00Z`).
