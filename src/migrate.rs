@@ -303,6 +303,13 @@ impl Migrator {
         }
     }
 
+    /// Migrate several jobs together (the worker's batch): one result per job, in the order of
+    /// `jobs`. Each result is what [`Migrator::migrate`] would return for that job alone.
+    pub async fn migrate_batch(&self, jobs: &[crate::planner::Job]) -> Vec<Result<Done, JobError>> {
+        let runs = jobs.iter().map(|j| self.migrate(&j.viz, j.batch.as_deref()));
+        futures_util::future::join_all(runs).await
+    }
+
     /// One viz of a walk: `viz` is on the walk's stack while it (and the parents it needs) run.
     async fn migrate_one(
         &self,
