@@ -141,6 +141,15 @@ impl Ledger {
     /// earlier one (`planner status`, `planner report --batch`). The set grows by one per
     /// re-plan of the viz (a daily cron re-plans only edited vizzes): small.
     pub async fn record(&self, rec: &VizRecord) -> mongodb::error::Result<()> {
+        self.vizzes()
+            .update_one(doc! {"_id": &rec.viz}, Self::update_of(rec)?)
+            .with_options(UpdateOptions::builder().upsert(true).build())
+            .await?;
+        Ok(())
+    }
+
+    /// The upsert [`Ledger::record`] makes for `rec`.
+    fn update_of(rec: &VizRecord) -> mongodb::error::Result<Document> {
         let mut fields = encode(rec)?;
         // `_id` comes from the filter on an upsert; `$set` leaves it alone.
         fields.remove("_id");
@@ -148,11 +157,38 @@ impl Ledger {
         if let Some(batch) = &rec.batch {
             update.insert("$addToSet", doc! {BATCHES: batch});
         }
-        self.vizzes()
-            .update_one(doc! {"_id": &rec.viz}, update)
-            .with_options(UpdateOptions::builder().upsert(true).build())
+        Ok(update)
+    }
+
+    /// Record several outcomes in one command (an unordered `update` of the upserts
+    /// [`Ledger::record`] makes). Returns the vizzes whose record the server refused (a
+    /// per-document write error), each with its reason; a failed command fails them all.
+    pub async fn record_many(
+        &self,
+        recs: &[VizRecord],
+    ) -> mongodb::error::Result<Vec<(String, String)>> {
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let updates = recs
+            .iter()
+            .map(|r| Ok(doc! {"q": {"_id": &r.viz}, "u": Self::update_of(r)?, "upsert": true}))
+            .collect::<mongodb::error::Result<Vec<Document>>>()?;
+        let reply = self
+            .db
+            .run_command(doc! {"update": VIZ, "updates": updates, "ordered": false})
             .await?;
-        Ok(())
+        let mut refused = Vec::new();
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            for e in errors.iter().filter_map(|e| e.as_document()) {
+                let at = e.get_i32("index").map(|i| i as usize).unwrap_or(usize::MAX);
+                if let Some(r) = recs.get(at) {
+                    let msg = e.get_str("errmsg").unwrap_or("write error").to_string();
+                    refused.push((r.viz.clone(), msg));
+                }
+            }
+        }
+        Ok(refused)
     }
 
     /// The `migrationviz` query for "a job of `batch` ended on this viz" (records written

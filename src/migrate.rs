@@ -18,6 +18,8 @@ use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+mod batch;
+
 /// How many times [`Migrator::migrate`] re-runs a job that collided with another write before
 /// it returns the error (which then goes through the delayed-retry queues).
 pub const RACE_RERUNS: u32 = 4;
@@ -266,8 +268,11 @@ impl Migrator {
     /// what its V2 documents hold (the whole budget at most, so a single huge viz still runs,
     /// alone).
     async fn memory_for(&self, raw: &translate::V2Viz) -> tokio::sync::OwnedSemaphorePermit {
-        let bytes = raw.content.as_ref().map_or(0, approx_bytes)
-            + raw.ops.iter().map(approx_bytes).sum::<usize>();
+        self.memory_for_bytes(v2_bytes(raw)).await
+    }
+
+    /// [`Migrator::memory_for`] V2 documents of `bytes` in all (a batch's).
+    async fn memory_for_bytes(&self, bytes: usize) -> tokio::sync::OwnedSemaphorePermit {
         let kib = (bytes.saturating_mul(WORKING_COPIES) / 1024).clamp(1, JOB_MEMORY_KIB);
         self.memory
             .clone()
@@ -286,11 +291,23 @@ impl Migrator {
     /// through a delayed-retry queue for an optimistic-lock miss would only make the job wait
     /// seconds for nothing.
     pub async fn migrate(&self, viz: &str, batch: Option<&str>) -> Result<Done, JobError> {
+        self.run(viz, batch, true).await
+    }
+
+    /// [`Migrator::migrate`]; `trust_ledger` off reads the viz's V3 documents even when the
+    /// ledger has no record of it (a batch found some of them there: an attempt stopped
+    /// half-way, or another job wrote them).
+    async fn run(
+        &self,
+        viz: &str,
+        batch: Option<&str>,
+        trust_ledger: bool,
+    ) -> Result<Done, JobError> {
         let mut reruns = 0;
         loop {
             let mut walk = Walk {
                 visiting: HashSet::new(),
-                trust_ledger: reruns == 0,
+                trust_ledger: trust_ledger && reruns == 0,
             };
             match self.migrate_one(viz, batch, &mut walk).await {
                 Err(e) if e.is_collision() && reruns < RACE_RERUNS => {
@@ -301,13 +318,6 @@ impl Migrator {
                 done => return done,
             }
         }
-    }
-
-    /// Migrate several jobs together (the worker's batch): one result per job, in the order of
-    /// `jobs`. Each result is what [`Migrator::migrate`] would return for that job alone.
-    pub async fn migrate_batch(&self, jobs: &[crate::planner::Job]) -> Vec<Result<Done, JobError>> {
-        let runs = jobs.iter().map(|j| self.migrate(&j.viz, j.batch.as_deref()));
-        futures_util::future::join_all(runs).await
     }
 
     /// One viz of a walk: `viz` is on the walk's stack while it (and the parents it needs) run.
@@ -393,31 +403,13 @@ impl Migrator {
             };
             let info_now = info_snaps.get(viz).filter(|s| s.doc_type.is_some());
             let content_now = content_snaps.get(viz).filter(|s| s.doc_type.is_some());
-            let migrated = last
-                .as_ref()
-                .and_then(|l| l.migrated.clone())
-                .filter(|_| last.as_ref().is_some_and(|l| l.outcome != Outcome::Skipped));
-            let last_view = migrated.as_ref().map(|m| LastMigration {
-                fingerprint: &m.fingerprint,
-                analytics: m.analytics_fingerprint.as_deref(),
-                end_commit: &m.end,
-                v3_content_v: m.v3_content_v,
-            });
-            let end_now = info_now
-                .and_then(|s| s.data.get("end"))
-                .and_then(Value::as_str);
-            let v3_now = match (end_now, content_now) {
-                (Some(end), Some(c)) => Some(V3Now {
-                    end,
-                    content_v: c.version,
-                }),
-                _ => None,
-            };
-            let plan = outcome::plan(
-                last_view.as_ref(),
+            let migrated = last_migrated(last.as_ref());
+            let plan = plan_of(
+                migrated.as_ref(),
+                info_now,
+                content_now,
                 &fingerprint,
                 analytics_fingerprint.as_deref(),
-                v3_now,
             );
             let users = self.v2.users(&p.user_ids).await.map_err(v2_err(viz))?;
             // A viz V3 has never had (no info snapshot, not even a tombstone) is invisible to
@@ -440,22 +432,7 @@ impl Migrator {
             let v3_analytics = v3_analytics.as_ref();
             match plan {
                 Plan::Unchanged => {
-                    // Migrated moments ago in this same batch by a fork's job (parents are
-                    // migrated first, recursively): this job's viz is migrated, by this batch.
-                    let earlier_in_batch = batch.is_some()
-                        && last.as_ref().is_some_and(|l| {
-                            l.outcome == Outcome::Migrated && l.batch.as_deref() == batch
-                        });
-                    let done = Done {
-                        viz: viz.to_string(),
-                        outcome: if earlier_in_batch {
-                            Outcome::Migrated
-                        } else {
-                            Outcome::Unchanged
-                        },
-                        reason: earlier_in_batch
-                            .then(|| "migrated earlier in this batch, as a fork's parent".into()),
-                    };
+                    let done = unchanged(viz, batch, last.as_ref());
                     self.record(
                         &done,
                         None,
@@ -1065,46 +1042,8 @@ impl Migrator {
                 docs: raced,
             });
         }
-        let history = match &t.history {
-            history::Mode::Replayed { base_v, ops } => format!(
-                "replayed {ops} ops from v{base_v}, {} new commits",
-                t.commits.len()
-            ),
-            history::Mode::Fallback { reason } => {
-                format!("fallback ({reason}), {} new commits", t.commits.len())
-            }
-        };
-        let migrated = Migrated {
-            fingerprint: w.fingerprint,
-            analytics_fingerprint: w.analytics_fingerprint,
-            info_v: p.info_v as i64,
-            content_v: p.content_v as i64,
-            start: t.info.start.clone(),
-            end: t.info.end.clone(),
-            end_timestamp: t.info.updated,
-            v3_content_v,
-            file_ids: t.file_ids.clone(),
-            analytics: t.analytics_v2.clone(),
-            forked_from: t.info.forked_from.clone(),
-            forked_from_is_backfilled: t.info.forked_from_is_backfilled,
-            history: history.clone(),
-        };
-        let skipped: Vec<String> = t.skipped.iter().map(|s| s.reason.clone()).collect();
-        for s in &skipped {
-            tracing::warn!(viz, "{s}");
-        }
-        let reason = match (&t.history, skipped.len()) {
-            (history::Mode::Fallback { .. }, _) => Some(history),
-            (_, 0) => None,
-            (_, n) => Some(format!(
-                "{n} upvotes/collaborators skipped (user missing from V2, or no userId)"
-            )),
-        };
-        let done = Done {
-            viz: viz.to_string(),
-            outcome: Outcome::Migrated,
-            reason,
-        };
+        let (done, migrated, skipped) =
+            migrated_of(p, t, w.fingerprint, w.analytics_fingerprint, v3_content_v);
         self.record(&done, None, w.batch, w.attempts, Some(migrated), skipped)
             .await?;
         Ok(done)
@@ -1217,17 +1156,7 @@ impl Migrator {
         migrated: Option<Migrated>,
         skipped_entries: Vec<String>,
     ) -> Result<(), JobError> {
-        let rec = VizRecord {
-            viz: done.viz.clone(),
-            outcome: done.outcome,
-            reason: done.reason.clone(),
-            error_kind: kind.map(str::to_string),
-            batch: batch.map(str::to_string),
-            attempts,
-            time: now_secs(),
-            migrated,
-            skipped_entries,
-        };
+        let rec = record_of(done, kind, batch, attempts, migrated, skipped_entries);
         self.ledger
             .record(&rec)
             .await
@@ -1345,6 +1274,142 @@ impl Migrator {
         };
         Ok(translate::translate(&p, &ctx, &self.cfg)?)
     }
+}
+
+/// The ledger record of a job's end.
+fn record_of(
+    done: &Done,
+    kind: Option<&str>,
+    batch: Option<&str>,
+    attempts: i64,
+    migrated: Option<Migrated>,
+    skipped_entries: Vec<String>,
+) -> VizRecord {
+    VizRecord {
+        viz: done.viz.clone(),
+        outcome: done.outcome,
+        reason: done.reason.clone(),
+        error_kind: kind.map(str::to_string),
+        batch: batch.map(str::to_string),
+        attempts,
+        time: now_secs(),
+        migrated,
+        skipped_entries,
+    }
+}
+
+/// What the ledger's last record says was migrated (none after a skip).
+fn last_migrated(last: Option<&VizRecord>) -> Option<Migrated> {
+    last.filter(|l| l.outcome != Outcome::Skipped)
+        .and_then(|l| l.migrated.clone())
+}
+
+/// The plan for a viz the ledger last left at `migrated`, from its V3 info and content as they
+/// are now (live snapshots only) and V2's fingerprints now.
+fn plan_of(
+    migrated: Option<&Migrated>,
+    info_now: Option<&Snapshot>,
+    content_now: Option<&Snapshot>,
+    fingerprint: &str,
+    analytics_fingerprint: Option<&str>,
+) -> Plan {
+    let last_view = migrated.map(|m| LastMigration {
+        fingerprint: &m.fingerprint,
+        analytics: m.analytics_fingerprint.as_deref(),
+        end_commit: &m.end,
+        v3_content_v: m.v3_content_v,
+    });
+    let end_now = info_now
+        .and_then(|s| s.data.get("end"))
+        .and_then(Value::as_str);
+    let v3_now = match (end_now, content_now) {
+        (Some(end), Some(c)) => Some(V3Now {
+            end,
+            content_v: c.version,
+        }),
+        _ => None,
+    };
+    outcome::plan(
+        last_view.as_ref(),
+        fingerprint,
+        analytics_fingerprint,
+        v3_now,
+    )
+}
+
+/// The end of a job whose plan is [`Plan::Unchanged`].
+fn unchanged(viz: &str, batch: Option<&str>, last: Option<&VizRecord>) -> Done {
+    // Migrated moments ago in this same batch by a fork's job (parents are migrated first,
+    // recursively): this job's viz is migrated, by this batch.
+    let earlier_in_batch = batch.is_some()
+        && last.is_some_and(|l| l.outcome == Outcome::Migrated && l.batch.as_deref() == batch);
+    Done {
+        viz: viz.to_string(),
+        outcome: if earlier_in_batch {
+            Outcome::Migrated
+        } else {
+            Outcome::Unchanged
+        },
+        reason: earlier_in_batch
+            .then(|| "migrated earlier in this batch, as a fork's parent".into()),
+    }
+}
+
+/// A migration's end: its [`Done`], its ledger [`Migrated`] and the skipped entries' reasons.
+fn migrated_of(
+    p: &Prepared,
+    t: &Translation,
+    fingerprint: String,
+    analytics_fingerprint: Option<String>,
+    v3_content_v: i64,
+) -> (Done, Migrated, Vec<String>) {
+    let viz = p.viz.as_str();
+    let history = match &t.history {
+        history::Mode::Replayed { base_v, ops } => format!(
+            "replayed {ops} ops from v{base_v}, {} new commits",
+            t.commits.len()
+        ),
+        history::Mode::Fallback { reason } => {
+            format!("fallback ({reason}), {} new commits", t.commits.len())
+        }
+    };
+    let migrated = Migrated {
+        fingerprint: fingerprint,
+        analytics_fingerprint: analytics_fingerprint,
+        info_v: p.info_v as i64,
+        content_v: p.content_v as i64,
+        start: t.info.start.clone(),
+        end: t.info.end.clone(),
+        end_timestamp: t.info.updated,
+        v3_content_v,
+        file_ids: t.file_ids.clone(),
+        analytics: t.analytics_v2.clone(),
+        forked_from: t.info.forked_from.clone(),
+        forked_from_is_backfilled: t.info.forked_from_is_backfilled,
+        history: history.clone(),
+    };
+    let skipped: Vec<String> = t.skipped.iter().map(|s| s.reason.clone()).collect();
+    for s in &skipped {
+        tracing::warn!(viz, "{s}");
+    }
+    let reason = match (&t.history, skipped.len()) {
+        (history::Mode::Fallback { .. }, _) => Some(history),
+        (_, 0) => None,
+        (_, n) => Some(format!(
+            "{n} upvotes/collaborators skipped (user missing from V2, or no userId)"
+        )),
+    };
+    let done = Done {
+        viz: viz.to_string(),
+        outcome: Outcome::Migrated,
+        reason,
+    };
+    (done, migrated, skipped)
+}
+
+/// Roughly what a viz's V2 documents hold in memory.
+fn v2_bytes(raw: &translate::V2Viz) -> usize {
+    raw.content.as_ref().map_or(0, approx_bytes) + raw.ops.iter().map(approx_bytes).sum::<usize>()
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> Value {

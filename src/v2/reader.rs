@@ -55,11 +55,11 @@ pub struct V2Query {
 }
 
 /// Every V2 query shape the planner, the workers and `planner verify` issue.
-pub const QUERIES: [V2Query; 8] = [
+pub const QUERIES: [V2Query; 9] = [
     V2Query {
         name: "info-by-id",
         collection: collections::INFO,
-        used_by: "worker (documentInfo of a job's viz, fork parents' forkedFrom), plan/verify --viz",
+        used_by: "worker (documentInfo of a job's viz, of a batch's vizzes with $in, fork parents' forkedFrom), plan/verify --viz",
         index: &["_id"],
         example: || (doc! {"_id": "x"}, None),
     },
@@ -97,7 +97,7 @@ pub const QUERIES: [V2Query; 8] = [
     V2Query {
         name: "content-by-id",
         collection: collections::CONTENT,
-        used_by: "worker: documentContent of a job's viz",
+        used_by: "worker: documentContent of a job's viz (of a batch's vizzes with $in)",
         index: &["_id"],
         example: || (doc! {"_id": "x"}, None),
     },
@@ -109,6 +109,13 @@ pub const QUERIES: [V2Query; 8] = [
         example: || (doc! {"d": "x"}, Some(doc! {"v": 1})),
     },
     V2Query {
+        name: "op-log-by-vizzes",
+        collection: collections::CONTENT_OPS,
+        used_by: "worker batches: o_documentContent of a batch's vizzes ({d: {$in}}), in (d, v) order",
+        index: &["d", "v"],
+        example: || (doc! {"d": {"$in": ["x", "y"]}}, Some(doc! {"d": 1, "v": 1})),
+    },
+    V2Query {
         name: "users-by-id",
         collection: collections::USER,
         used_by: "worker: owners, collaborators and upvoters ({_id: {$in}})",
@@ -118,11 +125,20 @@ pub const QUERIES: [V2Query; 8] = [
     V2Query {
         name: "event-record-by-id",
         collection: collections::EVENT_RECORDS,
-        used_by: "worker: a viz's page-view record ({id})",
+        used_by: "worker: a viz's page-view record ({id}; a batch's with {id: {$in}})",
         index: &["id"],
         example: || (doc! {"id": "x"}, None),
     },
 ];
+
+/// A batch's V2 documents ([`Reader::vizzes`]).
+#[derive(Default)]
+pub struct BatchRead {
+    pub vizzes: HashMap<String, V2Viz>,
+    /// Vizzes to read alone: the batch's byte budget ran out before them, or their op log passes
+    /// the op-log cap.
+    pub deferred: Vec<String>,
+}
 
 /// Read-only, rate-limited access to V2.
 #[derive(Clone)]
@@ -312,6 +328,155 @@ impl Reader {
             ops,
             ops_withheld,
         }))
+    }
+
+    /// The V2 documents of a batch of vizzes in three queries (`info-by-id`, `content-by-id`
+    /// with `$in`, then `op-log-by-vizzes`), in the order [`Reader::viz`] reads one: contents
+    /// before op logs, so every op a content snapshot names is in the log we read.
+    ///
+    /// `budget` bounds the BSON bytes held: vizzes whose content or op log would take the batch
+    /// past it, and vizzes whose op log alone passes the reader's op-log cap, are returned in
+    /// [`BatchRead::deferred`] for a read of their own ([`Reader::viz`], under the job's own
+    /// memory share). Ids without a `documentInfo` are in neither map.
+    pub async fn vizzes(&self, ids: &[String], budget: usize) -> mongodb::error::Result<BatchRead> {
+        let mut out = BatchRead::default();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut infos: HashMap<String, Value> = HashMap::new();
+        self.visit(
+            collections::INFO,
+            doc! {"_id": {"$in": ids}},
+            FindOptions::default(),
+            |d: Document| {
+                let v = super::from_bson(d);
+                if let Some(id) = super::raw_id_of(&v) {
+                    infos.insert(id, v);
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await?;
+        let present: Vec<String> = ids
+            .iter()
+            .filter(|i| infos.contains_key(*i))
+            .cloned()
+            .collect();
+        if present.is_empty() {
+            return Ok(out);
+        }
+        let mut bytes = 0usize;
+        let mut contents: HashMap<String, Value> = HashMap::new();
+        let whole = self
+            .visit(
+                collections::CONTENT,
+                doc! {"_id": {"$in": &present}},
+                FindOptions::default(),
+                |raw: RawDocumentBuf| {
+                    bytes += raw.as_bytes().len();
+                    if bytes > budget && !contents.is_empty() {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    let v = super::from_bson(raw.to_document()?);
+                    if let Some(id) = super::raw_id_of(&v) {
+                        contents.insert(id, v);
+                    }
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+            .await?;
+        // Cut short: a viz whose content was not reached may have one; read it alone.
+        let (read, deferred): (Vec<String>, Vec<String>) = present
+            .into_iter()
+            .partition(|i| whole || contents.contains_key(i));
+        out.deferred.extend(deferred);
+        if read.is_empty() {
+            return Ok(out);
+        }
+        // Op logs in (d, v) order: a viz's log is whole once the next viz's begins.
+        let cap = self.max_op_log_bytes;
+        let mut logs: HashMap<String, Vec<Value>> = HashMap::new();
+        let mut over_cap: std::collections::HashSet<String> = Default::default();
+        let mut current: Option<(String, usize)> = None;
+        let opts = FindOptions::builder().sort(doc! {"d": 1, "v": 1}).build();
+        let whole = self
+            .visit(
+                collections::CONTENT_OPS,
+                doc! {"d": {"$in": &read}},
+                opts,
+                |raw: RawDocumentBuf| {
+                    let n = raw.as_bytes().len();
+                    let d = raw.get_str("d").unwrap_or_default().to_string();
+                    let log_bytes = match &mut current {
+                        Some((at, b)) if *at == d => {
+                            *b += n;
+                            *b
+                        }
+                        _ => {
+                            current = Some((d.clone(), n));
+                            n
+                        }
+                    };
+                    if log_bytes > cap {
+                        over_cap.insert(d.clone());
+                        logs.remove(&d);
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    if over_cap.contains(&d) {
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    bytes += n;
+                    if bytes > budget {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    logs.entry(d)
+                        .or_default()
+                        .push(super::from_bson(raw.to_document()?));
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+            .await?;
+        // Cut short at viz `stop`: its log and those after it (in `d` order) are not whole.
+        let stop = if whole { None } else { current.map(|(d, _)| d) };
+        for id in read {
+            let cut = stop.as_ref().is_some_and(|s| id.as_str() >= s.as_str());
+            if cut || over_cap.contains(&id) {
+                out.deferred.push(id);
+                continue;
+            }
+            let info = infos.remove(&id).expect("read only ids with an info");
+            out.vizzes.insert(
+                id.clone(),
+                V2Viz {
+                    info,
+                    content: contents.remove(&id),
+                    ops: logs.remove(&id).unwrap_or_default(),
+                    ops_withheld: None,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Raw `eventRecords` docs by event id, one query (`event-record-by-id` with `$in`): the
+    /// first record of each id, as [`Reader::event_record`] finds it.
+    pub async fn event_records(
+        &self,
+        ids: &[String],
+    ) -> mongodb::error::Result<HashMap<String, Value>> {
+        let mut out = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        for d in self
+            .find_all(collections::EVENT_RECORDS, doc! {"id": {"$in": ids}}, None)
+            .await?
+        {
+            if let Some(id) = d.get("id").and_then(Value::as_str) {
+                out.entry(id.to_string()).or_insert(d);
+            }
+        }
+        Ok(out)
     }
 
     /// The content op log of `id`, read as raw BSON so its size is known as it arrives:

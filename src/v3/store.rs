@@ -10,7 +10,8 @@
 //! - Op `_id`s are derived from (collection, doc id, version, op body): a re-run of an attempt
 //!   that stopped half-way inserts the same op once (duplicate-key errors are expected and
 //!   ignored), while two writers racing at one version with *different* ops (two forks
-//!   recounting their parent's `forksCount`, 1 and 2) insert two ops, the loser's an orphan.
+//!   recounting their parent's `forksCount`, 1 and 2) insert two ops; the loser takes its op
+//!   back (it is an orphan no snapshot links to) once its snapshot update matched nothing.
 //!   Derived from the version alone, the loser's op would have been dropped as a duplicate and
 //!   the winner's snapshot would link to an op that says something else.
 //! - Every update keeps the snapshot's `_m.ctime`; every op carries `src: "vizhub-migrate"`
@@ -709,8 +710,11 @@ impl Store {
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
         let (oid, op) = op_doc(collection, &s.id, s.version, body, s.last_op, ts_ms);
-        self.insert_ignoring_duplicates(&format!("o_{collection}"), vec![op], WriteKind::OpInsert)
-            .await?;
+        let ops = format!("o_{collection}");
+        let ours = self
+            .insert_ignoring_duplicates(&ops, vec![op], WriteKind::OpInsert)
+            .await?
+            .is_empty();
         let mut snap = doc! {
             "_id": &s.id,
             "_type": if data.is_some() { Bson::String(OT_TYPE.into()) } else { Bson::Null },
@@ -733,6 +737,15 @@ impl Store {
             .observe(started.elapsed().as_secs_f64());
         let res = replaced?;
         if res.matched_count == 0 {
+            // Lost the race: the op just inserted is most likely an orphan no snapshot links
+            // to (another writer's op holds this version); sharedb-mongo would skip it, but it
+            // is noise in the doc's op log, so it is taken back, unless it is linked after all:
+            // a writer that made the very same op (same id) may have won with it.
+            if ours && !self.op_is_linked(collection, &s.id, s.version, oid).await? {
+                self.write_allowed()?;
+                self.trip();
+                self.coll(&ops).delete_one(doc! {"_id": oid}).await?;
+            }
             report.lost_races.push(s.id.clone());
         } else if data.is_none() {
             report.deleted += 1;
@@ -740,6 +753,36 @@ impl Store {
             report.updated += 1;
         }
         Ok(())
+    }
+
+    /// Whether op `oid` (version `v` of doc `id`) is part of the doc's history: the snapshot's
+    /// newest op, or the op the next version links to (`o`). Called after our snapshot update
+    /// at `v` matched nothing, when no later write can link it any more: the snapshot is read
+    /// first, so one moving past `v + 1` in between has already written the op that links.
+    async fn op_is_linked(
+        &self,
+        collection: &str,
+        id: &str,
+        v: i64,
+        oid: ObjectId,
+    ) -> Result<bool, StoreError> {
+        self.trip();
+        if self
+            .coll(collection)
+            .find_one(doc! {"_id": id, "_o": oid})
+            .projection(doc! {"_id": 1})
+            .await?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        self.trip();
+        Ok(self
+            .coll(&format!("o_{collection}"))
+            .find_one(doc! {"d": id, "v": v + 1, "o": oid})
+            .projection(doc! {"_id": 1})
+            .await?
+            .is_some())
     }
 
     /// Insert commits (plain docs, `_id = id`); commits already there are left as they are —

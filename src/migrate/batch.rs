@@ -1,0 +1,581 @@
+//! Migrating a batch of jobs together ([`Migrator::migrate_batch`], what the worker runs): the
+//! database I/O of the common cases is shared by the whole batch, so a batch of B vizzes costs a
+//! few queries per collection instead of a few per viz.
+//!
+//! - **Read** V2 once per collection for the batch (`$in` on ids; op logs in `(d, v)` order,
+//!   within a byte budget), users and page-view records likewise; the ledger and the V3
+//!   snapshots the plans need with `$in`.
+//! - **Fast path**: a viz the ledger has never recorded (the catch-up) whose parent is in V3 or
+//!   earlier in the batch, and a viz whose plan is `Unchanged` (the daily re-run). Vizzes are
+//!   written in *waves*: a fork whose parent is in the same batch waits for the wave after its
+//!   parent's. Each wave writes per collection in the spec's order (users → commits → content →
+//!   upvotes, permissions, analytics → info → parents' `forksCount`), one unordered insert per
+//!   collection, every per-document result mapped back to its viz; a parent's `forksCount` is
+//!   recounted once per wave for all its forks in it. The ledger records of the whole batch go
+//!   in one command at the end, after every other write.
+//! - **Alone**: everything else, and every viz the fast path could not finish (a doc another
+//!   writer got to first, a parent that is neither in V3 nor in the batch, a write error, an
+//!   unreadable viz, a re-sync, a conflict), runs through [`Migrator::migrate`]'s own logic,
+//!   after the fast path, a few at a time. So the fast path decides nothing the per-viz path
+//!   would decide differently: it writes exactly what that path writes for a fresh viz (same
+//!   translation, same documents, same order per viz), and leaves every other case to it.
+//!
+//! A crash between two writes leaves each job of the batch either recorded or unrecorded with
+//! some of its documents written; redelivered, its creates find those documents and it runs
+//! alone, reading them (as a re-run of the per-viz path does).
+
+use super::{
+    last_migrated, migrated_of, now_ms, now_secs, plan_of, record_of, to_value, unchanged,
+    v2_bytes, Done, JobError, Migrator, ParentLink,
+};
+use crate::ledger::VizRecord;
+use crate::outcome::Plan;
+use crate::planner::Job;
+use crate::translate::{self, Context, Parent, ParentRequest, Prepared};
+use crate::v3::store::{Policy, Snapshot, SyncReport};
+use crate::v3::{self, collections as c3};
+use crate::{ids, PRIMORDIAL_VIZ_ID};
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// BSON bytes of V2 documents one batch read holds; vizzes past it are read alone.
+const BATCH_READ_BYTES: usize = 32 << 20;
+
+/// Jobs of a batch that run alone at once.
+const ALONE_AT_ONCE: usize = 8;
+
+/// A job the fast path cannot finish: run it alone, trusting the ledger (nothing of it was
+/// written here) or reading its V3 documents (some may have been).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alone {
+    Trusting,
+    Reading,
+}
+
+/// A fresh viz of the batch, prepared.
+struct Fresh {
+    at: usize,
+    p: Prepared,
+    attempts: i64,
+    fingerprint: String,
+    analytics_fingerprint: Option<String>,
+    /// The parent V2 names (or the primordial viz) and whether the link is backfilled.
+    wanted: Option<(String, bool)>,
+}
+
+/// A translated fresh viz of a wave, and its parent.
+struct Translated {
+    f: Fresh,
+    t: translate::Translation,
+    parent: Option<String>,
+}
+
+/// What the fast path decided: jobs done (with their ledger records, not yet written) and jobs
+/// to run alone.
+#[derive(Default)]
+struct Decided {
+    done: Vec<(usize, Done, VizRecord)>,
+    alone: Vec<(usize, Alone)>,
+}
+
+impl Decided {
+    fn alone(&mut self, at: usize, how: Alone) {
+        self.alone.push((at, how));
+    }
+}
+
+impl Migrator {
+    /// Migrate several jobs together (the worker's batch): one result per job, in the order of
+    /// `jobs`, each what [`Migrator::migrate`] returns for that job alone (see the module doc).
+    pub async fn migrate_batch(&self, jobs: &[Job]) -> Vec<Result<Done, JobError>> {
+        let mut d = Decided::default();
+        self.fast(jobs, &mut d).await;
+        let mut out: Vec<Option<Result<Done, JobError>>> = (0..jobs.len()).map(|_| None).collect();
+        let records: Vec<VizRecord> = d.done.iter().map(|(_, _, r)| r.clone()).collect();
+        match self.ledger.record_many(&records).await {
+            Ok(refused) => {
+                let refused: HashMap<String, String> = refused.into_iter().collect();
+                for (at, done, _) in d.done {
+                    if let Some(why) = refused.get(&done.viz) {
+                        tracing::warn!(viz = %done.viz, error = %why, "ledger record refused; running the job alone");
+                        d.alone.push((at, Alone::Reading));
+                    } else {
+                        out[at] = Some(Ok(done));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = d.done.len(), "cannot record the batch; running its jobs alone");
+                d.alone
+                    .extend(d.done.into_iter().map(|(at, _, _)| (at, Alone::Reading)));
+            }
+        }
+        let alone = futures_util::stream::iter(d.alone)
+            .map(|(at, how)| async move {
+                let j = &jobs[at];
+                let r = self
+                    .run(&j.viz, j.batch.as_deref(), how == Alone::Trusting)
+                    .await;
+                (at, r)
+            })
+            .buffer_unordered(ALONE_AT_ONCE);
+        let finished: Vec<(usize, Result<Done, JobError>)> = alone.collect().await;
+        for (at, r) in finished {
+            out[at] = Some(r);
+        }
+        out.into_iter()
+            .map(|r| r.expect("every job of a batch ends in the fast path or alone"))
+            .collect()
+    }
+
+    /// The fast path: reads for the whole batch, then waves of fresh vizzes, and the
+    /// unchanged ones. Everything it does not finish is in `d.alone`.
+    async fn fast(&self, jobs: &[Job], d: &mut Decided) {
+        // A viz twice in a batch (a redelivered copy beside the original): the copy runs alone,
+        // after the first, and finds it migrated.
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for (at, j) in jobs.iter().enumerate() {
+            if first.contains_key(j.viz.as_str()) {
+                d.alone(at, Alone::Trusting);
+            } else {
+                first.insert(&j.viz, at);
+            }
+        }
+        let all = |d: &mut Decided, first: &HashMap<&str, usize>| {
+            for at in first.values() {
+                d.alone(*at, Alone::Trusting);
+            }
+        };
+        let ids: Vec<String> = first.keys().map(|v| v.to_string()).collect();
+        let read = match self.v2.vizzes(&ids, BATCH_READ_BYTES).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the batch from V2; its jobs run alone");
+                return all(d, &first);
+            }
+        };
+        let mut raws = read.vizzes;
+        // Deferred (past the byte budget) or without a documentInfo (the job reports it).
+        for id in &ids {
+            if !raws.contains_key(id) {
+                d.alone(first[id.as_str()], Alone::Trusting);
+            }
+        }
+        if raws.is_empty() {
+            return;
+        }
+        let _memory = self
+            .memory_for_bytes(raws.values().map(v2_bytes).sum())
+            .await;
+        let read_ids: Vec<String> = raws.keys().cloned().collect();
+        let mut ledger = match self.ledger.get_many(&read_ids).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the batch's ledger; its jobs run alone");
+                for id in &read_ids {
+                    d.alone(first[id.as_str()], Alone::Trusting);
+                }
+                return;
+            }
+        };
+        let mut prepared = Vec::new();
+        for id in read_ids {
+            let at = first[id.as_str()];
+            let raw = raws.remove(&id).expect("read");
+            match translate::prepare(&raw, &self.cfg) {
+                Ok(p) => prepared.push((at, p, ledger.remove(&id))),
+                // Skips and malformed vizzes: the job alone records or reports them.
+                Err(_) => d.alone(at, Alone::Trusting),
+            }
+        }
+        drop(raws);
+        let analytics_ids: Vec<String> = prepared
+            .iter()
+            .map(|(_, p, _)| p.analytics_id.clone())
+            .collect();
+        let user_ids: Vec<String> = prepared
+            .iter()
+            .flat_map(|(_, p, _)| p.user_ids.iter().cloned())
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let (events, users) = match tokio::try_join!(
+            self.v2.event_records(&analytics_ids),
+            self.v2.users(&user_ids)
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the batch's users and page views from V2; its jobs run alone");
+                for (at, _, _) in prepared {
+                    d.alone(at, Alone::Trusting);
+                }
+                return;
+            }
+        };
+        let mut fresh = Vec::new();
+        let mut known = Vec::new();
+        for (at, p, last) in prepared {
+            let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
+            let fingerprint = p.source_fingerprint();
+            let analytics_fingerprint = events.get(&p.analytics_id).map(ids::fingerprint);
+            match last {
+                None => {
+                    let wanted = match &p.parent {
+                        ParentRequest::Root => None,
+                        ParentRequest::Viz(id) => {
+                            Some((id.clone(), p.info.fork_from_backfilled == Some(true)))
+                        }
+                        ParentRequest::Primordial => Some((PRIMORDIAL_VIZ_ID.to_string(), true)),
+                    };
+                    fresh.push(Fresh {
+                        at,
+                        p,
+                        attempts,
+                        fingerprint,
+                        analytics_fingerprint,
+                        wanted,
+                    });
+                }
+                Some(last) => known.push((at, p, last, fingerprint, analytics_fingerprint)),
+            }
+        }
+        self.unchanged_ones(jobs, known, d).await;
+        // Waves: a fork waits for its parent when the parent is in the batch too.
+        let mut waiting = fresh;
+        while !waiting.is_empty() {
+            let in_batch: HashSet<String> = waiting.iter().map(|f| f.p.viz.clone()).collect();
+            let (ready, rest): (Vec<Fresh>, Vec<Fresh>) = waiting
+                .into_iter()
+                .partition(|f| f.wanted.as_ref().is_none_or(|(w, _)| !in_batch.contains(w)));
+            if ready.is_empty() {
+                // A fork cycle within the batch: the per-viz path decides who is its root.
+                for f in rest {
+                    d.alone(f.at, Alone::Trusting);
+                }
+                break;
+            }
+            self.wave(jobs, ready, &users, &events, d).await;
+            waiting = rest;
+        }
+    }
+
+    /// Vizzes the ledger has recorded: those whose plan is `Unchanged` are done (their record
+    /// joins the batch's); any other plan runs alone.
+    async fn unchanged_ones(
+        &self,
+        jobs: &[Job],
+        known: Vec<(usize, Prepared, VizRecord, String, Option<String>)>,
+        d: &mut Decided,
+    ) {
+        if known.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = known.iter().map(|k| k.1.viz.clone()).collect();
+        let snaps = tokio::try_join!(
+            self.v3.snapshots(c3::INFO, &ids),
+            self.v3.snapshots(c3::CONTENT, &ids),
+        );
+        let (infos, contents) = match snaps {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the batch's V3 snapshots; its jobs run alone");
+                for k in known {
+                    d.alone(k.0, Alone::Trusting);
+                }
+                return;
+            }
+        };
+        for (at, p, last, fingerprint, analytics_fingerprint) in known {
+            let migrated = last_migrated(Some(&last));
+            let plan = plan_of(
+                migrated.as_ref(),
+                infos.get(&p.viz).filter(|s| s.doc_type.is_some()),
+                contents.get(&p.viz).filter(|s| s.doc_type.is_some()),
+                &fingerprint,
+                analytics_fingerprint.as_deref(),
+            );
+            if plan != Plan::Unchanged {
+                d.alone(at, Alone::Trusting);
+                continue;
+            }
+            let batch = jobs[at].batch.as_deref();
+            let done = unchanged(&p.viz, batch, Some(&last));
+            let rec = record_of(
+                &done,
+                None,
+                batch,
+                last.attempts + 1,
+                migrated,
+                last.skipped_entries.clone(),
+            );
+            d.done.push((at, done, rec));
+        }
+    }
+
+    /// The parent link of a fresh viz whose parent V3 has (visible, with commits); `None` sends
+    /// the viz alone (the per-viz path migrates the parent first, or hangs the viz elsewhere).
+    async fn link_in_v3(
+        &self,
+        f: &Fresh,
+        parent: &str,
+        backfilled: bool,
+        infos: &HashMap<String, Snapshot>,
+    ) -> Result<Option<ParentLink>, JobError> {
+        let Some(info) = infos.get(parent).filter(|s| s.doc_type.is_some()) else {
+            return Ok(None);
+        };
+        let end = info.data.get("end").and_then(Value::as_str);
+        let commits = self.chain_of(&f.p.viz, parent, end).await?;
+        let Some(fork) = translate::fork_point(&commits, f.p.created) else {
+            return Ok(None);
+        };
+        let Some(content) = self.content_at(&f.p.viz, fork, &commits).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ParentLink {
+            viz: parent.to_string(),
+            commit: fork.id.clone(),
+            content,
+            backfilled,
+            info: None,
+        }))
+    }
+
+    /// One wave of fresh vizzes: parents resolved, translated, written per collection.
+    async fn wave(
+        &self,
+        jobs: &[Job],
+        ready: Vec<Fresh>,
+        users: &HashMap<String, Value>,
+        events: &HashMap<String, Value>,
+        d: &mut Decided,
+    ) {
+        let parents: Vec<String> = ready
+            .iter()
+            .filter_map(|f| f.wanted.as_ref().map(|(w, _)| w.clone()))
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let infos = if parents.is_empty() {
+            HashMap::new()
+        } else {
+            match self.v3.snapshots(c3::INFO, &parents).await {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the wave's parents; its forks run alone");
+                    let mut rest = Vec::new();
+                    for f in ready {
+                        if f.wanted.is_some() {
+                            d.alone(f.at, Alone::Trusting);
+                        } else {
+                            rest.push(f);
+                        }
+                    }
+                    return Box::pin(self.wave(jobs, rest, users, events, d)).await;
+                }
+            }
+        };
+        let mut translated = Vec::new();
+        for f in ready {
+            let link = match &f.wanted {
+                None => None,
+                Some((parent, backfilled)) => {
+                    match self.link_in_v3(&f, parent, *backfilled, &infos).await {
+                        Ok(Some(l)) => Some(l),
+                        Ok(None) | Err(_) => {
+                            d.alone(f.at, Alone::Trusting);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let ctx = Context {
+                parent: match &link {
+                    None => Parent::Root,
+                    Some(l) => Parent::Fork {
+                        viz: &l.viz,
+                        commit: &l.commit,
+                        content: &l.content,
+                        backfilled: l.backfilled,
+                    },
+                },
+                users,
+                analytics: events.get(&f.p.analytics_id),
+                v3_analytics: None,
+                previous: None,
+                now: now_secs(),
+            };
+            match translate::translate(&f.p, &ctx, &self.cfg) {
+                Ok(t) => translated.push(Translated {
+                    parent: link.map(|l| l.viz),
+                    f,
+                    t,
+                }),
+                Err(_) => d.alone(f.at, Alone::Trusting),
+            }
+        }
+        if translated.is_empty() {
+            return;
+        }
+        let raced = match self.write_wave(&translated).await {
+            Ok(raced) => raced,
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = translated.len(), "writing a wave failed; its jobs run alone");
+                for x in translated {
+                    d.alone(x.f.at, Alone::Reading);
+                }
+                return;
+            }
+        };
+        for x in translated {
+            if raced.contains(&x.f.p.viz) {
+                d.alone(x.f.at, Alone::Reading);
+                continue;
+            }
+            let batch = jobs[x.f.at].batch.as_deref();
+            // A create makes content version 1.
+            let (done, migrated, skipped) = migrated_of(
+                &x.f.p,
+                &x.t,
+                x.f.fingerprint.clone(),
+                x.f.analytics_fingerprint.clone(),
+                1,
+            );
+            let rec = record_of(&done, None, batch, x.f.attempts, Some(migrated), skipped);
+            d.done.push((x.f.at, done, rec));
+        }
+    }
+
+    /// A wave's writes, per collection in the spec's order. Returns the vizzes another writer
+    /// got to first (a document of theirs was already there, or a parent recount kept losing):
+    /// they did not get their info written (or their parent recounted) and run alone.
+    async fn write_wave(
+        &self,
+        wave: &[Translated],
+    ) -> Result<HashSet<String>, crate::v3::store::StoreError> {
+        let ts = now_ms();
+        let none = HashMap::new();
+        let mut raced: HashSet<String> = HashSet::new();
+        // Per-document results back to their viz.
+        let note = |raced: &mut HashSet<String>, r: SyncReport, owner: &HashMap<String, String>| {
+            for id in r.existed.iter().chain(r.lost_races.iter()) {
+                if let Some(viz) = owner.get(id) {
+                    raced.insert(viz.clone());
+                }
+            }
+        };
+        // Users: shared documents whose creates are identical; each once, and only those this
+        // worker has not synced as they are now.
+        let mut wanted = Vec::new();
+        let mut prints = Vec::new();
+        let mut seen = HashSet::new();
+        for u in wave.iter().flat_map(|x| x.t.users.iter()) {
+            if !seen.insert(u.id.clone()) {
+                continue;
+            }
+            let v = to_value(u);
+            let f = ids::fingerprint(&v);
+            if self.users_synced.get(&u.id).as_ref() != Some(&f) {
+                wanted.push((u.id.clone(), v));
+                prints.push(f);
+            }
+        }
+        let report = self
+            .v3
+            .sync(
+                c3::USER,
+                &wanted,
+                Policy::UpdateIfOurs {
+                    v3_owned: &v3::USER_V3_OWNED,
+                },
+                ts,
+            )
+            .await?;
+        for ((id, _), f) in wanted.into_iter().zip(prints) {
+            if !report.lost_races.contains(&id) {
+                let bytes = f.len();
+                self.users_synced.insert(id, f, bytes);
+            }
+        }
+        let commits: Vec<v3::Commit> = wave.iter().flat_map(|x| x.t.commits.clone()).collect();
+        self.v3.insert_commits(&commits).await?;
+        let by_viz: HashMap<String, String> = wave
+            .iter()
+            .map(|x| (x.f.p.viz.clone(), x.f.p.viz.clone()))
+            .collect();
+        let content: Vec<(String, Value)> = wave
+            .iter()
+            .map(|x| (x.f.p.viz.clone(), x.t.content.clone()))
+            .collect();
+        let r = self
+            .v3
+            .sync_known(c3::CONTENT, &content, &none, Policy::Update, ts)
+            .await?;
+        note(&mut raced, r, &by_viz);
+        let mut owner = HashMap::new();
+        let mut upvotes = Vec::new();
+        let mut perms = Vec::new();
+        let mut analytics = Vec::new();
+        for x in wave {
+            let viz = &x.f.p.viz;
+            for u in &x.t.upvotes {
+                owner.insert(u.id.clone(), viz.clone());
+                upvotes.push((u.id.clone(), to_value(u)));
+            }
+            for u in &x.t.permissions {
+                owner.insert(u.id.clone(), viz.clone());
+                perms.push((u.id.clone(), to_value(u)));
+            }
+            if let Some(a) = &x.t.analytics {
+                owner.insert(a.id.clone(), viz.clone());
+                analytics.push((a.id.clone(), to_value(a)));
+            }
+        }
+        for (coll, wanted, policy) in [
+            (c3::UPVOTE, &upvotes, Policy::UpdateIfMigrated),
+            (c3::PERMISSION, &perms, Policy::UpdateIfMigrated),
+            (c3::ANALYTICS_EVENT, &analytics, Policy::Update),
+        ] {
+            let r = self.v3.sync_known(coll, wanted, &none, policy, ts).await?;
+            note(&mut raced, r, &owner);
+        }
+        // Info last, and only for vizzes whose every document is ours: it makes them visible.
+        // A viz V3 never had has no V3-native forks or upvotes.
+        let infos: Vec<(String, Value)> = wave
+            .iter()
+            .filter(|x| !raced.contains(&x.f.p.viz))
+            .map(|x| {
+                let mut info = x.t.info.clone();
+                info.forks_count = 0;
+                info.upvotes_count = x.t.upvotes.len() as i64;
+                (x.f.p.viz.clone(), to_value(&info))
+            })
+            .collect();
+        let r = self
+            .v3
+            .sync_known(c3::INFO, &infos, &none, Policy::Update, ts)
+            .await?;
+        note(&mut raced, r, &by_viz);
+        // Each parent's forksCount once for all its forks of the wave.
+        let mut forks_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        for x in wave.iter().filter(|x| !raced.contains(&x.f.p.viz)) {
+            if let Some(parent) = &x.parent {
+                forks_of.entry(parent).or_default().push(&x.f.p.viz);
+            }
+        }
+        for (parent, forks) in forks_of {
+            let lost = match self.recount_forks(forks[0], parent, None, ts).await {
+                Ok(r) => !r.lost_races.is_empty(),
+                Err(e) => {
+                    tracing::warn!(parent, error = %e, "cannot recount forks; its forks run alone");
+                    true
+                }
+            };
+            if lost {
+                raced.extend(forks.iter().map(|f| f.to_string()));
+            }
+        }
+        Ok(raced)
+    }
+}

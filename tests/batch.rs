@@ -1,0 +1,329 @@
+//! The worker's batches ([`Migrator::migrate_batch`]) against the real MongoDB-protocol server:
+//! a batch writes exactly what one job at a time writes (snapshots, commits, op logs, ledger
+//! outcomes) with a few V2 queries per batch, not per viz; a batch stopped between any two of
+//! its writes and run again ends as a clean run; forks of one hot parent migrated by racing
+//! pods leave no lost-race op in the parent's op log.
+
+mod common;
+#[path = "common/env.rs"]
+mod env;
+
+use env::TestEnv;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use vizhub_migrate::migrate::Migrator;
+use vizhub_migrate::planner::Job;
+use vizhub_migrate::translate::V2Viz;
+use vizhub_migrate::verify::{self, Scope};
+use vizhub_migrate::{Outcome, PRIMORDIAL_VIZ_ID};
+
+const LOADING_CSV: &str = "3fd333e335fe4ecb9ee0c819802443b7";
+const PENGUIN: &str = "a56e821963b849b897dd51db26067db9";
+
+/// `viz` as a new V2 viz `id` forked from `parent`.
+fn copy_of(viz: &V2Viz, id: &str, parent: &str, created: i64) -> V2Viz {
+    let mut c = viz.clone();
+    for field in ["_id", "id"] {
+        c.info[field] = json!(id);
+        c.content.as_mut().unwrap()[field] = json!(id);
+    }
+    c.info["forkedFrom"] = json!(parent);
+    c.info["createdTimestamp"] = json!(created);
+    for op in &mut c.ops {
+        op["d"] = json!(id);
+    }
+    c
+}
+
+/// The fixtures and `n` copies: forks of Loading CSV, of the primordial viz, and of the copy
+/// before (a chain inside one batch). Returns the jobs in the planner's order (creation time).
+async fn load(env: &TestEnv, n: usize) -> Vec<String> {
+    env.load_fixtures(&[]).await;
+    let fixtures = common::World::with_fixtures(&[]);
+    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
+        .as_i64()
+        .unwrap();
+    for i in 0..n {
+        let id = format!("{i:032x}");
+        let at = created + 1 + i as i64;
+        let copy = match i % 3 {
+            0 => copy_of(&fixtures.v2[PENGUIN], &id, LOADING_CSV, at),
+            1 => copy_of(&fixtures.v2[LOADING_CSV], &id, PRIMORDIAL_VIZ_ID, at),
+            _ => copy_of(&fixtures.v2[PENGUIN], &id, &format!("{:032x}", i - 1), at),
+        };
+        env.load_viz(&copy).await;
+    }
+    env.load_page_views().await;
+    let mut infos: Vec<(i64, String)> = env
+        .v2_docs("documentInfo")
+        .await
+        .iter()
+        .map(|d| {
+            (
+                d["createdTimestamp"].as_f64().unwrap_or(0.0) as i64,
+                d["_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    infos.sort();
+    infos.into_iter().map(|(_, id)| id).collect()
+}
+
+fn jobs(ids: &[String]) -> Vec<Job> {
+    jobs_of(ids, "b1")
+}
+
+fn jobs_of(ids: &[String], batch: &str) -> Vec<Job> {
+    ids.iter()
+        .map(|viz| Job {
+            viz: viz.clone(),
+            batch: Some(batch.into()),
+        })
+        .collect()
+}
+
+/// Every op log: `collection/doc` → the versions of its ops, in order.
+async fn op_logs(env: &TestEnv) -> BTreeMap<String, Vec<i64>> {
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for coll in vizhub_migrate::v3::collections::SHAREDB {
+        for op in env.v3_docs(&format!("o_{coll}")).await {
+            let key = format!("{coll}/{}", op["d"].as_str().unwrap());
+            out.entry(key).or_default().push(op["v"].as_i64().unwrap());
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
+    out
+}
+
+/// Ledger outcomes and reasons, by viz.
+async fn outcomes(env: &TestEnv) -> BTreeMap<String, (Outcome, Option<String>)> {
+    env.records()
+        .await
+        .into_iter()
+        .map(|r| (r.viz, (r.outcome, r.reason)))
+        .collect()
+}
+
+async fn run_batches(m: &Migrator, ids: &[String], size: usize) -> Vec<Outcome> {
+    run_batches_of(m, ids, size, "b1").await
+}
+
+async fn run_batches_of(m: &Migrator, ids: &[String], size: usize, batch: &str) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for chunk in jobs_of(ids, batch).chunks(size) {
+        for (job, r) in chunk.iter().zip(m.migrate_batch(chunk).await) {
+            let done = r.unwrap_or_else(|e| panic!("{}: {e}", job.viz));
+            out.push(done.outcome);
+        }
+    }
+    out
+}
+
+async fn verify_clean(m: &Migrator, compared: usize) {
+    let report = verify::verify(m, Scope::All, |_, _| {}).await.unwrap();
+    assert!(report.mismatches.is_empty(), "{}", report.render());
+    assert_eq!(report.compared, compared as u64, "{}", report.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_writes_what_one_job_at_a_time_writes() {
+    let mut env = TestEnv::new("batchsame").await;
+    let ids = load(&env, 60).await;
+    // One job at a time, in the planner's order.
+    let alone = env.migrator();
+    for viz in &ids {
+        alone
+            .migrate(viz, Some("b1"))
+            .await
+            .unwrap_or_else(|e| panic!("{viz}: {e}"));
+    }
+    let (state, ops, ledger) = (
+        env.v3_state().await,
+        op_logs(&env).await,
+        outcomes(&env).await,
+    );
+    let base = env.v3.clone();
+    env.v3 = env.client.database(&format!("{}_b", base.name()));
+    let m = env.migrator();
+    let (v2_before, _) = m.v2.counters();
+    let done = run_batches(&m, &ids, 32).await;
+    assert!(done.iter().all(|o| *o == Outcome::Migrated), "{done:?}");
+    let (v2_after, _) = m.v2.counters();
+    // Five queries a batch (infos, contents, op logs, users, page views), plus the reads of
+    // the vizzes that run alone (the fork of a viz missing from V2, ~6 each). One job at a
+    // time costs six per viz: here ~380.
+    let v2_queries = v2_after - v2_before;
+    assert!(
+        v2_queries * 2 <= ids.len() as u64,
+        "{v2_queries} V2 queries for {} vizzes in batches of 32",
+        ids.len()
+    );
+    let diff: Vec<String> = env
+        .v3_state()
+        .await
+        .iter()
+        .filter(|(k, v)| state.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            format!(
+                "{k}: {v}\n  alone: {}",
+                state.get(k).unwrap_or(&Value::Null)
+            )
+        })
+        .collect();
+    assert!(diff.is_empty(), "batched V3 differs:\n{}", diff.join("\n"));
+    assert_eq!(env.v3_state().await.len(), state.len());
+    // Op logs: the same, but for the parents' infos, whose `forksCount` a batch recounts once
+    // per wave for all its forks (one op) where one job at a time recounts once per fork.
+    let batched = op_logs(&env).await;
+    assert_eq!(
+        batched.keys().collect::<Vec<_>>(),
+        ops.keys().collect::<Vec<_>>()
+    );
+    for (doc, versions) in &batched {
+        let alone = &ops[doc];
+        if versions != alone {
+            assert!(
+                doc.starts_with("info/") && versions.len() < alone.len(),
+                "{doc}: ops at {versions:?}, one job at a time {alone:?}"
+            );
+        }
+    }
+    let (parent, alone) = (
+        format!("info/{LOADING_CSV}"),
+        &ops[&format!("info/{LOADING_CSV}")],
+    );
+    assert!(
+        batched[&parent].len() * 4 < alone.len(),
+        "{parent}: {} ops batched, {} one job at a time",
+        batched[&parent].len(),
+        alone.len()
+    );
+    assert_eq!(outcomes(&env).await, ledger, "ledger outcomes differ");
+    verify_clean(&env.migrator(), ids.len()).await;
+    // Planned again (a later batch): every job unchanged, nothing written.
+    let trips = m.v3.round_trips();
+    let again = run_batches_of(&m, &ids, 32, "b2").await;
+    assert!(again.iter().all(|o| *o == Outcome::Unchanged), "{again:?}");
+    assert!(
+        m.v3.round_trips() - trips <= 4,
+        "a re-run made {} V3 round trips",
+        m.v3.round_trips() - trips
+    );
+    assert_eq!(op_logs(&env).await, batched);
+    env.check_v2().await;
+    env.v3.drop().await.unwrap();
+    env.v3 = base;
+    env.cleanup().await;
+}
+
+/// One batch stopped after its n-th write, for every n, then run again (by a new pod or the same
+/// one, alternately): V3 ends as a clean run leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stopped_between_any_two_writes_ends_as_a_clean_run() {
+    let mut env = TestEnv::new("batchstops").await;
+    let ids = load(&env, 9).await;
+    let m = env.migrator();
+    run_batches(&m, &ids, 64).await;
+    let clean = env.v3_state().await;
+    let base = env.v3.clone();
+    let mut stops = 0;
+    for n in 0.. {
+        env.v3 = env.client.database(&format!("{}_s{n}", base.name()));
+        let m = env.migrator();
+        m.v3.stop_after_writes(Some(n));
+        let results = m.migrate_batch(&jobs(&ids)).await;
+        if results.iter().all(Result::is_ok) {
+            env.v3.drop().await.unwrap();
+            break;
+        }
+        m.v3.stop_after_writes(None);
+        let again = if n % 2 == 0 { env.migrator() } else { m };
+        let done = run_batches(&again, &ids, 64).await;
+        assert_eq!(done.len(), ids.len());
+        let state = env.v3_state().await;
+        let diff: Vec<String> = state
+            .iter()
+            .filter(|(k, v)| clean.get(*k) != Some(*v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: {v}\n  clean: {}",
+                    clean.get(k).unwrap_or(&Value::Null)
+                )
+            })
+            .chain(
+                clean
+                    .keys()
+                    .filter(|k| !state.contains_key(*k))
+                    .map(|k| format!("{k}: missing")),
+            )
+            .collect();
+        assert!(
+            diff.is_empty(),
+            "stopped after write {n}, V3 differs from a clean run:\n{}",
+            diff.join("\n")
+        );
+        verify_clean(&env.migrator(), ids.len()).await;
+        env.v3.drop().await.unwrap();
+        stops += 1;
+    }
+    assert!(stops >= 10, "the batch was stopped at only {stops} points");
+    env.v3 = base;
+    env.cleanup().await;
+}
+
+/// 80 forks of one parent, in batches of 8 spread over four racing pods: the parent's
+/// `forksCount` is right and its op log holds one op per version (no lost-race op left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_batches_of_a_hot_parent_leave_no_lost_race_ops() {
+    let env = TestEnv::new("batchhot").await;
+    env.load_fixtures(&[]).await;
+    let fixtures = common::World::with_fixtures(&[]);
+    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
+        .as_i64()
+        .unwrap();
+    let mut forks = Vec::new();
+    for i in 0..80 {
+        let id = format!("{i:032x}");
+        let copy = copy_of(
+            &fixtures.v2[PENGUIN],
+            &id,
+            LOADING_CSV,
+            created + 1 + i as i64,
+        );
+        env.load_viz(&copy).await;
+        forks.push(id);
+    }
+    let m = env.migrator();
+    let mut first: Vec<String> = fixtures.v2.keys().cloned().collect();
+    first.sort_by_key(|id| fixtures.v2[id].info["createdTimestamp"].as_i64());
+    run_batches(&m, &first, 8).await;
+    let before = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"]
+        .as_i64()
+        .unwrap();
+    let pods: Vec<Migrator> = (0..4).map(|_| env.migrator()).collect();
+    let runs = forks.chunks(8).enumerate().map(|(i, chunk)| {
+        let m = pods[i % pods.len()].clone();
+        let chunk = jobs(chunk);
+        tokio::spawn(async move {
+            for (job, r) in chunk.iter().zip(m.migrate_batch(&chunk).await) {
+                r.unwrap_or_else(|e| panic!("{}: {e}", job.viz));
+            }
+        })
+    });
+    for r in futures_util::future::join_all(runs).await {
+        r.unwrap();
+    }
+    let info = env.v3_doc("info", LOADING_CSV).await.unwrap();
+    assert_eq!(info["forksCount"], before + 80, "{info}");
+    let log = &op_logs(&env).await[&format!("info/{LOADING_CSV}")];
+    let v = info["_v"].as_i64().unwrap();
+    assert_eq!(
+        log,
+        &(0..v).collect::<Vec<i64>>(),
+        "the parent's op log holds other ops than one per version"
+    );
+    verify_clean(&m, forks.len() + fixtures.v2.len()).await;
+    env.cleanup().await;
+}
