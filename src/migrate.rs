@@ -1374,8 +1374,8 @@ fn migrated_of(
         }
     };
     let migrated = Migrated {
-        fingerprint: fingerprint,
-        analytics_fingerprint: analytics_fingerprint,
+        fingerprint,
+        analytics_fingerprint,
         info_v: p.info_v as i64,
         content_v: p.content_v as i64,
         start: t.info.start.clone(),
