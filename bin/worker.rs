@@ -51,9 +51,35 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     translate: TranslateArgs,
-    /// Jobs run at once (also the per-consumer prefetch).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
+    /// Jobs in flight at once: waiting for their batch, migrating, or being acked or moved (also
+    /// the per-consumer prefetch, so several batches run at once only within it). At least 1.
+    #[arg(
+        long,
+        env = "WORKER_CONCURRENCY",
+        value_name = "N",
+        default_value_t = worker::DEFAULT_CONCURRENCY,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
     concurrency: u16,
+    /// Most jobs migrated together in one batch; the batch used is the smaller of this and
+    /// --concurrency. At least 1 (1: every job runs alone).
+    #[arg(
+        long,
+        env = "WORKER_BATCH_SIZE",
+        value_name = "N",
+        default_value_t = worker::DEFAULT_BATCH_SIZE,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    batch_size: u16,
+    /// Milliseconds the first job waiting for a batch waits for it to fill before the batch runs
+    /// with what it has (0: at once).
+    #[arg(
+        long,
+        env = "WORKER_BATCH_WAIT_MS",
+        value_name = "MS",
+        default_value_t = worker::DEFAULT_BATCH_WAIT_MS
+    )]
+    batch_wait_ms: u64,
     /// Exit 0 once the work and retry queues were empty with nothing in flight for SECS.
     #[arg(long, value_name = "SECS")]
     until_idle: Option<u64>,
@@ -132,7 +158,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = cli.run;
             let (m, v3) = migrator(&cli.mongo, r.translate.config()).await?;
             let opts = Options {
-                concurrency: r.concurrency.max(1),
+                concurrency: r.concurrency,
+                batch_size: r.batch_size,
+                batch_wait: Duration::from_millis(r.batch_wait_ms),
                 until_idle: r.until_idle.map(Duration::from_secs),
                 drain_deadline: Duration::from_secs(r.drain_deadline),
             };

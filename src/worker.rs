@@ -1,10 +1,25 @@
-//! The worker loop: consumes jobs, runs [`Migrator::migrate`] for each (at most `concurrency`
-//! at once, which is also the per-consumer prefetch), and decides what happens to the delivery:
+//! The worker loop: consumes jobs, migrates them in batches with [`Migrator::migrate_batch`]
+//! (at most `concurrency` jobs in flight at once, which is also the per-consumer prefetch), and
+//! decides what happens to each delivery:
 //!
 //! - done (any recorded outcome) → ack;
 //! - transient failure → publish to the next delayed-retry queue (confirmed), then ack;
 //! - permanent failure, retries exhausted, or a panic → ledger `failed`, publish to the DLQ with
 //!   the reason headers (confirmed), then ack.
+//!
+//! Batching works the way batch sinks do: the loop buffers deliveries and hands them to a batch
+//! task when the buffer holds the batch size (`batch_size`, at most `concurrency`), when the
+//! oldest buffered delivery has waited `batch_wait` (a timer armed by the first delivery of the
+//! buffer), or on shutdown (the buffer then runs as a last batch, drained like the others).
+//! Several batches run at once as long as the prefetch lets deliveries in; a buffered delivery
+//! counts as in flight from its receipt. A batch task parses its deliveries (`prepare`: a bad
+//! body, or a delivery the broker is about to give up on, never runs), migrates the runnable jobs
+//! together in a task of their own (`migrate_contained`: should that task panic, each job runs
+//! again alone, so the panic is pinned on the viz that causes it), decides every delivery's fate
+//! from its job's result alone (`decide`, no I/O), then records and settles each delivery on
+//! its own (`finish`), so a batch's jobs hold their prefetch slots until its slowest job ends.
+//! Counters, the histogram and the `job done` log line (with `batch_jobs`, the size of the
+//! batch the job ran in) stay per job.
 //!
 //! Publishing always comes before the ack, so a crash in between duplicates a message (harmless:
 //! jobs are idempotent) but never loses one. An ack that lapin refuses because the channel died
@@ -12,8 +27,8 @@
 //!
 //! The loop reconnects after a broker restart, stops consuming on shutdown and gives in-flight
 //! jobs until the drain deadline (unfinished ones go back to the queue when the connection
-//! closes), and with `until_idle` exits once the work and retry queues stayed empty with nothing
-//! in flight for that long.
+//! closes; aborting a batch's task stops its migrations), and with `until_idle` exits once the
+//! work and retry queues stayed empty with nothing in flight (buffered included) for that long.
 //!
 //! Everything it counts lives in [`Stats`], the one place of the worker's counters (failures by
 //! [`ErrorKind`], and its queues' depths sampled every [`QUEUE_SAMPLE_EVERY`] so alerts can tell
@@ -21,7 +36,7 @@
 
 use crate::broker::{self, BrokerError, HeaderValue, Publisher, Topology};
 use crate::ids;
-use crate::migrate::{JobError, Migrator};
+use crate::migrate::{Done, JobError, Migrator};
 use crate::outcome::ErrorKind;
 use crate::planner::Job;
 use crate::{Disposition, Outcome};
@@ -48,11 +63,51 @@ pub mod headers {
     pub const VIZ: &str = "x-vizhub-viz";
 }
 
+/// `--concurrency`'s default.
+pub const DEFAULT_CONCURRENCY: u16 = 64;
+/// `--batch-size`'s default.
+pub const DEFAULT_BATCH_SIZE: u16 = 32;
+/// `--batch-wait-ms`'s default.
+pub const DEFAULT_BATCH_WAIT_MS: u64 = 50;
+
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Jobs in flight at once (buffered for a batch, migrating, or being settled): the
+    /// per-consumer prefetch. 0 counts as 1 (the `worker` binary refuses 0).
     pub concurrency: u16,
+    /// Most jobs in one batch; the batch size used is [`Options::batch_jobs`].
+    pub batch_size: u16,
+    /// How long the oldest buffered delivery waits for its batch to fill before the batch runs
+    /// anyway. Zero runs whatever has arrived at once.
+    pub batch_wait: Duration,
     pub until_idle: Option<Duration>,
     pub drain_deadline: Duration,
+}
+
+impl Default for Options {
+    /// The `worker` binary's defaults.
+    fn default() -> Self {
+        Options {
+            concurrency: DEFAULT_CONCURRENCY,
+            batch_size: DEFAULT_BATCH_SIZE,
+            batch_wait: Duration::from_millis(DEFAULT_BATCH_WAIT_MS),
+            until_idle: None,
+            drain_deadline: Duration::from_secs(25),
+        }
+    }
+}
+
+impl Options {
+    /// The prefetch: `concurrency`, at least 1 (a prefetch of 0 would mean "unlimited").
+    pub fn prefetch(&self) -> u16 {
+        self.concurrency.max(1)
+    }
+
+    /// The batch size used: `min(batch_size, concurrency)`, at least 1 (a batch larger than the
+    /// prefetch could never fill and would always wait `batch_wait`).
+    pub fn batch_jobs(&self) -> usize {
+        usize::from(self.batch_size.min(self.concurrency).max(1))
+    }
 }
 
 /// Counters of a worker run: the one place they are kept ([`crate::metrics`] exports them).
@@ -73,10 +128,11 @@ pub struct Stats {
     pub queue_messages: QueueDepths,
     /// Acks refused or failed because the channel died since the delivery (redelivered later).
     pub acks_lost: AtomicU64,
-    /// Jobs being handled now.
+    /// Jobs received and not yet settled: buffered for a batch, migrating, or being acked or
+    /// moved.
     pub in_flight: AtomicU64,
-    /// Migrations running now (a job's own task), and the most that ever ran at once: never
-    /// more than `--concurrency`, reconnects included.
+    /// Jobs migrating now (in their batch's task, or alone after the batch panicked), and the
+    /// most that ever migrated at once: never more than `--concurrency`, reconnects included.
     pub migrations_running: AtomicU64,
     pub max_migrations_running: AtomicU64,
     /// Moves to a retry queue or the DLQ whose publish failed (the job was requeued instead).
@@ -87,8 +143,8 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// True while the worker has a broker session and is consuming.
     pub broker_connected: AtomicBool,
-    /// Seconds each delivery took, from receipt to its ack (or its move to a retry queue or the
-    /// DLQ). Retried jobs count once per attempt.
+    /// Seconds each delivery took, from receipt (its wait for a batch included) to its ack (or
+    /// its move to a retry queue or the DLQ). Retried jobs count once per attempt.
     pub job_seconds: Histogram,
 }
 
@@ -253,19 +309,23 @@ async fn sample_queues(
     Ok(())
 }
 
-/// Counts a job in flight for as long as it lives, including when its task is aborted.
-struct InFlight(Arc<Stats>);
+/// Counts a job in flight (in this worker's [`Stats`] and in its broker session's count) for as
+/// long as it lives: from its receipt, through its wait in the buffer and its batch, to its
+/// settlement, including when its batch's task is aborted.
+struct InFlight(Arc<Stats>, Arc<AtomicU64>);
 
 impl InFlight {
-    fn new(stats: Arc<Stats>) -> Self {
+    fn new(stats: Arc<Stats>, session: Arc<AtomicU64>) -> Self {
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(stats)
+        session.fetch_add(1, Ordering::Relaxed);
+        InFlight(stats, session)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.1.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -340,6 +400,21 @@ enum Exit {
     Reconnect,
 }
 
+/// What a batch task needs from its broker session.
+struct Session {
+    migrator: Migrator,
+    publisher: Publisher,
+    topology: Topology,
+    stats: Arc<Stats>,
+}
+
+/// A delivery waiting in the buffer or in its batch, counted in flight from its receipt.
+struct Pending {
+    delivery: Delivery,
+    received: Instant,
+    _in_flight: InFlight,
+}
+
 async fn consume(
     migrator: &Migrator,
     amqp_uri: &str,
@@ -352,11 +427,17 @@ async fn consume(
     let channel = conn.create_channel().await?;
     broker::declare(&channel, topology).await?;
     // Per-consumer prefetch (global: false) = concurrency: the broker never hands this worker
-    // more jobs than it runs at once, so a busy pod leaves work for the others.
+    // more jobs than it has in flight at once (buffered included), so a busy pod leaves work for
+    // the others, and however many batches run, their jobs never exceed it.
     channel
-        .basic_qos(opts.concurrency, BasicQosOptions { global: false })
+        .basic_qos(opts.prefetch(), BasicQosOptions { global: false })
         .await?;
-    let publisher = Arc::new(Publisher::new(&conn).await?);
+    let session = Arc::new(Session {
+        migrator: migrator.clone(),
+        publisher: Publisher::new(&conn).await?,
+        topology: topology.clone(),
+        stats: stats.clone(),
+    });
     let mut probe = Some(conn.create_channel().await?);
     let mut sample = tokio::time::interval(QUEUE_SAMPLE_EVERY);
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -370,8 +451,22 @@ async fn consume(
         )
         .await?;
     let connected = Connected::new(&stats.broker_connected);
-    tracing::info!(queue = %topology.work(), concurrency = opts.concurrency, "consuming");
+    let batch_jobs = opts.batch_jobs();
+    tracing::info!(
+        queue = %topology.work(),
+        concurrency = opts.prefetch(),
+        batch_size = batch_jobs,
+        batch_wait_ms = opts.batch_wait.as_millis() as u64,
+        "consuming"
+    );
+    // Batch tasks; `jobs` counts this session's deliveries from receipt to settlement.
     let mut tasks = JoinSet::new();
+    let jobs = Arc::new(AtomicU64::new(0));
+    let mut buffer: Vec<Pending> = Vec::with_capacity(batch_jobs);
+    // Fires `batch_wait` after the first delivery of the buffer arrived (reset then; only
+    // polled while the buffer holds something).
+    let flush = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(flush);
     let mut idle_since: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let retry_queues: Vec<String> = (0..topology.retry_delays_ms.len())
@@ -380,21 +475,25 @@ async fn consume(
     let exit = loop {
         tokio::select! {
             _ = shutdown.as_mut() => {
-                tracing::info!(in_flight = tasks.len(), "shutting down: no new jobs; draining");
+                tracing::info!(in_flight = jobs.load(Ordering::Relaxed), buffered = buffer.len(), "shutting down: no new jobs; draining");
                 let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                 break Exit::Done;
             }
             delivery = consumer.next() => match delivery {
                 Some(Ok(d)) => {
                     idle_since = None;
-                    let (m, p, t, s) = (migrator.clone(), publisher.clone(), topology.clone(), stats.clone());
-                    let in_flight = InFlight::new(stats.clone());
-                    tasks.spawn(async move {
-                        let started = Instant::now();
-                        handle(&m, &p, &t, &s, d, started).await;
-                        s.job_seconds.observe(started.elapsed().as_secs_f64());
-                        drop(in_flight);
+                    if buffer.is_empty() {
+                        flush.as_mut().reset(tokio::time::Instant::now() + opts.batch_wait);
+                    }
+                    buffer.push(Pending {
+                        delivery: d,
+                        received: Instant::now(),
+                        _in_flight: InFlight::new(stats.clone(), jobs.clone()),
                     });
+                    if buffer.len() >= batch_jobs {
+                        let batch = std::mem::replace(&mut buffer, Vec::with_capacity(batch_jobs));
+                        tasks.spawn(run_batch(session.clone(), batch));
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer failed; reconnecting");
@@ -405,9 +504,13 @@ async fn consume(
                     break Exit::Reconnect;
                 }
             },
+            _ = &mut flush, if !buffer.is_empty() => {
+                let batch = std::mem::replace(&mut buffer, Vec::with_capacity(batch_jobs));
+                tasks.spawn(run_batch(session.clone(), batch));
+            }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = joined {
-                    tracing::error!(error = %e, "job task failed outside the job");
+                    tracing::error!(error = %e, "batch task failed outside its jobs");
                 }
             }
             _ = sample.tick(), if probe.is_some() => {
@@ -419,7 +522,7 @@ async fn consume(
                 }
             }
             _ = tick.tick(), if opts.until_idle.is_some() => {
-                if !tasks.is_empty() {
+                if !tasks.is_empty() || !buffer.is_empty() {
                     idle_since = None;
                     continue;
                 }
@@ -441,14 +544,20 @@ async fn consume(
     };
     // No longer consuming (shutting down, or the session is lost): not ready any more.
     drop(connected);
+    // What is still buffered runs as a last batch, drained like the others (after a lost
+    // session its settlement fails and the broker redelivers it, as for the batches running).
+    if !buffer.is_empty() {
+        tasks.spawn(run_batch(session.clone(), std::mem::take(&mut buffer)));
+    }
     // Drain: let in-flight jobs finish, up to the deadline. Whatever is still running then is
-    // abandoned; its unacked delivery returns to the queue when the connection closes.
+    // abandoned (its batch's task aborted, which stops its migrations); its unacked deliveries
+    // return to the queue when the connection closes.
     let deadline = tokio::time::sleep(opts.drain_deadline);
     tokio::pin!(deadline);
     while !tasks.is_empty() {
         tokio::select! {
             _ = &mut deadline => {
-                tracing::warn!(abandoned = tasks.len(), "drain deadline reached; unfinished jobs return to the queue");
+                tracing::warn!(abandoned = jobs.load(Ordering::Relaxed), batches = tasks.len(), "drain deadline reached; unfinished jobs return to the queue");
                 tasks.abort_all();
                 break;
             }
@@ -479,7 +588,7 @@ fn deliveries_before(hdrs: &BTreeMap<String, HeaderValue>) -> i64 {
     }
 }
 
-/// How a delivery ends. Every path of [`handle`] ends in exactly one of these, and [`settle`]
+/// How a delivery ends. Every path of [`finish`] ends in exactly one of these, and [`settle`]
 /// turns each into an ack or a nack: a delivery never keeps its prefetch slot until the channel
 /// dies.
 enum Settle {
@@ -495,9 +604,9 @@ enum Settle {
     Requeue,
 }
 
-/// A job's task, aborted when this is dropped: when the delivery's own task is aborted (drain
-/// deadline, lost session), the migration stops with it instead of running on beside the
-/// redelivered copy and beyond `--concurrency`.
+/// A migration's task, aborted when this is dropped: when a batch's task is aborted (drain
+/// deadline, lost session), its migrations stop with it instead of running on beside the
+/// redelivered copies and beyond `--concurrency`.
 struct JobTask<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for JobTask<T> {
@@ -506,7 +615,7 @@ impl<T> Drop for JobTask<T> {
     }
 }
 
-/// One migration running, for [`Stats::migrations_running`] and its high-water mark.
+/// One job migrating, for [`Stats::migrations_running`] and its high-water mark.
 struct Running(Arc<Stats>);
 
 impl Running {
@@ -525,145 +634,381 @@ impl Drop for Running {
     }
 }
 
-/// One delivery, end to end. Never panics out: a panicking job is caught and dead-lettered.
-async fn handle(
-    migrator: &Migrator,
-    publisher: &Publisher,
-    topology: &Topology,
-    stats: &Arc<Stats>,
-    d: Delivery,
-    started: Instant,
-) {
-    let hdrs = broker::headers_of(&d.properties);
-    let attempts = attempt_of(&hdrs);
-    let job: Result<Job, JobError> = serde_json::from_slice(&d.data).map_err(|e| {
-        JobError::BadMessage(format!(
-            "{e}: {}",
-            String::from_utf8_lossy(&d.data[..d.data.len().min(200)])
-        ))
-    });
-    let viz = job
-        .as_ref()
-        .map(|j| j.viz.clone())
-        .unwrap_or_else(|_| "<unknown>".into());
-    let batch = job.as_ref().ok().and_then(|j| j.batch.clone());
-    let deliveries = deliveries_before(&hdrs);
-    let result = match job {
-        Err(e) => Err(e),
-        // The broker's last allowed delivery: every earlier one ended without an ack, i.e. the
-        // worker holding it died (killed for memory, crashed, abandoned at a drain). Running it
-        // again would likely kill this one too, and past the limit the broker would dead-letter
-        // it with none of our headers and no ledger record: record it and dead-letter it here.
-        Ok(_) if deliveries >= i64::from(topology.delivery_limit) => Err(JobError::CrashLoop {
-            viz: viz.clone(),
-            deliveries,
-        }),
-        Ok(job) => {
-            // Run the job in its own task so a panic is contained and reported as a value.
-            let m = migrator.clone();
-            let running = Running::new(stats.clone());
-            let mut task = JobTask(tokio::spawn(async move {
-                let _running = running;
-                m.migrate(&job.viz, job.batch.as_deref()).await
-            }));
-            match (&mut task.0).await {
-                Ok(r) => r,
-                Err(join) => Err(JobError::Panic {
-                    viz: viz.clone(),
-                    message: panic_message(join),
-                }),
-            }
+/// A delivery as its batch sees it: the viz and batch it names, and its job, or why the job
+/// does not run.
+struct Prepared {
+    /// `<unknown>` for a body that is no job.
+    viz: String,
+    batch: Option<String>,
+    job: Result<Job, JobError>,
+}
+
+/// Parse a delivery: a body that is no job is a [`JobError::BadMessage`], the broker's last
+/// allowed delivery a [`JobError::CrashLoop`]. No I/O.
+fn prepare(hdrs: &BTreeMap<String, HeaderValue>, body: &[u8], delivery_limit: u32) -> Prepared {
+    let job: Job = match serde_json::from_slice(body) {
+        Ok(job) => job,
+        Err(e) => {
+            let message = format!(
+                "{e}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            );
+            return Prepared {
+                viz: "<unknown>".into(),
+                batch: None,
+                job: Err(JobError::BadMessage(message)),
+            };
         }
     };
-    // Until the outcome is known (what the job itself took); the histogram's value also counts
-    // the ack or the move.
-    let duration_ms = started.elapsed().as_millis() as u64;
+    let (viz, batch) = (job.viz.clone(), job.batch.clone());
+    // The broker's last allowed delivery: every earlier one ended without an ack, i.e. the
+    // worker holding it died (killed for memory, crashed, abandoned at a drain). Running it
+    // again would likely kill this one too, and past the limit the broker would dead-letter it
+    // with none of our headers and no ledger record: record it and dead-letter it here.
+    let deliveries = deliveries_before(hdrs);
+    let job = if deliveries >= i64::from(delivery_limit) {
+        Err(JobError::CrashLoop {
+            viz: viz.clone(),
+            deliveries,
+        })
+    } else {
+        Ok(job)
+    };
+    Prepared { viz, batch, job }
+}
+
+/// What becomes of one delivery, decided by [`decide`] from its job's result and its headers.
+/// The I/O side ([`finish`]) does the ledger work a verdict asks for, then settles.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    /// The job has its outcome in the ledger: ack.
+    Ack(Outcome),
+    /// Skipped for good: record the skip in the ledger, then ack. (If it cannot be recorded,
+    /// the I/O side requeues the delivery instead.)
+    Skip,
+    /// Publish to the delayed-retry queue `queue` (the one of this attempt) with the delivery's
+    /// headers plus `extra`, then ack.
+    Retry {
+        queue: String,
+        extra: BTreeMap<String, HeaderValue>,
+    },
+    /// Record `failed` in the ledger, publish to the DLQ `queue` with the delivery's headers plus
+    /// `extra` (the fingerprint included), then ack.
+    DeadLetter {
+        queue: String,
+        extra: BTreeMap<String, HeaderValue>,
+    },
+}
+
+/// The per-batch decision: for each delivery (its headers, the viz it names, and its job's
+/// result, in the batch's order), what becomes of it. Pure: no broker, no ledger; `now` (Unix
+/// seconds) stamps the failure headers.
+fn decide<'a>(
+    topology: &Topology,
+    now: i64,
+    ended: impl IntoIterator<
+        Item = (
+            &'a BTreeMap<String, HeaderValue>,
+            &'a str,
+            &'a Result<Done, JobError>,
+        ),
+    >,
+) -> Vec<Verdict> {
+    ended
+        .into_iter()
+        .map(|(hdrs, viz, result)| verdict(topology, now, hdrs, viz, result))
+        .collect()
+}
+
+/// [`decide`] for one delivery.
+fn verdict(
+    topology: &Topology,
+    now: i64,
+    hdrs: &BTreeMap<String, HeaderValue>,
+    viz: &str,
+    result: &Result<Done, JobError>,
+) -> Verdict {
+    let e = match result {
+        Ok(done) => return Verdict::Ack(done.outcome),
+        Err(e) => e,
+    };
+    let attempts = attempt_of(hdrs);
+    let disposition = e.disposition();
+    let kind = ErrorKind::of(e);
+    let max_retries = topology.retry_delays_ms.len() as i64;
+    let mut extra = BTreeMap::new();
+    extra.insert(headers::ATTEMPTS.to_string(), HeaderValue::Int(attempts));
+    extra.insert(headers::VIZ.to_string(), HeaderValue::Str(viz.to_string()));
+    extra.insert(
+        headers::ERROR_KIND.to_string(),
+        HeaderValue::Str(kind.as_str().to_string()),
+    );
+    extra.insert(
+        headers::ERROR_MESSAGE.to_string(),
+        HeaderValue::Str(e.to_string()),
+    );
+    extra.insert(headers::LAST_FAILURE.to_string(), HeaderValue::Int(now));
+    // The first failure of all its attempts stays on the message.
+    if !hdrs.contains_key(headers::FIRST_FAILURE) {
+        extra.insert(headers::FIRST_FAILURE.to_string(), HeaderValue::Int(now));
+    }
+    match disposition {
+        Disposition::Retry if attempts <= max_retries => Verdict::Retry {
+            queue: topology.retry(usize::try_from(attempts - 1).unwrap_or(0)),
+            extra,
+        },
+        Disposition::Skip => Verdict::Skip,
+        Disposition::Retry | Disposition::DeadLetter => {
+            extra.insert(
+                headers::FINGERPRINT.to_string(),
+                HeaderValue::Str(fingerprint(kind.as_str(), &e.to_string(), viz)),
+            );
+            Verdict::DeadLetter {
+                queue: topology.dead(),
+                extra,
+            }
+        }
+    }
+}
+
+/// Migrate `jobs` together through `batch`, in a task of its own so that a panic is contained.
+/// Should that task panic (or return other than one result per job), each job runs again alone
+/// through `single`, each in a task of its own as well, so the panic is pinned on the viz that
+/// causes it as [`JobError::Panic`]. Every task is aborted when the returned future is dropped
+/// (its batch's task aborted at the drain deadline or with a lost session): no migration runs
+/// on beside its redelivered copy. Returns, in order, each job's result and the number of jobs
+/// it ran with (`jobs.len()`, or 1 when it ran alone).
+async fn migrate_contained<B, BF, S, SF>(
+    stats: &Arc<Stats>,
+    jobs: Vec<Job>,
+    batch: B,
+    single: S,
+) -> Vec<(Result<Done, JobError>, usize)>
+where
+    B: FnOnce(Vec<Job>) -> BF,
+    BF: Future<Output = Vec<Result<Done, JobError>>> + Send + 'static,
+    S: Fn(Job) -> SF,
+    SF: Future<Output = Result<Done, JobError>> + Send + 'static,
+{
+    let n = jobs.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let running: Vec<Running> = (0..n).map(|_| Running::new(stats.clone())).collect();
+    let migration = batch(jobs.clone());
+    let mut task = JobTask(tokio::spawn(async move {
+        let _running = running;
+        migration.await
+    }));
+    let failure = match (&mut task.0).await {
+        Ok(results) if results.len() == n => {
+            return results.into_iter().map(|r| (r, n)).collect();
+        }
+        Ok(results) => format!("{} results for {n} jobs", results.len()),
+        Err(join) => format!("panic: {}", panic_message(join)),
+    };
+    drop(task);
+    let vizzes: Vec<&str> = jobs.iter().map(|j| j.viz.as_str()).collect();
+    tracing::warn!(
+        jobs = n,
+        ?vizzes,
+        error = failure,
+        "a batch failed; running its jobs alone"
+    );
+    let alone: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            let viz = job.viz.clone();
+            let running = Running::new(stats.clone());
+            let migration = single(job.clone());
+            let mut task = JobTask(tokio::spawn(async move {
+                let _running = running;
+                migration.await
+            }));
+            async move {
+                match (&mut task.0).await {
+                    Ok(r) => r,
+                    Err(join) => Err(JobError::Panic {
+                        viz,
+                        message: panic_message(join),
+                    }),
+                }
+            }
+        })
+        .collect();
+    futures_util::future::join_all(alone)
+        .await
+        .into_iter()
+        .map(|r| (r, 1))
+        .collect()
+}
+
+/// One batch of deliveries, end to end: prepare each, migrate the runnable jobs together,
+/// decide, then record and settle each delivery. Never panics out: a panicking migration is
+/// caught and dead-lettered.
+async fn run_batch(s: Arc<Session>, batch: Vec<Pending>) {
+    let hdrs: Vec<BTreeMap<String, HeaderValue>> = batch
+        .iter()
+        .map(|p| broker::headers_of(&p.delivery.properties))
+        .collect();
+    let prepared: Vec<Prepared> = batch
+        .iter()
+        .zip(&hdrs)
+        .map(|(p, h)| prepare(h, &p.delivery.data, s.topology.delivery_limit))
+        .collect();
+    let runnable: Vec<Job> = prepared
+        .iter()
+        .filter_map(|p| p.job.as_ref().ok())
+        .cloned()
+        .collect();
+    let (m, m1) = (s.migrator.clone(), s.migrator.clone());
+    let mut ran = migrate_contained(
+        &s.stats,
+        runnable,
+        move |jobs| async move { m.migrate_batch(&jobs).await },
+        move |job| {
+            let m = m1.clone();
+            async move { m.migrate(&job.viz, job.batch.as_deref()).await }
+        },
+    )
+    .await
+    .into_iter();
+    // Back in delivery order; a delivery that did not run ran with no other job (0).
+    let ended: Vec<Ended> = prepared
+        .into_iter()
+        .zip(&hdrs)
+        .map(|(p, h)| {
+            let (result, batch_jobs) = match p.job {
+                Ok(_) => ran.next().unwrap_or_else(|| {
+                    // Unreachable: `migrate_contained` returns one result per job.
+                    let message = "the batch returned no result for the job".to_string();
+                    let viz = p.viz.clone();
+                    (Err(JobError::Panic { viz, message }), 0)
+                }),
+                Err(e) => (Err(e), 0),
+            };
+            Ended {
+                viz: p.viz,
+                batch: p.batch,
+                attempts: attempt_of(h),
+                batch_jobs,
+                result,
+            }
+        })
+        .collect();
+    let verdicts = decide(
+        &s.topology,
+        now_secs(),
+        hdrs.iter()
+            .zip(&ended)
+            .map(|(h, e)| (h, e.viz.as_str(), &e.result)),
+    );
+    let finishing = batch
+        .into_iter()
+        .zip(ended)
+        .zip(verdicts)
+        .map(|((p, e), v)| finish(&s, p, e, v));
+    futures_util::future::join_all(finishing).await;
+}
+
+/// One delivery's job as it ended, for [`finish`].
+struct Ended {
+    viz: String,
+    batch: Option<String>,
+    attempts: i64,
+    /// How many jobs it ran with (0: it did not run).
+    batch_jobs: usize,
+    result: Result<Done, JobError>,
+}
+
+/// The I/O of one delivery once its verdict is known: the ledger records a failure needs (with
+/// retries for a dead letter), the counters and the log line, then [`settle`] (publish first,
+/// ack second). The delivery stops counting in flight when this returns.
+async fn finish(s: &Session, p: Pending, ended: Ended, verdict: Verdict) {
+    let Ended {
+        viz,
+        batch,
+        attempts,
+        batch_jobs,
+        result,
+    } = ended;
+    let (stats, migrator) = (&s.stats, &s.migrator);
+    // Until the outcome is known (what the job itself took, its wait for the batch included);
+    // the histogram's value also counts the ack or the move.
+    let duration_ms = p.received.elapsed().as_millis() as u64;
     let batch_field = batch.as_deref().unwrap_or("");
-    let how = match result {
-        Ok(done) => {
-            tracing::info!(viz = %done.viz, outcome = done.outcome.as_str(), reason = done.reason.as_deref().unwrap_or(""), batch = batch_field, attempts, duration_ms, "job done");
+    let how = match (verdict, &result) {
+        (Verdict::Ack(outcome), r) => {
+            let (viz, reason) = match r {
+                Ok(done) => (done.viz.as_str(), done.reason.as_deref().unwrap_or("")),
+                Err(_) => (viz.as_str(), ""),
+            };
+            tracing::info!(
+                viz,
+                outcome = outcome.as_str(),
+                reason,
+                batch = batch_field,
+                attempts,
+                duration_ms,
+                batch_jobs,
+                "job done"
+            );
+            stats.ended(outcome);
+            Settle::Ack
+        }
+        (Verdict::Skip, Err(e)) => {
+            let kind = ErrorKind::of(e);
+            match migrator.record_failure(&viz, e, batch.as_deref()).await {
+                Ok(()) => {
+                    tracing::info!(viz, batch = batch_field, attempts, duration_ms, batch_jobs, kind = kind.as_str(), reason = %e, "job skipped");
+                    stats.ended(e.disposition().final_outcome());
+                    Settle::Ack
+                }
+                Err(le) => {
+                    tracing::error!(viz, error = %le, "cannot record the skip; the job goes back to the queue");
+                    Settle::Requeue
+                }
+            }
+        }
+        (Verdict::Retry { queue, extra }, Err(e)) => {
+            let kind = ErrorKind::of(e);
+            tracing::warn!(viz, batch = batch_field, attempts, duration_ms, batch_jobs, kind = kind.as_str(), error = %e, "transient failure; retrying later");
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+            stats.retried_by_kind.add(kind);
+            Settle::Move { queue, extra }
+        }
+        (Verdict::DeadLetter { queue, extra }, Err(e)) => {
+            let kind = ErrorKind::of(e);
+            tracing::error!(viz, batch = batch_field, attempts, duration_ms, batch_jobs, kind = kind.as_str(), error = %e, "job failed; dead-lettering");
+            // The dead letter is the record of last resort; try hard to have the ledger agree
+            // (a V3 hiccup should not leave the job without a recorded outcome).
+            let mut recorded = migrator.record_failure(&viz, e, batch.as_deref()).await;
+            for pause in [200, 1_000] {
+                if recorded.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                recorded = migrator.record_failure(&viz, e, batch.as_deref()).await;
+            }
+            if let Err(le) = recorded {
+                tracing::error!(viz, error = %le, "cannot record the failure in the ledger");
+            }
+            stats.ended(Outcome::Failed);
+            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            stats.dead_lettered_by_kind.add(kind);
+            Settle::Move { queue, extra }
+        }
+        // `decide` acks every job that is done; nothing else is reached.
+        (_, Ok(done)) => {
+            tracing::error!(viz = %done.viz, "a done job was not acked by the decision; acking it");
             stats.ended(done.outcome);
             Settle::Ack
         }
-        Err(e) => {
-            let disposition = e.disposition();
-            let kind = ErrorKind::of(&e);
-            let max_retries = topology.retry_delays_ms.len() as i64;
-            let mut extra = BTreeMap::new();
-            extra.insert(headers::ATTEMPTS.to_string(), HeaderValue::Int(attempts));
-            extra.insert(headers::VIZ.to_string(), HeaderValue::Str(viz.clone()));
-            extra.insert(
-                headers::ERROR_KIND.to_string(),
-                HeaderValue::Str(kind.as_str().to_string()),
-            );
-            extra.insert(
-                headers::ERROR_MESSAGE.to_string(),
-                HeaderValue::Str(e.to_string()),
-            );
-            extra.insert(
-                headers::LAST_FAILURE.to_string(),
-                HeaderValue::Int(now_secs()),
-            );
-            if !hdrs.contains_key(headers::FIRST_FAILURE) {
-                extra.insert(
-                    headers::FIRST_FAILURE.to_string(),
-                    HeaderValue::Int(now_secs()),
-                );
-            }
-            match disposition {
-                Disposition::Retry if attempts <= max_retries => {
-                    tracing::warn!(viz, batch = batch_field, attempts, duration_ms, kind = kind.as_str(), error = %e, "transient failure; retrying later");
-                    stats.retried.fetch_add(1, Ordering::Relaxed);
-                    stats.retried_by_kind.add(kind);
-                    Settle::Move {
-                        queue: topology.retry(usize::try_from(attempts - 1).unwrap_or(0)),
-                        extra,
-                    }
-                }
-                Disposition::Skip => {
-                    match migrator.record_failure(&viz, &e, batch.as_deref()).await {
-                        Ok(()) => {
-                            tracing::info!(viz, batch = batch_field, attempts, duration_ms, kind = kind.as_str(), reason = %e, "job skipped");
-                            stats.ended(disposition.final_outcome());
-                            Settle::Ack
-                        }
-                        Err(le) => {
-                            tracing::error!(viz, error = %le, "cannot record the skip; the job goes back to the queue");
-                            Settle::Requeue
-                        }
-                    }
-                }
-                Disposition::Retry | Disposition::DeadLetter => {
-                    tracing::error!(viz, batch = batch_field, attempts, duration_ms, kind = kind.as_str(), error = %e, "job failed; dead-lettering");
-                    // The dead letter is the record of last resort; try hard to have the ledger
-                    // agree (a V3 hiccup should not leave the job without a recorded outcome).
-                    let mut recorded = migrator.record_failure(&viz, &e, batch.as_deref()).await;
-                    for pause in [200, 1_000] {
-                        if recorded.is_ok() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(pause)).await;
-                        recorded = migrator.record_failure(&viz, &e, batch.as_deref()).await;
-                    }
-                    if let Err(le) = recorded {
-                        tracing::error!(viz, error = %le, "cannot record the failure in the ledger");
-                    }
-                    extra.insert(
-                        headers::FINGERPRINT.to_string(),
-                        HeaderValue::Str(fingerprint(kind.as_str(), &e.to_string(), &viz)),
-                    );
-                    stats.ended(disposition.final_outcome());
-                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    stats.dead_lettered_by_kind.add(kind);
-                    Settle::Move {
-                        queue: topology.dead(),
-                        extra,
-                    }
-                }
-            }
-        }
     };
-    settle(publisher, stats, &d, &viz, how).await;
+    settle(&s.publisher, stats, &p.delivery, &viz, how).await;
+    stats
+        .job_seconds
+        .observe(p.received.elapsed().as_secs_f64());
 }
 
 /// End a delivery as decided: ack, or move (publish first, ack second), or nack with requeue.
@@ -724,42 +1069,458 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 mod tests {
     use super::*;
 
-    /// The task of a delivery aborted (drain deadline, lost session) takes its migration with
-    /// it: nothing of the job runs on beside its redelivered copy.
+    fn done(viz: &str, outcome: Outcome) -> Result<Done, JobError> {
+        Ok(Done {
+            viz: viz.into(),
+            outcome,
+            reason: None,
+        })
+    }
+
+    fn job(viz: &str) -> Job {
+        Job {
+            viz: viz.into(),
+            batch: Some("b1".into()),
+        }
+    }
+
+    /// A transient failure (a lost race), retried while attempts are left.
+    fn raced(viz: &str) -> Result<Done, JobError> {
+        Err(JobError::Raced {
+            viz: viz.into(),
+            docs: vec!["content".into()],
+        })
+    }
+
+    fn attempts(n: i64) -> BTreeMap<String, HeaderValue> {
+        BTreeMap::from([(headers::ATTEMPTS.to_string(), HeaderValue::Int(n))])
+    }
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn one(
+        t: &Topology,
+        hdrs: &BTreeMap<String, HeaderValue>,
+        viz: &str,
+        r: &Result<Done, JobError>,
+    ) -> Verdict {
+        decide(t, NOW, [(hdrs, viz, r)]).remove(0)
+    }
+
+    fn extra_of(v: &Verdict) -> &BTreeMap<String, HeaderValue> {
+        match v {
+            Verdict::Retry { extra, .. } | Verdict::DeadLetter { extra, .. } => extra,
+            other => panic!("no headers: {other:?}"),
+        }
+    }
+
+    fn str_header<'a>(extra: &'a BTreeMap<String, HeaderValue>, name: &str) -> &'a str {
+        match extra.get(name) {
+            Some(HeaderValue::Str(s)) => s,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn done_jobs_are_acked_with_their_outcome() {
+        let t = Topology::new("p");
+        let none = BTreeMap::new();
+        for o in OutcomeCounts::ALL {
+            assert_eq!(one(&t, &none, "v", &done("v", o)), Verdict::Ack(o));
+        }
+        // Whatever attempt it was.
+        assert_eq!(
+            one(&t, &attempts(3), "v", &done("v", Outcome::Migrated)),
+            Verdict::Ack(Outcome::Migrated)
+        );
+    }
+
+    #[test]
+    fn a_transient_failure_goes_to_the_retry_queue_of_its_attempt() {
+        let t = Topology::new("p");
+        let max = t.retry_delays_ms.len() as i64;
+        assert!(max >= 1);
+        for before in 0..max {
+            let hdrs = if before == 0 {
+                BTreeMap::new()
+            } else {
+                attempts(before)
+            };
+            let v = one(&t, &hdrs, "viz1", &raced("viz1"));
+            let Verdict::Retry { queue, extra } = &v else {
+                panic!("attempt {}: {v:?}", before + 1);
+            };
+            assert_eq!(queue, &t.retry(before as usize), "attempt {}", before + 1);
+            assert_eq!(
+                extra.get(headers::ATTEMPTS),
+                Some(&HeaderValue::Int(before + 1))
+            );
+            assert_eq!(str_header(extra, headers::VIZ), "viz1");
+            assert_eq!(
+                str_header(extra, headers::ERROR_KIND),
+                ErrorKind::of(raced("viz1").as_ref().unwrap_err()).as_str()
+            );
+            assert!(str_header(extra, headers::ERROR_MESSAGE).contains("concurrent V3 edit"));
+            assert_eq!(
+                extra.get(headers::LAST_FAILURE),
+                Some(&HeaderValue::Int(NOW))
+            );
+            assert_eq!(
+                extra.get(headers::FIRST_FAILURE),
+                Some(&HeaderValue::Int(NOW))
+            );
+            assert!(
+                !extra.contains_key(headers::FINGERPRINT),
+                "a retry has no fingerprint"
+            );
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_beyond_the_retries_is_dead_lettered_with_its_fingerprint() {
+        let t = Topology::new("p");
+        let max = t.retry_delays_ms.len() as i64;
+        for before in [max, max + 1, i64::MAX - 1, i64::MAX] {
+            let r = raced("viz1");
+            let v = one(&t, &attempts(before), "viz1", &r);
+            let Verdict::DeadLetter { queue, extra } = &v else {
+                panic!("after {before}: {v:?}");
+            };
+            assert_eq!(queue, &t.dead());
+            let e = r.as_ref().unwrap_err();
+            let kind = ErrorKind::of(e).as_str();
+            assert_eq!(
+                str_header(extra, headers::FINGERPRINT),
+                fingerprint(kind, &e.to_string(), "viz1")
+            );
+            assert_eq!(str_header(extra, headers::ERROR_KIND), kind);
+            assert_eq!(
+                extra.get(headers::ATTEMPTS),
+                Some(&HeaderValue::Int(before.saturating_add(1)))
+            );
+        }
+    }
+
+    #[test]
+    fn a_skip_is_acked_after_its_record() {
+        let t = Topology::new("p");
+        let r = Err(JobError::NotFound { viz: "gone".into() });
+        assert_eq!(one(&t, &BTreeMap::new(), "gone", &r), Verdict::Skip);
+        // Never retried, whatever the attempt.
+        assert_eq!(one(&t, &attempts(1), "gone", &r), Verdict::Skip);
+    }
+
+    #[test]
+    fn a_bad_message_is_dead_lettered_without_running() {
+        let t = Topology::new("p");
+        let none = BTreeMap::new();
+        for body in [&b"not json"[..], b"{\"batch\": null}", b"", b"[1,2]"] {
+            let p = prepare(&none, body, t.delivery_limit);
+            assert_eq!(p.viz, "<unknown>");
+            assert!(matches!(p.job, Err(JobError::BadMessage(_))), "{body:?}");
+            let v = one(&t, &none, &p.viz, &p.job.map(|_| unreachable!()));
+            let Verdict::DeadLetter { queue, extra } = &v else {
+                panic!("{v:?}");
+            };
+            assert_eq!(queue, &t.dead());
+            assert_eq!(str_header(extra, headers::VIZ), "<unknown>");
+            assert!(str_header(extra, headers::ERROR_MESSAGE).starts_with("bad job message"));
+            assert!(extra.contains_key(headers::FINGERPRINT));
+        }
+        // Only the first 200 bytes of the body are quoted.
+        let long = vec![b'x'; 10_000];
+        let Err(JobError::BadMessage(m)) = prepare(&none, &long, t.delivery_limit).job else {
+            panic!("not a bad message");
+        };
+        assert!(m.len() < 400, "{}", m.len());
+    }
+
+    #[test]
+    fn the_last_allowed_delivery_is_a_crash_loop_dead_lettered_without_running() {
+        let t = Topology::new("p");
+        let body = serde_json::to_vec(&job("v9")).unwrap();
+        let count =
+            |n: i64| BTreeMap::from([("x-delivery-count".to_string(), HeaderValue::Int(n))]);
+        for n in 0..i64::from(t.delivery_limit) {
+            let p = prepare(&count(n), &body, t.delivery_limit);
+            assert_eq!(p.job.unwrap(), job("v9"), "delivery count {n} runs");
+        }
+        for n in [i64::from(t.delivery_limit), i64::from(t.delivery_limit) + 3] {
+            let p = prepare(&count(n), &body, t.delivery_limit);
+            // The viz and the batch stay known: the ledger records the failure for them.
+            assert_eq!((p.viz.as_str(), p.batch.as_deref()), ("v9", Some("b1")));
+            assert!(
+                matches!(p.job, Err(JobError::CrashLoop { deliveries, .. }) if deliveries == n)
+            );
+            let r = p.job.map(|_| unreachable!());
+            let v = one(&t, &count(n), "v9", &r);
+            assert!(
+                matches!(&v, Verdict::DeadLetter { queue, .. } if *queue == t.dead()),
+                "{v:?}"
+            );
+            assert_eq!(
+                str_header(extra_of(&v), headers::ERROR_KIND),
+                ErrorKind::of(r.as_ref().unwrap_err()).as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn a_panic_is_dead_lettered() {
+        let t = Topology::new("p");
+        let r = Err(JobError::Panic {
+            viz: "v".into(),
+            message: "boom".into(),
+        });
+        let v = one(&t, &BTreeMap::new(), "v", &r);
+        assert!(matches!(&v, Verdict::DeadLetter { .. }), "{v:?}");
+        assert!(str_header(extra_of(&v), headers::ERROR_MESSAGE).contains("boom"));
+    }
+
+    #[test]
+    fn the_first_failure_header_is_kept_when_present() {
+        let t = Topology::new("p");
+        let mut hdrs = attempts(1);
+        hdrs.insert(headers::FIRST_FAILURE.to_string(), HeaderValue::Int(42));
+        for r in [raced("v"), Err(JobError::BadMessage("x".into()))] {
+            let v = one(&t, &hdrs, "v", &r);
+            let extra = extra_of(&v);
+            assert!(!extra.contains_key(headers::FIRST_FAILURE), "{v:?}");
+            // As the move publishes it: the delivery's headers, then the extra ones.
+            let mut moved = hdrs.clone();
+            moved.extend(extra.clone());
+            assert_eq!(
+                moved.get(headers::FIRST_FAILURE),
+                Some(&HeaderValue::Int(42))
+            );
+            assert_eq!(
+                moved.get(headers::LAST_FAILURE),
+                Some(&HeaderValue::Int(NOW))
+            );
+            assert_eq!(moved.get(headers::ATTEMPTS), Some(&HeaderValue::Int(2)));
+        }
+    }
+
+    #[test]
+    fn a_batch_is_decided_per_delivery_in_order() {
+        let t = Topology::new("p");
+        let none = BTreeMap::new();
+        let exhausted = attempts(t.retry_delays_ms.len() as i64);
+        let results = [
+            done("a", Outcome::Migrated),
+            raced("b"),
+            Err(JobError::NotFound { viz: "c".into() }),
+            raced("d"),
+            done("e", Outcome::Conflict),
+        ];
+        let hdrs = [&none, &none, &none, &exhausted, &none];
+        let vizzes = ["a", "b", "c", "d", "e"];
+        let v = decide(
+            &t,
+            NOW,
+            hdrs.iter()
+                .zip(vizzes)
+                .zip(&results)
+                .map(|((h, viz), r)| (*h, viz, r)),
+        );
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[0], Verdict::Ack(Outcome::Migrated));
+        assert!(matches!(&v[1], Verdict::Retry { queue, .. } if *queue == t.retry(0)));
+        assert_eq!(str_header(extra_of(&v[1]), headers::VIZ), "b");
+        assert_eq!(v[2], Verdict::Skip);
+        assert!(matches!(&v[3], Verdict::DeadLetter { .. }));
+        assert_eq!(str_header(extra_of(&v[3]), headers::VIZ), "d");
+        assert_eq!(v[4], Verdict::Ack(Outcome::Conflict));
+        assert!(decide(&t, NOW, []).is_empty());
+    }
+
+    #[test]
+    fn batch_size_is_capped_by_concurrency_and_never_zero() {
+        let o = |concurrency, batch_size| Options {
+            concurrency,
+            batch_size,
+            ..Options::default()
+        };
+        assert_eq!(
+            Options::default().batch_jobs(),
+            usize::from(DEFAULT_BATCH_SIZE)
+        );
+        assert_eq!(o(64, 32).batch_jobs(), 32);
+        assert_eq!(o(8, 32).batch_jobs(), 8);
+        assert_eq!(o(1, 32).batch_jobs(), 1);
+        assert_eq!(o(0, 32).batch_jobs(), 1);
+        assert_eq!(o(8, 0).batch_jobs(), 1);
+        assert_eq!(o(0, 0).prefetch(), 1);
+        assert_eq!(o(64, 0).prefetch(), 64);
+    }
+
+    /// Drops flip their flag: a migration's future dropped (aborted) shows here.
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    async fn until_set(flag: &AtomicBool) -> bool {
+        for _ in 0..1000 {
+            if flag.load(Ordering::SeqCst) {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        flag.load(Ordering::SeqCst)
+    }
+
+    /// The task of a batch aborted (drain deadline, lost session) takes its migration with it:
+    /// nothing of its jobs runs on beside their redelivered copies.
     #[tokio::test]
     async fn aborting_a_delivery_stops_its_migration() {
-        struct Flag(Arc<AtomicBool>);
-        impl Drop for Flag {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::SeqCst);
-            }
-        }
         let stats = Arc::new(Stats::default());
         let dropped = Arc::new(AtomicBool::new(false));
         let (flag, s) = (Flag(dropped.clone()), stats.clone());
         let (started_tx, started) = tokio::sync::oneshot::channel();
-        let delivery = tokio::spawn(async move {
-            let running = Running::new(s);
-            let mut task = JobTask(tokio::spawn(async move {
-                let (_flag, _running) = (flag, running);
-                let _ = started_tx.send(());
-                std::future::pending::<()>().await
-            }));
-            let _ = (&mut task.0).await;
+        let batch = tokio::spawn(async move {
+            migrate_contained(
+                &s,
+                vec![job("a"), job("b"), job("c")],
+                move |_| async move {
+                    let _flag = flag;
+                    let _ = started_tx.send(());
+                    std::future::pending::<Vec<Result<Done, JobError>>>().await
+                },
+                |_| async { unreachable!("the batch never fails") },
+            )
+            .await
         });
         started.await.unwrap();
-        assert_eq!(stats.migrations_running.load(Ordering::SeqCst), 1);
-        delivery.abort();
-        let _ = delivery.await;
-        for _ in 0..1000 {
-            if dropped.load(Ordering::SeqCst) {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(dropped.load(Ordering::SeqCst), "the migration kept running");
+        assert_eq!(stats.migrations_running.load(Ordering::SeqCst), 3);
+        batch.abort();
+        let _ = batch.await;
+        assert!(until_set(&dropped).await, "the migration kept running");
         assert_eq!(stats.migrations_running.load(Ordering::SeqCst), 0);
-        assert_eq!(stats.max_migrations_running.load(Ordering::SeqCst), 1);
+        assert_eq!(stats.max_migrations_running.load(Ordering::SeqCst), 3);
+    }
+
+    /// The same once the batch panicked and its jobs run alone.
+    #[tokio::test]
+    async fn aborting_a_batch_stops_the_jobs_running_alone() {
+        let stats = Arc::new(Stats::default());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (d, s) = (dropped.clone(), stats.clone());
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let batch = tokio::spawn(async move {
+            migrate_contained(
+                &s,
+                vec![job("a"), job("b")],
+                |_| async { panic!("in the batch") },
+                move |j| {
+                    let (flag, tx) = (Flag(d.clone()), started_tx.clone());
+                    async move {
+                        let _flag = flag;
+                        let _ = tx.send(j.viz);
+                        std::future::pending::<Result<Done, JobError>>().await
+                    }
+                },
+            )
+            .await
+        });
+        started.recv().await.unwrap();
+        started.recv().await.unwrap();
+        assert_eq!(stats.migrations_running.load(Ordering::SeqCst), 2);
+        batch.abort();
+        let _ = batch.await;
+        assert!(
+            until_set(&dropped).await,
+            "a job running alone kept running"
+        );
+        assert_eq!(stats.migrations_running.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_returns_one_result_per_job_in_order() {
+        let stats = Arc::new(Stats::default());
+        let ran = migrate_contained(
+            &stats,
+            vec![job("a"), job("b"), job("c")],
+            |jobs| async move {
+                jobs.iter()
+                    .map(|j| done(&j.viz, Outcome::Migrated))
+                    .collect()
+            },
+            |_| async { unreachable!("the batch did not fail") },
+        )
+        .await;
+        let vizzes: Vec<_> = ran
+            .iter()
+            .map(|(r, n)| (r.as_ref().unwrap().viz.as_str(), *n))
+            .collect();
+        assert_eq!(vizzes, [("a", 3), ("b", 3), ("c", 3)]);
+        assert_eq!(stats.migrations_running.load(Ordering::SeqCst), 0);
+        assert_eq!(stats.max_migrations_running.load(Ordering::SeqCst), 3);
+        // Nothing to run: no task.
+        let none = migrate_contained(
+            &stats,
+            Vec::new(),
+            |_| async { unreachable!() },
+            |_| async { unreachable!() },
+        )
+        .await;
+        assert!(none.is_empty());
+    }
+
+    /// A panic in the batch's task: each job runs again alone, and the panic lands on the viz
+    /// that causes it; the others end as they would alone.
+    #[tokio::test]
+    async fn a_panicking_batch_runs_its_jobs_alone_and_pins_the_panic() {
+        let stats = Arc::new(Stats::default());
+        let ran = migrate_contained(
+            &stats,
+            vec![job("a"), job("bad"), job("c")],
+            |jobs| async move {
+                if jobs.iter().any(|j| j.viz == "bad") {
+                    panic!("poisoned by bad");
+                }
+                Vec::new()
+            },
+            |j| async move {
+                if j.viz == "bad" {
+                    panic!("bad viz {}", j.viz);
+                }
+                done(&j.viz, Outcome::Unchanged)
+            },
+        )
+        .await;
+        assert_eq!(ran.len(), 3);
+        assert!(ran.iter().all(|(_, n)| *n == 1), "each ran alone");
+        assert_eq!(ran[0].0.as_ref().unwrap().viz, "a");
+        assert_eq!(ran[2].0.as_ref().unwrap().viz, "c");
+        match &ran[1].0 {
+            Err(JobError::Panic { viz, message }) => {
+                assert_eq!(viz, "bad");
+                assert_eq!(message, "bad viz bad");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(stats.migrations_running.load(Ordering::SeqCst), 0);
+    }
+
+    /// A batch that breaks the one-result-per-job contract is treated like a panic.
+    #[tokio::test]
+    async fn a_batch_short_of_results_runs_its_jobs_alone() {
+        let stats = Arc::new(Stats::default());
+        let ran = migrate_contained(
+            &stats,
+            vec![job("a"), job("b")],
+            |_| async { vec![done("a", Outcome::Migrated)] },
+            |j| async move { done(&j.viz, Outcome::Migrated) },
+        )
+        .await;
+        let vizzes: Vec<_> = ran
+            .iter()
+            .map(|(r, n)| (r.as_ref().unwrap().viz.as_str(), *n))
+            .collect();
+        assert_eq!(vizzes, [("a", 1), ("b", 1)]);
     }
 
     #[test]

@@ -709,6 +709,7 @@ async fn a_retry_to_a_deleted_retry_queue_is_requeued_not_lost() {
             concurrency: 1,
             until_idle: None,
             drain_deadline: Duration::from_secs(5),
+            ..Options::default()
         };
         tokio::spawn(async move {
             worker::run(m, &uri, &t, &opts, s, async move { stop.notified().await }).await

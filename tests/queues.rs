@@ -49,6 +49,7 @@ impl TestEnv {
             concurrency: 2,
             until_idle: None,
             drain_deadline: Duration::from_secs(5),
+            ..Options::default()
         };
         tokio::spawn(async move {
             worker::run(

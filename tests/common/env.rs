@@ -352,6 +352,7 @@ impl TestEnv {
             concurrency: 4,
             until_idle: Some(Duration::from_secs(1)),
             drain_deadline: Duration::from_secs(10),
+            ..Options::default()
         };
         let runs = (0..n).map(|_| {
             let m = migrator();
