@@ -28,6 +28,8 @@ const ENV: &[&str] = &[
     "NO_COLOR",
     "KUBERNETES_SERVICE_HOST",
     "WORKER_CONCURRENCY",
+    "WORKER_BATCH_SIZE",
+    "WORKER_BATCH_WAIT_MS",
     "METRICS_ADDR",
 ];
 

@@ -26,7 +26,7 @@
 
 use super::{
     last_migrated, migrated_of, now_ms, now_secs, plan_of, record_of, to_value, unchanged,
-    v2_bytes, Done, JobError, Migrator, ParentLink,
+    v2_bytes, Done, JobError, Migrator, ParentLink, JOB_MEMORY_KIB, WORKING_COPIES,
 };
 use crate::ledger::VizRecord;
 use crate::outcome::Plan;
@@ -39,8 +39,10 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-/// BSON bytes of V2 documents one batch read holds; vizzes past it are read alone.
-const BATCH_READ_BYTES: usize = 32 << 20;
+/// BSON bytes of V2 documents one batch read holds; vizzes past it are read alone. A batch
+/// holds its documents [`WORKING_COPIES`] times over while it runs: half the workers' job memory
+/// at most, so two batches (one writing, the next reading) fit in it.
+const BATCH_READ_BYTES: usize = JOB_MEMORY_KIB * 1024 / WORKING_COPIES / 2;
 
 /// Jobs of a batch that run alone at once.
 const ALONE_AT_ONCE: usize = 8;
