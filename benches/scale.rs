@@ -201,9 +201,27 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
 
     let trips = round_trips(env, &v2, &data, if full { 300 } else { 20 }).await;
     println!(
-        "round trips per viz ({} vizzes, in-process): V2 {:.1}, V3 {:.1}",
-        trips.vizzes, trips.v2_per_viz, trips.v3_per_viz
+        "round trips per viz ({} vizzes, in-process): batches of {BATCH}: V2 {:.2}, V3 {:.2}; one job at a time: V2 {:.1}, V3 {:.1}",
+        trips.vizzes, trips.v2_per_viz, trips.v3_per_viz, trips.alone_v2_per_viz, trips.alone_v3_per_viz
     );
+    let hot: Vec<Hot> = if full {
+        vec![hot_parent(env, 60).await, hot_parent(env, 240).await]
+    } else {
+        vec![hot_parent(env, 12).await]
+    };
+    for h in &hot {
+        println!(
+            "hot parent, {} forks (2 pods, batches of {BATCH}): {:.1} vizzes/s = {:.2} ms/viz; raw copy {:.1} vizzes/s ({:.2}×); parent's info at v{} with {} ops ({} lost-race ops)",
+            h.forks, h.vizzes_per_sec, 1000.0 / h.vizzes_per_sec, h.raw_per_sec,
+            h.vizzes_per_sec / h.raw_per_sec, h.parent_v, h.parent_ops, h.parent_ops - h.parent_v
+        );
+    }
+    let hot_ratio = hot
+        .iter()
+        .map(|h| h.vizzes_per_sec / h.raw_per_sec)
+        .fold(f64::INFINITY, f64::min);
+    let hot_flat = hot.last().unwrap().vizzes_per_sec / hot[0].vizzes_per_sec;
+    let lost_race_ops: i64 = hot.iter().map(|h| h.parent_ops - h.parent_v).sum();
 
     let raw_rate_vizzes = vizzes as f64 / raw.secs;
     let best = runs
@@ -242,10 +260,34 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
             (if rss16 > 0.0 { rss16 } else { peak_rss }) <= 150.0,
         ),
         (
-            "V3 round trips per viz",
+            "V2 queries per viz (batches of 32)",
+            trips.v2_per_viz,
+            "≤ 0.5",
+            trips.v2_per_viz <= 0.5,
+        ),
+        (
+            "V3 commands per viz (batches of 32)",
             trips.v3_per_viz,
-            "≤ 15",
-            trips.v3_per_viz <= 15.0,
+            "≤ 3",
+            trips.v3_per_viz <= 3.0,
+        ),
+        (
+            "hot parent: end-to-end / raw copy (worst size)",
+            hot_ratio,
+            "≥ 0.5",
+            hot_ratio >= 0.5,
+        ),
+        (
+            "hot parent: vizzes/s largest / smallest set",
+            hot_flat,
+            "≥ 0.8",
+            hot_flat >= 0.8,
+        ),
+        (
+            "hot parent: lost-race ops in the parent's log",
+            lost_race_ops as f64,
+            "0",
+            lost_race_ops == 0,
         ),
         (
             "vizzes/s vs the original Node migration (~2/s)",
@@ -269,7 +311,10 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
             "vizzesPerSec": r.vizzes_per_sec, "v3DocsPerSec": r.docs_per_sec, "v3Docs": r.v3_docs, "peakRssMiB": r.peak_rss_mib, "recorded": r.recorded, "deadLetters": r.dead})).collect::<Vec<_>>(),
         "rawCopy": {"secs": raw.secs, "v2Docs": raw.v2_docs, "v3Docs": raw.v3_docs, "v3Bytes": raw.v3_bytes, "vizzesPerSec": raw_rate_vizzes},
         "planner": {"jobs": planned, "secs": plan_secs, "perSec": plan_rate, "rawPublishPerSec": raw_rate},
-        "roundTrips": {"vizzes": trips.vizzes, "v2PerViz": trips.v2_per_viz, "v3PerViz": trips.v3_per_viz},
+        "roundTrips": {"vizzes": trips.vizzes, "batch": BATCH, "v2PerViz": trips.v2_per_viz, "v3PerViz": trips.v3_per_viz,
+            "aloneV2PerViz": trips.alone_v2_per_viz, "aloneV3PerViz": trips.alone_v3_per_viz},
+        "hotParent": hot.iter().map(|h| json!({"forks": h.forks, "vizzesPerSec": h.vizzes_per_sec, "rawPerSec": h.raw_per_sec,
+            "parentV": h.parent_v, "parentOps": h.parent_ops})).collect::<Vec<_>>(),
         "ratios": rows.iter().map(|(name, value, target, met)| json!({"figure": name, "value": value, "target": target, "met": met})).collect::<Vec<_>>(),
     });
     if full {
@@ -496,6 +541,111 @@ struct RawCopy {
 
 /// Read every V2 doc of the set, write the migrated V3 docs again (same count and bytes) into a
 /// scratch database with unordered bulk inserts. The V3 docs are loaded before the clock starts.
+struct Hot {
+    forks: usize,
+    vizzes_per_sec: f64,
+    raw_per_sec: f64,
+    parent_v: i64,
+    parent_ops: i64,
+}
+
+/// The hot-parent set ([`Dataset::hot_parent`]): the fixtures, then `n` copies forking the
+/// primordial viz, migrated in-process by two "pods" at once in batches of [`BATCH`] (the
+/// fixtures first, untimed), vs a raw copy of the same documents.
+async fn hot_parent(env: &Env, n: usize) -> Hot {
+    let parent = vizhub_migrate::PRIMORDIAL_VIZ_ID;
+    let mut data = Dataset::fixtures();
+    let created = data
+        .vizzes
+        .iter()
+        .find(|v| v.info["_id"] == parent)
+        .and_then(|v| v.info["createdTimestamp"].as_i64())
+        .unwrap_or(0);
+    let fixtures: Vec<String> = data
+        .vizzes
+        .iter()
+        .filter_map(|v| v.info["_id"].as_str().map(str::to_string))
+        .collect();
+    data.extend(Dataset::hot_parent(n, parent, created));
+    let v2 = env.client.database(&format!("{}_hot{n}_v2", env.tag));
+    let v3 = env.client.database(&format!("{}_hot{n}_v3", env.tag));
+    seed::write(&v2, &data, |_| {}).await.unwrap();
+    let pod = || {
+        Migrator::new(
+            Reader::new(v2.clone(), NonZeroU32::new(100_000).unwrap()),
+            Store::new(v3.clone()),
+            Ledger::new(v3.clone()),
+            Config::default(),
+        )
+    };
+    let job = |viz: &String| vizhub_migrate::planner::Job {
+        viz: viz.clone(),
+        batch: None,
+    };
+    let m = pod();
+    m.v3.ensure_indexes().await.unwrap();
+    let mut first: Vec<&V2Viz> = data
+        .vizzes
+        .iter()
+        .filter(|v| fixtures.contains(&v.info["_id"].as_str().unwrap_or("").to_string()))
+        .collect();
+    first.sort_by_key(|v| v.info["createdTimestamp"].as_i64());
+    let first: Vec<_> = first
+        .iter()
+        .filter_map(|v| v.info["_id"].as_str())
+        .map(|s| job(&s.to_string()))
+        .collect();
+    let _ = m.migrate_batch(&first).await;
+    let forks: Vec<vizhub_migrate::planner::Job> = data
+        .vizzes
+        .iter()
+        .filter_map(|v| v.info["_id"].as_str())
+        .filter(|id| id.starts_with("ff"))
+        .map(|id| job(&id.to_string()))
+        .collect();
+    let pods = [pod(), pod()];
+    let t = Instant::now();
+    let runs = pods.iter().enumerate().map(|(k, m)| {
+        let mine: Vec<&[vizhub_migrate::planner::Job]> = forks
+            .chunks(BATCH)
+            .enumerate()
+            .filter(|(i, _)| i % 2 == k)
+            .map(|(_, c)| c)
+            .collect();
+        async move {
+            for chunk in mine {
+                for r in m.migrate_batch(chunk).await {
+                    r.unwrap();
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    let secs = t.elapsed().as_secs_f64();
+    let info = v3
+        .collection::<Document>("info")
+        .find_one(doc! {"_id": parent})
+        .await
+        .unwrap()
+        .unwrap();
+    let parent_v = info.get_i64("_v").unwrap_or(0);
+    let parent_ops = v3
+        .collection::<Document>("o_info")
+        .count_documents(doc! {"d": parent})
+        .await
+        .unwrap() as i64;
+    let raw = raw_copy(env, &v2, &v3).await;
+    v2.drop().await.unwrap();
+    v3.drop().await.unwrap();
+    Hot {
+        forks: n,
+        vizzes_per_sec: n as f64 / secs,
+        raw_per_sec: data.vizzes.len() as f64 / raw.secs,
+        parent_v,
+        parent_ops,
+    }
+}
+
 async fn raw_copy(env: &Env, v2: &Database, v3: &Database) -> RawCopy {
     let mut v3_docs: Vec<(String, Vec<RawDocumentBuf>)> = Vec::new();
     for name in v3.list_collection_names().await.unwrap() {
@@ -615,13 +765,36 @@ async fn delete_queues(env: &Env, topology: &Topology) {
 
 struct Trips {
     vizzes: usize,
+    /// Batches of [`BATCH`], as the worker runs them.
     v2_per_viz: f64,
     v3_per_viz: f64,
+    /// One job at a time ([`Migrator::migrate`]), the same vizzes into another database.
+    alone_v2_per_viz: f64,
+    alone_v3_per_viz: f64,
 }
 
-/// Migrate the first `k` vizzes (creation order) in-process, one at a time, on clients whose
-/// commands are counted per database.
+/// The worker's default batch size.
+const BATCH: usize = 32;
+
+/// Migrate the first `k` vizzes (creation order) in-process, in batches of [`BATCH`] and one at
+/// a time (each into a fresh V3), on clients whose commands are counted per database.
 async fn round_trips(env: &Env, v2: &Database, data: &Dataset, k: usize) -> Trips {
+    let batched = round_trips_of(env, v2, data, k, true).await;
+    let alone = round_trips_of(env, v2, data, k, false).await;
+    Trips {
+        alone_v2_per_viz: alone.v2_per_viz,
+        alone_v3_per_viz: alone.v3_per_viz,
+        ..batched
+    }
+}
+
+async fn round_trips_of(
+    env: &Env,
+    v2: &Database,
+    data: &Dataset,
+    k: usize,
+    batched: bool,
+) -> Trips {
     let counts: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let seen = counts.clone();
     let mut o = ClientOptions::parse(&env.mongo_base).await.unwrap();
@@ -635,7 +808,7 @@ async fn round_trips(env: &Env, v2: &Database, data: &Dataset, k: usize) -> Trip
         }
     }));
     let client = Client::with_options(o).unwrap();
-    let v3_name = format!("{}_trips", env.tag);
+    let v3_name = format!("{}_trips{}", env.tag, u8::from(batched));
     let v3 = client.database(&v3_name);
     let m = Migrator::new(
         Reader::new(
@@ -665,15 +838,36 @@ async fn round_trips(env: &Env, v2: &Database, data: &Dataset, k: usize) -> Trip
         .await
         .unwrap();
     counts.lock().unwrap().clear();
-    for id in &sample {
-        // Bad inputs cost their round trips too; their outcome does not matter here.
-        let _ = m.migrate(id, None).await;
+    if batched {
+        let jobs: Vec<vizhub_migrate::planner::Job> = sample
+            .iter()
+            .map(|viz| vizhub_migrate::planner::Job {
+                viz: viz.clone(),
+                batch: None,
+            })
+            .collect();
+        for chunk in jobs.chunks(BATCH) {
+            // Bad inputs cost their round trips too; their outcome does not matter here.
+            let _ = m.migrate_batch(chunk).await;
+        }
+    } else {
+        for id in &sample {
+            let _ = m.migrate(id, None).await;
+        }
     }
     let c = counts.lock().unwrap().clone();
     v3.drop().await.unwrap();
     let per = |db: &str| *c.get(db).unwrap_or(&0) as f64 / sample.len().max(1) as f64;
     let mut by_command: Vec<(&String, &u64)> = c.iter().filter(|(k, _)| k.contains(' ')).collect();
     by_command.sort_by(|a, b| b.1.cmp(a.1));
+    println!(
+        "  {}:",
+        if batched {
+            "batched"
+        } else {
+            "one job at a time"
+        }
+    );
     for (k, n) in by_command {
         println!("  {:>6.2}/viz  {k}", *n as f64 / sample.len().max(1) as f64);
     }
@@ -681,5 +875,7 @@ async fn round_trips(env: &Env, v2: &Database, data: &Dataset, k: usize) -> Trip
         vizzes: sample.len(),
         v2_per_viz: per(v2.name()),
         v3_per_viz: per(&v3_name),
+        alone_v2_per_viz: 0.0,
+        alone_v3_per_viz: 0.0,
     }
 }

@@ -41,6 +41,10 @@ struct Cli {
     /// Generated vizzes to add.
     #[arg(long, value_name = "N", default_value_t = 0)]
     synthetic: usize,
+    /// Copies of the fixtures to add as forks of one hot parent (the primordial viz): the
+    /// shape of a template with thousands of forks.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    hot_parent: usize,
     /// Share of the generated vizzes that are bad inputs (tombstones, datasets, missing content or
     /// owner, `_id` ≠ `id`, broken op logs, one oversized content), 0–1.
     #[arg(long, default_value_t = 0.02)]
@@ -146,6 +150,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         max_ops: cli.max_ops,
     };
     data.extend(Dataset::generate(&opts, &roots));
+    if cli.hot_parent > 0 {
+        let parent = vizhub_migrate::PRIMORDIAL_VIZ_ID;
+        let created = data
+            .vizzes
+            .iter()
+            .find(|v| v.info["_id"] == parent)
+            .and_then(|v| v.info["createdTimestamp"].as_i64())
+            .unwrap_or(1_400_000_000_000);
+        data.extend(Dataset::hot_parent(cli.hot_parent, parent, created));
+    }
 
     let bar = cli::progress_bar("seeding V2");
     bar.set_length(data.doc_count() as u64);

@@ -124,6 +124,40 @@ impl Dataset {
         }
     }
 
+    /// `n` copies of the real fixtures, every one a fork of `parent` created after it (ids
+    /// `ff…` + a counter, 32 hex digits): the shape of a VizHub template with thousands of
+    /// forks, where every fork's job recounts the same parent's `forksCount`. Add it to a
+    /// dataset that holds `parent`.
+    pub fn hot_parent(n: usize, parent: &str, parent_created: i64) -> Dataset {
+        let base = Dataset::fixtures();
+        let sources: Vec<&V2Viz> = base
+            .vizzes
+            .iter()
+            .filter(|v| v.info["_id"] != parent && v.content.is_some())
+            .collect();
+        let mut d = Dataset {
+            users: base.users.clone(),
+            ..Dataset::default()
+        };
+        for i in 0..n {
+            let id = format!("ff{i:030x}");
+            let mut c = sources[i % sources.len()].clone();
+            for field in ["_id", "id"] {
+                c.info[field] = json!(id);
+                if let Some(content) = c.content.as_mut() {
+                    content[field] = json!(id);
+                }
+            }
+            c.info["forkedFrom"] = json!(parent);
+            c.info["createdTimestamp"] = json!(parent_created + 1 + i as i64);
+            for op in &mut c.ops {
+                op["d"] = json!(id);
+            }
+            d.vizzes.push(c);
+        }
+        d
+    }
+
     /// Add `other` (users merged by id).
     pub fn extend(&mut self, other: Dataset) {
         self.vizzes.extend(other.vizzes);
