@@ -152,6 +152,10 @@ impl Dataset {
             c.info["createdTimestamp"] = json!(parent_created + 1 + i as i64);
             for op in &mut c.ops {
                 op["d"] = json!(id);
+                // Op `_id`s are unique per collection: the copy's are the server's to assign.
+                if let Some(o) = op.as_object_mut() {
+                    o.remove("_id");
+                }
             }
             d.vizzes.push(c);
         }

@@ -26,7 +26,7 @@
 
 use super::{
     last_migrated, migrated_of, now_ms, now_secs, plan_of, record_of, to_value, unchanged,
-    v2_bytes, Done, JobError, Migrator, ParentLink, JOB_MEMORY_KIB, WORKING_COPIES,
+    v2_bytes, Done, JobError, Migrator, ParentLink, JOB_MEMORY_KIB, RECOUNT_TRIES, WORKING_COPIES,
 };
 use crate::ledger::VizRecord;
 use crate::outcome::Plan;
@@ -566,18 +566,57 @@ impl Migrator {
                 forks_of.entry(parent).or_default().push(&x.f.p.viz);
             }
         }
-        for (parent, forks) in forks_of {
-            let lost = match self.recount_forks(forks[0], parent, None, ts).await {
-                Ok(r) => !r.lost_races.is_empty(),
-                Err(e) => {
-                    tracing::warn!(parent, error = %e, "cannot recount forks; its forks run alone");
-                    true
-                }
-            };
-            if lost {
-                raced.extend(forks.iter().map(|f| f.to_string()));
+        let parents: Vec<String> = forks_of.keys().map(|p| p.to_string()).collect();
+        let lost = match self.recount_parents(parents, ts).await {
+            Ok(lost) => lost,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot recount the wave's parents; their forks run alone");
+                forks_of.keys().map(|p| p.to_string()).collect()
             }
+        };
+        for parent in lost {
+            raced.extend(forks_of[parent.as_str()].iter().map(|f| f.to_string()));
         }
         Ok(raced)
+    }
+
+    /// Recompute the `forksCount` of several parents from V3 at once (one aggregate, one `$in`
+    /// read, their ops in one insert, a conditional replace each), reading again the ones whose
+    /// update lost a race, up to [`RECOUNT_TRIES`] times. Returns those that kept losing.
+    /// Read fresh just before the write, so a hot parent's op loses only to a write landing
+    /// in that short window.
+    async fn recount_parents(
+        &self,
+        mut parents: Vec<String>,
+        ts: i64,
+    ) -> Result<Vec<String>, crate::v3::store::StoreError> {
+        for _ in 0..RECOUNT_TRIES {
+            if parents.is_empty() {
+                break;
+            }
+            let (counts, infos) = tokio::try_join!(
+                self.v3.forks_counts(&parents),
+                self.v3.snapshots(c3::INFO, &parents),
+            )?;
+            let wanted: Vec<(String, Value)> = parents
+                .iter()
+                .filter_map(|p| {
+                    let s = infos.get(p).filter(|s| s.doc_type.is_some())?;
+                    let count = counts.get(p).copied().unwrap_or(0);
+                    if s.data.get("forksCount").and_then(Value::as_i64) == Some(count) {
+                        return None;
+                    }
+                    let mut data = s.data.clone();
+                    data["forksCount"] = Value::from(count);
+                    Some((p.clone(), data))
+                })
+                .collect();
+            let report = self
+                .v3
+                .sync_known(c3::INFO, &wanted, &infos, Policy::Update, ts)
+                .await?;
+            parents = report.lost_races;
+        }
+        Ok(parents)
     }
 }

@@ -564,10 +564,8 @@ impl Store {
             updates.retain(|(s, _, _)| ours.contains(&s.id));
             report.kept += before - updates.len();
         }
-        for (s, data, op) in updates {
-            self.submit(collection, s, op, &data, ts_ms, &mut report)
-                .await?;
-        }
+        self.submit_many(collection, &updates, ts_ms, &mut report)
+            .await?;
         let existed = self.create_many(collection, &creates, ts_ms).await?;
         report.created += creates.len() - existed.len();
         report.existed.extend(existed);
@@ -660,6 +658,43 @@ impl Store {
         }
     }
 
+    /// [`Store::append`] of one json1 op to each of several docs: their ops in one unordered
+    /// insert, then each snapshot replaced on the condition of its version (one command each:
+    /// a conditional replace must say, per doc, whether it matched).
+    async fn submit_many(
+        &self,
+        collection: &str,
+        updates: &[(&Snapshot, Cow<'_, Value>, Value)],
+        ts_ms: i64,
+        report: &mut SyncReport,
+    ) -> Result<(), StoreError> {
+        if updates.len() < 2 {
+            for (s, data, op) in updates {
+                self.submit(collection, s, op.clone(), data, ts_ms, report)
+                    .await?;
+            }
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(updates.len());
+        let mut oids = Vec::with_capacity(updates.len());
+        for (s, _, op) in updates {
+            let body = doc! {"op": to_bson(collection, &s.id, op)?};
+            let (oid, op) = op_doc(collection, &s.id, s.version, body, s.last_op, ts_ms);
+            ops.push(op);
+            oids.push(oid);
+        }
+        let ops_coll = format!("o_{collection}");
+        let existed = self
+            .insert_ignoring_duplicates(&ops_coll, ops, WriteKind::OpInsert)
+            .await?;
+        for (i, ((s, data, _), oid)) in updates.iter().zip(oids).enumerate() {
+            let ours = !existed.contains(&i);
+            self.replace_snapshot(collection, s, oid, ours, Some(data), ts_ms, report)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn submit(
         &self,
         collection: &str,
@@ -715,6 +750,24 @@ impl Store {
             .insert_ignoring_duplicates(&ops, vec![op], WriteKind::OpInsert)
             .await?
             .is_empty();
+        self.replace_snapshot(collection, s, oid, ours, data, ts_ms, report)
+            .await
+    }
+
+    /// Move snapshot `s` on to the version after it, its newest op `oid` (inserted already;
+    /// `ours` when this write inserted it), on the condition that `_v` is still what we read.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace_snapshot(
+        &self,
+        collection: &str,
+        s: &Snapshot,
+        oid: ObjectId,
+        ours: bool,
+        data: Option<&Value>,
+        ts_ms: i64,
+        report: &mut SyncReport,
+    ) -> Result<(), StoreError> {
+        let ops = format!("o_{collection}");
         let mut snap = doc! {
             "_id": &s.id,
             "_type": if data.is_some() { Bson::String(OT_TYPE.into()) } else { Bson::Null },
@@ -875,6 +928,40 @@ impl Store {
             )),
             Some(_) => None,
         })
+    }
+
+    /// Number of live `info` docs forked from each of `vizzes` (one aggregate, served by the
+    /// `forkedFrom` index); a viz without forks is absent.
+    pub async fn forks_counts(
+        &self,
+        vizzes: &[String],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        if vizzes.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.trip();
+        let pipeline = [
+            doc! {"$match": {"forkedFrom": {"$in": vizzes}, "_type": OT_TYPE}},
+            doc! {"$group": {"_id": "$forkedFrom", "n": {"$sum": 1}}},
+        ];
+        let groups: Vec<Document> = self
+            .coll(collections::INFO)
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(groups
+            .iter()
+            .filter_map(|g| {
+                let n = match g.get("n")? {
+                    Bson::Int32(n) => i64::from(*n),
+                    Bson::Int64(n) => *n,
+                    Bson::Double(n) => *n as i64,
+                    _ => return None,
+                };
+                Some((g.get_str("_id").ok()?.to_string(), n))
+            })
+            .collect())
     }
 
     /// Number of live `info` docs whose `forkedFrom` is `viz`.
