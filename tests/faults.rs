@@ -137,7 +137,8 @@ async fn broker_restart_mid_run_loses_and_duplicates_nothing() {
         .await
         .unwrap();
     let ids = env.load_fixtures(&[]).await;
-    let extra = forks(40, 1_600_000_000);
+    // Enough that batched workers are still busy when the broker goes down.
+    let extra = forks(240, 1_600_000_000);
     env.load_all(&extra).await;
     let planned = env.plan_on(&node.uri(), Selection::All).await;
     assert_eq!(planned.published as usize, ids.len() + extra.len());
@@ -541,7 +542,8 @@ async fn malformed_input_at_scale_ends_in_one_outcome_each() {
 async fn v2_reads_stay_within_the_budget() {
     let env = TestEnv::new("read-budget").await;
     env.load_fixtures(&[]).await;
-    env.load_all(&forks(25, 1_600_000_000)).await;
+    // A batch reads V2 in ~5 queries: enough vizzes for 3 budgets' worth of reads.
+    env.load_all(&forks(120, 1_600_000_000)).await;
     env.plan(Selection::All).await;
 
     let reads: Arc<Mutex<Vec<Instant>>> = Arc::default();
