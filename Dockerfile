@@ -1,18 +1,24 @@
-# vizhub-migrate container image: every binary of the crate (planner, worker, dlq, seed) in
-# /usr/local/bin of a slim Debian runtime, running as the non-root uid/gid 10001.
+# vizhub-migrate container images, two targets of a slim Debian runtime, running as the non-root
+# uid/gid 10001, the binaries in /usr/local/bin:
+#   - the production image (the default, last stage `production`): planner, worker and dlq,
+#     built with `--no-default-features`, i.e. without the crate's `dev-data` feature (the `seed`
+#     binary and the seed and fixtures modules are not compiled in). Kubernetes runs this one.
+#   - the development image (target `dev`): the production image plus `seed`, for the demo and
+#     rehearsal in docker-compose.yml (its `seed` service), never deployed.
 #
-#   docker build -t vizhub-migrate .
+#   docker build -t vizhub-migrate .                     # production: planner, worker, dlq
+#   docker build --target dev -t vizhub-migrate-dev .    # development: ... and seed
 #   docker run --rm vizhub-migrate                       # the default command: `worker`
 #   docker run --rm vizhub-migrate planner status        # any binary, as the command
 #
 # There is no ENTRYPOINT: the command names the binary (`worker`, `planner plan --all`,
-# `dlq stats`, `seed --synthetic 3000`), in docker-compose.yml and in the Kubernetes manifests
-# alike. Configuration comes from the environment (README "Configuration").
+# `dlq stats`, and in the dev image `seed --synthetic 3000`), in docker-compose.yml and in the
+# Kubernetes manifests alike. Configuration comes from the environment (README "Configuration").
 #
 # V2 fixtures: `seed` loads the real V2 fixtures from SEED_FIXTURES_DIR. They live outside this
-# repository (../shared/fixtures/v2), hence outside the build context, so the image does NOT
-# contain them: docker-compose.yml mounts them read-only into the `seed` container. Production
-# never runs `seed`.
+# repository (../shared/fixtures/v2), hence outside the build context, so neither image contains
+# them: docker-compose.yml mounts them read-only into the `seed` container. Production never
+# runs `seed`, and its image does not have it.
 #
 # Builds with BuildKit and with the classic builder (no BuildKit-only syntax). Cache-friendly
 # through cargo-chef (pinned below): the `recipe` stage reduces the crate to its manifests
@@ -52,28 +58,46 @@ COPY benches ./benches
 RUN cargo chef prepare --recipe-path recipe.json
 
 # 2. Dependencies, in their own layer: rebuilt only when recipe.json changes (Cargo.toml,
-#    Cargo.lock, or the list of targets).
+#    Cargo.lock, or the list of targets). Cooked with the production build's flags
+#    (`--no-default-features`), so that step 3 reuses them as they are.
 FROM chef AS builder
 COPY --from=recipe /build/recipe.json recipe.json
-RUN cargo chef cook --release --locked --bins --recipe-path recipe.json
+RUN cargo chef cook --release --locked --no-default-features --bins --recipe-path recipe.json
 
-# 3. The crate itself.
+# 3. The crate itself, production binaries only: `--no-default-features` leaves out the
+#    `dev-data` feature, hence the `seed` binary (required-features) and the seed and fixtures
+#    modules. Only the binaries listed here go to /out, the production image's /usr/local/bin.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY bin ./bin
 COPY benches ./benches
 RUN set -eux; \
-    cargo build --release --locked --bins; \
+    cargo build --release --locked --no-default-features --bins; \
     mkdir -p /out; \
-    for b in planner worker dlq seed; do \
+    for b in planner worker dlq; do \
       test -x "target/release/$b" || { echo "Dockerfile: binary '$b' was not built (is it a [[bin]] in Cargo.toml?)" >&2; exit 1; }; \
       cp "target/release/$b" /out/; \
     done; \
     ls -l /out
 
-FROM debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251
+# 4. The development binary `seed`, with the default features (`dev-data`), for the `dev` image
+#    only. It adds no dependency, so the cooked layer serves it too; only this crate recompiles.
+#    BuildKit skips this stage when building the production image (nothing there needs it);
+#    the classic builder runs every stage before the target, this one included.
+FROM builder AS dev-builder
+RUN set -eux; \
+    cargo build --release --locked --bin seed; \
+    mkdir -p /out-dev; \
+    for b in seed; do \
+      test -x "target/release/$b" || { echo "Dockerfile: dev binary '$b' was not built (is it a [[bin]] in Cargo.toml?)" >&2; exit 1; }; \
+      cp "target/release/$b" /out-dev/; \
+    done; \
+    ls -l /out-dev
+
+# The runtime: what both images share (the production binaries, the user, the command).
+FROM debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251 AS runtime
 LABEL org.opencontainers.image.title="vizhub-migrate" \
-      org.opencontainers.image.description="VizHub V2 to V3 migration fleet: planner, worker, dlq, seed" \
+      org.opencontainers.image.description="VizHub V2 to V3 migration fleet: planner, worker, dlq" \
       org.opencontainers.image.licenses="MIT"
 # ca-certificates: TLS to MongoDB Atlas / AMQPS (rustls reads the system trust store).
 RUN apt-get update \
@@ -90,3 +114,14 @@ WORKDIR /tmp
 # worker: /metrics (Prometheus), /healthz, /readyz on METRICS_ADDR (default 0.0.0.0:9090).
 EXPOSE 9090
 CMD ["worker"]
+
+# The development image (`--target dev`; docker-compose.yml's `seed` service): the runtime plus
+# `seed`. Never deployed: the Kubernetes manifests use the production image.
+FROM runtime AS dev
+LABEL org.opencontainers.image.title="vizhub-migrate-dev" \
+      org.opencontainers.image.description="VizHub V2 to V3 migration fleet, development image: planner, worker, dlq, seed"
+COPY --from=dev-builder /out-dev/ /usr/local/bin/
+
+# The production image, the default target (the last stage): the runtime as it is, without
+# `seed`.
+FROM runtime AS production

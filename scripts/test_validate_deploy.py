@@ -100,6 +100,11 @@ class Helpers(unittest.TestCase):
         self.assertEqual(vd.compose_default_port("127.0.0.1::9090"), (None, 9090))
         self.assertEqual(vd.compose_default_port("8080:80"), (8080, 80))
 
+    def test_cargo_bins_required_features(self):
+        bins = vd.cargo_bins(REPO, vd.Report(quiet=True))
+        self.assertEqual(bins["seed"], ("dev-data",))
+        self.assertEqual(vd.production_bins(bins), {"planner", "worker", "dlq"})
+
     def test_seed_exit_status_runs_the_script(self):
         script = 'seed; rc=$$?; if [ "$$rc" -eq 3 ]; then exit 0; fi; exit "$$rc"'
         self.assertEqual(vd.seed_exit_status(script, 3), 0)
@@ -109,7 +114,7 @@ class Helpers(unittest.TestCase):
 class Dockerfile(Base):
     def test_unpinned_base_image(self):
         with open(self.c.path("Dockerfile"), encoding="utf-8") as f:
-            runtime = re.search(r"^FROM (debian:bookworm-slim@sha256:[0-9a-f]{64})$", f.read(), re.M).group(1)
+            runtime = re.search(r"^FROM (debian:bookworm-slim@sha256:[0-9a-f]{64})( AS \w+)?$", f.read(), re.M).group(1)
         self.c.edit("Dockerfile", f"FROM {runtime}", "FROM debian:bookworm-slim")
         self.assertFails(r"FROM debian:bookworm-slim: base images must be pinned by digest")
 
@@ -129,6 +134,36 @@ class Dockerfile(Base):
         self.c.edit("Dockerfile", "USER 10001:10001", "USER root")
         self.assertFails(r"non-root USER 10001")
 
+    def test_production_build_with_the_default_features(self):
+        self.c.edit("Dockerfile", "cargo build --release --locked --no-default-features --bins",
+                    "cargo build --release --locked --bins")
+        self.assertFails(r"the production build must be `cargo build --release --locked --no-default-features --bins`")
+
+    def test_dependencies_cooked_with_the_default_features(self):
+        self.c.edit("Dockerfile", "cargo chef cook --release --locked --no-default-features",
+                    "cargo chef cook --release --locked")
+        self.assertFails(r"cargo chef cook must take the production build's --no-default-features")
+
+    def test_seed_in_the_production_image(self):
+        self.c.edit("Dockerfile", "for b in planner worker dlq; do", "for b in planner worker dlq seed; do")
+        self.assertFails(r"requires the binaries \['dlq', 'planner', 'seed', 'worker'\] in the production image")
+
+    def test_production_image_built_from_the_dev_image(self):
+        self.c.edit("Dockerfile", "FROM runtime AS production", "FROM dev AS production")
+        self.assertFails(r"the production image \(the last stage\) is built from the `dev` stage")
+
+    def test_dev_image_last(self):
+        self.c.edit("Dockerfile", "\nFROM runtime AS production\n", "\n")
+        self.assertFails(r"the production image \(the last stage\) is built from the `dev` stage")
+
+    def test_no_dev_stage(self):
+        self.c.edit("Dockerfile", "FROM runtime AS dev", "FROM runtime AS development")
+        self.assertFails(r"no `dev` stage: the development binaries \['seed'\] have no image")
+
+    def test_seed_not_built_for_the_dev_image(self):
+        self.c.edit("Dockerfile", "for b in seed; do", "for b in planner; do")
+        self.assertFails(r"the development binaries \['seed'\] .* must be built for the `dev` image")
+
 
 class Compose(Base):
     def test_header_and_port_mapping_disagree(self):
@@ -144,12 +179,34 @@ class Compose(Base):
         self.c.edit("docker-compose.yml", '[ "$$rc" -eq 3 ]', '[ "$$rc" -eq 2 ]')
         self.assertFails(r"when seed exits 2 the service exits 0")
 
+    def test_seed_from_the_production_image(self):
+        self.c.edit("docker-compose.yml", "      target: dev\n", "")
+        self.assertFails(r"service `seed` runs `seed`, a development binary: it must build the Dockerfile's `dev` target")
+
+    def test_worker_from_the_dev_image(self):
+        with open(self.c.path("docker-compose.yml"), encoding="utf-8") as f:
+            compose = yaml.safe_load(f)
+        compose["services"]["worker"]["build"] = {"context": ".", "target": "dev"}
+        compose["services"]["worker"]["image"] = "vizhub-migrate-dev:local"
+        self.c.write("docker-compose.yml", yaml.safe_dump(compose))
+        self.assertFails(r"service `worker` runs `worker` from the `dev` image")
+
+    def test_dev_and_production_images_under_one_name(self):
+        self.c.edit("docker-compose.yml", "${VIZHUB_MIGRATE_DEV_IMAGE:-vizhub-migrate-dev:local}",
+                    "${VIZHUB_MIGRATE_IMAGE:-vizhub-migrate:local}")
+        self.assertFails(r"share the name .*each build would retag the other's")
+
     def test_scaled_worker_with_a_fixed_port(self):
         self.c.edit("docker-compose.yml", '- "127.0.0.1::9090"', '- "127.0.0.1:9090:9090"')
         self.assertFails(r"fixed host port")
 
 
 class Kubernetes(Base):
+    def test_seed_in_the_cluster(self):
+        self.c.edit("k8s/planner-cronjob.yaml", 'command: ["planner", "plan", "--since-last"]',
+                    'command: ["seed", "--synthetic", "10"]')
+        self.assertFails(r"planner-cronjob.yaml.*runs `seed`, a development binary .* not the production image")
+
     def test_worker_gets_the_management_uri(self):
         self.c.edit("k8s/worker-deployment.yaml", """                name: vizhub-migrate-config
 """, """                name: vizhub-migrate-config

@@ -11,12 +11,17 @@ Every problem is reported as `validate-deploy: FAIL <file>: <what is wrong>`; ex
 What it checks, beyond "it parses":
   - Dockerfile: every base image pinned by digest, builder and runtime on the same Debian
     release, cargo-chef pinned, stripped release binaries, non-root USER 10001, EXPOSE 9090,
-    CMD ["worker"] without ENTRYPOINT, its list of binaries = Cargo.toml's [[bin]]s;
+    CMD ["worker"] without ENTRYPOINT; the production image (the last stage) built with
+    `--no-default-features`, its list of binaries = Cargo.toml's [[bin]]s without
+    required-features, and not derived from the `dev` stage; the `dev` stage (development image)
+    adds the others (`seed`: feature `dev-data`);
   - docker-compose.yml: the services README and spec rely on, commands naming real binaries,
+    a service running a development binary builds the `dev` target under its own image name,
     the management UI port of the header comment = the published one, a RabbitMQ 4.x image,
     the seed service's exit-code mapping (run in bash with a stub `seed`: 3 = already seeded is
     success, everything else non-zero fails);
-  - k8s/ (subdirectories included): every *.yaml / *.json parses; every manifest of a built-in
+  - k8s/ (subdirectories included): every *.yaml / *.json parses; commands name binaries of the
+    production image (never a development one); every manifest of a built-in
     kind against the Kubernetes OpenAPI schemas (`kubernetes-validate --strict`); KEDA objects
     structurally (CRDs); other CRDs (monitoring.coreos.com: the PrometheusRule) parsed only;
     the kustomization (lists every top-level manifest but the deliberate exceptions, never the
@@ -105,8 +110,14 @@ def load_yaml(path, rep, where):
 
 
 # ---- the crate's binaries -----------------------------------------------------------------
+# The target of the Dockerfile's development image: the production image plus the binaries that
+# need a (default) feature the production build leaves out with `--no-default-features`.
+DEV_TARGET = "dev"
+
+
 def cargo_bins(root, rep):
-    """Names of Cargo.toml's [[bin]]s whose source file exists."""
+    """Cargo.toml's [[bin]]s whose source file exists: name -> their required-features (a tuple;
+    empty for a production binary, which `--no-default-features` builds)."""
     text = read_text(os.path.join(root, "Cargo.toml"), rep, "Cargo.toml")
     if text is None:
         return set()
@@ -120,14 +131,16 @@ def cargo_bins(root, rep):
             block = re.split(r"^\[", block, flags=re.M)[0]
             name = re.search(r'^name\s*=\s*"([^"]+)"', block, re.M)
             p = re.search(r'^path\s*=\s*"([^"]+)"', block, re.M)
+            req = re.search(r'^required-features\s*=\s*\[([^\]]*)\]', block, re.M)
             if name:
-                bins.append({"name": name.group(1), **({"path": p.group(1)} if p else {})})
-    out = set()
+                bins.append({"name": name.group(1), **({"path": p.group(1)} if p else {}),
+                             "required-features": re.findall(r'"([^"]+)"', req.group(1)) if req else []})
+    out = {}
     for b in bins:
         name = b.get("name")
         src = b.get("path", f"src/bin/{name}.rs")
         if os.path.isfile(os.path.join(root, src)):
-            out.add(name)
+            out[name] = tuple(b.get("required-features", []))
         else:
             rep.fail("Cargo.toml", f"[[bin]] {name}: its source {src} does not exist")
     return out
@@ -146,8 +159,19 @@ def command_binary(cmd):
     return cmd[0]
 
 
-def check_binary(rep, bins, where, binary):
-    if binary not in bins:
+def production_bins(bins):
+    """The binaries `cargo build --no-default-features --bins` builds: no required-features."""
+    return {n for n, req in bins.items() if not req}
+
+
+def check_binary(rep, bins, where, binary, dev=()):
+    """binary must be one of bins; `dev`: the development-only binaries, named as such when one
+    is run where only bins (the production image's) exist."""
+    if binary in dev:
+        rep.fail(where, f"runs `{binary}`, a development binary (Cargo.toml required-features "
+                        f"{list(dev[binary])}): only the `{DEV_TARGET}` image has it, not the "
+                        f"production image: have {sorted(bins)}")
+    elif binary not in bins:
         rep.fail(where, f"runs `{binary}`, which is not a binary of the crate "
                         f"(Cargo.toml [[bin]] with its source): have {sorted(bins)}")
 
@@ -159,10 +183,24 @@ def debian_release(image):
     return m.group(1) if m else None
 
 
+def dockerfile_stages(lines):
+    """The stages of a Dockerfile's instruction lines: [(name or None, base, [lines])]."""
+    stages = []
+    for l in lines:
+        m = re.match(r"^FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", l, re.I)
+        if m:
+            stages.append((m.group(2), m.group(1), []))
+        elif stages:
+            stages[-1][2].append(l)
+    return stages
+
+
 def check_dockerfile(root, bins, rep):
     text = read_text(os.path.join(root, "Dockerfile"), rep, "Dockerfile")
     if text is None:
         return
+    prod = production_bins(bins)
+    dev = set(bins) - prod
     # Join continuation lines so that each instruction is one line.
     joined = re.sub(r"\\\n", " ", text)
     lines = [l.strip() for l in joined.splitlines() if l.strip() and not l.strip().startswith("#")]
@@ -178,14 +216,36 @@ def check_dockerfile(root, bins, rep):
         rep.fail("Dockerfile", f"the runtime must run as the numeric non-root USER {IMAGE_UID}")
     if not any(i[0] == "EXPOSE" and "9090" in i[1].split() for i in instr):
         rep.fail("Dockerfile", "EXPOSE 9090 (the worker's metrics port) is missing")
-    if not re.search(r"cargo build --release --locked --bins", joined):
-        rep.fail("Dockerfile", "the build must be `cargo build --release --locked --bins`")
-    m = re.search(r"for b in ([a-z0-9_ -]+); do", joined)
-    if not m:
+    # The production build leaves out the default features (`dev-data`: seed and the fixtures),
+    # and its list of binaries, the first `for b in`, is exactly the production ones.
+    build = "cargo build --release --locked --no-default-features --bins"
+    if build not in joined:
+        rep.fail("Dockerfile", f"the production build must be `{build}` (without the `dev-data` "
+                               "feature: no seed, no fixtures)")
+    lists = [set(m.group(1).split()) for m in re.finditer(r"for b in ([a-z0-9_ -]+); do", joined)]
+    if not lists:
         rep.fail("Dockerfile", "the list of required binaries (`for b in ...; do`) is missing")
-    elif set(m.group(1).split()) != bins:
-        rep.fail("Dockerfile", f"requires the binaries {sorted(set(m.group(1).split()))} but the crate "
-                               f"builds {sorted(bins)}")
+    elif lists[0] != prod:
+        rep.fail("Dockerfile", f"requires the binaries {sorted(lists[0])} in the production image but "
+                               f"`--no-default-features` builds {sorted(prod)}")
+    elif dev and set().union(*lists[1:]) != dev:
+        rep.fail("Dockerfile", f"the development binaries {sorted(dev)} (Cargo.toml required-features) "
+                               f"must be built for the `{DEV_TARGET}` image; it lists "
+                               f"{sorted(set().union(*lists[1:]))}")
+    # The production image is the last stage (the default target); neither it nor what it is
+    # built from may be the development image.
+    stages = dockerfile_stages(lines)
+    names = {s[0]: s for s in stages if s[0]}
+    if dev and DEV_TARGET not in names:
+        rep.fail("Dockerfile", f"no `{DEV_TARGET}` stage: the development binaries {sorted(dev)} "
+                               "have no image (docker-compose.yml's seed service builds it)")
+    chain, stage = [], stages[-1] if stages else None
+    while stage is not None and len(chain) <= len(stages):
+        chain.append(stage[0])
+        stage = names.get(stage[1])
+    if DEV_TARGET in chain:
+        rep.fail("Dockerfile", f"the production image (the last stage) is built from the "
+                               f"`{DEV_TARGET}` stage: it would ship {sorted(dev) or 'the development binaries'}")
     # Base images: pinned by digest (a FROM naming an earlier stage is not an image).
     stages, images = set(), []
     for kind, rest in instr:
@@ -219,6 +279,10 @@ def check_dockerfile(root, bins, rep):
     for step in ("cargo chef prepare", "cargo chef cook --release --locked"):
         if step not in joined:
             rep.fail("Dockerfile", f"`{step}` is missing (dependency caching with cargo-chef)")
+    cook = re.search(r"cargo chef cook\b[^\n]*", joined)
+    if cook and "--no-default-features" not in cook.group(0):
+        rep.fail("Dockerfile", "cargo chef cook must take the production build's "
+                               "--no-default-features (the dependency layer is cooked for that build)")
     if not re.search(r"CARGO_PROFILE_RELEASE_STRIP=(true|\"true\"|symbols)", joined):
         rep.fail("Dockerfile", "release binaries must be stripped (CARGO_PROFILE_RELEASE_STRIP=true)")
 
@@ -243,7 +307,10 @@ def seed_exit_status(script, seed_rc):
 
 
 def check_compose(root, bins, rep):
+    """bins: every binary of the crate (cargo_bins); the development ones need the dev image."""
     where = "docker-compose.yml"
+    dev = set(bins) - production_bins(bins)
+    image_of_target = {}
     path = os.path.join(root, where)
     docs = load_yaml(path, rep, where)
     if not docs:
@@ -262,8 +329,26 @@ def check_compose(root, bins, rep):
                 rep.fail(where, f"service `{name}` is built from the Dockerfile but sets no command")
             else:
                 check_binary(rep, bins, f"{where} service `{name}`", command_binary(cmd))
+            build = svc["build"]
+            target = build.get("target") if isinstance(build, dict) else None
+            binary = command_binary(cmd) if cmd is not None else None
+            if binary in dev and target != DEV_TARGET:
+                rep.fail(where, f"service `{name}` runs `{binary}`, a development binary: it must build "
+                                f"the Dockerfile's `{DEV_TARGET}` target (build.target), the production "
+                                "image does not have it")
+            elif binary not in dev and target == DEV_TARGET:
+                rep.fail(where, f"service `{name}` runs `{binary}` from the `{DEV_TARGET}` image: "
+                                "the fleet runs the production image, as in Kubernetes")
+            # Two targets under one image name: each build would retag the other's image.
+            image_of_target.setdefault(target, set()).add(str(svc.get("image")))
         if "healthcheck" in svc and not dig(svc, "healthcheck", "test"):
             rep.fail(where, f"service `{name}`: healthcheck without a test")
+    for target, images in image_of_target.items():
+        for other, others in image_of_target.items():
+            if other != target and images & others:
+                rep.fail(where, f"the images of the Dockerfile targets {target or '(default)'} and "
+                                f"{other or '(default)'} share the name {sorted(images & others)}: "
+                                "each build would retag the other's")
     w = services.get("worker") or {}
     if "container_name" in w:
         rep.fail(where, "service `worker` has a container_name: `--scale worker=N` would conflict")
@@ -531,7 +616,10 @@ def metrics_port(cfg):
 
 
 def check_pods(k, bins, rep):
-    """Every pod and container: binaries, references, restricted securityContext, account, env."""
+    """Every pod and container: binaries (the production image's: bins is cargo_bins),
+    references, restricted securityContext, account, env."""
+    prod = production_bins(bins)
+    dev = {n: req for n, req in bins.items() if n not in prod}
     accounts = {dig(d, "metadata", "name"): d for f, d in k.of_kind("ServiceAccount")}
     sa = accounts.get(SERVICE_ACCOUNT)
     if sa is None:
@@ -560,7 +648,7 @@ def check_pods(k, bins, rep):
         for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
             cw = f"{where} container {c.get('name')}"
             images.setdefault(c.get("image"), []).append(cw)
-            check_binary(rep, bins, cw, command_binary(c.get("command") or ["worker"]))
+            check_binary(rep, prod, cw, command_binary(c.get("command") or ["worker"]), dev)
             sc = c.get("securityContext") or {}
             merged = {**psc, **sc}
             if merged.get("runAsNonRoot") is not True:
@@ -896,7 +984,9 @@ def run_checks(root, rep, kv_bin=None, k8s_versions=(), not_in_kustomization=(),
                kubectl=None, node=None):
     """All checks of the files under root; the failures end up in rep."""
     bins = cargo_bins(root, rep)
-    rep.note(f"binaries of the crate: {' '.join(sorted(bins)) or '(none)'}")
+    prod = production_bins(bins)
+    rep.note(f"binaries of the crate: {' '.join(sorted(prod)) or '(none)'}; development only: "
+             f"{' '.join(sorted(set(bins) - prod)) or '(none)'}")
     check_dockerfile(root, bins, rep)
     check_compose(root, bins, rep)
     k8s_dir = os.path.join(root, "k8s")

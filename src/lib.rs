@@ -12,6 +12,9 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+// Development data (feature `dev-data`, on by default; off in the production build): the fixture
+// files and the seeder. Nothing else in the library uses them outside its tests.
+#[cfg(feature = "dev-data")]
 pub mod fixtures;
 pub mod history;
 pub mod ids;
@@ -25,6 +28,7 @@ pub mod planner;
 pub mod preflight;
 pub mod preview;
 pub mod report;
+#[cfg(feature = "dev-data")]
 pub mod seed;
 pub mod status;
 pub mod translate;
