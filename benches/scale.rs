@@ -71,7 +71,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 5_000 } else { 40 });
     let configs: Vec<(usize, usize)> = if full {
-        vec![(1, 4), (1, 16), (2, 8)]
+        // Batches of 32 (the worker's default); 64 in flight per worker is the default too.
+        vec![(1, 32), (1, 64), (2, 64)]
     } else {
         vec![(1, 4)]
     };
@@ -231,7 +232,7 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
     let peak_rss = runs.iter().map(|r| r.peak_rss_mib).fold(0.0_f64, f64::max);
     let rss16 = runs
         .iter()
-        .filter(|r| r.concurrency == 16)
+        .filter(|r| r.concurrency == 64)
         .map(|r| r.peak_rss_mib)
         .fold(0.0_f64, f64::max);
     let rows = [
@@ -254,7 +255,7 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
             cpu.ratio <= 3.0,
         ),
         (
-            "worker peak RSS MiB (concurrency 16, else max)",
+            "worker peak RSS MiB (concurrency 64, else max)",
             if rss16 > 0.0 { rss16 } else { peak_rss },
             "≤ 150",
             (if rss16 > 0.0 { rss16 } else { peak_rss }) <= 150.0,
