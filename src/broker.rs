@@ -246,7 +246,8 @@ fn properties(msg: &Message) -> BasicProperties {
     }
 }
 
-/// Our headers (and the broker's `x-delivery-count`) from a delivery.
+/// A delivery's headers, those of a type [`HeaderValue`] carries (ours, and the broker's
+/// `x-delivery-count`; [`crate::job`] reads them).
 pub fn headers_of(props: &BasicProperties) -> BTreeMap<String, HeaderValue> {
     let mut out = BTreeMap::new();
     if let Some(h) = props.headers() {
@@ -450,15 +451,17 @@ pub async fn browse(
     Ok(out)
 }
 
-/// Move the messages of `from` that `decide` selects to `to` (publish-with-confirm, then ack);
-/// the others return to `from` untouched. Retry bookkeeping headers are dropped so a requeued
-/// job gets its full retry budget again. With `dry_run` nothing moves. Returns the count.
+/// Move the messages of `from` that `decide` selects to `to` (publish-with-confirm, then ack),
+/// their headers changed by `rewrite` (a requeued job drops its retry bookkeeping:
+/// [`crate::job::reset_for_requeue`]); the others return to `from` untouched. With `dry_run`
+/// nothing moves. Returns the count.
 pub async fn requeue(
     conn: &Connection,
     from: &str,
     to: &str,
     dry_run: bool,
     mut decide: impl FnMut(&Browsed) -> bool,
+    rewrite: impl Fn(&mut BTreeMap<String, HeaderValue>),
 ) -> Result<usize, BrokerError> {
     let channel = conn.create_channel().await?;
     let publisher = Publisher::new(conn).await?;
@@ -481,11 +484,7 @@ pub async fn requeue(
             continue;
         }
         let mut headers = b.headers.clone();
-        headers.retain(|k, _| {
-            !k.starts_with("x-vizhub-attempts")
-                && !k.starts_with("x-delivery-count")
-                && !k.starts_with("x-death")
-        });
+        rewrite(&mut headers);
         publisher
             .publish(
                 to,

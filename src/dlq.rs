@@ -2,8 +2,8 @@
 //! to the work queue once the cause is fixed. Listing and exporting are non-destructive (messages
 //! are browsed and returned untouched); requeueing publishes with confirm first and acks second.
 
-use crate::broker::{self, BrokerError, Browsed, HeaderValue, Topology};
-use crate::worker::headers;
+use crate::broker::{self, BrokerError, Browsed, Topology};
+use crate::job::{self, Stamps};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -22,59 +22,29 @@ pub struct DeadLetter {
     pub job: serde_json::Value,
 }
 
-fn text(h: &BTreeMap<String, HeaderValue>, k: &str) -> String {
-    match h.get(k) {
-        Some(HeaderValue::Str(s)) => s.clone(),
-        Some(HeaderValue::Int(n)) => n.to_string(),
-        None => String::new(),
-    }
-}
-
-fn int(h: &BTreeMap<String, HeaderValue>, k: &str) -> Option<i64> {
-    match h.get(k) {
-        Some(HeaderValue::Int(n)) => Some(*n),
-        Some(HeaderValue::Str(s)) => s.parse().ok(),
-        None => None,
-    }
-}
-
 impl DeadLetter {
     pub fn from_browsed(b: &Browsed) -> Self {
+        // Shown as it is, JSON or not (a body that is no job is one reason to be here).
         let job: serde_json::Value = serde_json::from_slice(&b.body).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&b.body).into_owned())
         });
-        let viz = match text(&b.headers, headers::VIZ) {
-            v if !v.is_empty() => v,
-            _ => job
-                .get("viz")
-                .and_then(|v| v.as_str())
-                .unwrap_or("<unknown>")
-                .to_string(),
-        };
-        let kind = text(&b.headers, headers::ERROR_KIND);
+        let s = Stamps::read(&b.headers);
         DeadLetter {
-            viz,
+            viz: s.viz.unwrap_or_else(|| {
+                job.get("viz")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("<unknown>")
+                    .to_string()
+            }),
             // A dead letter without our headers came from the broker's delivery limit (a crash loop).
-            error_kind: if kind.is_empty() {
-                "delivery_limit".into()
-            } else {
-                kind
-            },
-            reason: match text(&b.headers, headers::ERROR_MESSAGE) {
-                r if r.is_empty() => {
-                    "delivered too many times without an outcome (worker crash loop?)".into()
-                }
-                r => r,
-            },
-            fingerprint: match text(&b.headers, headers::FINGERPRINT) {
-                f if f.is_empty() => "delivery_limit".into(),
-                f => f,
-            },
-            // Our attempts only: the broker's `x-delivery-count` also counts every time a
-            // browse returned the letter, so it says nothing about the job.
-            attempts: int(&b.headers, headers::ATTEMPTS).unwrap_or(0),
-            first_failure: int(&b.headers, headers::FIRST_FAILURE),
-            last_failure: int(&b.headers, headers::LAST_FAILURE),
+            error_kind: s.error_kind.unwrap_or_else(|| "delivery_limit".into()),
+            reason: s.error_message.unwrap_or_else(|| {
+                "delivered too many times without an outcome (worker crash loop?)".into()
+            }),
+            fingerprint: s.fingerprint.unwrap_or_else(|| "delivery_limit".into()),
+            attempts: s.attempts.unwrap_or(0),
+            first_failure: s.first_failure,
+            last_failure: s.last_failure,
             job,
         }
     }
@@ -144,9 +114,14 @@ pub async fn requeue(
     filter: &Filter,
     dry_run: bool,
 ) -> Result<usize, BrokerError> {
-    broker::requeue(conn, &t.dead(), &t.work(), dry_run, |b| {
-        filter.matches(&DeadLetter::from_browsed(b))
-    })
+    broker::requeue(
+        conn,
+        &t.dead(),
+        &t.work(),
+        dry_run,
+        |b| filter.matches(&DeadLetter::from_browsed(b)),
+        job::reset_for_requeue,
+    )
     .await
 }
 

@@ -18,6 +18,7 @@ pub mod dlq;
 pub mod fixtures;
 pub mod history;
 pub mod ids;
+pub mod job;
 pub mod json0;
 pub mod json1;
 pub mod ledger;
@@ -28,6 +29,7 @@ pub mod planner;
 pub mod preflight;
 pub mod preview;
 pub mod report;
+pub mod retry;
 #[cfg(feature = "dev-data")]
 pub mod seed;
 pub mod status;

@@ -7,6 +7,7 @@
 use crate::cache::{approx_bytes, Cache};
 use crate::ledger::{Ledger, Migrated, VizRecord};
 use crate::outcome::{self, LastMigration, Plan, V3Now};
+use crate::retry::{self, Retryable};
 use crate::translate::{
     self, Config, Context, Parent, ParentRequest, Prepared, Previous, TranslateError, Translation,
 };
@@ -20,21 +21,9 @@ use std::sync::Arc;
 
 mod batch;
 
-/// How many times [`Migrator::migrate`] re-runs a job that collided with another write before
-/// it returns the error (which then goes through the delayed-retry queues).
-pub const RACE_RERUNS: u32 = 4;
-
 /// How many times a fork recounts its parent's `forksCount` after losing the race for the
 /// parent's info to a sibling, before its job re-runs.
 const RECOUNT_TRIES: u32 = 4;
-
-/// 20 ms × rerun, plus up to 50 ms of jitter so two racing jobs do not meet again.
-fn race_pause(rerun: u32) -> std::time::Duration {
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() % 50);
-    std::time::Duration::from_millis(20 * u64::from(rerun) + u64::from(jitter))
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -286,38 +275,44 @@ impl Migrator {
     ///
     /// A job that lost a race (another job wrote one of its documents between our read and our
     /// write: a fork recounting its parent's `forksCount`, a child migrating this viz as its
-    /// parent), or whose write the server refused as a write conflict, runs again at once, up to
-    /// [`RACE_RERUNS`] times, after a short jittered pause: re-deriving is idempotent, and going
-    /// through a delayed-retry queue for an optimistic-lock miss would only make the job wait
-    /// seconds for nothing.
+    /// parent), or whose write the server refused as a write conflict, runs again at once, as
+    /// [`retry::race`] says (up to [`retry::RACE_RERUNS`] times, after a short jittered pause):
+    /// re-deriving is idempotent, and going through a delayed-retry queue for an optimistic-lock
+    /// miss would only make the job wait seconds for nothing.
     pub async fn migrate(&self, viz: &str, batch: Option<&str>) -> Result<Done, JobError> {
         self.run(viz, batch, true).await
     }
 
     /// [`Migrator::migrate`]; `trust_ledger` off reads the viz's V3 documents even when the
     /// ledger has no record of it (a batch found some of them there: an attempt stopped
-    /// half-way, or another job wrote them).
+    /// half-way, or another job wrote them). A rerun never trusts the ledger: what it collided
+    /// with may have written the viz's documents.
     async fn run(
         &self,
         viz: &str,
         batch: Option<&str>,
         trust_ledger: bool,
     ) -> Result<Done, JobError> {
-        let mut reruns = 0;
-        loop {
-            let mut walk = Walk {
-                visiting: HashSet::new(),
-                trust_ledger: trust_ledger && reruns == 0,
-            };
-            match self.migrate_one(viz, batch, &mut walk).await {
-                Err(e) if e.is_collision() && reruns < RACE_RERUNS => {
-                    reruns += 1;
-                    tracing::debug!(viz, error = %e, reruns, "collided with another write; running again");
-                    tokio::time::sleep(race_pause(reruns)).await;
-                }
-                done => return done,
+        let mut first = true;
+        let mut reruns = 0u32;
+        (|| {
+            let trust_ledger = trust_ledger && std::mem::take(&mut first);
+            async move {
+                let mut walk = Walk {
+                    visiting: HashSet::new(),
+                    trust_ledger,
+                };
+                self.migrate_one(viz, batch, &mut walk).await
             }
-        }
+        })
+        .retry(retry::race())
+        .when(JobError::is_collision)
+        .notify(|e, pause| {
+            reruns += 1;
+            let pause_ms = pause.as_millis() as u64;
+            tracing::debug!(viz, error = %e, reruns, pause_ms, "collided with another write; running again");
+        })
+        .await
     }
 
     /// One viz of a walk: `viz` is on the walk's stack while it (and the parents it needs) run.

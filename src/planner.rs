@@ -20,12 +20,12 @@
 //! Forcing a cursor mode (`--next-batch`, `--since-last`) re-publishes what its cursor selects
 //! now and then moves the cursor as usual.
 
-use crate::broker::{Message, Publisher, Topology};
+use crate::broker::{Publisher, Topology};
 use crate::ids;
 use crate::ledger::{Batch, Ledger};
 use crate::v2::reader::Reader;
 use mongodb::bson::{doc, Bson, Document};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// `migrationstate` keys.
 const SINCE_LAST: &str = "since-last";
@@ -70,12 +70,8 @@ impl Selection {
     }
 }
 
-/// One job on the work queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Job {
-    pub viz: String,
-    pub batch: Option<String>,
-}
+/// The job message's body, at its former path (users of `planner::Job` keep compiling).
+pub use crate::job::Job;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -309,16 +305,11 @@ pub async fn plan(
     };
     ledger.put_batch(&batch).await.map_err(PlanError::Ledger)?;
     let messages = infos.iter().filter_map(|d| {
-        let viz = id_of(d)?;
         let job = Job {
-            viz: viz.clone(),
+            viz: id_of(d)?,
             batch: Some(batch_id.clone()),
         };
-        Some(Message {
-            body: serde_json::to_vec(&job).expect("jobs serialize"),
-            message_id: Some(format!("{batch_id}/{viz}")),
-            ..Default::default()
-        })
+        Some(job.message())
     });
     let publisher = publisher.expect("a publisher unless dry-run");
     let published = publisher.publish_all(&topology.work(), messages).await?;

@@ -7,6 +7,9 @@
 //! - permanent failure, retries exhausted, or a panic → ledger `failed`, publish to the DLQ with
 //!   the reason headers (confirmed), then ack.
 //!
+//! What a delivery says (its body, our headers, the broker's delivery count) and the headers it
+//! is moved with are the job message's contract, read and written through [`crate::job`].
+//!
 //! Batching works the way batch sinks do: the loop buffers deliveries and hands them to a batch
 //! task when the buffer holds the batch size (`batch_size`, at most `concurrency`), when the
 //! oldest buffered delivery has waited `batch_wait` (a timer armed by the first delivery of the
@@ -25,43 +28,32 @@
 //! jobs are idempotent) but never loses one. An ack that lapin refuses because the channel died
 //! since the delivery is logged and counted; the broker redelivers that job.
 //!
-//! The loop reconnects after a broker restart, stops consuming on shutdown and gives in-flight
-//! jobs until the drain deadline (unfinished ones go back to the queue when the connection
-//! closes; aborting a batch's task stops its migrations), and with `until_idle` exits once the
-//! work and retry queues stayed empty with nothing in flight (buffered included) for that long.
+//! The loop reconnects after a broker restart (pausing as [`retry::reconnect`] says), stops
+//! consuming on shutdown and gives in-flight jobs until the drain deadline (unfinished ones go
+//! back to the queue when the connection closes; aborting a batch's task stops its migrations),
+//! and with `until_idle` exits once the work and retry queues stayed empty with nothing in
+//! flight (buffered included) for that long.
 //!
 //! Everything it counts lives in [`Stats`], the one place of the worker's counters (failures by
 //! [`ErrorKind`], and its queues' depths sampled every [`QUEUE_SAMPLE_EVERY`] so alerts can tell
 //! "idle" from "stuck"); the `/metrics` endpoint ([`crate::metrics`]) only reads them.
 
-use crate::broker::{self, BrokerError, HeaderValue, Publisher, Topology};
-use crate::ids;
+use crate::broker::{self, BrokerError, Publisher, Topology};
+use crate::job::{self, Failure, Headers, Job};
 use crate::migrate::{Done, JobError, Migrator};
 use crate::outcome::ErrorKind;
-use crate::planner::Job;
+use crate::retry::{self, BackoffBuilder, Retryable};
 use crate::{Disposition, Outcome};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
-
-/// Header names on retried and dead-lettered jobs.
-pub mod headers {
-    pub const ATTEMPTS: &str = "x-vizhub-attempts";
-    pub const ERROR_KIND: &str = "x-vizhub-error-kind";
-    pub const ERROR_MESSAGE: &str = "x-vizhub-error-message";
-    pub const FINGERPRINT: &str = "x-vizhub-fingerprint";
-    pub const FIRST_FAILURE: &str = "x-vizhub-first-failure";
-    pub const LAST_FAILURE: &str = "x-vizhub-last-failure";
-    pub const VIZ: &str = "x-vizhub-viz";
-}
 
 /// `--concurrency`'s default.
 pub const DEFAULT_CONCURRENCY: u16 = 64;
@@ -351,20 +343,6 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Groups failures that have the same cause: the error kind plus its message with ids and
-/// numbers blanked out.
-pub fn fingerprint(kind: &str, message: &str, viz: &str) -> String {
-    let generic: String = message
-        .replace(viz, "<viz>")
-        .chars()
-        .map(|c| if c.is_ascii_digit() { '#' } else { c })
-        .collect();
-    format!(
-        "{kind}-{}",
-        &ids::fingerprint(&serde_json::json!([kind, generic]))[..8]
-    )
-}
-
 /// Run until `shutdown` resolves (or, with `until_idle`, until idle). Returns when drained.
 pub async fn run(
     migrator: Migrator,
@@ -375,23 +353,30 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(250);
+    // The pauses between sessions, stepped here rather than through `Retryable`: each races the
+    // shutdown, and a session that consumed starts them over.
+    let mut pauses = retry::reconnect().build();
     loop {
         let session = consume(&migrator, amqp_uri, topology, opts, &stats, &mut shutdown).await;
-        match session {
+        let lost = match session {
             Ok(Exit::Done) => return Ok(()),
-            Ok(Exit::Reconnect) => backoff = Duration::from_millis(250),
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker unavailable; reconnecting");
+            Ok(Exit::Reconnect) => {
+                pauses = retry::reconnect().build();
+                None
             }
+            Err(e) if e.is_transient() => Some(e),
             Err(e) => return Err(e),
+        };
+        let pause = pauses.next().expect("reconnect() never gives up");
+        if let Some(e) = lost {
+            let retry_in_ms = pause.as_millis() as u64;
+            tracing::warn!(error = %e, retry_in_ms, "broker unavailable; reconnecting");
         }
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -568,26 +553,6 @@ async fn consume(
     Ok(exit)
 }
 
-/// This delivery's attempt number (1 for a first delivery), from our attempts header. Headers
-/// come from outside (a hand-made message, a requeue tool): no value of theirs overflows or
-/// goes below 1 here.
-fn attempt_of(hdrs: &BTreeMap<String, HeaderValue>) -> i64 {
-    match hdrs.get(headers::ATTEMPTS) {
-        Some(HeaderValue::Int(n)) => (*n).max(0),
-        _ => 0,
-    }
-    .saturating_add(1)
-}
-
-/// How many times the broker delivered this message before without an ack (`x-delivery-count`,
-/// set by quorum queues on redelivery; 0 on a first delivery).
-fn deliveries_before(hdrs: &BTreeMap<String, HeaderValue>) -> i64 {
-    match hdrs.get("x-delivery-count") {
-        Some(HeaderValue::Int(n)) => (*n).max(0),
-        _ => 0,
-    }
-}
-
 /// How a delivery ends. Every path of [`finish`] ends in exactly one of these, and [`settle`]
 /// turns each into an ack or a nack: a delivery never keeps its prefetch slot until the channel
 /// dies.
@@ -596,10 +561,7 @@ enum Settle {
     Ack,
     /// Publish (mandatory, confirmed) to `queue` with the delivery's headers plus `extra`, then
     /// ack; if the publish fails, requeue instead.
-    Move {
-        queue: String,
-        extra: BTreeMap<String, HeaderValue>,
-    },
+    Move { queue: String, extra: Headers },
     /// Back to the work queue for another try (the outcome could not be recorded).
     Requeue,
 }
@@ -645,18 +607,14 @@ struct Prepared {
 
 /// Parse a delivery: a body that is no job is a [`JobError::BadMessage`], the broker's last
 /// allowed delivery a [`JobError::CrashLoop`]. No I/O.
-fn prepare(hdrs: &BTreeMap<String, HeaderValue>, body: &[u8], delivery_limit: u32) -> Prepared {
-    let job: Job = match serde_json::from_slice(body) {
+fn prepare(hdrs: &Headers, body: &[u8], delivery_limit: u32) -> Prepared {
+    let job = match Job::parse(body) {
         Ok(job) => job,
-        Err(e) => {
-            let message = format!(
-                "{e}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            );
+        Err(bad) => {
             return Prepared {
                 viz: "<unknown>".into(),
                 batch: None,
-                job: Err(JobError::BadMessage(message)),
+                job: Err(JobError::BadMessage(bad.to_string())),
             };
         }
     };
@@ -665,7 +623,7 @@ fn prepare(hdrs: &BTreeMap<String, HeaderValue>, body: &[u8], delivery_limit: u3
     // worker holding it died (killed for memory, crashed, abandoned at a drain). Running it
     // again would likely kill this one too, and past the limit the broker would dead-letter it
     // with none of our headers and no ledger record: record it and dead-letter it here.
-    let deliveries = deliveries_before(hdrs);
+    let deliveries = job::deliveries_before(hdrs);
     let job = if deliveries >= i64::from(delivery_limit) {
         Err(JobError::CrashLoop {
             viz: viz.clone(),
@@ -688,16 +646,10 @@ enum Verdict {
     Skip,
     /// Publish to the delayed-retry queue `queue` (the one of this attempt) with the delivery's
     /// headers plus `extra`, then ack.
-    Retry {
-        queue: String,
-        extra: BTreeMap<String, HeaderValue>,
-    },
+    Retry { queue: String, extra: Headers },
     /// Record `failed` in the ledger, publish to the DLQ `queue` with the delivery's headers plus
     /// `extra` (the fingerprint included), then ack.
-    DeadLetter {
-        queue: String,
-        extra: BTreeMap<String, HeaderValue>,
-    },
+    DeadLetter { queue: String, extra: Headers },
 }
 
 /// The per-batch decision: for each delivery (its headers, the viz it names, and its job's
@@ -706,13 +658,7 @@ enum Verdict {
 fn decide<'a>(
     topology: &Topology,
     now: i64,
-    ended: impl IntoIterator<
-        Item = (
-            &'a BTreeMap<String, HeaderValue>,
-            &'a str,
-            &'a Result<Done, JobError>,
-        ),
-    >,
+    ended: impl IntoIterator<Item = (&'a Headers, &'a str, &'a Result<Done, JobError>)>,
 ) -> Vec<Verdict> {
     ended
         .into_iter()
@@ -724,7 +670,7 @@ fn decide<'a>(
 fn verdict(
     topology: &Topology,
     now: i64,
-    hdrs: &BTreeMap<String, HeaderValue>,
+    hdrs: &Headers,
     viz: &str,
     result: &Result<Done, JobError>,
 ) -> Verdict {
@@ -732,42 +678,25 @@ fn verdict(
         Ok(done) => return Verdict::Ack(done.outcome),
         Err(e) => e,
     };
-    let attempts = attempt_of(hdrs);
-    let disposition = e.disposition();
-    let kind = ErrorKind::of(e);
+    let message = e.to_string();
+    let failure = Failure {
+        viz,
+        attempt: job::attempt(hdrs),
+        kind: ErrorKind::of(e),
+        message: &message,
+        at: now,
+    };
     let max_retries = topology.retry_delays_ms.len() as i64;
-    let mut extra = BTreeMap::new();
-    extra.insert(headers::ATTEMPTS.to_string(), HeaderValue::Int(attempts));
-    extra.insert(headers::VIZ.to_string(), HeaderValue::Str(viz.to_string()));
-    extra.insert(
-        headers::ERROR_KIND.to_string(),
-        HeaderValue::Str(kind.as_str().to_string()),
-    );
-    extra.insert(
-        headers::ERROR_MESSAGE.to_string(),
-        HeaderValue::Str(e.to_string()),
-    );
-    extra.insert(headers::LAST_FAILURE.to_string(), HeaderValue::Int(now));
-    // The first failure of all its attempts stays on the message.
-    if !hdrs.contains_key(headers::FIRST_FAILURE) {
-        extra.insert(headers::FIRST_FAILURE.to_string(), HeaderValue::Int(now));
-    }
-    match disposition {
-        Disposition::Retry if attempts <= max_retries => Verdict::Retry {
-            queue: topology.retry(usize::try_from(attempts - 1).unwrap_or(0)),
-            extra,
+    match e.disposition() {
+        Disposition::Retry if failure.attempt <= max_retries => Verdict::Retry {
+            queue: topology.retry(usize::try_from(failure.attempt - 1).unwrap_or(0)),
+            extra: failure.retry_headers(hdrs),
         },
         Disposition::Skip => Verdict::Skip,
-        Disposition::Retry | Disposition::DeadLetter => {
-            extra.insert(
-                headers::FINGERPRINT.to_string(),
-                HeaderValue::Str(fingerprint(kind.as_str(), &e.to_string(), viz)),
-            );
-            Verdict::DeadLetter {
-                queue: topology.dead(),
-                extra,
-            }
-        }
+        Disposition::Retry | Disposition::DeadLetter => Verdict::DeadLetter {
+            queue: topology.dead(),
+            extra: failure.dead_letter_headers(hdrs),
+        },
     }
 }
 
@@ -847,7 +776,7 @@ where
 /// decide, then record and settle each delivery. Never panics out: a panicking migration is
 /// caught and dead-lettered.
 async fn run_batch(s: Arc<Session>, batch: Vec<Pending>) {
-    let hdrs: Vec<BTreeMap<String, HeaderValue>> = batch
+    let hdrs: Vec<Headers> = batch
         .iter()
         .map(|p| broker::headers_of(&p.delivery.properties))
         .collect();
@@ -890,7 +819,7 @@ async fn run_batch(s: Arc<Session>, batch: Vec<Pending>) {
             Ended {
                 viz: p.viz,
                 batch: p.batch,
-                attempts: attempt_of(h),
+                attempts: job::attempt(h),
                 batch_jobs,
                 result,
             }
@@ -982,14 +911,10 @@ async fn finish(s: &Session, p: Pending, ended: Ended, verdict: Verdict) {
             tracing::error!(viz, batch = batch_field, attempts, duration_ms, batch_jobs, kind = kind.as_str(), error = %e, "job failed; dead-lettering");
             // The dead letter is the record of last resort; try hard to have the ledger agree
             // (a V3 hiccup should not leave the job without a recorded outcome).
-            let mut recorded = migrator.record_failure(&viz, e, batch.as_deref()).await;
-            for pause in [200, 1_000] {
-                if recorded.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                recorded = migrator.record_failure(&viz, e, batch.as_deref()).await;
-            }
+            let in_batch = batch.as_deref();
+            let recorded = (|| migrator.record_failure(&viz, e, in_batch))
+                .retry(retry::record())
+                .await;
             if let Err(le) = recorded {
                 tracing::error!(viz, error = %le, "cannot record the failure in the ledger");
             }
@@ -1068,6 +993,9 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::HeaderValue;
+    use crate::job::{fingerprint, headers};
+    use std::collections::BTreeMap;
 
     fn done(viz: &str, outcome: Outcome) -> Result<Done, JobError> {
         Ok(Done {
@@ -1227,20 +1155,19 @@ mod tests {
             assert!(str_header(extra, headers::ERROR_MESSAGE).starts_with("bad job message"));
             assert!(extra.contains_key(headers::FINGERPRINT));
         }
-        // Only the first 200 bytes of the body are quoted.
-        let long = vec![b'x'; 10_000];
-        let Err(JobError::BadMessage(m)) = prepare(&none, &long, t.delivery_limit).job else {
+        // The message quotes the body as `Job::parse` does (its tests say how much).
+        let Err(JobError::BadMessage(m)) = prepare(&none, b"nope", t.delivery_limit).job else {
             panic!("not a bad message");
         };
-        assert!(m.len() < 400, "{}", m.len());
+        assert_eq!(m, Job::parse(b"nope").unwrap_err().to_string());
     }
 
     #[test]
     fn the_last_allowed_delivery_is_a_crash_loop_dead_lettered_without_running() {
         let t = Topology::new("p");
-        let body = serde_json::to_vec(&job("v9")).unwrap();
+        let body = job("v9").encode();
         let count =
-            |n: i64| BTreeMap::from([("x-delivery-count".to_string(), HeaderValue::Int(n))]);
+            |n: i64| BTreeMap::from([(headers::DELIVERY_COUNT.to_string(), HeaderValue::Int(n))]);
         for n in 0..i64::from(t.delivery_limit) {
             let p = prepare(&count(n), &body, t.delivery_limit);
             assert_eq!(p.job.unwrap(), job("v9"), "delivery count {n} runs");
@@ -1523,15 +1450,10 @@ mod tests {
         assert_eq!(vizzes, [("a", 1), ("b", 1)]);
     }
 
+    /// Whatever attempt number the headers give (`job::attempt`: 1 to `i64::MAX`), the retry
+    /// queue a verdict would name exists.
     #[test]
-    fn attempt_numbers_never_overflow_or_go_below_one() {
-        let with = |v: HeaderValue| BTreeMap::from([(headers::ATTEMPTS.to_string(), v)]);
-        assert_eq!(attempt_of(&BTreeMap::new()), 1);
-        assert_eq!(attempt_of(&with(HeaderValue::Int(2))), 3);
-        assert_eq!(attempt_of(&with(HeaderValue::Int(i64::MAX))), i64::MAX);
-        assert_eq!(attempt_of(&with(HeaderValue::Int(-5))), 1);
-        assert_eq!(attempt_of(&with(HeaderValue::Str("x".into()))), 1);
-        // The retry queue for any attempt exists.
+    fn the_retry_queue_of_any_attempt_exists() {
         let t = Topology::new("p");
         for a in [1, 2, i64::MAX] {
             let q = t.retry(usize::try_from(a - 1).unwrap_or(0));

@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use vizhub_migrate::broker::{self, HeaderValue, Message};
-use vizhub_migrate::worker::headers;
+use vizhub_migrate::job::headers;
 
 /// Every variable the binaries read, so that a test sees only what it sets.
 const ENV: &[&str] = &[
