@@ -621,10 +621,7 @@ impl Migrator {
     ) -> Result<Option<ParentLink>, JobError> {
         let mut info = self.live_info(viz, parent).await?;
         let visible = info.is_some();
-        let end = info
-            .as_ref()
-            .and_then(|s| s.data.get("end"))
-            .and_then(Value::as_str);
+        let end = info.as_ref().and_then(Snapshot::info_end);
         // A parent not visible yet is migrated first (below), and its commits read after that.
         let mut commits = if visible {
             self.chain_of(viz, parent, end).await?
@@ -1113,15 +1110,14 @@ impl Migrator {
                     None => return Ok(SyncReport::default()),
                 },
             };
-            if s.data.get("forksCount").and_then(Value::as_i64) == Some(count) {
+            if s.info_forks_count() == Some(count) {
                 if fresh {
                     return Ok(SyncReport::default());
                 }
                 // Already right in what we read (a re-run): make sure it still is.
                 continue;
             }
-            let mut data = s.data.clone();
-            data["forksCount"] = Value::from(count);
+            let data = s.info_with_forks_count(count);
             let known = HashMap::from([(parent.to_string(), s)]);
             report = self
                 .v3
@@ -1314,9 +1310,7 @@ fn plan_of(
         end_commit: &m.end,
         v3_content_v: m.v3_content_v,
     });
-    let end_now = info_now
-        .and_then(|s| s.data.get("end"))
-        .and_then(Value::as_str);
+    let end_now = info_now.and_then(Snapshot::info_end);
     let v3_now = match (end_now, content_now) {
         (Some(end), Some(c)) => Some(V3Now {
             end,

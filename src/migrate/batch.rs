@@ -327,7 +327,7 @@ impl Migrator {
         let Some(info) = infos.get(parent).filter(|s| s.doc_type.is_some()) else {
             return Ok(None);
         };
-        let end = info.data.get("end").and_then(Value::as_str);
+        let end = info.info_end();
         let commits = self.chain_of(&f.p.viz, parent, end).await?;
         let Some(fork) = translate::fork_point(&commits, f.p.created) else {
             return Ok(None);
@@ -603,12 +603,10 @@ impl Migrator {
                 .filter_map(|p| {
                     let s = infos.get(p).filter(|s| s.doc_type.is_some())?;
                     let count = counts.get(p).copied().unwrap_or(0);
-                    if s.data.get("forksCount").and_then(Value::as_i64) == Some(count) {
+                    if s.info_forks_count() == Some(count) {
                         return None;
                     }
-                    let mut data = s.data.clone();
-                    data["forksCount"] = Value::from(count);
-                    Some((p.clone(), data))
+                    Some((p.clone(), s.info_with_forks_count(count)))
                 })
                 .collect();
             let report = self

@@ -61,19 +61,27 @@ pub enum StoreError {
     /// two writes, as a killed pod would.
     #[error("stopped before a V3 write (test hook)")]
     Stopped,
+    /// A statement of a multi-document write the server refused (its code and message).
+    #[error("V3 MongoDB refused a write (code {code}): {message}")]
+    Refused { code: i32, message: String },
 }
 
 impl StoreError {
     /// A write that collided with another one on the server (`WriteConflict`): worth running
     /// again at once.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, StoreError::Mongo(e) if server_code(e) == Some(112))
+        match self {
+            StoreError::Mongo(e) => server_code(e) == Some(112),
+            StoreError::Refused { code, .. } => *code == 112,
+            StoreError::Encode { .. } | StoreError::Stopped => false,
+        }
     }
 
     /// Network errors, timeouts, elections, write conflicts: worth retrying.
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Mongo(e) => is_transient_mongo(e),
+            StoreError::Refused { .. } => self.is_conflict(),
             StoreError::Encode { .. } | StoreError::Stopped => false,
         }
     }
@@ -687,10 +695,54 @@ impl Store {
         let existed = self
             .insert_ignoring_duplicates(&ops_coll, ops, WriteKind::OpInsert)
             .await?;
-        for (i, ((s, data, _), oid)) in updates.iter().zip(oids).enumerate() {
-            let ours = !existed.contains(&i);
-            self.replace_snapshot(collection, s, oid, ours, Some(data), ts_ms, report)
-                .await?;
+        // Every snapshot in one `update` command, each replacement conditional on the version
+        // read. The reply counts matches, not which matched: when all did (the common case)
+        // that is enough; otherwise the snapshots are read back, and one whose newest op is
+        // not ours lost its race.
+        let mut statements = Vec::with_capacity(updates.len());
+        for ((s, data, _), oid) in updates.iter().zip(&oids) {
+            let snap = snapshot_doc(collection, s, *oid, Some(data), ts_ms)?;
+            statements.push(doc! {"q": {"_id": &s.id, "_v": s.version}, "u": snap});
+        }
+        self.write_allowed()?;
+        self.trip();
+        let started = Instant::now();
+        let reply = self
+            .db
+            .run_command(doc! {"update": collection, "updates": statements, "ordered": false})
+            .await;
+        self.write_times
+            .of(WriteKind::SnapshotReplace)
+            .observe(started.elapsed().as_secs_f64());
+        let reply = reply?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            if let Some(e) = errors.first().and_then(Bson::as_document) {
+                return Err(StoreError::Refused {
+                    code: e.get_i32("code").unwrap_or(0),
+                    message: e.get_str("errmsg").unwrap_or("write error").to_string(),
+                });
+            }
+        }
+        let matched = match reply.get("n") {
+            Some(Bson::Int32(n)) => *n as usize,
+            Some(Bson::Int64(n)) => *n as usize,
+            _ => 0,
+        };
+        for (i, ((s, _, _), oid)) in updates.iter().zip(oids).enumerate() {
+            // Not every statement matched: ours won exactly when its op is in the doc's
+            // history now (an identical op that won is as good as ours).
+            if matched == updates.len()
+                || self.op_is_linked(collection, &s.id, s.version, oid).await?
+            {
+                report.updated += 1;
+                continue;
+            }
+            if !existed.contains(&i) {
+                self.write_allowed()?;
+                self.trip();
+                self.coll(&ops_coll).delete_one(doc! {"_id": oid}).await?;
+            }
+            report.lost_races.push(s.id.clone());
         }
         Ok(())
     }
@@ -768,16 +820,7 @@ impl Store {
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
         let ops = format!("o_{collection}");
-        let mut snap = doc! {
-            "_id": &s.id,
-            "_type": if data.is_some() { Bson::String(OT_TYPE.into()) } else { Bson::Null },
-            "_v": s.version + 1,
-            "_m": {"ctime": s.ctime_or(ts_ms), "mtime": ts_ms},
-            "_o": oid,
-        };
-        if let Some(data) = data {
-            snap.extend(to_document(collection, &s.id, data)?);
-        }
+        let snap = snapshot_doc(collection, s, oid, data, ts_ms)?;
         self.write_allowed()?;
         self.trip();
         let started = Instant::now();
@@ -983,12 +1026,59 @@ impl Store {
     }
 }
 
+/// Typed reads of an `info` snapshot's payload (see [`crate::v3::Info`]): the fields the
+/// migration decides by, so no code outside `v3` names them.
+impl Snapshot {
+    /// The commit the viz ends at (`info.end`).
+    pub fn info_end(&self) -> Option<&str> {
+        self.data.get("end").and_then(Value::as_str)
+    }
+
+    /// `info.forksCount`, or `upvotesCount` with [`Snapshot::info_upvotes_count`].
+    pub fn info_forks_count(&self) -> Option<i64> {
+        self.data.get("forksCount").and_then(Value::as_i64)
+    }
+
+    pub fn info_upvotes_count(&self) -> Option<i64> {
+        self.data.get("upvotesCount").and_then(Value::as_i64)
+    }
+
+    /// The payload with `forksCount` set to `n` (a recount).
+    pub fn info_with_forks_count(&self, n: i64) -> Value {
+        let mut data = self.data.clone();
+        data["forksCount"] = Value::from(n);
+        data
+    }
+}
+
 impl Snapshot {
     /// `_m.ctime` for the next version: kept from the snapshot read; a snapshot written without
     /// one (by an older migration) gets the time of this write, which is the closest we know.
     fn ctime_or(&self, ts_ms: i64) -> Bson {
         Bson::Int64(self.ctime.unwrap_or(ts_ms))
     }
+}
+
+/// The snapshot `s` moves on to: the next version, its newest op `oid`, the payload `data`
+/// (`None`: a tombstone), its creation time kept.
+fn snapshot_doc(
+    collection: &str,
+    s: &Snapshot,
+    oid: ObjectId,
+    data: Option<&Value>,
+    ts_ms: i64,
+) -> Result<Document, StoreError> {
+    let mut snap = doc! {
+        "_id": &s.id,
+        "_type": if data.is_some() { Bson::String(OT_TYPE.into()) } else { Bson::Null },
+        "_v": s.version + 1,
+        "_m": {"ctime": s.ctime_or(ts_ms), "mtime": ts_ms},
+        "_o": oid,
+    };
+    if let Some(data) = data {
+        snap.extend(to_document(collection, &s.id, data)?);
+    }
+    Ok(snap)
 }
 
 /// Payload of a stored snapshot.
