@@ -702,15 +702,24 @@ impl Migrator {
         parent: &str,
         end: Option<&str>,
     ) -> Result<Arc<Vec<Commit>>, JobError> {
-        let cached = self
-            .chain_cache
-            .get(parent)
-            .filter(|(at, _)| Some(at.as_str()) == end)
-            .map(|(_, chain)| chain);
-        if let Some(chain) = cached {
+        if let Some(chain) = self.cached_chain(parent, end) {
             return Ok(chain);
         }
         let chain = Arc::new(self.v3.commits_of(parent).await.map_err(v3_err(viz))?);
+        self.cache_chain(parent, end, &chain);
+        Ok(chain)
+    }
+
+    /// The cached chain of `parent`, if it was read ending at `end`.
+    fn cached_chain(&self, parent: &str, end: Option<&str>) -> Option<Arc<Vec<Commit>>> {
+        self.chain_cache
+            .get(parent)
+            .filter(|(at, _)| Some(at.as_str()) == end)
+            .map(|(_, chain)| chain)
+    }
+
+    /// Cache `chain`, read for `parent` whose info ends at `end`, when it ends there too.
+    fn cache_chain(&self, parent: &str, end: Option<&str>, chain: &Arc<Vec<Commit>>) {
         if let Some(end) = end.filter(|e| chain.last().is_some_and(|c| c.id == *e)) {
             let bytes = chain
                 .iter()
@@ -719,7 +728,6 @@ impl Migrator {
             let entry = (end.to_string(), chain.clone());
             self.chain_cache.insert(parent.to_string(), entry, bytes);
         }
-        Ok(chain)
     }
 
     /// V2's `forkedFrom` chain above `viz`, from `parent` up, one projected read per link,

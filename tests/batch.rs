@@ -175,7 +175,7 @@ async fn a_batch_writes_what_one_job_at_a_time_writes() {
     assert!(diff.is_empty(), "batched V3 differs:\n{}", diff.join("\n"));
     assert_eq!(env.v3_state().await.len(), state.len());
     // Op logs: the same, but for the parents' infos, whose `forksCount` a batch recounts once
-    // per wave for all its forks (one op) where one job at a time recounts once per fork.
+    // per batch for all its forks (one op) where one job at a time recounts once per fork.
     let batched = op_logs(&env).await;
     assert_eq!(
         batched.keys().collect::<Vec<_>>(),

@@ -6,13 +6,17 @@
 //!   within a byte budget), users and page-view records likewise; the ledger and the V3
 //!   snapshots the plans need with `$in`.
 //! - **Fast path**: a viz the ledger has never recorded (the catch-up) whose parent is in V3 or
-//!   earlier in the batch, and a viz whose plan is `Unchanged` (the daily re-run). Vizzes are
-//!   written in *waves*: a fork whose parent is in the same batch waits for the wave after its
-//!   parent's. Each wave writes per collection in the spec's order (users → commits → content →
-//!   upvotes, permissions, analytics → info → parents' `forksCount`), one unordered insert per
-//!   collection, every per-document result mapped back to its viz; a parent's `forksCount` is
-//!   recounted once per wave for all its forks in it. The ledger records of the whole batch go
-//!   in one command at the end, after every other write.
+//!   in the batch, and a viz whose plan is `Unchanged` (the daily re-run). The batch's fresh
+//!   vizzes are translated parents first: a fork of a viz in the batch is translated from its
+//!   parent's translation (the commits V3 is about to hold; commit ids are content-derived, so
+//!   they are the ones a read would return), a fork of a viz in V3 from the parent's chain
+//!   (all the parents' chains read in one query). Then they are written together, per
+//!   collection in the spec's order (users → commits → content → upvotes, permissions,
+//!   analytics → info → parents' `forksCount`), one unordered insert per collection, every
+//!   per-document result mapped back to its viz (a fork of a viz another writer got to first
+//!   waits for it); each parent's `forksCount` is recounted once for all its forks in the
+//!   batch. The ledger records of the whole batch go in one command at the end, after every
+//!   other write.
 //! - **Alone**: everything else, and every viz the fast path could not finish (a doc another
 //!   writer got to first, a parent that is neither in V3 nor in the batch, a write error, an
 //!   unreadable viz, a re-sync, a conflict), runs through [`Migrator::migrate`]'s own logic,
@@ -66,7 +70,7 @@ struct Fresh {
     wanted: Option<(String, bool)>,
 }
 
-/// A translated fresh viz of a wave, and its parent.
+/// A translated fresh viz, and its parent.
 struct Translated {
     f: Fresh,
     t: translate::Translation,
@@ -131,8 +135,8 @@ impl Migrator {
             .collect()
     }
 
-    /// The fast path: reads for the whole batch, then waves of fresh vizzes, and the
-    /// unchanged ones. Everything it does not finish is in `d.alone`.
+    /// The fast path: reads for the whole batch, then its fresh vizzes (parents first), and
+    /// the unchanged ones. Everything it does not finish is in `d.alone`.
     async fn fast(&self, jobs: &[Job], d: &mut Decided) {
         // A viz twice in a batch (a redelivered copy beside the original): the copy runs alone,
         // after the first, and finds it migrated.
@@ -243,7 +247,9 @@ impl Migrator {
             }
         }
         self.unchanged_ones(jobs, known, d).await;
-        // Waves: a fork waits for its parent when the parent is in the batch too.
+        // Parents before their forks: a fork of a viz in the batch is translated from its
+        // parent's translation (the commits V3 is about to hold), and all are written at once.
+        let mut ordered = Vec::with_capacity(fresh.len());
         let mut waiting = fresh;
         while !waiting.is_empty() {
             let in_batch: HashSet<String> = waiting.iter().map(|f| f.p.viz.clone()).collect();
@@ -257,8 +263,11 @@ impl Migrator {
                 }
                 break;
             }
-            self.wave(jobs, ready, &users, &events, d).await;
+            ordered.extend(ready);
             waiting = rest;
+        }
+        if !ordered.is_empty() {
+            self.fresh_ones(jobs, ordered, &users, &events, d).await;
         }
     }
 
@@ -327,12 +336,22 @@ impl Migrator {
         let Some(info) = infos.get(parent).filter(|s| s.doc_type.is_some()) else {
             return Ok(None);
         };
-        let end = info.info_end();
-        let commits = self.chain_of(&f.p.viz, parent, end).await?;
-        let Some(fork) = translate::fork_point(&commits, f.p.created) else {
+        let commits = self.chain_of(&f.p.viz, parent, info.info_end()).await?;
+        self.link_in_chain(f, parent, backfilled, &commits).await
+    }
+
+    /// The parent link of a fresh viz into `commits`, its parent's chain.
+    async fn link_in_chain(
+        &self,
+        f: &Fresh,
+        parent: &str,
+        backfilled: bool,
+        commits: &[v3::Commit],
+    ) -> Result<Option<ParentLink>, JobError> {
+        let Some(fork) = translate::fork_point(commits, f.p.created) else {
             return Ok(None);
         };
-        let Some(content) = self.content_at(&f.p.viz, fork, &commits).await? else {
+        let Some(content) = self.content_at(&f.p.viz, fork, commits).await? else {
             return Ok(None);
         };
         Ok(Some(ParentLink {
@@ -344,8 +363,9 @@ impl Migrator {
         }))
     }
 
-    /// One wave of fresh vizzes: parents resolved, translated, written per collection.
-    async fn wave(
+    /// The fresh vizzes of a batch, parents before their forks: parents resolved (in V3, or
+    /// earlier in `ready`), translated, written per collection.
+    async fn fresh_ones(
         &self,
         jobs: &[Job],
         ready: Vec<Fresh>,
@@ -353,43 +373,45 @@ impl Migrator {
         events: &HashMap<String, Value>,
         d: &mut Decided,
     ) {
+        let in_batch: HashSet<String> = ready.iter().map(|f| f.p.viz.clone()).collect();
         let parents: Vec<String> = ready
             .iter()
             .filter_map(|f| f.wanted.as_ref().map(|(w, _)| w.clone()))
+            .filter(|w| !in_batch.contains(w))
             .collect::<BTreeSet<String>>()
             .into_iter()
             .collect();
-        let infos = if parents.is_empty() {
-            HashMap::new()
-        } else {
-            match self.v3.snapshots(c3::INFO, &parents).await {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the wave's parents; its forks run alone");
-                    let mut rest = Vec::new();
-                    for f in ready {
-                        if f.wanted.is_some() {
-                            d.alone(f.at, Alone::Trusting);
-                        } else {
-                            rest.push(f);
-                        }
-                    }
-                    return Box::pin(self.wave(jobs, rest, users, events, d)).await;
-                }
+        // A parent whose info cannot be read counts as not visible: its forks run alone.
+        let infos = match self.v3.snapshots(c3::INFO, &parents).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the batch's parents; their forks run alone");
+                HashMap::new()
             }
         };
+        self.prefetch_chains(&parents, &infos).await;
+        // The chains of the vizzes translated so far: V3 holds exactly these once written.
+        let mut chains: HashMap<String, Vec<v3::Commit>> = HashMap::new();
         let mut translated = Vec::new();
         for f in ready {
             let link = match &f.wanted {
-                None => None,
+                None => Ok(None),
+                Some((parent, backfilled)) if in_batch.contains(parent) => match chains.get(parent)
+                {
+                    Some(chain) => self.link_in_chain(&f, parent, *backfilled, chain).await,
+                    // The parent itself runs alone: so does the fork, after it.
+                    None => Ok(None),
+                },
                 Some((parent, backfilled)) => {
-                    match self.link_in_v3(&f, parent, *backfilled, &infos).await {
-                        Ok(Some(l)) => Some(l),
-                        Ok(None) | Err(_) => {
-                            d.alone(f.at, Alone::Trusting);
-                            continue;
-                        }
-                    }
+                    self.link_in_v3(&f, parent, *backfilled, &infos).await
+                }
+            };
+            let link = match (&f.wanted, link) {
+                (None, Ok(None)) => None,
+                (Some(_), Ok(Some(l))) => Some(l),
+                _ => {
+                    d.alone(f.at, Alone::Trusting);
+                    continue;
                 }
             };
             let ctx = Context {
@@ -409,21 +431,24 @@ impl Migrator {
                 now: now_secs(),
             };
             match translate::translate(&f.p, &ctx, &self.cfg) {
-                Ok(t) => translated.push(Translated {
-                    parent: link.map(|l| l.viz),
-                    f,
-                    t,
-                }),
+                Ok(t) => {
+                    chains.insert(f.p.viz.clone(), t.commits.clone());
+                    translated.push(Translated {
+                        parent: link.map(|l| l.viz),
+                        f,
+                        t,
+                    })
+                }
                 Err(_) => d.alone(f.at, Alone::Trusting),
             }
         }
         if translated.is_empty() {
             return;
         }
-        let raced = match self.write_wave(&translated).await {
+        let raced = match self.write_fresh(&translated).await {
             Ok(raced) => raced,
             Err(e) => {
-                tracing::warn!(error = %e, jobs = translated.len(), "writing a wave failed; its jobs run alone");
+                tracing::warn!(error = %e, jobs = translated.len(), "writing the batch failed; its jobs run alone");
                 for x in translated {
                     d.alone(x.f.at, Alone::Reading);
                 }
@@ -449,10 +474,38 @@ impl Migrator {
         }
     }
 
-    /// A wave's writes, per collection in the spec's order. Returns the vizzes another writer
+    /// Read the chains of `parents` (visible in `infos`) that this worker has not cached at
+    /// their info's end, in one query, into the chain cache. A failure is left to the
+    /// per-parent reads.
+    async fn prefetch_chains(&self, parents: &[String], infos: &HashMap<String, Snapshot>) {
+        let wanted: Vec<String> = parents
+            .iter()
+            .filter(|p| {
+                infos
+                    .get(*p)
+                    .filter(|s| s.doc_type.is_some())
+                    .is_some_and(|s| self.cached_chain(p, s.info_end()).is_none())
+            })
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        match self.v3.commits_of_many(&wanted).await {
+            Ok(chains) => {
+                for (parent, chain) in chains {
+                    let end = infos.get(&parent).and_then(Snapshot::info_end);
+                    self.cache_chain(&parent, end, &std::sync::Arc::new(chain));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the parents' chains at once"),
+        }
+    }
+
+    /// The fresh vizzes' writes, per collection in the spec's order. Returns the vizzes another writer
     /// got to first (a document of theirs was already there, or a parent recount kept losing):
     /// they did not get their info written (or their parent recounted) and run alone.
-    async fn write_wave(
+    async fn write_fresh(
         &self,
         wave: &[Translated],
     ) -> Result<HashSet<String>, crate::v3::store::StoreError> {
@@ -542,6 +595,8 @@ impl Migrator {
             let r = self.v3.sync_known(coll, wanted, &none, policy, ts).await?;
             note(&mut raced, r, &owner);
         }
+        // A fork of a viz of this batch that is not made visible now waits for it (alone).
+        propagate(wave, &mut raced);
         // Info last, and only for vizzes whose every document is ours: it makes them visible.
         // A viz V3 never had has no V3-native forks or upvotes.
         let infos: Vec<(String, Value)> = wave
@@ -559,7 +614,8 @@ impl Migrator {
             .sync_known(c3::INFO, &infos, &none, Policy::Update, ts)
             .await?;
         note(&mut raced, r, &by_viz);
-        // Each parent's forksCount once for all its forks of the wave.
+        propagate(wave, &mut raced);
+        // Each parent's forksCount once for all its forks of the batch.
         let mut forks_of: HashMap<&str, Vec<&str>> = HashMap::new();
         for x in wave.iter().filter(|x| !raced.contains(&x.f.p.viz)) {
             if let Some(parent) = &x.parent {
@@ -570,7 +626,7 @@ impl Migrator {
         let lost = match self.recount_parents(parents, ts).await {
             Ok(lost) => lost,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot recount the wave's parents; their forks run alone");
+                tracing::warn!(error = %e, "cannot recount the batch's parents; their forks run alone");
                 forks_of.keys().map(|p| p.to_string()).collect()
             }
         };
@@ -616,5 +672,15 @@ impl Migrator {
             parents = report.lost_races;
         }
         Ok(parents)
+    }
+}
+
+/// Forks (in `wave`, parents first) of a raced viz are raced too: their parent is not ours to
+/// make visible, so they run alone after it.
+fn propagate(wave: &[Translated], raced: &mut HashSet<String>) {
+    for x in wave {
+        if x.parent.as_ref().is_some_and(|p| raced.contains(p)) {
+            raced.insert(x.f.p.viz.clone());
+        }
     }
 }

@@ -911,6 +911,32 @@ impl Store {
         Ok(chain_order(commits))
     }
 
+    /// The commit chains of several vizzes (one `$in` query), each in chain order; a viz
+    /// without commits is absent.
+    pub async fn commits_of_many(
+        &self,
+        vizzes: &[String],
+    ) -> Result<HashMap<String, Vec<Commit>>, StoreError> {
+        if vizzes.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.trip();
+        let docs: Vec<Document> = self
+            .coll(collections::COMMIT)
+            .find(doc! {"viz": {"$in": vizzes}})
+            .await?
+            .try_collect()
+            .await?;
+        let mut by_viz: HashMap<String, Vec<Commit>> = HashMap::new();
+        for c in docs.into_iter().filter_map(commit_of) {
+            by_viz.entry(c.viz.clone()).or_default().push(c);
+        }
+        Ok(by_viz
+            .into_iter()
+            .map(|(viz, commits)| (viz, chain_order(commits)))
+            .collect())
+    }
+
     /// Commits by id (one query).
     pub async fn commits(&self, ids: &[String]) -> Result<Vec<Commit>, StoreError> {
         self.trip();
