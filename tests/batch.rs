@@ -53,6 +53,15 @@ async fn load(env: &TestEnv, n: usize) -> Vec<String> {
         };
         env.load_viz(&copy).await;
     }
+    // A fork created before its parent (copy 4) had any commit: no fork point, so it hangs
+    // from the primordial viz; planned before its parent.
+    let early = copy_of(
+        &fixtures.v2[PENGUIN],
+        &format!("{:032x}", 0xea),
+        &format!("{:032x}", 4),
+        created - 10,
+    );
+    env.load_viz(&early).await;
     env.load_page_views().await;
     let mut infos: Vec<(i64, String)> = env
         .v2_docs("documentInfo")
@@ -200,14 +209,28 @@ async fn a_batch_writes_what_one_job_at_a_time_writes() {
         batched[&parent].len(),
         alone.len()
     );
-    assert_eq!(outcomes(&env).await, ledger, "ledger outcomes differ");
+    // Same outcomes and reasons; but a parent that one job at a time migrated first for a fork
+    // planned before it says so, where the batch migrated it in its own job.
+    let recorded = outcomes(&env).await;
+    assert_eq!(recorded.len(), ledger.len());
+    for (viz, (outcome, reason)) in &ledger {
+        let (b_outcome, b_reason) = &recorded[viz];
+        assert_eq!(b_outcome, outcome, "{viz}");
+        if !reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("migrated earlier in this batch"))
+        {
+            assert_eq!(b_reason, reason, "{viz}");
+        }
+    }
     verify_clean(&env.migrator(), ids.len()).await;
     // Planned again (a later batch): every job unchanged, nothing written.
     let trips = m.v3.round_trips();
     let again = run_batches_of(&m, &ids, 32, "b2").await;
     assert!(again.iter().all(|o| *o == Outcome::Unchanged), "{again:?}");
     assert!(
-        m.v3.round_trips() - trips <= 4,
+        // Each batch reads its infos and contents (two queries), and writes nothing.
+        m.v3.round_trips() - trips <= 2 * ids.len().div_ceil(32) as u64,
         "a re-run made {} V3 round trips",
         m.v3.round_trips() - trips
     );

@@ -70,6 +70,26 @@ struct Fresh {
     wanted: Option<(String, bool)>,
 }
 
+/// Where [`Migrator::link`] hangs a fresh viz.
+enum Linked {
+    At(Box<ParentLink>),
+    /// The parent cannot be used: the viz hangs from the primordial viz.
+    Primordial,
+    Alone,
+}
+
+/// What the batch knows of its vizzes' parents.
+struct Parents<'a> {
+    /// The batch's fresh vizzes.
+    in_batch: &'a HashSet<String>,
+    /// The chains of the fresh vizzes translated so far.
+    chains: &'a HashMap<String, Vec<v3::Commit>>,
+    /// Info snapshots of the parents outside the batch (and of the primordial viz).
+    infos: &'a HashMap<String, Snapshot>,
+    /// Parents V2 does not have.
+    missing: &'a HashSet<String>,
+}
+
 /// A translated fresh viz, and its parent.
 struct Translated {
     f: Fresh,
@@ -324,43 +344,45 @@ impl Migrator {
         }
     }
 
-    /// The parent link of a fresh viz whose parent V3 has (visible, with commits); `None` sends
-    /// the viz alone (the per-viz path migrates the parent first, or hangs the viz elsewhere).
-    async fn link_in_v3(
-        &self,
-        f: &Fresh,
-        parent: &str,
-        backfilled: bool,
-        infos: &HashMap<String, Snapshot>,
-    ) -> Result<Option<ParentLink>, JobError> {
-        let Some(info) = infos.get(parent).filter(|s| s.doc_type.is_some()) else {
-            return Ok(None);
+    /// Where a fresh viz hangs when its parent is `parent`, decided as the per-viz path
+    /// decides it (`resolve_parent`, `parent_link`): the parent translated earlier in the batch
+    /// (its `chains` entry) or visible in V3 (`infos`) links the viz at its fork point; one
+    /// without a fork point for the viz, or whose chain descends from the viz, or that V2 does
+    /// not have (`missing`), leaves it to the primordial viz; anything else (a parent neither in
+    /// V3 nor in the batch, running alone, or with no commits) runs the viz alone.
+    async fn link(&self, f: &Fresh, parent: &str, backfilled: bool, at: &Parents<'_>) -> Linked {
+        let commits = if at.in_batch.contains(parent) {
+            match at.chains.get(parent) {
+                Some(chain) => std::sync::Arc::new(chain.clone()),
+                None => return Linked::Alone,
+            }
+        } else if let Some(info) = at.infos.get(parent).filter(|s| s.doc_type.is_some()) {
+            match self.chain_of(&f.p.viz, parent, info.info_end()).await {
+                Ok(c) => c,
+                Err(_) => return Linked::Alone,
+            }
+        } else if at.missing.contains(parent) {
+            return Linked::Primordial;
+        } else {
+            return Linked::Alone;
         };
-        let commits = self.chain_of(&f.p.viz, parent, info.info_end()).await?;
-        self.link_in_chain(f, parent, backfilled, &commits).await
-    }
-
-    /// The parent link of a fresh viz into `commits`, its parent's chain.
-    async fn link_in_chain(
-        &self,
-        f: &Fresh,
-        parent: &str,
-        backfilled: bool,
-        commits: &[v3::Commit],
-    ) -> Result<Option<ParentLink>, JobError> {
-        let Some(fork) = translate::fork_point(commits, f.p.created) else {
-            return Ok(None);
+        if commits.is_empty() {
+            return Linked::Alone;
+        }
+        let Some(fork) = translate::fork_point(&commits, f.p.created) else {
+            return Linked::Primordial;
         };
-        let Some(content) = self.content_at(&f.p.viz, fork, commits).await? else {
-            return Ok(None);
-        };
-        Ok(Some(ParentLink {
-            viz: parent.to_string(),
-            commit: fork.id.clone(),
-            content,
-            backfilled,
-            info: None,
-        }))
+        match self.content_at(&f.p.viz, fork, &commits).await {
+            Ok(Some(content)) => Linked::At(Box::new(ParentLink {
+                viz: parent.to_string(),
+                commit: fork.id.clone(),
+                content,
+                backfilled,
+                info: None,
+            })),
+            Ok(None) => Linked::Primordial,
+            Err(_) => Linked::Alone,
+        }
     }
 
     /// The fresh vizzes of a batch, parents before their forks: parents resolved (in V3, or
@@ -374,13 +396,16 @@ impl Migrator {
         d: &mut Decided,
     ) {
         let in_batch: HashSet<String> = ready.iter().map(|f| f.p.viz.clone()).collect();
-        let parents: Vec<String> = ready
+        let mut parents: BTreeSet<String> = ready
             .iter()
             .filter_map(|f| f.wanted.as_ref().map(|(w, _)| w.clone()))
             .filter(|w| !in_batch.contains(w))
-            .collect::<BTreeSet<String>>()
-            .into_iter()
             .collect();
+        // Where a fork whose parent cannot be used hangs.
+        if !parents.is_empty() && !in_batch.contains(PRIMORDIAL_VIZ_ID) {
+            parents.insert(PRIMORDIAL_VIZ_ID.to_string());
+        }
+        let parents: Vec<String> = parents.into_iter().collect();
         // A parent whose info cannot be read counts as not visible: its forks run alone.
         let infos = match self.v3.snapshots(c3::INFO, &parents).await {
             Ok(i) => i,
@@ -390,29 +415,49 @@ impl Migrator {
             }
         };
         self.prefetch_chains(&parents, &infos).await;
+        // Parents neither in the batch nor visible in V3: those V2 lacks too (deleted vizzes)
+        // leave their forks to the primordial viz; the others run their forks alone (their
+        // migration comes first).
+        let unseen: Vec<String> = parents
+            .iter()
+            .filter(|p| infos.get(*p).is_none_or(|s| s.doc_type.is_none()))
+            .cloned()
+            .collect();
+        let missing: HashSet<String> = match self.v2.existing(&unseen).await {
+            Ok(found) => unseen.into_iter().filter(|p| !found.contains(p)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the batch's parents from V2; their forks run alone");
+                HashSet::new()
+            }
+        };
         // The chains of the vizzes translated so far: V3 holds exactly these once written.
         let mut chains: HashMap<String, Vec<v3::Commit>> = HashMap::new();
         let mut translated = Vec::new();
         for f in ready {
-            let link = match &f.wanted {
-                None => Ok(None),
-                Some((parent, backfilled)) if in_batch.contains(parent) => match chains.get(parent)
-                {
-                    Some(chain) => self.link_in_chain(&f, parent, *backfilled, chain).await,
-                    // The parent itself runs alone: so does the fork, after it.
-                    None => Ok(None),
-                },
-                Some((parent, backfilled)) => {
-                    self.link_in_v3(&f, parent, *backfilled, &infos).await
-                }
+            let at = Parents {
+                in_batch: &in_batch,
+                chains: &chains,
+                infos: &infos,
+                missing: &missing,
             };
-            let link = match (&f.wanted, link) {
-                (None, Ok(None)) => None,
-                (Some(_), Ok(Some(l))) => Some(l),
-                _ => {
-                    d.alone(f.at, Alone::Trusting);
-                    continue;
-                }
+            let link = match &f.wanted {
+                None => None,
+                Some((parent, backfilled)) => match self.link(&f, parent, *backfilled, &at).await {
+                    Linked::At(l) => Some(*l),
+                    Linked::Primordial if parent != PRIMORDIAL_VIZ_ID => {
+                        match self.link(&f, PRIMORDIAL_VIZ_ID, true, &at).await {
+                            Linked::At(l) => Some(*l),
+                            Linked::Primordial | Linked::Alone => {
+                                d.alone(f.at, Alone::Trusting);
+                                continue;
+                            }
+                        }
+                    }
+                    Linked::Primordial | Linked::Alone => {
+                        d.alone(f.at, Alone::Trusting);
+                        continue;
+                    }
+                },
             };
             let ctx = Context {
                 parent: match &link {

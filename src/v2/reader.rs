@@ -458,6 +458,31 @@ impl Reader {
         Ok(out)
     }
 
+    /// Which of `ids` have a `documentInfo` (one projected query, `info-by-id` with `$in`).
+    pub async fn existing(
+        &self,
+        ids: &[String],
+    ) -> mongodb::error::Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let opts = FindOptions::builder().projection(doc! {"_id": 1}).build();
+        self.visit(
+            collections::INFO,
+            doc! {"_id": {"$in": ids}},
+            opts,
+            |d: Document| {
+                if let Ok(id) = d.get_str("_id") {
+                    out.insert(id.to_string());
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await?;
+        Ok(out)
+    }
+
     /// Raw `eventRecords` docs by event id, one query (`event-record-by-id` with `$in`): the
     /// first record of each id, as [`Reader::event_record`] finds it.
     pub async fn event_records(
