@@ -350,3 +350,58 @@ async fn racing_batches_of_a_hot_parent_leave_no_lost_race_ops() {
     verify_clean(&m, forks.len() + fixtures.v2.len()).await;
     env.cleanup().await;
 }
+
+/// Forks planned before their parents (leaf first, batches of 8): a batch migrates the parents
+/// it finds neither in itself nor in V3 once for all their forks, generations up, and V3 ends
+/// as one job at a time in creation order leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_planned_before_their_parents_migrate_them_first() {
+    let mut env = TestEnv::new("batchleaf").await;
+    let ids = load(&env, 24).await;
+    let alone = env.migrator();
+    for viz in &ids {
+        alone
+            .migrate(viz, Some("b1"))
+            .await
+            .unwrap_or_else(|e| panic!("{viz}: {e}"));
+    }
+    let state = env.v3_state().await;
+    let base = env.v3.clone();
+    env.v3 = env.client.database(&format!("{}_b", base.name()));
+    let m = env.migrator();
+    let mut leaf_first = ids.clone();
+    leaf_first.reverse();
+    let (v2_before, _) = m.v2.counters();
+    let done = run_batches(&m, &leaf_first, 8).await;
+    assert!(done.iter().all(|o| *o == Outcome::Migrated), "{done:?}");
+    let v2_queries = m.v2.counters().0 - v2_before;
+    // Batches fetch the missing parents with a few queries per generation, not ~6 per viz.
+    assert!(
+        (v2_queries as usize) < ids.len() * 3,
+        "{v2_queries} V2 queries for {} vizzes",
+        ids.len()
+    );
+    let diff: Vec<String> = env
+        .v3_state()
+        .await
+        .iter()
+        .filter(|(k, v)| state.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            format!(
+                "{k}: {v}\n  alone: {}",
+                state.get(k).unwrap_or(&Value::Null)
+            )
+        })
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "leaf-first batches differ:\n{}",
+        diff.join("\n")
+    );
+    assert_eq!(env.v3_state().await.len(), state.len());
+    verify_clean(&env.migrator(), ids.len()).await;
+    env.check_v2().await;
+    env.v3.drop().await.unwrap();
+    env.v3 = base;
+    env.cleanup().await;
+}

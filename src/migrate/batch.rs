@@ -61,7 +61,9 @@ enum Alone {
 
 /// A fresh viz of the batch, prepared.
 struct Fresh {
-    at: usize,
+    /// The job's place in the batch; `None` for a parent migrated for its forks in the batch.
+    at: Option<usize>,
+    batch: Option<String>,
     p: Prepared,
     attempts: i64,
     fingerprint: String,
@@ -101,7 +103,8 @@ struct Translated {
 /// to run alone.
 #[derive(Default)]
 struct Decided {
-    done: Vec<(usize, Done, VizRecord)>,
+    /// `None`: a parent migrated for its forks, not a job of the batch.
+    done: Vec<(Option<usize>, Done, VizRecord)>,
     alone: Vec<(usize, Alone)>,
 }
 
@@ -109,7 +112,18 @@ impl Decided {
     fn alone(&mut self, at: usize, how: Alone) {
         self.alone.push((at, how));
     }
+
+    /// A fresh viz the fast path cannot finish: its job runs alone (a parent fetched for its
+    /// forks is left to its own job, its forks to theirs).
+    fn alone_fresh(&mut self, f: &Fresh, how: Alone) {
+        if let Some(at) = f.at {
+            self.alone(at, how);
+        }
+    }
 }
+
+/// How many generations of parents missing from V3 a batch fetches for its forks.
+const ANCESTOR_ROUNDS: usize = 8;
 
 impl Migrator {
     /// Migrate several jobs together (the worker's batch): one result per job, in the order of
@@ -123,6 +137,7 @@ impl Migrator {
             Ok(refused) => {
                 let refused: HashMap<String, String> = refused.into_iter().collect();
                 for (at, done, _) in d.done {
+                    let Some(at) = at else { continue };
                     if let Some(why) = refused.get(&done.viz) {
                         tracing::warn!(viz = %done.viz, error = %why, "ledger record refused; running the job alone");
                         d.alone.push((at, Alone::Reading));
@@ -133,8 +148,11 @@ impl Migrator {
             }
             Err(e) => {
                 tracing::warn!(error = %e, jobs = d.done.len(), "cannot record the batch; running its jobs alone");
-                d.alone
-                    .extend(d.done.into_iter().map(|(at, _, _)| (at, Alone::Reading)));
+                d.alone.extend(
+                    d.done
+                        .into_iter()
+                        .filter_map(|(at, _, _)| Some((at?, Alone::Reading))),
+                );
             }
         }
         let alone = futures_util::stream::iter(d.alone)
@@ -216,13 +234,20 @@ impl Migrator {
             }
         }
         drop(raws);
+        // Parents neither in the batch nor in V3 are migrated with it, once for all their forks
+        // (the per-viz path migrates them first, one fork at a time).
+        let extras = self.parents_to_fetch(jobs, &prepared).await;
         let analytics_ids: Vec<String> = prepared
             .iter()
-            .map(|(_, p, _)| p.analytics_id.clone())
+            .map(|(_, p, _)| p)
+            .chain(extras.iter().map(|(p, _)| p))
+            .map(|p| p.analytics_id.clone())
             .collect();
         let user_ids: Vec<String> = prepared
             .iter()
-            .flat_map(|(_, p, _)| p.user_ids.iter().cloned())
+            .map(|(_, p, _)| p)
+            .chain(extras.iter().map(|(p, _)| p))
+            .flat_map(|p| p.user_ids.iter().cloned())
             .collect::<BTreeSet<String>>()
             .into_iter()
             .collect();
@@ -241,31 +266,36 @@ impl Migrator {
         };
         let mut fresh = Vec::new();
         let mut known = Vec::new();
-        for (at, p, last) in prepared {
-            let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
+        let fresh_of = |at: Option<usize>, batch: Option<String>, p: Prepared, attempts: i64| {
             let fingerprint = p.source_fingerprint();
             let analytics_fingerprint = events.get(&p.analytics_id).map(ids::fingerprint);
+            Fresh {
+                at,
+                batch,
+                wanted: wanted_parent(&p),
+                p,
+                attempts,
+                fingerprint,
+                analytics_fingerprint,
+            }
+        };
+        for (at, p, last) in prepared {
             match last {
-                None => {
-                    let wanted = match &p.parent {
-                        ParentRequest::Root => None,
-                        ParentRequest::Viz(id) => {
-                            Some((id.clone(), p.info.fork_from_backfilled == Some(true)))
-                        }
-                        ParentRequest::Primordial => Some((PRIMORDIAL_VIZ_ID.to_string(), true)),
-                    };
-                    fresh.push(Fresh {
-                        at,
-                        p,
-                        attempts,
-                        fingerprint,
-                        analytics_fingerprint,
-                        wanted,
-                    });
+                None => fresh.push(fresh_of(Some(at), jobs[at].batch.clone(), p, 1)),
+                Some(last) => {
+                    let fingerprint = p.source_fingerprint();
+                    let analytics_fingerprint = events.get(&p.analytics_id).map(ids::fingerprint);
+                    known.push((at, p, last, fingerprint, analytics_fingerprint))
                 }
-                Some(last) => known.push((at, p, last, fingerprint, analytics_fingerprint)),
             }
         }
+        // Parents first in the order below: extras go before the batch's own vizzes.
+        let mut all: Vec<Fresh> = extras
+            .into_iter()
+            .map(|(p, batch)| fresh_of(None, batch, p, 1))
+            .collect();
+        all.extend(fresh);
+        let fresh = all;
         self.unchanged_ones(jobs, known, d).await;
         // Parents before their forks: a fork of a viz in the batch is translated from its
         // parent's translation (the commits V3 is about to hold), and all are written at once.
@@ -279,7 +309,7 @@ impl Migrator {
             if ready.is_empty() {
                 // A fork cycle within the batch: the per-viz path decides who is its root.
                 for f in rest {
-                    d.alone(f.at, Alone::Trusting);
+                    d.alone_fresh(&f, Alone::Trusting);
                 }
                 break;
             }
@@ -287,8 +317,72 @@ impl Migrator {
             waiting = rest;
         }
         if !ordered.is_empty() {
-            self.fresh_ones(jobs, ordered, &users, &events, d).await;
+            self.fresh_ones(ordered, &users, &events, d).await;
         }
+    }
+
+    /// Parents (and their parents, up to [`ANCESTOR_ROUNDS`] generations) of the batch's fresh
+    /// vizzes that are neither in the batch nor visible in V3, read from V2 and prepared: the
+    /// batch migrates them first, recorded under the batch of the first fork that needs them,
+    /// as the per-viz path records a parent it migrates first. A parent the ledger has a
+    /// record of, that V2 lacks, or that does not prepare, is not fetched: its forks' link
+    /// decides (the primordial viz, or alone). Read failures stop the fetching there.
+    async fn parents_to_fetch(
+        &self,
+        jobs: &[Job],
+        prepared: &[(usize, Prepared, Option<VizRecord>)],
+    ) -> Vec<(Prepared, Option<String>)> {
+        let mut have: HashSet<String> = prepared.iter().map(|(_, p, _)| p.viz.clone()).collect();
+        let mut frontier: Vec<(String, Option<String>)> = prepared
+            .iter()
+            .filter(|(_, _, last)| last.is_none())
+            .filter_map(|(at, p, _)| Some((wanted_parent(p)?.0, jobs[*at].batch.clone())))
+            .collect();
+        let mut out = Vec::new();
+        for _ in 0..ANCESTOR_ROUNDS {
+            let mut seen = HashSet::new();
+            frontier.retain(|(id, _)| !have.contains(id) && seen.insert(id.clone()));
+            if frontier.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = frontier.iter().map(|(id, _)| id.clone()).collect();
+            have.extend(ids.iter().cloned());
+            let Ok(infos) = self.v3.snapshots(c3::INFO, &ids).await else {
+                break;
+            };
+            let unseen: Vec<String> = ids
+                .into_iter()
+                .filter(|id| infos.get(id).is_none_or(|s| s.doc_type.is_none()))
+                .collect();
+            if unseen.is_empty() {
+                break;
+            }
+            let Ok(mut read) = self.v2.vizzes(&unseen, BATCH_READ_BYTES).await else {
+                break;
+            };
+            let Ok(ledger) = self.ledger.get_many(&unseen).await else {
+                break;
+            };
+            let mut next = Vec::new();
+            for (id, batch) in frontier {
+                let Some(raw) = read.vizzes.remove(&id) else {
+                    continue;
+                };
+                if ledger.contains_key(&id) {
+                    continue;
+                }
+                if let Ok(p) = translate::prepare(&raw, &self.cfg) {
+                    if let Some((parent, _)) = wanted_parent(&p) {
+                        next.push((parent, batch.clone()));
+                    }
+                    out.push((p, batch));
+                }
+            }
+            frontier = next;
+        }
+        // Farthest ancestors first.
+        out.reverse();
+        out
     }
 
     /// Vizzes the ledger has recorded: those whose plan is `Unchanged` are done (their record
@@ -340,7 +434,7 @@ impl Migrator {
                 migrated,
                 last.skipped_entries.clone(),
             );
-            d.done.push((at, done, rec));
+            d.done.push((Some(at), done, rec));
         }
     }
 
@@ -389,7 +483,6 @@ impl Migrator {
     /// earlier in `ready`), translated, written per collection.
     async fn fresh_ones(
         &self,
-        jobs: &[Job],
         ready: Vec<Fresh>,
         users: &HashMap<String, Value>,
         events: &HashMap<String, Value>,
@@ -448,13 +541,13 @@ impl Migrator {
                         match self.link(&f, PRIMORDIAL_VIZ_ID, true, &at).await {
                             Linked::At(l) => Some(*l),
                             Linked::Primordial | Linked::Alone => {
-                                d.alone(f.at, Alone::Trusting);
+                                d.alone_fresh(&f, Alone::Trusting);
                                 continue;
                             }
                         }
                     }
                     Linked::Primordial | Linked::Alone => {
-                        d.alone(f.at, Alone::Trusting);
+                        d.alone_fresh(&f, Alone::Trusting);
                         continue;
                     }
                 },
@@ -484,7 +577,7 @@ impl Migrator {
                         t,
                     })
                 }
-                Err(_) => d.alone(f.at, Alone::Trusting),
+                Err(_) => d.alone_fresh(&f, Alone::Trusting),
             }
         }
         if translated.is_empty() {
@@ -495,17 +588,17 @@ impl Migrator {
             Err(e) => {
                 tracing::warn!(error = %e, jobs = translated.len(), "writing the batch failed; its jobs run alone");
                 for x in translated {
-                    d.alone(x.f.at, Alone::Reading);
+                    d.alone_fresh(&x.f, Alone::Reading);
                 }
                 return;
             }
         };
         for x in translated {
             if raced.contains(&x.f.p.viz) {
-                d.alone(x.f.at, Alone::Reading);
+                d.alone_fresh(&x.f, Alone::Reading);
                 continue;
             }
-            let batch = jobs[x.f.at].batch.as_deref();
+            let batch = x.f.batch.as_deref();
             // A create makes content version 1.
             let (done, migrated, skipped) = migrated_of(
                 &x.f.p,
@@ -727,5 +820,15 @@ fn propagate(wave: &[Translated], raced: &mut HashSet<String>) {
         if x.parent.as_ref().is_some_and(|p| raced.contains(p)) {
             raced.insert(x.f.p.viz.clone());
         }
+    }
+}
+
+/// The parent a fresh viz asks for (V2's, or the primordial viz), and whether the link is
+/// backfilled.
+fn wanted_parent(p: &Prepared) -> Option<(String, bool)> {
+    match &p.parent {
+        ParentRequest::Root => None,
+        ParentRequest::Viz(id) => Some((id.clone(), p.info.fork_from_backfilled == Some(true))),
+        ParentRequest::Primordial => Some((PRIMORDIAL_VIZ_ID.to_string(), true)),
     }
 }
