@@ -903,36 +903,7 @@ impl Migrator {
                 raced.extend(r.existed);
             }
         };
-        // Users this worker has not synced as they are now, and their fingerprints.
-        let (mut wanted, mut prints) = (Vec::new(), Vec::new());
-        {
-            for u in &t.users {
-                let v = to_value(u);
-                let f = ids::fingerprint(&v);
-                if self.users_synced.get(&u.id).as_ref() != Some(&f) {
-                    wanted.push((u.id.clone(), v));
-                    prints.push(f);
-                }
-            }
-        }
-        let report = self
-            .v3
-            .sync(
-                c3::USER,
-                &wanted,
-                Policy::UpdateIfOurs {
-                    v3_owned: &v3::USER_V3_OWNED,
-                },
-                ts,
-            )
-            .await
-            .map_err(err)?;
-        for ((id, _), f) in wanted.into_iter().zip(prints) {
-            if !report.lost_races.contains(&id) {
-                let bytes = f.len();
-                self.users_synced.insert(id, f, bytes);
-            }
-        }
+        let report = self.sync_users(&t.users, ts).await.map_err(err)?;
         note(&mut raced, report, false);
         self.v3
             .insert_commits(&t.commits)
@@ -1047,6 +1018,46 @@ impl Migrator {
         self.record(&done, None, w.batch, w.attempts, Some(migrated), skipped)
             .await?;
         Ok(done)
+    }
+
+    /// Sync `users` (V3 `user` docs: shared, their creates identical) that this worker has not
+    /// synced as they are now, each once; remembers the ones it synced.
+    async fn sync_users<'u>(
+        &self,
+        users: impl IntoIterator<Item = &'u v3::User>,
+        ts: i64,
+    ) -> Result<SyncReport, StoreError> {
+        let (mut wanted, mut prints) = (Vec::new(), Vec::new());
+        let mut seen = HashSet::new();
+        for u in users {
+            if !seen.insert(u.id.as_str()) {
+                continue;
+            }
+            let v = to_value(u);
+            let f = ids::fingerprint(&v);
+            if self.users_synced.get(&u.id).as_ref() != Some(&f) {
+                wanted.push((u.id.clone(), v));
+                prints.push(f);
+            }
+        }
+        let report = self
+            .v3
+            .sync(
+                c3::USER,
+                &wanted,
+                Policy::UpdateIfOurs {
+                    v3_owned: &v3::USER_V3_OWNED,
+                },
+                ts,
+            )
+            .await?;
+        for ((id, _), f) in wanted.into_iter().zip(prints) {
+            if !report.lost_races.contains(&id) {
+                let bytes = f.len();
+                self.users_synced.insert(id, f, bytes);
+            }
+        }
+        Ok(report)
     }
 
     /// Make the migrated docs of a per-viz set (upvotes, permissions) match V2: create new ones,
