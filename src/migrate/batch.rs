@@ -72,6 +72,20 @@ struct Fresh {
     wanted: Option<(String, bool)>,
 }
 
+/// What [`Migrator::parents_to_fetch`] found out about the batch's parents, so the batch does
+/// not ask again.
+#[derive(Default)]
+struct Fetched {
+    /// Parents to migrate first, farthest first, each with the batch to record it under.
+    extras: Vec<(Prepared, Option<String>)>,
+    /// Ids whose V3 info was read (into `infos`: the snapshots found).
+    read: HashSet<String>,
+    infos: HashMap<String, Snapshot>,
+    /// Ids looked up in V2 (not visible in V3), and those of them V2 has.
+    v2_checked: HashSet<String>,
+    in_v2: HashSet<String>,
+}
+
 /// Where [`Migrator::link`] hangs a fresh viz.
 enum Linked {
     At(Box<ParentLink>),
@@ -236,7 +250,8 @@ impl Migrator {
         drop(raws);
         // Parents neither in the batch nor in V3 are migrated with it, once for all their forks
         // (the per-viz path migrates them first, one fork at a time).
-        let extras = self.parents_to_fetch(jobs, &prepared).await;
+        let mut fetched = self.parents_to_fetch(jobs, &prepared).await;
+        let extras = std::mem::take(&mut fetched.extras);
         let analytics_ids: Vec<String> = prepared
             .iter()
             .map(|(_, p, _)| p)
@@ -317,7 +332,7 @@ impl Migrator {
             waiting = rest;
         }
         if !ordered.is_empty() {
-            self.fresh_ones(ordered, &users, &events, d).await;
+            self.fresh_ones(ordered, &users, &events, &fetched, d).await;
         }
     }
 
@@ -331,14 +346,14 @@ impl Migrator {
         &self,
         jobs: &[Job],
         prepared: &[(usize, Prepared, Option<VizRecord>)],
-    ) -> Vec<(Prepared, Option<String>)> {
+    ) -> Fetched {
+        let mut fetched = Fetched::default();
         let mut have: HashSet<String> = prepared.iter().map(|(_, p, _)| p.viz.clone()).collect();
         let mut frontier: Vec<(String, Option<String>)> = prepared
             .iter()
             .filter(|(_, _, last)| last.is_none())
             .filter_map(|(at, p, _)| Some((wanted_parent(p)?.0, jobs[*at].batch.clone())))
             .collect();
-        let mut out = Vec::new();
         for _ in 0..ANCESTOR_ROUNDS {
             let mut seen = HashSet::new();
             frontier.retain(|(id, _)| !have.contains(id) && seen.insert(id.clone()));
@@ -351,15 +366,27 @@ impl Migrator {
                 break;
             };
             let unseen: Vec<String> = ids
-                .into_iter()
-                .filter(|id| infos.get(id).is_none_or(|s| s.doc_type.is_none()))
+                .iter()
+                .filter(|id| infos.get(*id).is_none_or(|s| s.doc_type.is_none()))
+                .cloned()
                 .collect();
+            fetched.read.extend(ids);
+            fetched.infos.extend(infos);
             if unseen.is_empty() {
                 break;
             }
             let Ok(mut read) = self.v2.vizzes(&unseen, BATCH_READ_BYTES).await else {
                 break;
             };
+            // Neither read nor deferred: V2 has no such viz.
+            let deferred: HashSet<&String> = read.deferred.iter().collect();
+            fetched.in_v2.extend(
+                unseen
+                    .iter()
+                    .filter(|id| read.vizzes.contains_key(*id) || deferred.contains(id))
+                    .cloned(),
+            );
+            fetched.v2_checked.extend(unseen.iter().cloned());
             let Ok(ledger) = self.ledger.get_many(&unseen).await else {
                 break;
             };
@@ -375,14 +402,14 @@ impl Migrator {
                     if let Some((parent, _)) = wanted_parent(&p) {
                         next.push((parent, batch.clone()));
                     }
-                    out.push((p, batch));
+                    fetched.extras.push((p, batch));
                 }
             }
             frontier = next;
         }
         // Farthest ancestors first.
-        out.reverse();
-        out
+        fetched.extras.reverse();
+        fetched
     }
 
     /// Vizzes the ledger has recorded: those whose plan is `Unchanged` are done (their record
@@ -486,6 +513,7 @@ impl Migrator {
         ready: Vec<Fresh>,
         users: &HashMap<String, Value>,
         events: &HashMap<String, Value>,
+        fetched: &Fetched,
         d: &mut Decided,
     ) {
         let in_batch: HashSet<String> = ready.iter().map(|f| f.p.viz.clone()).collect();
@@ -499,14 +527,25 @@ impl Migrator {
             parents.insert(PRIMORDIAL_VIZ_ID.to_string());
         }
         let parents: Vec<String> = parents.into_iter().collect();
-        // A parent whose info cannot be read counts as not visible: its forks run alone.
-        let infos = match self.v3.snapshots(c3::INFO, &parents).await {
+        // Infos read while fetching parents are not read again. A parent whose info cannot be
+        // read counts as not visible: its forks run alone.
+        let unread: Vec<String> = parents
+            .iter()
+            .filter(|p| !fetched.read.contains(*p))
+            .cloned()
+            .collect();
+        let mut infos = match self.v3.snapshots(c3::INFO, &unread).await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the batch's parents; their forks run alone");
                 HashMap::new()
             }
         };
+        for p in &parents {
+            if let Some(s) = fetched.infos.get(p) {
+                infos.insert(p.clone(), s.clone());
+            }
+        }
         self.prefetch_chains(&parents, &infos).await;
         // Parents neither in the batch nor visible in V3: those V2 lacks too (deleted vizzes)
         // leave their forks to the primordial viz; the others run their forks alone (their
@@ -516,8 +555,16 @@ impl Migrator {
             .filter(|p| infos.get(*p).is_none_or(|s| s.doc_type.is_none()))
             .cloned()
             .collect();
-        let missing: HashSet<String> = match self.v2.existing(&unseen).await {
-            Ok(found) => unseen.into_iter().filter(|p| !found.contains(p)).collect(),
+        let (checked, unchecked): (Vec<String>, Vec<String>) = unseen
+            .into_iter()
+            .partition(|p| fetched.v2_checked.contains(p));
+        let known_missing = checked.into_iter().filter(|p| !fetched.in_v2.contains(p));
+        let missing: HashSet<String> = match self.v2.existing(&unchecked).await {
+            Ok(found) => unchecked
+                .into_iter()
+                .filter(|p| !found.contains(p))
+                .chain(known_missing)
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the batch's parents from V2; their forks run alone");
                 HashSet::new()
@@ -658,39 +705,8 @@ impl Migrator {
                 }
             }
         };
-        // Users: shared documents whose creates are identical; each once, and only those this
-        // worker has not synced as they are now.
-        let mut wanted = Vec::new();
-        let mut prints = Vec::new();
-        let mut seen = HashSet::new();
-        for u in wave.iter().flat_map(|x| x.t.users.iter()) {
-            if !seen.insert(u.id.clone()) {
-                continue;
-            }
-            let v = to_value(u);
-            let f = ids::fingerprint(&v);
-            if self.users_synced.get(&u.id).as_ref() != Some(&f) {
-                wanted.push((u.id.clone(), v));
-                prints.push(f);
-            }
-        }
-        let report = self
-            .v3
-            .sync(
-                c3::USER,
-                &wanted,
-                Policy::UpdateIfOurs {
-                    v3_owned: &v3::USER_V3_OWNED,
-                },
-                ts,
-            )
+        self.sync_users(wave.iter().flat_map(|x| x.t.users.iter()), ts)
             .await?;
-        for ((id, _), f) in wanted.into_iter().zip(prints) {
-            if !report.lost_races.contains(&id) {
-                let bytes = f.len();
-                self.users_synced.insert(id, f, bytes);
-            }
-        }
         let commits: Vec<v3::Commit> = wave.iter().flat_map(|x| x.t.commits.clone()).collect();
         self.v3.insert_commits(&commits).await?;
         let by_viz: HashMap<String, String> = wave
