@@ -9,7 +9,7 @@ mod common;
 mod env;
 
 use env::TestEnv;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use vizhub_migrate::migrate::Migrator;
 use vizhub_migrate::planner::Job;
@@ -169,18 +169,7 @@ async fn a_batch_writes_what_one_job_at_a_time_writes() {
         "{v2_queries} V2 queries for {} vizzes in batches of 32",
         ids.len()
     );
-    let diff: Vec<String> = env
-        .v3_state()
-        .await
-        .iter()
-        .filter(|(k, v)| state.get(*k) != Some(*v))
-        .map(|(k, v)| {
-            format!(
-                "{k}: {v}\n  alone: {}",
-                state.get(k).unwrap_or(&Value::Null)
-            )
-        })
-        .collect();
+    let diff = TestEnv::state_diff(&env.v3_state().await, &state);
     assert!(diff.is_empty(), "batched V3 differs:\n{}", diff.join("\n"));
     assert_eq!(env.v3_state().await.len(), state.len());
     // Op logs: the same, but for the parents' infos, whose `forksCount` a batch recounts once
@@ -266,22 +255,7 @@ async fn a_batch_stopped_between_any_two_writes_ends_as_a_clean_run() {
         let done = run_batches(&again, &ids, 64).await;
         assert_eq!(done.len(), ids.len());
         let state = env.v3_state().await;
-        let diff: Vec<String> = state
-            .iter()
-            .filter(|(k, v)| clean.get(*k) != Some(*v))
-            .map(|(k, v)| {
-                format!(
-                    "{k}: {v}\n  clean: {}",
-                    clean.get(k).unwrap_or(&Value::Null)
-                )
-            })
-            .chain(
-                clean
-                    .keys()
-                    .filter(|k| !state.contains_key(*k))
-                    .map(|k| format!("{k}: missing")),
-            )
-            .collect();
+        let diff = TestEnv::state_diff(&state, &clean);
         assert!(
             diff.is_empty(),
             "stopped after write {n}, V3 differs from a clean run:\n{}",
@@ -381,18 +355,7 @@ async fn forks_planned_before_their_parents_migrate_them_first() {
         "{v2_queries} V2 queries for {} vizzes",
         ids.len()
     );
-    let diff: Vec<String> = env
-        .v3_state()
-        .await
-        .iter()
-        .filter(|(k, v)| state.get(*k) != Some(*v))
-        .map(|(k, v)| {
-            format!(
-                "{k}: {v}\n  alone: {}",
-                state.get(k).unwrap_or(&Value::Null)
-            )
-        })
-        .collect();
+    let diff = TestEnv::state_diff(&env.v3_state().await, &state);
     assert!(
         diff.is_empty(),
         "leaf-first batches differ:\n{}",

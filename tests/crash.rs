@@ -68,22 +68,7 @@ async fn a_job_stopped_between_any_two_writes_ends_as_a_clean_run() {
         run_all(again).await;
         let state = env.v3_state().await;
         if state != clean {
-            let diff: Vec<_> = state
-                .iter()
-                .filter(|(k, v)| clean.get(*k) != Some(*v))
-                .map(|(k, v)| {
-                    format!(
-                        "{k}: {v}\n  clean: {}",
-                        clean.get(k).unwrap_or(&Value::Null)
-                    )
-                })
-                .chain(
-                    clean
-                        .keys()
-                        .filter(|k| !state.contains_key(*k))
-                        .map(|k| format!("{k}: missing")),
-                )
-                .collect();
+            let diff = TestEnv::state_diff(&state, &clean);
             panic!(
                 "stopped after write {n}, V3 differs from a clean run:\n{}",
                 diff.join("\n")

@@ -524,6 +524,30 @@ impl TestEnv {
         out
     }
 
+    /// How `state` (from [`TestEnv::v3_state`]) differs from `expected`, a line per document:
+    /// its value and the expected one, or "missing". Empty when they are equal.
+    pub fn state_diff(
+        state: &std::collections::BTreeMap<String, Value>,
+        expected: &std::collections::BTreeMap<String, Value>,
+    ) -> Vec<String> {
+        state
+            .iter()
+            .filter(|(k, v)| expected.get(*k) != Some(*v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: {v}\n  expected: {}",
+                    expected.get(k).unwrap_or(&Value::Null)
+                )
+            })
+            .chain(
+                expected
+                    .keys()
+                    .filter(|k| !state.contains_key(*k))
+                    .map(|k| format!("{k}: missing")),
+            )
+            .collect()
+    }
+
     /// Asserts that V3's page-view records hold exactly V2's counts (V3 counted none of its own).
     pub fn assert_views_equal_v2(
         state: &std::collections::BTreeMap<String, Value>,
