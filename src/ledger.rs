@@ -9,12 +9,13 @@
 
 use crate::outcome::Outcome;
 use crate::v2::Intervals;
+use crate::v3::store::DUPLICATE_KEY;
 use futures_util::TryStreamExt;
-use mongodb::bson::{self, doc, Document};
+use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::{ReplaceOptions, UpdateOptions};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub const VIZ: &str = "migrationviz";
 pub const BATCH: &str = "migrationbatch";
@@ -90,6 +91,24 @@ pub struct Ledger {
     db: Database,
 }
 
+/// A write command's per-document errors: position in the command, code, message.
+fn write_errors(reply: &Document) -> Vec<(usize, i32, String)> {
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .filter_map(Bson::as_document)
+        .map(|e| {
+            (
+                e.get_i32("index").map(|i| i as usize).unwrap_or(usize::MAX),
+                e.get_i32("code").unwrap_or(0),
+                e.get_str("errmsg").unwrap_or("write error").to_string(),
+            )
+        })
+        .collect()
+}
+
 fn encode<T: Serialize>(v: &T) -> mongodb::error::Result<Document> {
     bson::to_document(v).map_err(|e| mongodb::error::Error::custom(e.to_string()))
 }
@@ -160,17 +179,43 @@ impl Ledger {
         Ok(update)
     }
 
-    /// Record several outcomes in one command (an unordered `update` of the upserts
-    /// [`Ledger::record`] makes). Returns the vizzes whose record the server refused (a
-    /// per-document write error), each with its reason; a failed command fails them all.
+    /// Record several outcomes: one unordered `insert` of the records of `unrecorded` vizzes
+    /// (the caller read no record of them: a batch's fresh vizzes), one unordered `update` of
+    /// the upserts [`Ledger::record`] makes for the others and for any of `unrecorded` another
+    /// writer recorded meanwhile (a duplicate key). An insert makes the document the upsert
+    /// would (the record, then `batches`) at half the server's cost: no lookup before it.
+    /// Returns the vizzes whose record the server refused (a per-document write error), each
+    /// with its reason; a failed command fails them all.
     pub async fn record_many(
         &self,
         recs: &[VizRecord],
+        unrecorded: &HashSet<String>,
     ) -> mongodb::error::Result<Vec<(String, String)>> {
-        if recs.is_empty() {
-            return Ok(Vec::new());
+        let (new, mut known): (Vec<&VizRecord>, Vec<&VizRecord>) =
+            recs.iter().partition(|r| unrecorded.contains(&r.viz));
+        let mut refused = Vec::new();
+        if !new.is_empty() {
+            let docs = new
+                .iter()
+                .map(|r| Self::created_of(r))
+                .collect::<mongodb::error::Result<Vec<Document>>>()?;
+            let reply = self
+                .db
+                .run_command(doc! {"insert": VIZ, "documents": docs, "ordered": false})
+                .await?;
+            for (at, code, msg) in write_errors(&reply) {
+                let Some(r) = new.get(at) else { continue };
+                if code == DUPLICATE_KEY {
+                    known.push(r);
+                } else {
+                    refused.push((r.viz.clone(), msg));
+                }
+            }
         }
-        let updates = recs
+        if known.is_empty() {
+            return Ok(refused);
+        }
+        let updates = known
             .iter()
             .map(|r| Ok(doc! {"q": {"_id": &r.viz}, "u": Self::update_of(r)?, "upsert": true}))
             .collect::<mongodb::error::Result<Vec<Document>>>()?;
@@ -178,17 +223,25 @@ impl Ledger {
             .db
             .run_command(doc! {"update": VIZ, "updates": updates, "ordered": false})
             .await?;
-        let mut refused = Vec::new();
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            for e in errors.iter().filter_map(|e| e.as_document()) {
-                let at = e.get_i32("index").map(|i| i as usize).unwrap_or(usize::MAX);
-                if let Some(r) = recs.get(at) {
-                    let msg = e.get_str("errmsg").unwrap_or("write error").to_string();
-                    refused.push((r.viz.clone(), msg));
-                }
+        for (at, _, msg) in write_errors(&reply) {
+            if let Some(r) = known.get(at) {
+                refused.push((r.viz.clone(), msg));
             }
         }
         Ok(refused)
+    }
+
+    /// The document [`Ledger::update_of`]'s upsert creates when there is none: `_id`, the
+    /// record's fields, then `batches`.
+    fn created_of(rec: &VizRecord) -> mongodb::error::Result<Document> {
+        let mut fields = encode(rec)?;
+        fields.remove("_id");
+        let mut d = doc! {"_id": &rec.viz};
+        d.extend(fields);
+        if let Some(batch) = &rec.batch {
+            d.insert(BATCHES, vec![batch.clone()]);
+        }
+        Ok(d)
     }
 
     /// The `migrationviz` query for "a job of `batch` ended on this viz" (records written

@@ -15,8 +15,9 @@
 //!   analytics → info → parents' `forksCount`), one unordered insert per collection, every
 //!   per-document result mapped back to its viz (a fork of a viz another writer got to first
 //!   waits for it); each parent's `forksCount` is recounted once for all its forks in the
-//!   batch. The ledger records of the whole batch go in one command at the end, after every
-//!   other write.
+//!   batch. The ledger records of the whole batch go in at the end, after every other write:
+//!   one insert for the fresh vizzes' (no lookup: the batch read that they had none), one
+//!   upsert command for the others'.
 //! - **Alone**: everything else, and every viz the fast path could not finish (a doc another
 //!   writer got to first, a parent that is neither in V3 nor in the batch, a write error, an
 //!   unreadable viz, a re-sync, a conflict), runs through [`Migrator::migrate`]'s own logic,
@@ -119,6 +120,8 @@ struct Translated {
 struct Decided {
     /// `None`: a parent migrated for its forks, not a job of the batch.
     done: Vec<(Option<usize>, Done, VizRecord)>,
+    /// Vizzes of `done` the ledger had no record of when the batch read it (fresh ones).
+    unrecorded: HashSet<String>,
     alone: Vec<(usize, Alone)>,
 }
 
@@ -147,7 +150,7 @@ impl Migrator {
         self.fast(jobs, &mut d).await;
         let mut out: Vec<Option<Result<Done, JobError>>> = (0..jobs.len()).map(|_| None).collect();
         let records: Vec<VizRecord> = d.done.iter().map(|(_, _, r)| r.clone()).collect();
-        match self.ledger.record_many(&records).await {
+        match self.ledger.record_many(&records, &d.unrecorded).await {
             Ok(refused) => {
                 let refused: HashMap<String, String> = refused.into_iter().collect();
                 for (at, done, _) in d.done {
@@ -655,6 +658,7 @@ impl Migrator {
                 1,
             );
             let rec = record_of(&done, None, batch, x.f.attempts, Some(migrated), skipped);
+            d.unrecorded.insert(done.viz.clone());
             d.done.push((x.f.at, done, rec));
         }
     }

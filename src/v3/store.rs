@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// MongoDB's duplicate-key error code.
-const DUPLICATE_KEY: i32 = 11000;
+pub const DUPLICATE_KEY: i32 = 11000;
 
 /// Fields of a ShareDB snapshot that are envelope, not payload.
 const ENVELOPE: [&str; 5] = ["_id", "_type", "_v", "_m", "_o"];
