@@ -501,6 +501,10 @@ async fn migrate(
                 .args([
                     "--concurrency",
                     &concurrency.to_string(),
+                    // BENCH_BATCH_SIZE: every run with that `--batch-size` (default: the worker's).
+                    "--batch-size",
+                    &std::env::var("BENCH_BATCH_SIZE")
+                        .unwrap_or_else(|_| vizhub_migrate::worker::DEFAULT_BATCH_SIZE.to_string()),
                     "--until-idle",
                     "2",
                     "--metrics-addr",
@@ -512,8 +516,23 @@ async fn migrate(
                 .env("QUEUE_PREFIX", &topology.prefix)
                 .env("V2_READS_PER_SEC", "100000")
                 .env("LOG_FORMAT", "json")
-                .env("RUST_LOG", "warn")
-                .stderr(Stdio::null())
+                .env(
+                    "RUST_LOG",
+                    std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stderr(match std::env::var_os("BENCH_WORKER_LOG") {
+                    // Diagnostics: the workers' logs, appended to target/bench-workers.log.
+                    Some(_) => std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(concat!(
+                            env!("CARGO_MANIFEST_DIR"),
+                            "/target/bench-workers.log"
+                        ))
+                        .map(Stdio::from)
+                        .unwrap_or_else(|_| Stdio::null()),
+                    None => Stdio::null(),
+                })
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("worker binary")

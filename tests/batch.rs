@@ -368,3 +368,83 @@ async fn forks_planned_before_their_parents_migrate_them_first() {
     env.v3 = base;
     env.cleanup().await;
 }
+
+/// A batch's V2 read ([`Reader::vizzes`], op logs a few vizzes per query, unsorted on the
+/// server): every viz it returns has its whole op log in `v` order, as the one-viz read has it
+/// (an op log stored newest first included; the order itself is unit-tested in `v2::reader`,
+/// as a server may return index order anyway); a byte budget defers the vizzes past it, never
+/// cuts a log; a log over the op-log cap is deferred, not truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_read_holds_whole_op_logs_in_version_order_within_its_budget() {
+    use vizhub_migrate::v2::reader::{Reader, OP_LOG_IDS_PER_QUERY};
+    let env = TestEnv::new("batchread").await;
+    let mut ids = load(&env, 3 * OP_LOG_IDS_PER_QUERY).await;
+    // A copy whose op log V2 holds newest first.
+    let fixtures = common::World::with_fixtures(&[]);
+    let mut reversed = copy_of(
+        &fixtures.v2[LOADING_CSV],
+        &format!("{:032x}", 0xbb),
+        PRIMORDIAL_VIZ_ID,
+        1,
+    );
+    reversed.ops.reverse();
+    env.load_viz(&reversed).await;
+    ids.push(format!("{:032x}", 0xbb));
+    let reader = Reader::new(env.v2.clone(), std::num::NonZeroU32::new(10_000).unwrap());
+    let mut alone = BTreeMap::new();
+    for id in &ids {
+        let v = reader.viz(id).await.unwrap().unwrap();
+        assert!(v
+            .ops
+            .windows(2)
+            .all(|w| w[0]["v"].as_i64() <= w[1]["v"].as_i64()));
+        alone.insert(id.clone(), v);
+    }
+    let whole_bytes: usize = alone
+        .values()
+        .map(|v| {
+            serde_json::to_vec(&v.ops).unwrap().len()
+                + serde_json::to_vec(&v.content).unwrap().len()
+        })
+        .sum();
+    let same = |read: &vizhub_migrate::v2::reader::BatchRead| {
+        for (id, v) in &read.vizzes {
+            assert_eq!(
+                v.ops, alone[id].ops,
+                "{id}: the batch read's op log differs from the one-viz read's"
+            );
+            assert_eq!(v.content, alone[id].content, "{id}");
+        }
+        let mut seen: Vec<&String> = read.vizzes.keys().chain(read.deferred.iter()).collect();
+        seen.sort();
+        let mut all: Vec<&String> = ids.iter().collect();
+        all.sort();
+        assert_eq!(seen, all, "every viz is read or deferred, once");
+    };
+    let read = reader.vizzes(&ids, usize::MAX).await.unwrap();
+    same(&read);
+    assert!(read.deferred.is_empty(), "{:?}", read.deferred);
+    // Budgets from an eighth of the batch's bytes up: whatever is read is whole, and some
+    // budget reads part of the batch and defers the rest.
+    let mut split = false;
+    for eighths in 1..8 {
+        let read = reader
+            .vizzes(&ids, whole_bytes * eighths / 8)
+            .await
+            .unwrap();
+        same(&read);
+        split |= !read.vizzes.is_empty() && !read.deferred.is_empty();
+    }
+    assert!(split, "no budget split the batch");
+    // The primordial viz's log (372 ops) passes a 16 KiB cap: deferred, the others read whole.
+    let capped = reader.clone().with_max_op_log_bytes(16 * 1024);
+    let read = capped.vizzes(&ids, usize::MAX).await.unwrap();
+    same(&read);
+    assert!(
+        read.deferred.contains(&PRIMORDIAL_VIZ_ID.to_string()),
+        "{:?}",
+        read.deferred
+    );
+    env.check_v2().await;
+    env.cleanup().await;
+}

@@ -172,6 +172,12 @@ impl Migrator {
                 );
             }
         }
+        tracing::debug!(
+            jobs = jobs.len(),
+            fast = jobs.len() - d.alone.len(),
+            alone = d.alone.len(),
+            "batch fast path done"
+        );
         let alone = futures_util::stream::iter(d.alone)
             .map(|(at, how)| async move {
                 let j = &jobs[at];
@@ -648,6 +654,13 @@ impl Migrator {
                 d.alone_fresh(&x.f, Alone::Reading);
                 continue;
             }
+            // Its forks in later batches of this worker find its chain here, not in V3 (commit
+            // ids are content-derived: what V3 holds now, ending where its info ends).
+            self.cache_chain(
+                &x.f.p.viz,
+                Some(&x.t.info.end),
+                &std::sync::Arc::new(x.t.commits.clone()),
+            );
             let batch = x.f.batch.as_deref();
             // A create makes content version 1.
             let (done, migrated, skipped) = migrated_of(
