@@ -231,16 +231,23 @@ impl Ledger {
         Ok(refused)
     }
 
-    /// The document [`Ledger::update_of`]'s upsert creates when there is none: `_id`, the
-    /// record's fields, then `batches`.
+    /// The document [`Ledger::update_of`]'s upsert creates when there is none: `_id`, then the
+    /// record's fields and `batches` in the order the server applies an update's fields to a
+    /// new document (by name, as MongoDB since 5.0 and SecantusDB do).
     fn created_of(rec: &VizRecord) -> mongodb::error::Result<Document> {
-        let mut fields = encode(rec)?;
-        fields.remove("_id");
+        let mut fields: Vec<(String, Bson)> = encode(rec)?
+            .into_iter()
+            .filter(|(k, _)| k != "_id")
+            .collect();
+        if let Some(batch) = &rec.batch {
+            fields.push((
+                BATCHES.to_string(),
+                Bson::Array(vec![batch.as_str().into()]),
+            ));
+        }
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
         let mut d = doc! {"_id": &rec.viz};
         d.extend(fields);
-        if let Some(batch) = &rec.batch {
-            d.insert(BATCHES, vec![batch.clone()]);
-        }
         Ok(d)
     }
 

@@ -448,3 +448,67 @@ async fn a_batch_read_holds_whole_op_logs_in_version_order_within_its_budget() {
     env.check_v2().await;
     env.cleanup().await;
 }
+
+/// [`Ledger::record_many`]: a record inserted for a viz the batch read no record of is the
+/// document the upsert of [`Ledger::record`] makes (fields, order and `batches`); one another
+/// writer recorded meanwhile falls back to the upsert (its `batches` keep both batches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_record_inserted_is_the_document_an_upsert_makes() {
+    use mongodb::bson::Document;
+    use vizhub_migrate::ledger::{VizRecord, VIZ};
+    let env = TestEnv::new("ledgerinsert").await;
+    let ledger = env.ledger();
+    let rec = |viz: &str, batch: &str| VizRecord {
+        viz: viz.to_string(),
+        outcome: Outcome::Migrated,
+        reason: None,
+        error_kind: None,
+        batch: Some(batch.to_string()),
+        attempts: 1,
+        time: 1_700_000_000,
+        migrated: None,
+        skipped_entries: vec!["upvote u1".into()],
+    };
+    let raw = |id: &str| {
+        let c = env.v3.collection::<Document>(VIZ);
+        let id = id.to_string();
+        async move {
+            c.find_one(mongodb::bson::doc! {"_id": id})
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    ledger.record(&rec("upserted", "b1")).await.unwrap();
+    ledger.record(&rec("raced", "b0")).await.unwrap();
+    let unrecorded = ["inserted", "raced"]
+        .map(String::from)
+        .into_iter()
+        .collect();
+    let refused = ledger
+        .record_many(&[rec("inserted", "b1"), rec("raced", "b1")], &unrecorded)
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    let (inserted, upserted) = (raw("inserted").await, raw("upserted").await);
+    let keys = |d: &Document| d.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&inserted),
+        keys(&upserted),
+        "same fields in the same order"
+    );
+    let mut inserted_as_upserted = inserted.clone();
+    inserted_as_upserted.insert("_id", "upserted");
+    assert_eq!(inserted_as_upserted, upserted);
+    let raced = raw("raced").await;
+    assert_eq!(
+        raced.get_array("batches").unwrap(),
+        &vec![
+            mongodb::bson::Bson::from("b0"),
+            mongodb::bson::Bson::from("b1")
+        ],
+        "a viz recorded meanwhile is upserted: both batches kept"
+    );
+    assert_eq!(raced.get_str("batch").unwrap(), "b1");
+    env.cleanup().await;
+}

@@ -639,7 +639,7 @@ impl Migrator {
         if translated.is_empty() {
             return;
         }
-        let raced = match self.write_fresh(&translated).await {
+        let raced = match self.write_fresh(&translated, &infos).await {
             Ok(raced) => raced,
             Err(e) => {
                 tracing::warn!(error = %e, jobs = translated.len(), "writing the batch failed; its jobs run alone");
@@ -707,9 +707,13 @@ impl Migrator {
     /// The fresh vizzes' writes, per collection in the spec's order. Returns the vizzes another writer
     /// got to first (a document of theirs was already there, or a parent recount kept losing):
     /// they did not get their info written (or their parent recounted) and run alone.
+    ///
+    /// `before`: the info snapshots of the parents outside the batch, read before any of its
+    /// writes (see [`Migrator::recount_parents`]).
     async fn write_fresh(
         &self,
         wave: &[Translated],
+        before: &HashMap<String, Snapshot>,
     ) -> Result<HashSet<String>, crate::v3::store::StoreError> {
         let ts = now_ms();
         let none = HashMap::new();
@@ -793,8 +797,7 @@ impl Migrator {
                 forks_of.entry(parent).or_default().push(&x.f.p.viz);
             }
         }
-        let parents: Vec<String> = forks_of.keys().map(|p| p.to_string()).collect();
-        let lost = match self.recount_parents(parents, ts).await {
+        let lost = match self.recount_parents(&forks_of, before, ts).await {
             Ok(lost) => lost,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot recount the batch's parents; their forks run alone");
@@ -807,12 +810,55 @@ impl Migrator {
         Ok(raced)
     }
 
+    /// Bring the `forksCount` of the batch's parents up to date, one op per parent for all its
+    /// forks in the batch (`forks_of`: the forks whose info the batch made visible). Returns the
+    /// parents whose update kept losing races.
+    ///
+    /// A parent whose info snapshot the batch read before any of its writes (`before`) moves
+    /// by its new forks, on the condition that the snapshot is still the one read: then no one
+    /// has written the parent since, so its count is the one read (it did not include the
+    /// batch's forks, which were not there yet) plus these forks. A recount costs the server
+    /// a read of every fork (SecantusDB fetches each matched document), so a template's
+    /// recount grows with its forks and a catch-up's recounts with the square of the vizzes;
+    /// this keeps them flat. A parent written since (another worker's recount, a V3 edit)
+    /// loses that race and is recounted in full, as are parents migrated in this batch.
+    async fn recount_parents(
+        &self,
+        forks_of: &HashMap<&str, Vec<&str>>,
+        before: &HashMap<String, Snapshot>,
+        ts: i64,
+    ) -> Result<Vec<String>, crate::v3::store::StoreError> {
+        let mut full = Vec::new();
+        let mut moved = Vec::new();
+        for (parent, forks) in forks_of {
+            let read = before
+                .get(*parent)
+                .filter(|s| s.doc_type.is_some())
+                .and_then(|s| Some((s, s.info_forks_count()?)));
+            match read {
+                Some((s, n)) => moved.push((
+                    parent.to_string(),
+                    s.info_with_forks_count(n + forks.len() as i64),
+                )),
+                None => full.push(parent.to_string()),
+            }
+        }
+        if !moved.is_empty() {
+            let report = self
+                .v3
+                .sync_known(c3::INFO, &moved, before, Policy::Update, ts)
+                .await?;
+            full.extend(report.lost_races);
+        }
+        self.recount_fully(full, ts).await
+    }
+
     /// Recompute the `forksCount` of several parents from V3 at once (one aggregate, one `$in`
     /// read, their ops in one insert, a conditional replace each), reading again the ones whose
     /// update lost a race, up to [`RECOUNT_TRIES`] times. Returns those that kept losing.
     /// Read fresh just before the write, so a hot parent's op loses only to a write landing
     /// in that short window.
-    async fn recount_parents(
+    async fn recount_fully(
         &self,
         mut parents: Vec<String>,
         ts: i64,
