@@ -14,8 +14,8 @@
 //!   collection in the spec's order (users → commits → content → upvotes, permissions,
 //!   analytics → info → parents' `forksCount`), one unordered insert per collection, every
 //!   per-document result mapped back to its viz (a fork of a viz another writer got to first
-//!   waits for it); each parent's `forksCount` is recounted once for all its forks in the
-//!   batch. The ledger records of the whole batch go in at the end, after every other write:
+//!   waits for it); each parent's `forksCount` moves by one op for all its forks in the batch
+//!   ([`Migrator::recount_parents`]). The ledger records of the whole batch go in at the end, after every other write:
 //!   one insert for the fresh vizzes' (no lookup: the batch read that they had none), one
 //!   upsert command for the others'.
 //! - **Alone**: everything else, and every viz the fast path could not finish (a doc another
