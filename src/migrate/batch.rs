@@ -15,9 +15,9 @@
 //!   analytics → info → parents' `forksCount`), one unordered insert per collection, every
 //!   per-document result mapped back to its viz (a fork of a viz another writer got to first
 //!   waits for it); each parent's `forksCount` moves by one op for all its forks in the batch
-//!   ([`Migrator::recount_parents`]). The ledger records of the whole batch go in at the end, after every other write:
-//!   one insert for the fresh vizzes' (no lookup: the batch read that they had none), one
-//!   upsert command for the others'.
+//!   ([`Migrator::recount_parents`]). The ledger records of the whole batch go in at the end,
+//!   after every other write: one insert for the fresh vizzes' (no lookup: the batch read that
+//!   they had none), one upsert command for the others'.
 //! - **Alone**: everything else, and every viz the fast path could not finish (a doc another
 //!   writer got to first, a parent that is neither in V3 nor in the batch, a write error, an
 //!   unreadable viz, a re-sync, a conflict), runs through [`Migrator::migrate`]'s own logic,

@@ -345,8 +345,9 @@ impl Reader {
     }
 
     /// The V2 documents of a batch of vizzes in a few queries (`info-by-id`, `content-by-id`
-    /// with `$in`, then `op-log-by-vizzes`, one per [`OP_LOG_IDS_PER_QUERY`] vizzes), in the order [`Reader::viz`] reads one: contents
-    /// before op logs, so every op a content snapshot names is in the log we read.
+    /// with `$in`, then `op-log-by-vizzes`, one per [`OP_LOG_IDS_PER_QUERY`] vizzes), in the
+    /// order [`Reader::viz`] reads one: contents before op logs, so every op a content snapshot
+    /// names is in the log we read.
     ///
     /// `budget` bounds the BSON bytes held: vizzes whose content or op log would take the batch
     /// past it, and vizzes whose op log alone passes the reader's op-log cap, are returned in
