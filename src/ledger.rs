@@ -9,7 +9,7 @@
 
 use crate::outcome::Outcome;
 use crate::v2::Intervals;
-use crate::v3::store::DUPLICATE_KEY;
+use crate::v3::store::{write_errors, DUPLICATE_KEY};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::{ReplaceOptions, UpdateOptions};
@@ -89,24 +89,6 @@ pub struct Batch {
 #[derive(Clone)]
 pub struct Ledger {
     db: Database,
-}
-
-/// A write command's per-document errors: position in the command, code, message.
-fn write_errors(reply: &Document) -> Vec<(usize, i32, String)> {
-    let Ok(errors) = reply.get_array("writeErrors") else {
-        return Vec::new();
-    };
-    errors
-        .iter()
-        .filter_map(Bson::as_document)
-        .map(|e| {
-            (
-                e.get_i32("index").map(|i| i as usize).unwrap_or(usize::MAX),
-                e.get_i32("code").unwrap_or(0),
-                e.get_str("errmsg").unwrap_or("write error").to_string(),
-            )
-        })
-        .collect()
 }
 
 fn encode<T: Serialize>(v: &T) -> mongodb::error::Result<Document> {

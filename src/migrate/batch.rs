@@ -43,6 +43,7 @@ use crate::{ids, PRIMORDIAL_VIZ_ID};
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// BSON bytes of V2 documents one batch read holds; vizzes past it are read alone. A batch
 /// holds its documents [`WORKING_COPIES`] times over while it runs: half the workers' job memory
@@ -100,7 +101,7 @@ struct Parents<'a> {
     /// The batch's fresh vizzes.
     in_batch: &'a HashSet<String>,
     /// The chains of the fresh vizzes translated so far.
-    chains: &'a HashMap<String, Vec<v3::Commit>>,
+    chains: &'a HashMap<String, Arc<Vec<v3::Commit>>>,
     /// Info snapshots of the parents outside the batch (and of the primordial viz).
     infos: &'a HashMap<String, Snapshot>,
     /// Parents V2 does not have.
@@ -483,7 +484,7 @@ impl Migrator {
     async fn link(&self, f: &Fresh, parent: &str, backfilled: bool, at: &Parents<'_>) -> Linked {
         let commits = if at.in_batch.contains(parent) {
             match at.chains.get(parent) {
-                Some(chain) => std::sync::Arc::new(chain.clone()),
+                Some(chain) => chain.clone(),
                 None => return Linked::Alone,
             }
         } else if let Some(info) = at.infos.get(parent).filter(|s| s.doc_type.is_some()) {
@@ -580,7 +581,7 @@ impl Migrator {
             }
         };
         // The chains of the vizzes translated so far: V3 holds exactly these once written.
-        let mut chains: HashMap<String, Vec<v3::Commit>> = HashMap::new();
+        let mut chains: HashMap<String, Arc<Vec<v3::Commit>>> = HashMap::new();
         let mut translated = Vec::new();
         for f in ready {
             let at = Parents {
@@ -626,7 +627,7 @@ impl Migrator {
             };
             match translate::translate(&f.p, &ctx, &self.cfg) {
                 Ok(t) => {
-                    chains.insert(f.p.viz.clone(), t.commits.clone());
+                    chains.insert(f.p.viz.clone(), Arc::new(t.commits.clone()));
                     translated.push(Translated {
                         parent: link.map(|l| l.viz),
                         f,
@@ -656,11 +657,9 @@ impl Migrator {
             }
             // Its forks in later batches of this worker find its chain here, not in V3 (commit
             // ids are content-derived: what V3 holds now, ending where its info ends).
-            self.cache_chain(
-                &x.f.p.viz,
-                Some(&x.t.info.end),
-                &std::sync::Arc::new(x.t.commits.clone()),
-            );
+            if let Some(chain) = chains.get(&x.f.p.viz) {
+                self.cache_chain(&x.f.p.viz, Some(&x.t.info.end), chain);
+            }
             let batch = x.f.batch.as_deref();
             // A create makes content version 1.
             let (done, migrated, skipped) = migrated_of(
@@ -697,7 +696,7 @@ impl Migrator {
             Ok(chains) => {
                 for (parent, chain) in chains {
                     let end = infos.get(&parent).and_then(Snapshot::info_end);
-                    self.cache_chain(&parent, end, &std::sync::Arc::new(chain));
+                    self.cache_chain(&parent, end, &Arc::new(chain));
                 }
             }
             Err(e) => tracing::debug!(error = %e, "cannot read the parents' chains at once"),

@@ -279,6 +279,25 @@ fn keep_fields(wanted: &Value, now: &Value, fields: &[&str]) -> Value {
 
 /// A deterministic ObjectId for op `v` of `collection/id` whose body (`create`, `op` or `del`)
 /// is `body`.
+/// A write command's per-document errors (its reply's `writeErrors`): position in the
+/// command, code, message.
+pub fn write_errors(reply: &Document) -> Vec<(usize, i32, String)> {
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .filter_map(Bson::as_document)
+        .map(|e| {
+            (
+                e.get_i32("index").map(|i| i as usize).unwrap_or(usize::MAX),
+                e.get_i32("code").unwrap_or(0),
+                e.get_str("errmsg").unwrap_or("write error").to_string(),
+            )
+        })
+        .collect()
+}
+
 pub fn op_id(collection: &str, id: &str, v: i64, body: &Document) -> ObjectId {
     let body = bson::to_vec(body).expect("a document encodes");
     let mut h = Sha256::new();
@@ -715,13 +734,8 @@ impl Store {
             .of(WriteKind::SnapshotReplace)
             .observe(started.elapsed().as_secs_f64());
         let reply = reply?;
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            if let Some(e) = errors.first().and_then(Bson::as_document) {
-                return Err(StoreError::Refused {
-                    code: e.get_i32("code").unwrap_or(0),
-                    message: e.get_str("errmsg").unwrap_or("write error").to_string(),
-                });
-            }
+        if let Some((_, code, message)) = write_errors(&reply).into_iter().next() {
+            return Err(StoreError::Refused { code, message });
         }
         let matched = match reply.get("n") {
             Some(Bson::Int32(n)) => *n as usize,
