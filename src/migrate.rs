@@ -1119,9 +1119,12 @@ impl Migrator {
         let mut found = found.cloned();
         let mut report = SyncReport::default();
         for _ in 0..RECOUNT_TRIES {
-            // Two commands, not one `$or` aggregate: SecantusDB answers an `$or` by scanning
-            // the collection (hundreds of ms at 5,000 vizzes, measured), a count by the index.
-            let count = self.v3.forks_count(parent).await.map_err(v3_err(viz))?;
+            // The snapshot first, then the count: the write is conditional on the snapshot, so
+            // any writer between the two (a batch moving the count by its forks) makes it lose
+            // and we count again. Read the other way round, a count taken before another fork
+            // appeared could agree with a snapshot taken after that fork was counted into it,
+            // and the fork counted in neither would be lost for good
+            // (`tests/batch.rs::a_recount_racing_batches_counts_every_fork`).
             let (s, fresh) = match found.take() {
                 Some(s) => (s, false),
                 None => match self.live_info(viz, parent).await? {
@@ -1129,6 +1132,9 @@ impl Migrator {
                     None => return Ok(SyncReport::default()),
                 },
             };
+            // Two commands, not one `$or` aggregate: SecantusDB answers an `$or` by scanning
+            // the collection (hundreds of ms at 5,000 vizzes, measured), a count by the index.
+            let count = self.v3.forks_count(parent).await.map_err(v3_err(viz))?;
             if s.info_forks_count() == Some(count) {
                 if fresh {
                     return Ok(SyncReport::default());

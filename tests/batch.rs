@@ -512,3 +512,110 @@ async fn a_ledger_record_inserted_is_the_document_an_upsert_makes() {
     assert_eq!(raced.get_str("batch").unwrap(), "b1");
     env.cleanup().await;
 }
+
+/// A recount that lost its race reads the parent again and counts its forks: the parent's
+/// snapshot must be read *before* the count. Otherwise a batch's incremental update landing
+/// between the two (its fork counted in the snapshot, not in the count... or, as here, the
+/// count taken before another batch's fork and the snapshot after that batch moved the count
+/// by it) makes the conditional write agree with a count that misses a fork, and no one
+/// counts it again. The recounting job is held, without sleeps, right after each of its
+/// fork counts: its command monitor blocks until the test has run a racing batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recount_racing_batches_counts_every_fork() {
+    use mongodb::bson::Bson;
+    use mongodb::event::{command::CommandEvent, EventHandler};
+    use std::sync::{mpsc, Arc, Mutex};
+    let env = TestEnv::new("recountrace").await;
+    env.load_fixtures(&[]).await;
+    let fixtures = common::World::with_fixtures(&[]);
+    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
+        .as_i64()
+        .unwrap();
+    let ids: Vec<String> = (0..3).map(|i| format!("{:032x}", 0x7ace + i)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let copy = copy_of(
+            &fixtures.v2[PENGUIN],
+            id,
+            LOADING_CSV,
+            created + 1 + i as i64,
+        );
+        env.load_viz(&copy).await;
+    }
+    let m = env.migrator();
+    let mut first: Vec<String> = fixtures.v2.keys().cloned().collect();
+    first.sort_by_key(|id| fixtures.v2[id].info["createdTimestamp"].as_i64());
+    run_batches(&m, &first, 8).await;
+    let before = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"]
+        .as_i64()
+        .unwrap();
+
+    // The held job's V3 client: after each of its first two counts of the parent's forks,
+    // tell the test and wait for its go-ahead.
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let counts: Mutex<Vec<i64>> = Mutex::default();
+    let holds = Mutex::new(2_u32);
+    let handler = EventHandler::callback(move |e: CommandEvent| match e {
+        CommandEvent::Started(s) => {
+            let counts_parent = s.command_name == "aggregate"
+                && s.command.get_array("pipeline").is_ok_and(|p| {
+                    p.iter().any(|stage| {
+                        matches!(stage, Bson::Document(d) if d.get_document("$match")
+                            .is_ok_and(|m| m.get_str("forkedFrom") == Ok(LOADING_CSV)))
+                    })
+                });
+            if counts_parent {
+                counts.lock().unwrap().push(s.request_id as i64);
+            }
+        }
+        CommandEvent::Succeeded(s) => {
+            if counts.lock().unwrap().contains(&(s.request_id as i64)) {
+                let mut left = holds.lock().unwrap();
+                if *left > 0 {
+                    *left -= 1;
+                    held_tx.send(()).unwrap();
+                    go_rx.lock().unwrap().recv().unwrap();
+                }
+            }
+        }
+        _ => {}
+    });
+    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
+        .await
+        .unwrap();
+    o.command_event_handler = Some(handler);
+    let held_client = mongodb::Client::with_options(o).unwrap();
+    let held = Migrator::new(
+        vizhub_migrate::v2::reader::Reader::new(
+            env.v2.clone(),
+            std::num::NonZeroU32::new(10_000).unwrap(),
+        ),
+        vizhub_migrate::v3::store::Store::new(held_client.database(env.v3.name())),
+        vizhub_migrate::ledger::Ledger::new(held_client.database(env.v3.name())),
+        vizhub_migrate::translate::Config::default(),
+    );
+    let alone = {
+        let viz = ids[0].clone();
+        tokio::spawn(async move { held.migrate(&viz, Some("b1")).await })
+    };
+    let go_tx = Arc::new(go_tx);
+    // Each time the job is held, another pod's batch migrates the next fork.
+    for fork in &ids[1..] {
+        held_rx
+            .recv()
+            .await
+            .expect("the job counts the parent's forks");
+        run_batches(&m, std::slice::from_ref(fork), 8).await;
+        go_tx.send(()).unwrap();
+    }
+    alone.await.unwrap().unwrap();
+    let info = env.v3_doc("info", LOADING_CSV).await.unwrap();
+    assert_eq!(
+        info["forksCount"].as_i64(),
+        Some(before + 3),
+        "every fork counted: {info}"
+    );
+    verify_clean(&m, fixtures.v2.len() + ids.len()).await;
+    env.cleanup().await;
+}

@@ -866,10 +866,9 @@ impl Migrator {
             if parents.is_empty() {
                 break;
             }
-            let (counts, infos) = tokio::try_join!(
-                self.v3.forks_counts(&parents),
-                self.v3.snapshots(c3::INFO, &parents),
-            )?;
+            // The snapshots before the counts, not at once: see `Migrator::recount_forks`.
+            let infos = self.v3.snapshots(c3::INFO, &parents).await?;
+            let counts = self.v3.forks_counts(&parents).await?;
             let wanted: Vec<(String, Value)> = parents
                 .iter()
                 .filter_map(|p| {
