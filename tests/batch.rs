@@ -514,11 +514,10 @@ async fn a_ledger_record_inserted_is_the_document_an_upsert_makes() {
 }
 
 /// A recount that lost its race reads the parent again and counts its forks: the parent's
-/// snapshot must be read *before* the count. Otherwise a batch's incremental update landing
-/// between the two (its fork counted in the snapshot, not in the count... or, as here, the
-/// count taken before another batch's fork and the snapshot after that batch moved the count
-/// by it) makes the conditional write agree with a count that misses a fork, and no one
-/// counts it again. The recounting job is held, without sleeps, right after each of its
+/// snapshot must be read *before* the count. Read the other way round, a count taken before
+/// another pod's batch wrote its fork, and a snapshot taken after that batch moved the count
+/// by it, can agree on a number that misses a fork, and no one counts it
+/// again. The recounting job is held, without sleeps, right after each of its
 /// fork counts: its command monitor blocks until the test has run a racing batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recount_racing_batches_counts_every_fork() {
@@ -569,14 +568,12 @@ async fn a_recount_racing_batches_counts_every_fork() {
                 counts.lock().unwrap().push(s.request_id as i64);
             }
         }
-        CommandEvent::Succeeded(s) => {
-            if counts.lock().unwrap().contains(&(s.request_id as i64)) {
-                let mut left = holds.lock().unwrap();
-                if *left > 0 {
-                    *left -= 1;
-                    held_tx.send(()).unwrap();
-                    go_rx.lock().unwrap().recv().unwrap();
-                }
+        CommandEvent::Succeeded(s) if counts.lock().unwrap().contains(&(s.request_id as i64)) => {
+            let mut left = holds.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                held_tx.send(()).unwrap();
+                go_rx.lock().unwrap().recv().unwrap();
             }
         }
         _ => {}
