@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 mod batch;
+mod expected;
 
 /// How many times a fork recounts its parent's `forksCount` after losing the race for the
 /// parent's info to a sibling, before its job re-runs.
@@ -1213,82 +1214,6 @@ impl Migrator {
             "upvotes": t.upvotes, "permissions": t.permissions, "analyticsevent": t.analytics,
             "history": format!("{:?}", t.history), "skipped": t.skipped,
         }))
-    }
-
-    /// The translation of `viz` from V2 as it is now, hung from its parent as V3 has it now, as
-    /// a fresh migration would produce it. Reads only (`worker preview`, `planner verify`).
-    pub async fn expected(&self, viz: &str) -> Result<Translation, JobError> {
-        let raw = self
-            .v2
-            .viz(viz)
-            .await
-            .map_err(v2_err(viz))?
-            .ok_or_else(|| JobError::NotFound {
-                viz: viz.to_string(),
-            })?;
-        let p = translate::prepare(&raw, &self.cfg)?;
-        let users = self.v2.users(&p.user_ids).await.map_err(v2_err(viz))?;
-        let analytics = self
-            .v2
-            .event_record(&p.analytics_id)
-            .await
-            .map_err(v2_err(viz))?;
-        // The parent as V3 has it now; a parent not yet migrated previews as the primordial.
-        let mut link = None;
-        for candidate in [
-            match &p.parent {
-                ParentRequest::Viz(id) => Some(id.as_str()),
-                ParentRequest::Primordial => Some(PRIMORDIAL_VIZ_ID),
-                ParentRequest::Root => None,
-            },
-            Some(PRIMORDIAL_VIZ_ID),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if p.parent == ParentRequest::Root {
-                break;
-            }
-            let commits = self.v3.commits_of(candidate).await.map_err(v3_err(viz))?;
-            if let Some(fork) = translate::fork_point(&commits, p.created) {
-                let Some(content) = self.content_at(viz, fork, &commits).await? else {
-                    continue; // a fork cycle (see `content_at`)
-                };
-                link = Some(ParentLink {
-                    viz: candidate.to_string(),
-                    commit: fork.id.clone(),
-                    content,
-                    backfilled: candidate != p.info.forked_from.as_deref().unwrap_or_default()
-                        || p.info.fork_from_backfilled == Some(true),
-                    info: None,
-                });
-                break;
-            }
-        }
-        if p.parent != ParentRequest::Root && link.is_none() {
-            return Err(JobError::Parent {
-                viz: viz.into(),
-                parent: PRIMORDIAL_VIZ_ID.into(),
-                reason: "no parent migrated to V3 yet (migrate the primordial viz first)".into(),
-            });
-        }
-        let ctx = Context {
-            parent: match &link {
-                None => Parent::Root,
-                Some(l) => Parent::Fork {
-                    viz: &l.viz,
-                    commit: &l.commit,
-                    content: &l.content,
-                    backfilled: l.backfilled,
-                },
-            },
-            users: &users,
-            analytics: analytics.as_ref(),
-            v3_analytics: None,
-            previous: None,
-            now: now_secs(),
-        };
-        Ok(translate::translate(&p, &ctx, &self.cfg)?)
     }
 }
 

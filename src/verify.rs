@@ -30,12 +30,15 @@
 use crate::ledger::VizRecord;
 use crate::migrate::{JobError, Migrator};
 use crate::planner::window_filter;
+use crate::translate::Translation;
 use crate::v3::collections as c3;
+use crate::v3::store::Snapshot;
+use crate::v3::Commit;
 use crate::{v3, Disposition, Outcome};
 use mongodb::bson::{doc, Bson, Document};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Which V2 vizzes to verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,28 +170,130 @@ pub async fn verify(
         ..Report::default()
     };
     let total = ids.len() as u64;
-    for (i, chunk) in ids.chunks(100).enumerate() {
+    for (i, chunk) in ids.chunks(CHUNK).enumerate() {
         let records = m
             .ledger
             .get_many(chunk)
             .await
             .map_err(VerifyError::Ledger)?;
-        for (j, viz) in chunk.iter().enumerate() {
-            check(m, viz, records.get(viz), &mut report).await?;
-            progress((i * 100 + j + 1) as u64, total);
+        let expected = m.expected_many(chunk).await;
+        let held = Held::read(m, chunk, &expected).await?;
+        for (j, (viz, t)) in chunk.iter().zip(expected).enumerate() {
+            check(m, viz, records.get(viz), t, &held, &mut report).await?;
+            progress((i * CHUNK + j + 1) as u64, total);
         }
     }
     Ok(report)
+}
+
+/// Vizzes verified together: their V2 documents, and what V3 holds for them, read in a few
+/// queries per collection for all of them.
+const CHUNK: usize = 100;
+
+/// What V3 holds for a chunk of vizzes, read at once: a few queries per chunk, not per viz.
+struct Held {
+    info: HashMap<String, Snapshot>,
+    content: HashMap<String, Snapshot>,
+    forks: HashMap<String, i64>,
+    upvotes: HashMap<String, i64>,
+    /// Each viz's own commits, in chain order.
+    chains: HashMap<String, Vec<Commit>>,
+    /// Live docs among those the translations would write, by collection.
+    live: HashMap<&'static str, HashSet<String>>,
+    analytics: HashMap<String, Snapshot>,
+    /// V3's own ops in each analytics doc's log.
+    own_views: HashMap<String, i64>,
+    /// Envelope problems by collection and doc id.
+    envelopes: HashMap<&'static str, HashMap<String, String>>,
+}
+
+impl Held {
+    async fn read(
+        m: &Migrator,
+        chunk: &[String],
+        expected: &[Result<Translation, JobError>],
+    ) -> Result<Held, VerifyError> {
+        // Errors name the chunk's first viz: the read was for all of them.
+        let first = chunk.first().map_or("", String::as_str);
+        let at = || store(first);
+        let t: Vec<&Translation> = expected.iter().filter_map(|t| t.as_ref().ok()).collect();
+        let info = m.v3.snapshots(c3::INFO, chunk).await.map_err(at())?;
+        let content = m.v3.snapshots(c3::CONTENT, chunk).await.map_err(at())?;
+        let forks = m.v3.forks_counts(chunk).await.map_err(at())?;
+        let upvotes = m.v3.upvotes_counts(chunk).await.map_err(at())?;
+        let chains = m.v3.commits_of_many(chunk).await.map_err(at())?;
+        let mut live = HashMap::new();
+        for (collection, ids) in [
+            (c3::USER, ids_of(&t, |t| t.users.iter().map(|u| &u.id))),
+            (c3::UPVOTE, ids_of(&t, |t| t.upvotes.iter().map(|u| &u.id))),
+            (
+                c3::PERMISSION,
+                ids_of(&t, |t| t.permissions.iter().map(|p| &p.id)),
+            ),
+        ] {
+            let found = m.v3.snapshots(collection, &ids).await.map_err(at())?;
+            let ids = found.into_values().filter(|s| s.doc_type.is_some());
+            live.insert(collection, ids.map(|s| s.id).collect());
+        }
+        let analytics_ids = ids_of(&t, |t| t.analytics.iter().map(|a| &a.id));
+        let analytics =
+            m.v3.snapshots(c3::ANALYTICS_EVENT, &analytics_ids)
+                .await
+                .map_err(at())?;
+        let own_views =
+            m.v3.foreign_ops_many(c3::ANALYTICS_EVENT, &analytics_ids)
+                .await
+                .map_err(at())?;
+        let mut envelopes = HashMap::new();
+        for (collection, snaps) in [(c3::INFO, &info), (c3::CONTENT, &content)] {
+            let live = snaps.values().filter(|s| s.doc_type.is_some());
+            let problems =
+                m.v3.envelope_problems(collection, live)
+                    .await
+                    .map_err(at())?;
+            envelopes.insert(collection, problems);
+        }
+        Ok(Held {
+            info,
+            content,
+            forks,
+            upvotes,
+            chains,
+            live,
+            analytics,
+            own_views,
+            envelopes,
+        })
+    }
+
+    /// The ids of `ids` that V3 does not hold live in `collection`.
+    fn missing<'a>(&self, collection: &str, ids: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
+        let live = self.live.get(collection);
+        ids.filter(|id| live.is_none_or(|l| !l.contains(*id)))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// The ids `of` each translation, sorted, once each.
+fn ids_of<'t, I: Iterator<Item = &'t String>>(
+    t: &[&'t Translation],
+    of: impl Fn(&'t Translation) -> I,
+) -> Vec<String> {
+    let set: BTreeSet<&String> = t.iter().flat_map(|t| of(t)).collect();
+    set.into_iter().cloned().collect()
 }
 
 async fn check(
     m: &Migrator,
     viz: &str,
     rec: Option<&VizRecord>,
+    expected: Result<Translation, JobError>,
+    held: &Held,
     report: &mut Report,
 ) -> Result<(), VerifyError> {
     let outcome = rec.map(|r| r.outcome);
-    let t = match m.expected(viz).await {
+    let t = match expected {
         Ok(t) => t,
         Err(e) if outcome.is_none() && e.disposition() != Disposition::Retry => {
             // Never ran: whatever it would end in, the run did not cover it.
@@ -204,7 +309,7 @@ async fn check(
             match e.disposition() {
                 Disposition::Retry => return Err(VerifyError::Job(e)),
                 Disposition::Skip => {
-                    if v3_has_info(m, viz).await? {
+                    if held.info.get(viz).is_some_and(|s| s.doc_type.is_some()) {
                         report.deleted_in_v2.push(viz.to_string());
                     }
                     if outcome == Some(Outcome::Skipped) || outcome == Some(Outcome::Migrated) {
@@ -249,15 +354,9 @@ async fn check(
         }
     }
     report.compared += 1;
-    let ids = [viz.to_string()];
-    let info = m.v3.snapshots(c3::INFO, &ids).await.map_err(store(viz))?;
-    let content =
-        m.v3.snapshots(c3::CONTENT, &ids)
-            .await
-            .map_err(store(viz))?;
     let (Some(info), Some(content)) = (
-        info.get(viz).filter(|s| s.doc_type.is_some()),
-        content.get(viz).filter(|s| s.doc_type.is_some()),
+        held.info.get(viz).filter(|s| s.doc_type.is_some()),
+        held.content.get(viz).filter(|s| s.doc_type.is_some()),
     ) else {
         report.mismatch(viz, "missing", "V3 info or content doc absent");
         return Ok(());
@@ -289,12 +388,12 @@ async fn check(
         (
             "forksCount",
             info.info_forks_count(),
-            m.v3.forks_count(viz).await.map_err(store(viz))?,
+            held.forks.get(viz).copied().unwrap_or(0),
         ),
         (
             "upvotesCount",
             info.info_upvotes_count(),
-            m.v3.upvotes_count(viz).await.map_err(store(viz))?,
+            held.upvotes.get(viz).copied().unwrap_or(0),
         ),
     ];
     for (field, says, n) in counts {
@@ -308,7 +407,7 @@ async fn check(
         }
     }
 
-    match chain_content(m, viz).await? {
+    match chain_content(m, viz, held.chains.get(viz)).await? {
         Err(reason) => report.mismatch(viz, "history", reason),
         Ok((end, replayed)) => {
             if info.info_end() != Some(end.as_str()) {
@@ -334,23 +433,39 @@ async fn check(
         }
     }
 
-    let users: Vec<String> = t.users.iter().map(|u| u.id.clone()).collect();
-    present(m, viz, c3::USER, &users, "users", report).await?;
-    let upvotes: Vec<String> = t.upvotes.iter().map(|u| u.id.clone()).collect();
-    present(m, viz, c3::UPVOTE, &upvotes, "upvotes", report).await?;
-    let perms: Vec<String> = t.permissions.iter().map(|p| p.id.clone()).collect();
-    present(m, viz, c3::PERMISSION, &perms, "permissions", report).await?;
+    for (collection, ids, category) in [
+        (
+            c3::USER,
+            t.users.iter().map(|u| &u.id).collect::<Vec<_>>(),
+            "users",
+        ),
+        (
+            c3::UPVOTE,
+            t.upvotes.iter().map(|u| &u.id).collect(),
+            "upvotes",
+        ),
+        (
+            c3::PERMISSION,
+            t.permissions.iter().map(|p| &p.id).collect(),
+            "permissions",
+        ),
+    ] {
+        let missing = held.missing(collection, ids.into_iter());
+        if !missing.is_empty() {
+            report.mismatch(
+                viz,
+                category,
+                format!("{collection} docs missing: {}", missing.join(", ")),
+            );
+        }
+    }
     if let Some(a) = &t.analytics {
-        if let Some(problem) = analytics_problem(m, viz, a).await? {
+        if let Some(problem) = analytics_problem(a, held) {
             report.mismatch(viz, "analytics", problem);
         }
     }
-    for (collection, s) in [(c3::INFO, info), (c3::CONTENT, content)] {
-        if let Some(problem) =
-            m.v3.envelope_problem(collection, s)
-                .await
-                .map_err(store(viz))?
-        {
+    for collection in [c3::INFO, c3::CONTENT] {
+        if let Some(problem) = held.envelopes.get(collection).and_then(|p| p.get(viz)) {
             report.mismatch(viz, "envelope", format!("{collection}: {problem}"));
         }
     }
@@ -361,32 +476,22 @@ async fn check(
 /// record merged into nothing). V3 must have merged exactly that record (`v2Merged`); when V3
 /// counted no views of its own (no op in the doc's log but ours), its counts equal V2's in every
 /// interval; otherwise no bucket V2 has may hold fewer views than V2 counted.
-async fn analytics_problem(
-    m: &Migrator,
-    viz: &str,
-    want: &v3::AnalyticsEvent,
-) -> Result<Option<String>, VerifyError> {
-    let found =
-        m.v3.snapshots(c3::ANALYTICS_EVENT, std::slice::from_ref(&want.id))
-            .await
-            .map_err(store(viz))?;
-    let Some(have) = found
+fn analytics_problem(want: &v3::AnalyticsEvent, held: &Held) -> Option<String> {
+    let Some(have) = held
+        .analytics
         .get(&want.id)
         .filter(|s| s.doc_type.is_some())
         .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data))
     else {
-        return Ok(Some(format!("{} missing", want.id)));
+        return Some(format!("{} missing", want.id));
     };
     if have.v2_merged.is_some() && have.v2_merged != want.v2_merged {
-        return Ok(Some(format!(
+        return Some(format!(
             "{}: the V2 record merged is not V2's record now",
             want.id
-        )));
+        ));
     }
-    let own_views =
-        m.v3.foreign_ops(c3::ANALYTICS_EVENT, &want.id)
-            .await
-            .map_err(store(viz))?;
+    let own_views = held.own_views.get(&want.id).copied().unwrap_or(0);
     for (interval, buckets) in &want.intervals {
         let have_buckets = have.intervals.get(interval).and_then(Value::as_object);
         for (key, n) in buckets.as_object().into_iter().flatten() {
@@ -398,21 +503,21 @@ async fn analytics_problem(
                 Some(g) => g < n,
             };
             if wrong {
-                return Ok(Some(format!(
+                return Some(format!(
                     "{}: {interval} {key}: V2 counted {n}, V3 has {}",
                     want.id,
                     got.map_or("nothing".to_string(), Value::to_string)
-                )));
+                ));
             }
         }
     }
     if own_views == 0 && have.intervals != want.intervals {
-        return Ok(Some(format!(
+        return Some(format!(
             "{}: V3 has buckets V2 does not (and counted no views itself)",
             want.id
-        )));
+        ));
     }
-    Ok(None)
+    None
 }
 
 fn said(outcome: Option<Outcome>) -> &'static str {
@@ -428,38 +533,6 @@ fn store(viz: &str) -> impl FnOnce(crate::v3::store::StoreError) -> VerifyError 
     }
 }
 
-async fn v3_has_info(m: &Migrator, viz: &str) -> Result<bool, VerifyError> {
-    let s =
-        m.v3.snapshots(c3::INFO, &[viz.to_string()])
-            .await
-            .map_err(store(viz))?;
-    Ok(s.get(viz).is_some_and(|s| s.doc_type.is_some()))
-}
-
-async fn present(
-    m: &Migrator,
-    viz: &str,
-    collection: &str,
-    ids: &[String],
-    category: &'static str,
-    report: &mut Report,
-) -> Result<(), VerifyError> {
-    let found = m.v3.snapshots(collection, ids).await.map_err(store(viz))?;
-    let missing: Vec<&str> = ids
-        .iter()
-        .filter(|id| found.get(*id).is_none_or(|s| s.doc_type.is_none()))
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        report.mismatch(
-            viz,
-            category,
-            format!("{collection} docs missing: {}", missing.join(", ")),
-        );
-    }
-    Ok(())
-}
-
 /// The viz's commit chain, with its fork ancestors however deep, replayed with json1:
 /// `(end commit, content)`, or why it cannot be replayed. The worker's replay
 /// ([`Migrator::replayed_content`]): ancestors this verify run already replayed are taken from
@@ -467,12 +540,13 @@ async fn present(
 async fn chain_content(
     m: &Migrator,
     viz: &str,
+    own: Option<&Vec<Commit>>,
 ) -> Result<Result<(String, Value), String>, VerifyError> {
-    let own = m.v3.commits_of(viz).await.map_err(store(viz))?;
+    let own = own.map_or(&[][..], Vec::as_slice);
     let Some(end) = own.last() else {
         return Ok(Err("no commits".into()));
     };
-    match m.replayed_content(viz, end, &own).await {
+    match m.replayed_content(viz, end, own).await {
         Ok(content) => Ok(Ok((end.id.clone(), (*content).clone()))),
         Err(JobError::Chain { commit, reason, .. }) => {
             Ok(Err(format!("chain does not replay at {commit}: {reason}")))

@@ -398,5 +398,32 @@ async fn verify_compares_values_not_presence() {
         "{}",
         report.render()
     );
+    // Documents a translation writes besides info and content: each one missing is named.
+    coll("user")
+        .delete_one(doc! {"_id": "676445"})
+        .await
+        .unwrap();
+    coll("upvote")
+        .delete_one(doc! {"viz": PRIMORDIAL_VIZ_ID})
+        .await
+        .unwrap();
+    coll("permission").delete_many(doc! {}).await.unwrap();
+    let report = verify::verify(&env.migrator(), Scope::All, |_, _| {})
+        .await
+        .unwrap();
+    for want in [
+        (PENGUIN, "users"),
+        (PRIMORDIAL_VIZ_ID, "upvotes"),
+        (PRIMORDIAL_VIZ_ID, "permissions"),
+    ] {
+        assert!(
+            report
+                .mismatches
+                .iter()
+                .any(|x| (x.viz.as_str(), x.category) == want),
+            "{want:?} not in {}",
+            report.render()
+        );
+    }
     env.cleanup().await;
 }

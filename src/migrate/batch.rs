@@ -48,7 +48,7 @@ use std::sync::Arc;
 /// BSON bytes of V2 documents one batch read holds; vizzes past it are read alone. A batch
 /// holds its documents [`WORKING_COPIES`] times over while it runs: half the workers' job memory
 /// at most, so two batches (one writing, the next reading) fit in it.
-const BATCH_READ_BYTES: usize = JOB_MEMORY_KIB * 1024 / WORKING_COPIES / 2;
+pub(super) const BATCH_READ_BYTES: usize = JOB_MEMORY_KIB * 1024 / WORKING_COPIES / 2;
 
 /// Jobs of a batch that run alone at once.
 const ALONE_AT_ONCE: usize = 8;
@@ -678,7 +678,11 @@ impl Migrator {
     /// Read the chains of `parents` (visible in `infos`) that this worker has not cached at
     /// their info's end, in one query, into the chain cache. A failure is left to the
     /// per-parent reads.
-    async fn prefetch_chains(&self, parents: &[String], infos: &HashMap<String, Snapshot>) {
+    pub(super) async fn prefetch_chains(
+        &self,
+        parents: &[String],
+        infos: &HashMap<String, Snapshot>,
+    ) {
         let wanted: Vec<String> = parents
             .iter()
             .filter(|p| {

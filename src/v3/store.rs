@@ -963,54 +963,84 @@ impl Store {
         Ok(docs.into_iter().filter_map(commit_of).collect())
     }
 
-    /// Ops in the log of `collection/id` that the migration did not write (V3's own edits).
-    pub async fn foreign_ops(&self, collection: &str, id: &str) -> Result<u64, StoreError> {
-        self.trip();
-        Ok(self
-            .coll(&format!("o_{collection}"))
-            .count_documents(doc! {"d": id, "src": {"$ne": OP_SRC}})
-            .await?)
-    }
-
-    /// What is wrong with the ShareDB envelope of a live snapshot, if anything: the type is not
-    /// V3's, `_m.ctime` is missing, or `_o` does not name the op of this doc that made its
-    /// current version (sharedb-mongo rebuilds and submits from there). One query.
-    pub async fn envelope_problem(
+    /// Ops in the logs of `collection/ids` that the migration did not write (V3's own edits),
+    /// by doc id (one aggregate); a doc without any is absent.
+    pub async fn foreign_ops_many(
         &self,
         collection: &str,
-        s: &Snapshot,
-    ) -> Result<Option<String>, StoreError> {
-        if s.doc_type.as_deref() != Some(OT_TYPE) {
-            return Ok(Some(format!("_type is {:?}, not {OT_TYPE:?}", s.doc_type)));
+        ids: &[String],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        self.counts_by(
+            &format!("o_{collection}"),
+            "d",
+            ids,
+            doc! {"src": {"$ne": OP_SRC}},
+        )
+        .await
+    }
+
+    /// What is wrong with the ShareDB envelope of each live snapshot of `collection`, if
+    /// anything (by doc id; a sound one is absent): the type is not V3's, `_m.ctime` is
+    /// missing, or `_o` does not name the op of this doc that made its current version
+    /// (sharedb-mongo rebuilds and submits from there). One query for all.
+    pub async fn envelope_problems<'s>(
+        &self,
+        collection: &str,
+        snapshots: impl IntoIterator<Item = &'s Snapshot>,
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let mut problems = HashMap::new();
+        let mut named = Vec::new();
+        for s in snapshots {
+            if s.doc_type.as_deref() != Some(OT_TYPE) {
+                let problem = format!("_type is {:?}, not {OT_TYPE:?}", s.doc_type);
+                problems.insert(s.id.clone(), problem);
+            } else if s.ctime.is_none() {
+                problems.insert(s.id.clone(), "_m.ctime is missing".into());
+            } else if let Some(last) = s.last_op {
+                named.push((s, last));
+            } else {
+                problems.insert(s.id.clone(), "_o is missing".into());
+            }
         }
-        if s.ctime.is_none() {
-            return Ok(Some("_m.ctime is missing".into()));
+        if named.is_empty() {
+            return Ok(problems);
         }
-        let Some(last) = s.last_op else {
-            return Ok(Some("_o is missing".into()));
-        };
         self.trip();
-        let op = self
+        let ops: Vec<Document> = self
             .coll(&format!("o_{collection}"))
-            .find_one(doc! {"_id": last})
+            .find(doc! {"_id": {"$in": named.iter().map(|(_, last)| *last).collect::<Vec<_>>()}})
             .projection(doc! {"d": 1, "v": 1})
+            .await?
+            .try_collect()
             .await?;
-        let at = op.as_ref().map(|o| {
-            let v = match o.get("v") {
-                Some(Bson::Int32(v)) => i64::from(*v),
-                Some(Bson::Int64(v)) => *v,
-                _ => -1,
+        let at: HashMap<ObjectId, (String, i64)> = ops
+            .iter()
+            .filter_map(|o| {
+                let v = match o.get("v") {
+                    Some(Bson::Int32(v)) => i64::from(*v),
+                    Some(Bson::Int64(v)) => *v,
+                    _ => -1,
+                };
+                Some((
+                    o.get_object_id("_id").ok()?,
+                    (o.get_str("d").unwrap_or_default().to_string(), v),
+                ))
+            })
+            .collect();
+        for (s, last) in named {
+            let problem = match at.get(&last) {
+                None => Some(format!("_o {last} is not in o_{collection}")),
+                Some((d, v)) if *d != s.id || *v != s.version - 1 => Some(format!(
+                    "_o {last} is op v{v} of {d:?}, not v{} of this doc",
+                    s.version - 1
+                )),
+                Some(_) => None,
             };
-            (o.get_str("d").unwrap_or_default(), v)
-        });
-        Ok(match at {
-            None => Some(format!("_o {last} is not in o_{collection}")),
-            Some((d, v)) if d != s.id || v != s.version - 1 => Some(format!(
-                "_o {last} is op v{v} of {d:?}, not v{} of this doc",
-                s.version - 1
-            )),
-            Some(_) => None,
-        })
+            if let Some(problem) = problem {
+                problems.insert(s.id.clone(), problem);
+            }
+        }
+        Ok(problems)
     }
 
     /// Number of live `info` docs forked from each of `vizzes` (one aggregate, served by the
@@ -1019,16 +1049,44 @@ impl Store {
         &self,
         vizzes: &[String],
     ) -> Result<HashMap<String, i64>, StoreError> {
-        if vizzes.is_empty() {
+        let live = doc! {"_type": OT_TYPE};
+        self.counts_by(collections::INFO, "forkedFrom", vizzes, live)
+            .await
+    }
+
+    /// Number of live `upvote` docs for each of `vizzes` (one aggregate); a viz without
+    /// upvotes is absent.
+    pub async fn upvotes_counts(
+        &self,
+        vizzes: &[String],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let live = doc! {"_type": OT_TYPE};
+        self.counts_by(collections::UPVOTE, "viz", vizzes, live)
+            .await
+    }
+
+    /// Documents of `collection` matching `filter` whose `field` is each of `values`, by
+    /// value (one aggregate, `$in` then `$group`); a value without any is absent.
+    async fn counts_by(
+        &self,
+        collection: &str,
+        field: &str,
+        values: &[String],
+        also: Document,
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        if values.is_empty() {
             return Ok(HashMap::new());
         }
         self.trip();
+        // The indexed field first, as the queries this replaced had it.
+        let mut filter = doc! {field: {"$in": values}};
+        filter.extend(also);
         let pipeline = [
-            doc! {"$match": {"forkedFrom": {"$in": vizzes}, "_type": OT_TYPE}},
-            doc! {"$group": {"_id": "$forkedFrom", "n": {"$sum": 1}}},
+            doc! {"$match": filter},
+            doc! {"$group": {"_id": format!("${field}"), "n": {"$sum": 1}}},
         ];
         let groups: Vec<Document> = self
-            .coll(collections::INFO)
+            .coll(collection)
             .aggregate(pipeline)
             .await?
             .try_collect()
