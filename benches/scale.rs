@@ -196,6 +196,11 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
     }
     let v3_name = last_v3.expect("at least one run");
     let v3 = env.client.database(&v3_name);
+    let checked = verify_run(env, &v2, &v3).await;
+    println!(
+        "verify (planner verify's code, in-process) of the last run: {} vizzes compared in {:.1}s = {:.1} vizzes/s, {} mismatches",
+        checked.compared, checked.secs, checked.compared as f64 / checked.secs, checked.mismatches
+    );
 
     let raw = raw_copy(env, &v2, &v3, false).await;
     println!(
@@ -351,6 +356,7 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
             "vizzesPerSec": r.vizzes_per_sec, "v3DocsPerSec": r.docs_per_sec, "v3Docs": r.v3_docs, "peakRssMiB": r.peak_rss_mib, "recorded": r.recorded, "deadLetters": r.dead})).collect::<Vec<_>>(),
         "rawCopy": {"secs": raw.secs, "v2Docs": raw.v2_docs, "v3Docs": raw.v3_docs, "v3Bytes": raw.v3_bytes, "vizzesPerSec": raw_rate_vizzes},
         "rawCopyIndexed": {"secs": raw_indexed.secs, "vizzesPerSec": raw_indexed_rate},
+        "verify": {"compared": checked.compared, "secs": checked.secs, "mismatches": checked.mismatches},
         "planner": {"jobs": planned, "secs": plan_secs, "perSec": plan_rate, "rawPublishPerSec": raw_rate},
         "roundTrips": {"vizzes": trips.vizzes, "batch": BATCH, "v2PerViz": trips.v2_per_viz, "v3PerViz": trips.v3_per_viz,
             "aloneV2PerViz": trips.alone_v2_per_viz, "aloneV3PerViz": trips.alone_v3_per_viz},
@@ -369,6 +375,34 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
     }
     v2.drop().await.unwrap();
     v3.drop().await.unwrap();
+}
+
+struct Verified {
+    compared: u64,
+    secs: f64,
+    mismatches: usize,
+}
+
+/// `planner verify --all` of a migrated V3, timed (reads only).
+async fn verify_run(env: &Env, v2: &Database, v3: &Database) -> Verified {
+    let m = Migrator::new(
+        Reader::new(
+            env.client.database(v2.name()),
+            NonZeroU32::new(100_000).unwrap(),
+        ),
+        Store::new(v3.clone()),
+        Ledger::new(v3.clone()),
+        Config::default(),
+    );
+    let t = Instant::now();
+    let report = vizhub_migrate::verify::verify(&m, vizhub_migrate::verify::Scope::All, |_, _| {})
+        .await
+        .unwrap();
+    Verified {
+        compared: report.compared,
+        secs: t.elapsed().as_secs_f64(),
+        mismatches: report.mismatches.len(),
+    }
 }
 
 struct Cpu {
