@@ -398,9 +398,20 @@ async fn verify_run(env: &Env, v2: &Database, v3: &Database) -> Verified {
     let report = vizhub_migrate::verify::verify(&m, vizhub_migrate::verify::Scope::All, |_, _| {})
         .await
         .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    for (category, n) in &report.by_category {
+        let some: Vec<String> = report
+            .mismatches
+            .iter()
+            .filter(|m| m.category == category)
+            .take(3)
+            .map(|m| format!("{}: {}", m.viz, m.detail))
+            .collect();
+        println!("verify mismatch {category}: {n}, e.g. {}", some.join("; "));
+    }
     Verified {
         compared: report.compared,
-        secs: t.elapsed().as_secs_f64(),
+        secs,
         mismatches: report.mismatches.len(),
     }
 }

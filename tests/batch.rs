@@ -674,3 +674,93 @@ async fn verify_reads_a_few_queries_per_chunk_not_per_viz() {
     assert!(v3_per_viz <= 4.0, "V3 commands per viz: {v3_per_viz:.2}");
     env.cleanup().await;
 }
+
+/// Two pods' batches each add one fork to the same parent from the same version of its info:
+/// both moves are the same op body (`n` → `n + 1`). The second must lose its race, not take
+/// the first's op for its own (the op's id covers the forks it adds), or one fork is counted
+/// by no one. Pod A's batch moves two parents (Loading CSV and Penguin), so its moves go in
+/// one `update` command, the path that took an identical op for its own; pod B's moves Loading
+/// CSV alone. Pod A is held, without sleeps, right after it created its forks' infos; pod B's
+/// batch runs from start to end meanwhile. Failed (one fork short) before op ids covered the
+/// forks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_batches_moving_one_count_by_as_many_forks_count_both() {
+    use mongodb::event::{command::CommandEvent, EventHandler};
+    use std::sync::{mpsc, Mutex};
+    let env = TestEnv::new("samemove").await;
+    env.load_fixtures(&[]).await;
+    let fixtures = common::World::with_fixtures(&[]);
+    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
+        .as_i64()
+        .unwrap();
+    let ids: Vec<String> = (0..3).map(|i| format!("{:032x}", 0x5a3e + i)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let parent = if i == 1 { PENGUIN } else { LOADING_CSV };
+        let copy = copy_of(&fixtures.v2[PENGUIN], id, parent, created + 1 + i as i64);
+        env.load_viz(&copy).await;
+    }
+    let m = env.migrator();
+    let mut first: Vec<String> = fixtures.v2.keys().cloned().collect();
+    first.sort_by_key(|id| fixtures.v2[id].info["createdTimestamp"].as_i64());
+    run_batches(&m, &first, 8).await;
+    let before = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"]
+        .as_i64()
+        .unwrap();
+
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let inserts: Mutex<Vec<i32>> = Mutex::default();
+    let holds = Mutex::new(1_u32);
+    let handler = EventHandler::callback(move |e: CommandEvent| match e {
+        CommandEvent::Started(s) => {
+            if s.command_name == "insert" && s.command.get_str("insert") == Ok("info") {
+                inserts.lock().unwrap().push(s.request_id);
+            }
+        }
+        CommandEvent::Succeeded(s) if inserts.lock().unwrap().contains(&s.request_id) => {
+            let mut left = holds.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                held_tx.send(()).unwrap();
+                go_rx.lock().unwrap().recv().unwrap();
+            }
+        }
+        _ => {}
+    });
+    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
+        .await
+        .unwrap();
+    o.command_event_handler = Some(handler);
+    let held_client = mongodb::Client::with_options(o).unwrap();
+    let held = Migrator::new(
+        vizhub_migrate::v2::reader::Reader::new(
+            env.v2.clone(),
+            std::num::NonZeroU32::new(10_000).unwrap(),
+        ),
+        vizhub_migrate::v3::store::Store::new(held_client.database(env.v3.name())),
+        vizhub_migrate::ledger::Ledger::new(held_client.database(env.v3.name())),
+        vizhub_migrate::translate::Config::default(),
+    );
+    let a = {
+        let chunk = jobs(&ids[..2]);
+        tokio::spawn(async move { held.migrate_batch(&chunk).await })
+    };
+    held_rx
+        .recv()
+        .await
+        .expect("pod A creates its forks' infos");
+    run_batches(&m, &ids[2..], 8).await;
+    go_tx.send(()).unwrap();
+    for r in a.await.unwrap() {
+        r.unwrap();
+    }
+    let info = env.v3_doc("info", LOADING_CSV).await.unwrap();
+    assert_eq!(
+        info["forksCount"].as_i64(),
+        Some(before + 2),
+        "both forks counted: {info}"
+    );
+    verify_clean(&m, fixtures.v2.len() + ids.len()).await;
+    env.cleanup().await;
+}

@@ -839,18 +839,22 @@ impl Migrator {
                 .filter(|s| s.doc_type.is_some())
                 .and_then(|s| Some((s, s.info_forks_count()?)));
             match read {
-                Some((s, n)) => moved.push((
-                    parent.to_string(),
-                    s.info_with_forks_count(n + forks.len() as i64),
-                )),
+                Some((s, n)) => {
+                    // The move stands for these forks: another batch's move of the same count
+                    // by as many other forks is not ours (see `Store::move_known`).
+                    let mut counted: Vec<&str> = forks.clone();
+                    counted.sort_unstable();
+                    moved.push((
+                        parent.to_string(),
+                        s.info_with_forks_count(n + forks.len() as i64),
+                        format!("forks {}", counted.join(" ")),
+                    ))
+                }
                 None => full.push(parent.to_string()),
             }
         }
         if !moved.is_empty() {
-            let report = self
-                .v3
-                .sync_known(c3::INFO, &moved, before, Policy::Update, ts)
-                .await?;
+            let report = self.v3.move_known(c3::INFO, &moved, before, ts).await?;
             full.extend(report.lost_races);
         }
         self.recount_fully(full, ts).await
@@ -906,7 +910,7 @@ fn propagate(wave: &[Translated], raced: &mut HashSet<String>) {
 
 /// The parent a fresh viz asks for (V2's, or the primordial viz), and whether the link is
 /// backfilled.
-fn wanted_parent(p: &Prepared) -> Option<(String, bool)> {
+pub(super) fn wanted_parent(p: &Prepared) -> Option<(String, bool)> {
     match &p.parent {
         ParentRequest::Root => None,
         ParentRequest::Viz(id) => Some((id.clone(), p.info.fork_from_backfilled == Some(true))),

@@ -9,7 +9,7 @@
 //! chain cache, read for all parents at once. Then each viz is prepared and translated by the
 //! same functions a job runs.
 
-use super::batch::BATCH_READ_BYTES;
+use super::batch::{wanted_parent, BATCH_READ_BYTES};
 use super::{now_secs, v2_err, v3_err, JobError, Migrator, ParentLink};
 use crate::translate::{self, Context, Parent, ParentRequest, Prepared, Translation, V2Viz};
 use crate::v3::collections as c3;
@@ -57,13 +57,12 @@ impl Migrator {
             };
         // The parents' infos in one query, their chains (those this worker has not cached at
         // their info's end) in another.
-        let parents: Vec<String> = ready
-            .iter()
-            .filter_map(|p| wanted(p))
-            .chain((ready.iter().any(|p| wanted(p).is_some())).then(|| PRIMORDIAL_VIZ_ID.into()))
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect();
+        // Where a fork whose parent cannot be used hangs: the primordial viz.
+        let mut parents: BTreeSet<String> = ready.iter().filter_map(|p| wanted(p)).collect();
+        if !parents.is_empty() {
+            parents.insert(PRIMORDIAL_VIZ_ID.to_string());
+        }
+        let parents: Vec<String> = parents.into_iter().collect();
         // A failure is left to the per-viz reads of `translate_now` (which name their viz).
         let infos = match self.v3.snapshots(c3::INFO, &parents).await {
             Ok(infos) => infos,
@@ -169,11 +168,7 @@ impl Migrator {
 
 /// The parent `p` asks for: V2's, or the primordial viz; `None` for a root.
 fn wanted(p: &Prepared) -> Option<String> {
-    match &p.parent {
-        ParentRequest::Viz(id) => Some(id.clone()),
-        ParentRequest::Primordial => Some(PRIMORDIAL_VIZ_ID.to_string()),
-        ParentRequest::Root => None,
-    }
+    wanted_parent(p).map(|(parent, _)| parent)
 }
 
 /// Every prepared viz failed by `e`; the others keep their own error.

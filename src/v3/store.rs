@@ -299,6 +299,18 @@ pub fn write_errors(reply: &Document) -> Vec<(usize, i32, String)> {
 }
 
 pub fn op_id(collection: &str, id: &str, v: i64, body: &Document) -> ObjectId {
+    op_id_salted(collection, id, v, body, None)
+}
+
+/// [`op_id`], told apart by `salt` when there is one: what the op stands for beyond its body
+/// (see [`Store::move_known`]).
+fn op_id_salted(
+    collection: &str,
+    id: &str,
+    v: i64,
+    body: &Document,
+    salt: Option<&str>,
+) -> ObjectId {
     let body = bson::to_vec(body).expect("a document encodes");
     let mut h = Sha256::new();
     for part in [
@@ -306,7 +318,10 @@ pub fn op_id(collection: &str, id: &str, v: i64, body: &Document) -> ObjectId {
         id.as_bytes(),
         v.to_string().as_bytes(),
         &body,
-    ] {
+    ]
+    .into_iter()
+    .chain(salt.map(str::as_bytes))
+    {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -325,8 +340,9 @@ fn op_doc(
     body: Document,
     prev: Option<ObjectId>,
     ts_ms: i64,
+    salt: Option<&str>,
 ) -> (ObjectId, Document) {
-    let oid = op_id(collection, id, v, &body);
+    let oid = op_id_salted(collection, id, v, &body, salt);
     let mut op = doc! {"_id": oid, "src": OP_SRC, "seq": v + 1, "v": v};
     op.extend(body);
     op.extend(doc! {"m": {"ts": ts_ms}, "c": collection, "d": id, "o": prev.map_or(Bson::Null, Bson::ObjectId)});
@@ -591,11 +607,45 @@ impl Store {
             updates.retain(|(s, _, _)| ours.contains(&s.id));
             report.kept += before - updates.len();
         }
-        self.submit_many(collection, &updates, ts_ms, &mut report)
+        self.submit_many(collection, &updates, None, ts_ms, &mut report)
             .await?;
         let existed = self.create_many(collection, &creates, ts_ms).await?;
         report.created += creates.len() - existed.len();
         report.existed.extend(existed);
+        Ok(report)
+    }
+
+    /// Move existing live snapshots of `collection` to new payloads derived from other docs
+    /// (`moves`: id, payload, and what the move stands for, e.g. the forks a count adds), each
+    /// conditional on the snapshot in `existing`. Unlike [`Store::sync_known`], an identical op
+    /// that another writer won is a lost race, not ours: two batches adding different forks to
+    /// the same count from the same version write the same op body (`n` → `n + 1`), so the op's
+    /// id also covers what it stands for, and only a re-run of the same move finds its own op.
+    /// A doc not live in `existing` is left alone.
+    pub async fn move_known(
+        &self,
+        collection: &str,
+        moves: &[(String, Value, String)],
+        existing: &HashMap<String, Snapshot>,
+        ts_ms: i64,
+    ) -> Result<SyncReport, StoreError> {
+        let mut report = SyncReport::default();
+        let mut updates: Vec<(&Snapshot, Cow<Value>, Value)> = Vec::new();
+        let mut salts = HashMap::new();
+        for (id, data, why) in moves {
+            let Some(s) = existing.get(id).filter(|s| s.doc_type.is_some()) else {
+                continue;
+            };
+            match json1::diff(&s.data, data) {
+                None => report.unchanged += 1,
+                Some(op) => {
+                    salts.insert(id.clone(), why.clone());
+                    updates.push((s, Cow::Borrowed(data), op));
+                }
+            }
+        }
+        self.submit_many(collection, &updates, Some(&salts), ts_ms, &mut report)
+            .await?;
         Ok(report)
     }
 
@@ -639,7 +689,7 @@ impl Store {
         let mut snaps = Vec::with_capacity(docs.len());
         for (id, data) in docs {
             let body = doc! {"create": {"type": OT_TYPE, "data": to_bson(collection, id, data)?}};
-            let (oid, op) = op_doc(collection, id, 0, body, None, ts_ms);
+            let (oid, op) = op_doc(collection, id, 0, body, None, ts_ms, None);
             ops.push(op);
             let mut snap = doc! {"_id": *id, "_type": OT_TYPE, "_v": 1_i64, "_m": {"ctime": ts_ms, "mtime": ts_ms}, "_o": oid};
             snap.extend(to_document(collection, id, data)?);
@@ -692,12 +742,15 @@ impl Store {
         &self,
         collection: &str,
         updates: &[(&Snapshot, Cow<'_, Value>, Value)],
+        salts: Option<&HashMap<String, String>>,
         ts_ms: i64,
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
+        let salt = |id: &str| salts.and_then(|s| s.get(id)).map(String::as_str);
         if updates.len() < 2 {
             for (s, data, op) in updates {
-                self.submit(collection, s, op.clone(), data, ts_ms, report)
+                let body = doc! {"op": to_bson(collection, &s.id, op)?};
+                self.append(collection, s, body, Some(data), ts_ms, salt(&s.id), report)
                     .await?;
             }
             return Ok(());
@@ -706,7 +759,15 @@ impl Store {
         let mut oids = Vec::with_capacity(updates.len());
         for (s, _, op) in updates {
             let body = doc! {"op": to_bson(collection, &s.id, op)?};
-            let (oid, op) = op_doc(collection, &s.id, s.version, body, s.last_op, ts_ms);
+            let (oid, op) = op_doc(
+                collection,
+                &s.id,
+                s.version,
+                body,
+                s.last_op,
+                ts_ms,
+                salt(&s.id),
+            );
             ops.push(op);
             oids.push(oid);
         }
@@ -761,20 +822,6 @@ impl Store {
         Ok(())
     }
 
-    async fn submit(
-        &self,
-        collection: &str,
-        s: &Snapshot,
-        op: Value,
-        data: &Value,
-        ts_ms: i64,
-        report: &mut SyncReport,
-    ) -> Result<(), StoreError> {
-        let op = to_bson(collection, &s.id, &op)?;
-        self.append(collection, s, doc! {"op": op}, Some(data), ts_ms, report)
-            .await
-    }
-
     async fn submit_create(
         &self,
         collection: &str,
@@ -784,7 +831,7 @@ impl Store {
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
         let create = doc! {"create": {"type": OT_TYPE, "data": to_bson(collection, &s.id, data)?}};
-        self.append(collection, s, create, Some(data), ts_ms, report)
+        self.append(collection, s, create, Some(data), ts_ms, None, report)
             .await
     }
 
@@ -796,7 +843,7 @@ impl Store {
         ts_ms: i64,
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
-        self.append(collection, s, doc! {"del": true}, None, ts_ms, report)
+        self.append(collection, s, doc! {"del": true}, None, ts_ms, None, report)
             .await
     }
 
@@ -808,9 +855,10 @@ impl Store {
         body: Document,
         data: Option<&Value>,
         ts_ms: i64,
+        salt: Option<&str>,
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
-        let (oid, op) = op_doc(collection, &s.id, s.version, body, s.last_op, ts_ms);
+        let (oid, op) = op_doc(collection, &s.id, s.version, body, s.last_op, ts_ms, salt);
         let ops = format!("o_{collection}");
         let ours = self
             .insert_ignoring_duplicates(&ops, vec![op], WriteKind::OpInsert)
@@ -1258,5 +1306,29 @@ mod tests {
         assert_ne!(op_id("info", "a", 3, &one), op_id("info", "a", 4, &one));
         assert_ne!(op_id("info", "a", 3, &one), op_id("content", "a", 3, &one));
         assert_ne!(op_id("info", "ab", 3, &one), op_id("info", "a", 3, &one));
+    }
+
+    #[test]
+    fn a_salted_op_id_tells_the_same_body_for_other_forks_apart() {
+        let one = doc! {"op": ["forksCount", {"r": 0, "i": 1}]};
+        let a = Some("forks x");
+        // A re-run of the same move finds its own op; another batch's identical move (other
+        // forks) is not ours; an unsalted op is neither.
+        assert_eq!(
+            op_id_salted("info", "p", 3, &one, a),
+            op_id_salted("info", "p", 3, &one, a)
+        );
+        assert_ne!(
+            op_id_salted("info", "p", 3, &one, a),
+            op_id_salted("info", "p", 3, &one, Some("forks y"))
+        );
+        assert_ne!(
+            op_id_salted("info", "p", 3, &one, a),
+            op_id("info", "p", 3, &one)
+        );
+        assert_eq!(
+            op_id_salted("info", "p", 3, &one, None),
+            op_id("info", "p", 3, &one)
+        );
     }
 }
