@@ -599,9 +599,10 @@ async fn a_recount_racing_batches_counts_every_fork() {
     let go_tx = Arc::new(go_tx);
     // Each time the job is held, another pod's batch migrates the next fork.
     for fork in &ids[1..] {
-        held_rx
-            .recv()
+        // A bound, not a synchronization: a job that never counts fails here, not at CI's end.
+        tokio::time::timeout(std::time::Duration::from_secs(120), held_rx.recv())
             .await
+            .expect("the job counts the parent's forks within 2 minutes")
             .expect("the job counts the parent's forks");
         run_batches(&m, std::slice::from_ref(fork), 8).await;
         go_tx.send(()).unwrap();
@@ -746,9 +747,10 @@ async fn two_batches_moving_one_count_by_as_many_forks_count_both() {
         let chunk = jobs(&ids[..2]);
         tokio::spawn(async move { held.migrate_batch(&chunk).await })
     };
-    held_rx
-        .recv()
+    // A bound, not a synchronization: a pod that never writes fails here, not at CI's end.
+    tokio::time::timeout(std::time::Duration::from_secs(120), held_rx.recv())
         .await
+        .expect("pod A creates its forks' infos within 2 minutes")
         .expect("pod A creates its forks' infos");
     run_batches(&m, &ids[2..], 8).await;
     go_tx.send(()).unwrap();
@@ -762,5 +764,123 @@ async fn two_batches_moving_one_count_by_as_many_forks_count_both() {
         "both forks counted: {info}"
     );
     verify_clean(&m, fixtures.v2.len() + ids.len()).await;
+    env.cleanup().await;
+}
+
+/// Every read a run makes is served by an index, whatever the server: two pods racing over the
+/// same batches (creates that find their docs there, lost races, recounts of parents migrated
+/// in the batch, jobs run alone), then `verify`. Each `find`, `aggregate` and `count` they
+/// sent with a filter is explained on the server and must not be a collection scan.
+/// SecantusDB plans a filter with an index only when it names one field: `{forkedFrom: {$in},
+/// _type}` scanned every info of V3 for each recount (20 % of the server's time in a
+/// 2,000-viz bench, and growing with V3), as did the op-log and `_o` checks after a lost race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_of_a_racing_run_is_served_by_an_index() {
+    use mongodb::bson::{self, Document};
+    use mongodb::event::{command::CommandEvent, EventHandler};
+    use std::sync::{Arc, Mutex};
+    let env = TestEnv::new("indexed").await;
+    let ids = load(&env, 45).await;
+    // The indexes production has: V2's that `planner check` asks for, V3's that workers make.
+    for q in vizhub_migrate::v2::reader::QUERIES {
+        if q.index != ["_id"] {
+            let mut keys = Document::new();
+            for k in q.index {
+                keys.insert(*k, 1);
+            }
+            let model = mongodb::IndexModel::builder().keys(keys).build();
+            env.v2
+                .collection::<Document>(q.collection)
+                .create_index(model)
+                .await
+                .unwrap();
+        }
+    }
+    env.migrator().v3.ensure_indexes().await.unwrap();
+    let seen: Arc<Mutex<Vec<(String, String, Document)>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        EventHandler::callback(move |e: CommandEvent| {
+            if let CommandEvent::Started(s) = e {
+                if ["find", "aggregate", "count"].contains(&s.command_name.as_str()) {
+                    seen.lock().unwrap().push((
+                        s.db.clone(),
+                        s.command_name.clone(),
+                        s.command.clone(),
+                    ));
+                }
+            }
+        })
+    };
+    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
+        .await
+        .unwrap();
+    o.command_event_handler = Some(handler);
+    let client = mongodb::Client::with_options(o).unwrap();
+    let pod = || {
+        Migrator::new(
+            vizhub_migrate::v2::reader::Reader::new(
+                client.database(env.v2.name()),
+                std::num::NonZeroU32::new(10_000).unwrap(),
+            ),
+            vizhub_migrate::v3::store::Store::new(client.database(env.v3.name())),
+            vizhub_migrate::ledger::Ledger::new(client.database(env.v3.name())),
+            vizhub_migrate::translate::Config::default(),
+        )
+    };
+    let (a, b) = (pod(), pod());
+    tokio::join!(run_batches(&a, &ids, 16), run_batches(&b, &ids, 16));
+    verify_clean(&a, ids.len()).await;
+
+    let commands = std::mem::take(&mut *seen.lock().unwrap());
+    let mut checked = std::collections::BTreeSet::new();
+    let mut scans = Vec::new();
+    for (db, name, cmd) in commands {
+        let coll = cmd.get_str(&name).unwrap_or_default().to_string();
+        let explain = match name.as_str() {
+            "find" => {
+                let filter = cmd.get_document("filter").cloned().unwrap_or_default();
+                if filter.is_empty() {
+                    continue;
+                }
+                bson::doc! {"find": &coll, "filter": filter}
+            }
+            "count" => {
+                let query = cmd.get_document("query").cloned().unwrap_or_default();
+                if query.is_empty() {
+                    continue;
+                }
+                bson::doc! {"count": &coll, "query": query}
+            }
+            _ => {
+                let pipeline = cmd.get_array("pipeline").cloned().unwrap_or_default();
+                let first = pipeline.first().and_then(|s| s.as_document());
+                // A pipeline that does not start by selecting reads everything on purpose.
+                if first.is_none_or(|s| !s.contains_key("$match")) {
+                    continue;
+                }
+                bson::doc! {"aggregate": &coll, "pipeline": pipeline, "cursor": {}}
+            }
+        };
+        if !checked.insert(format!("{db} {explain}")) {
+            continue;
+        }
+        let plan = client
+            .database(&db)
+            .run_command(bson::doc! {"explain": explain.clone(), "verbosity": "queryPlanner"})
+            .await
+            .unwrap();
+        if format!("{plan}").contains("\"COLLSCAN\"") {
+            scans.push(format!("{db}.{coll}: {explain}"));
+        }
+    }
+    assert!(checked.len() > 20, "{} reads explained", checked.len());
+    assert!(
+        scans.is_empty(),
+        "{} of {} reads scan their collection:\n{}",
+        scans.len(),
+        checked.len(),
+        scans.join("\n")
+    );
     env.cleanup().await;
 }
