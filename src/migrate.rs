@@ -139,6 +139,12 @@ pub struct Migrator {
     /// The jobs' working memory, in KiB: a job takes its share before it translates, so 16
     /// small jobs run at once but not 16 of 5 MiB each (see [`Migrator::memory_for`]).
     memory: Arc<tokio::sync::Semaphore>,
+    /// Held by a batch from reading its parents in V3 to its last write (see
+    /// [`Migrator::migrate_batch`]): this worker's batches in flight read V2 and prepare at
+    /// once, but resolve and write one after another, so they never race each other for a
+    /// shared parent (the primordial viz is a parent in most batches), and each reads the
+    /// V3 state the one before it left.
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A viz's commit chain and the `info.end` it was read at.
@@ -251,6 +257,7 @@ impl Migrator {
             chain_cache: Arc::new(Cache::new(CHAIN_CACHE_BYTES)),
             users_synced: Arc::new(Cache::new(USERS_SYNCED_BYTES)),
             memory: Arc::new(tokio::sync::Semaphore::new(JOB_MEMORY_KIB)),
+            writing: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 

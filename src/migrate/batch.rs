@@ -258,6 +258,11 @@ impl Migrator {
             }
         }
         drop(raws);
+        // From here to its last write the batch holds the worker's write turn: what it reads of
+        // V3 (parents, their counts) is what the batch before it wrote, and no batch of this
+        // worker writes in between. The reads above, most of a batch's V2 queries, overlap the
+        // batch before.
+        let _turn = self.writing.lock().await;
         // Parents neither in the batch nor in V3 are migrated with it, once for all their forks
         // (the per-viz path migrates them first, one fork at a time).
         let mut fetched = self.parents_to_fetch(jobs, &prepared).await;
