@@ -884,3 +884,92 @@ async fn every_read_of_a_racing_run_is_served_by_an_index() {
     );
     env.cleanup().await;
 }
+
+/// Two batches of one worker in flight at once, each with forks of the same parent: they
+/// read V2 together but resolve and write in turn, so the second reads the parent as the
+/// first left it and moves its count by its own forks. Neither recounts the parent in full
+/// (the fallback of a batch that lost the parent to another writer) and the parent's op log
+/// holds no lost-race op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_batches_in_flight_take_turns_at_a_shared_parent() {
+    use mongodb::bson::Bson;
+    use mongodb::event::{command::CommandEvent, EventHandler};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let env = TestEnv::new("turns").await;
+    env.load_fixtures(&[]).await;
+    let fixtures = common::World::with_fixtures(&[]);
+    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
+        .as_i64()
+        .unwrap();
+    let ids: Vec<String> = (0..16).map(|i| format!("{:032x}", 0x7e00 + i)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let copy = copy_of(
+            &fixtures.v2[PENGUIN],
+            id,
+            LOADING_CSV,
+            created + 1 + i as i64,
+        );
+        env.load_viz(&copy).await;
+    }
+    let mut first: Vec<String> = fixtures.v2.keys().cloned().collect();
+    first.sort_by_key(|id| fixtures.v2[id].info["createdTimestamp"].as_i64());
+    run_batches(&env.migrator(), &first, 8).await;
+    let before = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"]
+        .as_i64()
+        .unwrap();
+
+    let recounts = Arc::new(AtomicU64::new(0));
+    let handler = {
+        let recounts = recounts.clone();
+        EventHandler::callback(move |e: CommandEvent| {
+            if let CommandEvent::Started(s) = e {
+                let counts_forks = s.command_name == "aggregate"
+                    && s.command.get_array("pipeline").is_ok_and(|p| {
+                        p.iter().any(|stage| {
+                            matches!(stage, Bson::Document(d) if d.get_document("$match")
+                                .is_ok_and(|m| m.contains_key("forkedFrom")))
+                        })
+                    });
+                if counts_forks {
+                    recounts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
+        .await
+        .unwrap();
+    o.command_event_handler = Some(handler);
+    let client = mongodb::Client::with_options(o).unwrap();
+    let m = Migrator::new(
+        vizhub_migrate::v2::reader::Reader::new(
+            env.v2.clone(),
+            std::num::NonZeroU32::new(10_000).unwrap(),
+        ),
+        vizhub_migrate::v3::store::Store::new(client.database(env.v3.name())),
+        vizhub_migrate::ledger::Ledger::new(client.database(env.v3.name())),
+        vizhub_migrate::translate::Config::default(),
+    );
+    let (a, b) = (jobs(&ids[..8]), jobs(&ids[8..]));
+    let (ra, rb) = tokio::join!(m.migrate_batch(&a), m.migrate_batch(&b));
+    for r in ra.into_iter().chain(rb) {
+        assert_eq!(r.unwrap().outcome, Outcome::Migrated);
+    }
+    let info = env.v3_doc("info", LOADING_CSV).await.unwrap();
+    assert_eq!(info["forksCount"].as_i64(), Some(before + 16), "{info}");
+    assert_eq!(
+        recounts.load(Ordering::Relaxed),
+        0,
+        "a batch recounted the parent in full: it lost the parent to its sibling batch"
+    );
+    let ops = op_logs(&env).await;
+    let parent_ops = &ops[&format!("info/{LOADING_CSV}")];
+    assert_eq!(
+        parent_ops.len() as i64,
+        info["_v"].as_i64().unwrap(),
+        "lost-race ops in the parent's log: {parent_ops:?}"
+    );
+    verify_clean(&env.migrator(), fixtures.v2.len() + ids.len()).await;
+    env.cleanup().await;
+}
