@@ -280,3 +280,113 @@ pub fn invariant_violations(
     }
     bad
 }
+
+/// A content payload as V3 shows it, file ids left out: the title, the height and each file's
+/// name and text in display order. `verify` compares what it expects with what V3 holds through
+/// it, so no code outside `v3` names the content's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentView {
+    title: Value,
+    height: Value,
+    /// `(name, text)` of each file, in the files map's order.
+    files: Vec<(Value, Value)>,
+}
+
+impl ContentView {
+    pub fn of(content: &Value) -> Self {
+        let files = content["files"]
+            .as_object()
+            .map(|f| {
+                f.values()
+                    .map(|f| (f["name"].clone(), f["text"].clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ContentView {
+            title: content["title"].clone(),
+            height: content["height"].clone(),
+            files,
+        }
+    }
+
+    /// How `have` differs from `self` (what was expected), the first difference found, for a
+    /// report; `None` when they show the same (numbers compare by value).
+    pub fn first_difference(&self, have: &ContentView) -> Option<String> {
+        if !same_value(&self.title, &have.title) {
+            return Some(format!(
+                "title: expected {}, V3 has {}",
+                self.title, have.title
+            ));
+        }
+        if !same_value(&self.height, &have.height) {
+            return Some(format!(
+                "height: expected {}, V3 has {}",
+                self.height, have.height
+            ));
+        }
+        if self.files.len() != have.files.len() {
+            return Some(format!(
+                "expected {} files, V3 has {}",
+                self.files.len(),
+                have.files.len()
+            ));
+        }
+        for ((name, text), (has_name, has_text)) in self.files.iter().zip(&have.files) {
+            if name != has_name {
+                return Some(format!(
+                    "file order/name: expected {name}, V3 has {has_name}"
+                ));
+            }
+            if text != has_text {
+                return Some(format!("text of {name} differs"));
+            }
+        }
+        None
+    }
+}
+
+/// Whether two payload values are the same, numbers by value (V3 may store 500 as 500.0).
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_content_view_ignores_file_ids_but_not_order_or_text() {
+        let view = |v: Value| ContentView::of(&v);
+        let a = view(json!({"title": "T", "height": 500, "files": {
+            "aaaa": {"name": "a", "text": "1"}, "bbbb": {"name": "b", "text": "2"}}}));
+        let b = view(json!({"title": "T", "height": 500.0, "files": {
+            "cccc": {"name": "a", "text": "1"}, "dddd": {"name": "b", "text": "2"}}}));
+        assert_eq!(a.first_difference(&b), None);
+        let reordered = view(json!({"title": "T", "height": 500, "files": {
+            "bbbb": {"name": "b", "text": "2"}, "aaaa": {"name": "a", "text": "1"}}}));
+        assert!(a.first_difference(&reordered).unwrap().contains("order"));
+        let edited = view(json!({"title": "T", "height": 500, "files": {
+            "aaaa": {"name": "a", "text": "1🐧"}, "bbbb": {"name": "b", "text": "2"}}}));
+        assert_eq!(
+            a.first_difference(&edited).as_deref(),
+            Some("text of \"a\" differs")
+        );
+        let retitled = view(json!({"title": "U", "height": 500, "files": {}}));
+        assert!(a.first_difference(&retitled).unwrap().starts_with("title"));
+        let fewer = view(json!({"title": "T", "height": 500, "files": {}}));
+        assert_eq!(
+            a.first_difference(&fewer).as_deref(),
+            Some("expected 2 files, V3 has 0")
+        );
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        assert!(same_value(&json!(500), &json!(500.0)));
+        assert!(!same_value(&json!(500), &json!("500")));
+    }
+}

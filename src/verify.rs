@@ -34,6 +34,7 @@ use crate::translate::Translation;
 use crate::v3::collections as c3;
 use crate::v3::store::Snapshot;
 use crate::v3::Commit;
+use crate::v3::{same_value, ContentView};
 use crate::{v3, Disposition, Outcome};
 use mongodb::bson::{doc, Bson, Document};
 use serde::Serialize;
@@ -362,10 +363,10 @@ async fn check(
         return Ok(());
     };
 
-    let want = shape(&t.content);
-    let have = shape(&content.data);
-    if want != have {
-        report.mismatch(viz, "content", first_difference(&want, &have));
+    let want = ContentView::of(&t.content);
+    let have = ContentView::of(&content.data);
+    if let Some(difference) = want.first_difference(&have) {
+        report.mismatch(viz, "content", difference);
     }
 
     let expected_info = serde_json::to_value(&t.info).expect("Info serializes");
@@ -426,7 +427,9 @@ async fn check(
                     "history",
                     format!(
                         "commit chain replays to something else than content: {}",
-                        first_difference(&shape(&replayed), &have)
+                        ContentView::of(&replayed)
+                            .first_difference(&have)
+                            .unwrap_or_else(|| "differs".into())
                     ),
                 );
             }
@@ -555,77 +558,10 @@ async fn chain_content(
     }
 }
 
-/// Content as V3 shows it, without file ids: title, height and `[name, text]` in display order.
-fn shape(content: &Value) -> Value {
-    let files: Vec<Value> = content["files"]
-        .as_object()
-        .map(|f| {
-            f.values()
-                .map(|f| serde_json::json!([f["name"], f["text"]]))
-                .collect()
-        })
-        .unwrap_or_default();
-    serde_json::json!({"title": content["title"], "height": content["height"], "files": files})
-}
-
-/// Numbers compare by value (V3 may store 500 as 500.0).
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        _ => a == b,
-    }
-}
-
-fn first_difference(want: &Value, have: &Value) -> String {
-    if !same_value(&want["title"], &have["title"]) {
-        return format!(
-            "title: expected {}, V3 has {}",
-            want["title"], have["title"]
-        );
-    }
-    if !same_value(&want["height"], &have["height"]) {
-        return format!(
-            "height: expected {}, V3 has {}",
-            want["height"], have["height"]
-        );
-    }
-    let (w, h) = (
-        want["files"].as_array().cloned().unwrap_or_default(),
-        have["files"].as_array().cloned().unwrap_or_default(),
-    );
-    if w.len() != h.len() {
-        return format!("expected {} files, V3 has {}", w.len(), h.len());
-    }
-    for (a, b) in w.iter().zip(&h) {
-        if a[0] != b[0] {
-            return format!("file order/name: expected {}, V3 has {}", a[0], b[0]);
-        }
-        if a[1] != b[1] {
-            return format!("text of {} differs", a[0]);
-        }
-    }
-    "differs".into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn shape_ignores_file_ids_but_not_order_or_text() {
-        let a = json!({"title": "T", "height": 500, "files": {"aaaa": {"name": "a", "text": "1"}, "bbbb": {"name": "b", "text": "2"}}});
-        let b = json!({"title": "T", "height": 500, "files": {"cccc": {"name": "a", "text": "1"}, "dddd": {"name": "b", "text": "2"}}});
-        assert_eq!(shape(&a), shape(&b));
-        let reordered = json!({"title": "T", "height": 500, "files": {"bbbb": {"name": "b", "text": "2"}, "aaaa": {"name": "a", "text": "1"}}});
-        assert_ne!(shape(&a), shape(&reordered));
-        assert!(first_difference(&shape(&a), &shape(&reordered)).contains("order"));
-        let edited = json!({"title": "T", "height": 500, "files": {"aaaa": {"name": "a", "text": "1🐧"}, "bbbb": {"name": "b", "text": "2"}}});
-        assert_eq!(
-            first_difference(&shape(&a), &shape(&edited)),
-            "text of \"a\" differs"
-        );
-    }
 
     #[test]
     fn report_ends_with_the_contract_line() {
@@ -638,11 +574,5 @@ mod tests {
         assert!(text.ends_with("verified 3 vizzes, 1 mismatches"), "{text}");
         assert!(text.contains("mismatch content: 1\n  v1: text of \"a\" differs"));
         assert_eq!(r.by_category["content"], 1);
-    }
-
-    #[test]
-    fn numbers_compare_by_value() {
-        assert!(same_value(&json!(500), &json!(500.0)));
-        assert!(!same_value(&json!(500), &json!("500")));
     }
 }
