@@ -850,6 +850,7 @@ impl Store {
     }
 
     /// Append one op at `s.version`, then move the snapshot on, conditional on `_v`.
+    #[allow(clippy::too_many_arguments)]
     async fn append(
         &self,
         collection: &str,
