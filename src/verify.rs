@@ -561,7 +561,6 @@ async fn chain_content(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn report_ends_with_the_contract_line() {

@@ -714,10 +714,10 @@ async fn two_batches_moving_one_count_by_as_many_forks_count_both() {
     let inserts: Mutex<Vec<i32>> = Mutex::default();
     let holds = Mutex::new(1_u32);
     let handler = EventHandler::callback(move |e: CommandEvent| match e {
-        CommandEvent::Started(s) => {
-            if s.command_name == "insert" && s.command.get_str("insert") == Ok("info") {
-                inserts.lock().unwrap().push(s.request_id);
-            }
+        CommandEvent::Started(s)
+            if s.command_name == "insert" && s.command.get_str("insert") == Ok("info") =>
+        {
+            inserts.lock().unwrap().push(s.request_id);
         }
         CommandEvent::Succeeded(s) if inserts.lock().unwrap().contains(&s.request_id) => {
             let mut left = holds.lock().unwrap();
