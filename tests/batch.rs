@@ -136,6 +136,56 @@ async fn verify_clean(m: &Migrator, compared: usize) {
     assert_eq!(report.compared, compared as u64, "{}", report.render());
 }
 
+/// The fixtures migrated, and `parents.len()` copies of Penguin loaded in V2 (not migrated),
+/// copy `i` forking `parents[i]`, its id counting up from `first_id`. Returns the copies' ids,
+/// Loading CSV's `forksCount` after the fixtures, and how many fixtures there are.
+async fn fixtures_then_forks(
+    env: &TestEnv,
+    first_id: u32,
+    parents: &[&str],
+) -> (Vec<String>, i64, usize) {
+    env.load_fixtures(&[]).await;
+    let fixtures = common::World::with_fixtures(&[]);
+    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
+        .as_i64()
+        .unwrap();
+    let ids: Vec<String> = (0..parents.len())
+        .map(|i| format!("{:032x}", first_id as usize + i))
+        .collect();
+    for (i, (id, parent)) in ids.iter().zip(parents).enumerate() {
+        let copy = copy_of(&fixtures.v2[PENGUIN], id, parent, created + 1 + i as i64);
+        env.load_viz(&copy).await;
+    }
+    let mut first: Vec<String> = fixtures.v2.keys().cloned().collect();
+    first.sort_by_key(|id| fixtures.v2[id].info["createdTimestamp"].as_i64());
+    run_batches(&env.migrator(), &first, 8).await;
+    let counted = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"]
+        .as_i64()
+        .unwrap();
+    (ids, counted, fixtures.v2.len())
+}
+
+/// A migrator of `env` whose V3 commands pass through `handler` (V2 unmonitored).
+async fn monitored_migrator(
+    env: &TestEnv,
+    handler: mongodb::event::EventHandler<mongodb::event::command::CommandEvent>,
+) -> Migrator {
+    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
+        .await
+        .unwrap();
+    o.command_event_handler = Some(handler);
+    let client = mongodb::Client::with_options(o).unwrap();
+    Migrator::new(
+        vizhub_migrate::v2::reader::Reader::new(
+            env.v2.clone(),
+            std::num::NonZeroU32::new(10_000).unwrap(),
+        ),
+        vizhub_migrate::v3::store::Store::new(client.database(env.v3.name())),
+        vizhub_migrate::ledger::Ledger::new(client.database(env.v3.name())),
+        vizhub_migrate::translate::Config::default(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_writes_what_one_job_at_a_time_writes() {
     let mut env = TestEnv::new("batchsame").await;
@@ -525,28 +575,8 @@ async fn a_recount_racing_batches_counts_every_fork() {
     use mongodb::event::{command::CommandEvent, EventHandler};
     use std::sync::{mpsc, Arc, Mutex};
     let env = TestEnv::new("recountrace").await;
-    env.load_fixtures(&[]).await;
-    let fixtures = common::World::with_fixtures(&[]);
-    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
-        .as_i64()
-        .unwrap();
-    let ids: Vec<String> = (0..3).map(|i| format!("{:032x}", 0x7ace + i)).collect();
-    for (i, id) in ids.iter().enumerate() {
-        let copy = copy_of(
-            &fixtures.v2[PENGUIN],
-            id,
-            LOADING_CSV,
-            created + 1 + i as i64,
-        );
-        env.load_viz(&copy).await;
-    }
+    let (ids, before, fixtures) = fixtures_then_forks(&env, 0x7ace, &[LOADING_CSV; 3]).await;
     let m = env.migrator();
-    let mut first: Vec<String> = fixtures.v2.keys().cloned().collect();
-    first.sort_by_key(|id| fixtures.v2[id].info["createdTimestamp"].as_i64());
-    run_batches(&m, &first, 8).await;
-    let before = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"]
-        .as_i64()
-        .unwrap();
 
     // The held job's V3 client: after each of its first two counts of the parent's forks,
     // tell the test and wait for its go-ahead.
@@ -578,20 +608,7 @@ async fn a_recount_racing_batches_counts_every_fork() {
         }
         _ => {}
     });
-    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
-        .await
-        .unwrap();
-    o.command_event_handler = Some(handler);
-    let held_client = mongodb::Client::with_options(o).unwrap();
-    let held = Migrator::new(
-        vizhub_migrate::v2::reader::Reader::new(
-            env.v2.clone(),
-            std::num::NonZeroU32::new(10_000).unwrap(),
-        ),
-        vizhub_migrate::v3::store::Store::new(held_client.database(env.v3.name())),
-        vizhub_migrate::ledger::Ledger::new(held_client.database(env.v3.name())),
-        vizhub_migrate::translate::Config::default(),
-    );
+    let held = monitored_migrator(&env, handler).await;
     let alone = {
         let viz = ids[0].clone();
         tokio::spawn(async move { held.migrate(&viz, Some("b1")).await })
@@ -614,7 +631,7 @@ async fn a_recount_racing_batches_counts_every_fork() {
         Some(before + 3),
         "every fork counted: {info}"
     );
-    verify_clean(&m, fixtures.v2.len() + ids.len()).await;
+    verify_clean(&m, fixtures + ids.len()).await;
     env.cleanup().await;
 }
 
@@ -689,24 +706,9 @@ async fn two_batches_moving_one_count_by_as_many_forks_count_both() {
     use mongodb::event::{command::CommandEvent, EventHandler};
     use std::sync::{mpsc, Mutex};
     let env = TestEnv::new("samemove").await;
-    env.load_fixtures(&[]).await;
-    let fixtures = common::World::with_fixtures(&[]);
-    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
-        .as_i64()
-        .unwrap();
-    let ids: Vec<String> = (0..3).map(|i| format!("{:032x}", 0x5a3e + i)).collect();
-    for (i, id) in ids.iter().enumerate() {
-        let parent = if i == 1 { PENGUIN } else { LOADING_CSV };
-        let copy = copy_of(&fixtures.v2[PENGUIN], id, parent, created + 1 + i as i64);
-        env.load_viz(&copy).await;
-    }
+    let parents = [LOADING_CSV, PENGUIN, LOADING_CSV];
+    let (ids, before, fixtures) = fixtures_then_forks(&env, 0x5a3e, &parents).await;
     let m = env.migrator();
-    let mut first: Vec<String> = fixtures.v2.keys().cloned().collect();
-    first.sort_by_key(|id| fixtures.v2[id].info["createdTimestamp"].as_i64());
-    run_batches(&m, &first, 8).await;
-    let before = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"]
-        .as_i64()
-        .unwrap();
 
     let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -729,20 +731,7 @@ async fn two_batches_moving_one_count_by_as_many_forks_count_both() {
         }
         _ => {}
     });
-    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
-        .await
-        .unwrap();
-    o.command_event_handler = Some(handler);
-    let held_client = mongodb::Client::with_options(o).unwrap();
-    let held = Migrator::new(
-        vizhub_migrate::v2::reader::Reader::new(
-            env.v2.clone(),
-            std::num::NonZeroU32::new(10_000).unwrap(),
-        ),
-        vizhub_migrate::v3::store::Store::new(held_client.database(env.v3.name())),
-        vizhub_migrate::ledger::Ledger::new(held_client.database(env.v3.name())),
-        vizhub_migrate::translate::Config::default(),
-    );
+    let held = monitored_migrator(&env, handler).await;
     let a = {
         let chunk = jobs(&ids[..2]);
         tokio::spawn(async move { held.migrate_batch(&chunk).await })
@@ -763,7 +752,7 @@ async fn two_batches_moving_one_count_by_as_many_forks_count_both() {
         Some(before + 2),
         "both forks counted: {info}"
     );
-    verify_clean(&m, fixtures.v2.len() + ids.len()).await;
+    verify_clean(&m, fixtures + ids.len()).await;
     env.cleanup().await;
 }
 
@@ -897,27 +886,7 @@ async fn a_workers_batches_in_flight_take_turns_at_a_shared_parent() {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     let env = TestEnv::new("turns").await;
-    env.load_fixtures(&[]).await;
-    let fixtures = common::World::with_fixtures(&[]);
-    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
-        .as_i64()
-        .unwrap();
-    let ids: Vec<String> = (0..16).map(|i| format!("{:032x}", 0x7e00 + i)).collect();
-    for (i, id) in ids.iter().enumerate() {
-        let copy = copy_of(
-            &fixtures.v2[PENGUIN],
-            id,
-            LOADING_CSV,
-            created + 1 + i as i64,
-        );
-        env.load_viz(&copy).await;
-    }
-    let mut first: Vec<String> = fixtures.v2.keys().cloned().collect();
-    first.sort_by_key(|id| fixtures.v2[id].info["createdTimestamp"].as_i64());
-    run_batches(&env.migrator(), &first, 8).await;
-    let before = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"]
-        .as_i64()
-        .unwrap();
+    let (ids, before, fixtures) = fixtures_then_forks(&env, 0x7e00, &[LOADING_CSV; 16]).await;
 
     let recounts = Arc::new(AtomicU64::new(0));
     let handler = {
@@ -937,20 +906,7 @@ async fn a_workers_batches_in_flight_take_turns_at_a_shared_parent() {
             }
         })
     };
-    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
-        .await
-        .unwrap();
-    o.command_event_handler = Some(handler);
-    let client = mongodb::Client::with_options(o).unwrap();
-    let m = Migrator::new(
-        vizhub_migrate::v2::reader::Reader::new(
-            env.v2.clone(),
-            std::num::NonZeroU32::new(10_000).unwrap(),
-        ),
-        vizhub_migrate::v3::store::Store::new(client.database(env.v3.name())),
-        vizhub_migrate::ledger::Ledger::new(client.database(env.v3.name())),
-        vizhub_migrate::translate::Config::default(),
-    );
+    let m = monitored_migrator(&env, handler).await;
     let (a, b) = (jobs(&ids[..8]), jobs(&ids[8..]));
     let (ra, rb) = tokio::join!(m.migrate_batch(&a), m.migrate_batch(&b));
     for r in ra.into_iter().chain(rb) {
@@ -970,6 +926,6 @@ async fn a_workers_batches_in_flight_take_turns_at_a_shared_parent() {
         info["_v"].as_i64().unwrap(),
         "lost-race ops in the parent's log: {parent_ops:?}"
     );
-    verify_clean(&env.migrator(), fixtures.v2.len() + ids.len()).await;
+    verify_clean(&env.migrator(), fixtures + ids.len()).await;
     env.cleanup().await;
 }
