@@ -165,6 +165,58 @@ async fn fixtures_then_forks(
     (ids, counted, fixtures.v2.len())
 }
 
+/// A V3 command monitor that holds the migrator it watches: after each of the first `times`
+/// commands `pick` selects has succeeded, it tells the test and blocks that migrator's command
+/// until the test lets it go ([`Hold::wait`], [`Hold::release`]): a race set up without sleeps.
+struct Hold {
+    held: tokio::sync::mpsc::UnboundedReceiver<()>,
+    go: std::sync::mpsc::Sender<()>,
+}
+
+impl Hold {
+    fn after(
+        pick: impl Fn(&mongodb::event::command::CommandStartedEvent) -> bool + Send + Sync + 'static,
+        times: u32,
+    ) -> (
+        mongodb::event::EventHandler<mongodb::event::command::CommandEvent>,
+        Hold,
+    ) {
+        use mongodb::event::command::CommandEvent;
+        use std::sync::Mutex;
+        let (held_tx, held) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let picked: Mutex<Vec<i32>> = Mutex::default();
+        let left = Mutex::new(times);
+        let handler = mongodb::event::EventHandler::callback(move |e: CommandEvent| match e {
+            CommandEvent::Started(s) if pick(&s) => picked.lock().unwrap().push(s.request_id),
+            CommandEvent::Succeeded(s) if picked.lock().unwrap().contains(&s.request_id) => {
+                let mut left = left.lock().unwrap();
+                if *left > 0 {
+                    *left -= 1;
+                    held_tx.send(()).unwrap();
+                    go_rx.lock().unwrap().recv().unwrap();
+                }
+            }
+            _ => {}
+        });
+        (handler, Hold { held, go })
+    }
+
+    /// Until the watched migrator is held (at most 2 minutes: a bound, not a synchronization,
+    /// so a migrator that never gets there fails the test instead of hanging CI).
+    async fn wait(&mut self, what: &str) {
+        tokio::time::timeout(std::time::Duration::from_secs(120), self.held.recv())
+            .await
+            .unwrap_or_else(|_| panic!("not held within 2 minutes: {what}"))
+            .unwrap_or_else(|| panic!("never held: {what}"));
+    }
+
+    fn release(&self) {
+        self.go.send(()).unwrap();
+    }
+}
+
 /// A migrator of `env` whose V3 commands pass through `handler` (V2 unmonitored).
 async fn monitored_migrator(
     env: &TestEnv,
@@ -572,57 +624,32 @@ async fn a_ledger_record_inserted_is_the_document_an_upsert_makes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recount_racing_batches_counts_every_fork() {
     use mongodb::bson::Bson;
-    use mongodb::event::{command::CommandEvent, EventHandler};
-    use std::sync::{mpsc, Arc, Mutex};
     let env = TestEnv::new("recountrace").await;
     let (ids, before, fixtures) = fixtures_then_forks(&env, 0x7ace, &[LOADING_CSV; 3]).await;
     let m = env.migrator();
 
     // The held job's V3 client: after each of its first two counts of the parent's forks,
     // tell the test and wait for its go-ahead.
-    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let go_rx = Mutex::new(go_rx);
-    let counts: Mutex<Vec<i64>> = Mutex::default();
-    let holds = Mutex::new(2_u32);
-    let handler = EventHandler::callback(move |e: CommandEvent| match e {
-        CommandEvent::Started(s) => {
-            let counts_parent = s.command_name == "aggregate"
-                && s.command.get_array("pipeline").is_ok_and(|p| {
-                    p.iter().any(|stage| {
-                        matches!(stage, Bson::Document(d) if d.get_document("$match")
-                            .is_ok_and(|m| m.get_str("forkedFrom") == Ok(LOADING_CSV)))
-                    })
-                });
-            if counts_parent {
-                counts.lock().unwrap().push(s.request_id as i64);
-            }
-        }
-        CommandEvent::Succeeded(s) if counts.lock().unwrap().contains(&(s.request_id as i64)) => {
-            let mut left = holds.lock().unwrap();
-            if *left > 0 {
-                *left -= 1;
-                held_tx.send(()).unwrap();
-                go_rx.lock().unwrap().recv().unwrap();
-            }
-        }
-        _ => {}
-    });
+    let counts_parent = |s: &mongodb::event::command::CommandStartedEvent| {
+        s.command_name == "aggregate"
+            && s.command.get_array("pipeline").is_ok_and(|p| {
+                p.iter().any(|stage| {
+                    matches!(stage, Bson::Document(d) if d.get_document("$match")
+                        .is_ok_and(|m| m.get_str("forkedFrom") == Ok(LOADING_CSV)))
+                })
+            })
+    };
+    let (handler, mut hold) = Hold::after(counts_parent, 2);
     let held = monitored_migrator(&env, handler).await;
     let alone = {
         let viz = ids[0].clone();
         tokio::spawn(async move { held.migrate(&viz, Some("b1")).await })
     };
-    let go_tx = Arc::new(go_tx);
     // Each time the job is held, another pod's batch migrates the next fork.
     for fork in &ids[1..] {
-        // A bound, not a synchronization: a job that never counts fails here, not at CI's end.
-        tokio::time::timeout(std::time::Duration::from_secs(120), held_rx.recv())
-            .await
-            .expect("the job counts the parent's forks within 2 minutes")
-            .expect("the job counts the parent's forks");
+        hold.wait("the job counts the parent's forks").await;
         run_batches(&m, std::slice::from_ref(fork), 8).await;
-        go_tx.send(()).unwrap();
+        hold.release();
     }
     alone.await.unwrap().unwrap();
     let info = env.v3_doc("info", LOADING_CSV).await.unwrap();
@@ -703,46 +730,23 @@ async fn verify_reads_a_few_queries_per_chunk_not_per_viz() {
 /// forks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_batches_moving_one_count_by_as_many_forks_count_both() {
-    use mongodb::event::{command::CommandEvent, EventHandler};
-    use std::sync::{mpsc, Mutex};
     let env = TestEnv::new("samemove").await;
     let parents = [LOADING_CSV, PENGUIN, LOADING_CSV];
     let (ids, before, fixtures) = fixtures_then_forks(&env, 0x5a3e, &parents).await;
     let m = env.migrator();
 
-    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let go_rx = Mutex::new(go_rx);
-    let inserts: Mutex<Vec<i32>> = Mutex::default();
-    let holds = Mutex::new(1_u32);
-    let handler = EventHandler::callback(move |e: CommandEvent| match e {
-        CommandEvent::Started(s)
-            if s.command_name == "insert" && s.command.get_str("insert") == Ok("info") =>
-        {
-            inserts.lock().unwrap().push(s.request_id);
-        }
-        CommandEvent::Succeeded(s) if inserts.lock().unwrap().contains(&s.request_id) => {
-            let mut left = holds.lock().unwrap();
-            if *left > 0 {
-                *left -= 1;
-                held_tx.send(()).unwrap();
-                go_rx.lock().unwrap().recv().unwrap();
-            }
-        }
-        _ => {}
-    });
+    let creates_infos = |s: &mongodb::event::command::CommandStartedEvent| {
+        s.command_name == "insert" && s.command.get_str("insert") == Ok("info")
+    };
+    let (handler, mut hold) = Hold::after(creates_infos, 1);
     let held = monitored_migrator(&env, handler).await;
     let a = {
         let chunk = jobs(&ids[..2]);
         tokio::spawn(async move { held.migrate_batch(&chunk).await })
     };
-    // A bound, not a synchronization: a pod that never writes fails here, not at CI's end.
-    tokio::time::timeout(std::time::Duration::from_secs(120), held_rx.recv())
-        .await
-        .expect("pod A creates its forks' infos within 2 minutes")
-        .expect("pod A creates its forks' infos");
+    hold.wait("pod A creates its forks' infos").await;
     run_batches(&m, &ids[2..], 8).await;
-    go_tx.send(()).unwrap();
+    hold.release();
     for r in a.await.unwrap() {
         r.unwrap();
     }
