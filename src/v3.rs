@@ -281,6 +281,29 @@ pub fn invariant_violations(
     bad
 }
 
+impl Info {
+    /// The fields V2 decides (owner, title, parent, times, visibility, the migration mark) in
+    /// which `have`, an info payload as V3 holds it, differs from this one (numbers by value);
+    /// one line each, for `verify`. The counts and the commit ends are V3's own and are
+    /// checked against V3 itself.
+    pub fn differences_from(&self, have: &Value) -> Vec<String> {
+        let want = serde_json::to_value(self).expect("Info serializes");
+        [
+            "owner",
+            "title",
+            "forkedFrom",
+            "created",
+            "updated",
+            "visibility",
+            "migratedFromV2",
+        ]
+        .into_iter()
+        .filter(|field| !same_value(&want[field], &have[field]))
+        .map(|field| format!("{field}: expected {}, V3 has {}", want[field], have[field]))
+        .collect()
+    }
+}
+
 /// A content payload as V3 shows it, file ids left out: the title, the height and each file's
 /// name and text in display order. `verify` compares what it expects with what V3 holds through
 /// it, so no code outside `v3` names the content's fields.
@@ -346,7 +369,7 @@ impl ContentView {
 }
 
 /// Whether two payload values are the same, numbers by value (V3 may store 500 as 500.0).
-pub fn same_value(a: &Value, b: &Value) -> bool {
+fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         _ => a == b,
@@ -381,6 +404,41 @@ mod tests {
         assert_eq!(
             a.first_difference(&fewer).as_deref(),
             Some("expected 2 files, V3 has 0")
+        );
+    }
+
+    #[test]
+    fn an_info_differs_in_the_fields_v2_decides_numbers_by_value() {
+        let info = Info {
+            id: "v".into(),
+            owner: "u".into(),
+            title: "T".into(),
+            forked_from: Some("p".into()),
+            forked_from_is_backfilled: None,
+            created: 10,
+            updated: 20,
+            start: "s".into(),
+            end: "e".into(),
+            committed: true,
+            commit_authors: vec!["u".into()],
+            forks_count: 0,
+            upvotes_count: 0,
+            visibility: "public".into(),
+            migrated_from_v2: true,
+            migrated_timestamp: 30,
+        };
+        let mut have = serde_json::to_value(&info).unwrap();
+        have["created"] = json!(10.0);
+        have["forksCount"] = json!(7);
+        assert_eq!(info.differences_from(&have), Vec::<String>::new());
+        have["title"] = json!("U");
+        have["visibility"] = json!("private");
+        assert_eq!(
+            info.differences_from(&have),
+            vec![
+                "title: expected \"T\", V3 has \"U\"".to_string(),
+                "visibility: expected \"public\", V3 has \"private\"".to_string()
+            ]
         );
     }
 
