@@ -31,10 +31,8 @@ impl DeadLetter {
         let s = Stamps::read(&b.headers);
         DeadLetter {
             viz: s.viz.unwrap_or_else(|| {
-                job.get("viz")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("<unknown>")
-                    .to_string()
+                crate::job::Job::parse(&b.body)
+                    .map_or_else(|_| "<unknown>".to_string(), |j| j.viz)
             }),
             // A dead letter without our headers came from the broker's delivery limit (a crash loop).
             error_kind: s.error_kind.unwrap_or_else(|| "delivery_limit".into()),
