@@ -31,8 +31,7 @@ impl DeadLetter {
         let s = Stamps::read(&b.headers);
         DeadLetter {
             viz: s.viz.unwrap_or_else(|| {
-                crate::job::Job::parse(&b.body)
-                    .map_or_else(|_| "<unknown>".to_string(), |j| j.viz)
+                crate::job::Job::parse(&b.body).map_or_else(|_| "<unknown>".to_string(), |j| j.viz)
             }),
             // A dead letter without our headers came from the broker's delivery limit (a crash loop).
             error_kind: s.error_kind.unwrap_or_else(|| "delivery_limit".into()),
