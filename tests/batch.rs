@@ -551,6 +551,85 @@ async fn a_batch_read_holds_whole_op_logs_in_version_order_within_its_budget() {
     env.cleanup().await;
 }
 
+/// One large viz never sends its batch-mates to be read alone: a viz whose content or op log
+/// would take the batch's read past its byte budget is deferred by itself, and the read goes
+/// on with the rest (a 5 MiB content in a batch of small vizzes used to defer every viz after
+/// it: in a 2,004-viz run, its batch ran all 32 jobs alone, 1.8 s of a 34 s run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viz_past_the_batch_budget_is_deferred_alone_not_its_batch_mates() {
+    use vizhub_migrate::v2::reader::{Reader, OP_LOG_IDS_PER_QUERY};
+    let env = TestEnv::new("batchbig").await;
+    let ids = load(&env, 2 * OP_LOG_IDS_PER_QUERY).await;
+    let fixtures = common::World::with_fixtures(&[]);
+    let created = fixtures.v2[LOADING_CSV].info["createdTimestamp"]
+        .as_i64()
+        .unwrap();
+    // Budget: every small viz of the batch fits, with room to spare.
+    let reader = Reader::new(env.v2.clone(), std::num::NonZeroU32::new(10_000).unwrap());
+    let small = reader.vizzes(&ids, usize::MAX).await.unwrap();
+    assert!(small.deferred.is_empty(), "{:?}", small.deferred);
+    let bson_bytes = |v: &serde_json::Value| {
+        mongodb::bson::to_vec(&mongodb::bson::to_document(v).unwrap())
+            .unwrap()
+            .len()
+    };
+    let small_bytes: usize = small
+        .vizzes
+        .values()
+        .map(|v| {
+            v.content.as_ref().map_or(0, bson_bytes) + v.ops.iter().map(bson_bytes).sum::<usize>()
+        })
+        .sum();
+    let budget = small_bytes * 2;
+    // Two large ones, each over the budget by itself: one by its content, first in the batch
+    // and sorting before every small viz's id but one (33 zeros), so the server hands it over
+    // before the small ones in `$in` order or in `_id` order; one by its op log, sorting last,
+    // so its ops come after the small vizzes' in the last op-log query.
+    let big_content_id = "0".repeat(33);
+    let mut big_content = copy_of(
+        &fixtures.v2[LOADING_CSV],
+        &big_content_id,
+        PRIMORDIAL_VIZ_ID,
+        created + 1_000,
+    );
+    big_content.content.as_mut().unwrap()["files"][0]["text"] = json!("x".repeat(budget + 1));
+    let big_log_id = "f".repeat(32);
+    let mut big_log = copy_of(
+        &fixtures.v2["366c38ba5ebc4631b4bd936f3b709744"],
+        &big_log_id,
+        PRIMORDIAL_VIZ_ID,
+        created + 1_001,
+    );
+    // Each op under the budget, the log over it.
+    assert!(big_log.ops.len() >= 2);
+    let pad = "y".repeat(budget / big_log.ops.len() + 1);
+    for (i, op) in big_log.ops.iter_mut().enumerate() {
+        op["_id"] = json!(format!("big-log-op-{i}"));
+        op["m"]["padding"] = json!(pad);
+    }
+    env.load_viz(&big_content).await;
+    env.load_viz(&big_log).await;
+    let mut batch = vec![big_content_id.clone()];
+    batch.extend(ids.iter().cloned());
+    batch.push(big_log_id.clone());
+    let read = reader.vizzes(&batch, budget).await.unwrap();
+    let mut deferred = read.deferred.clone();
+    deferred.sort();
+    let mut expected = vec![big_content_id, big_log_id];
+    expected.sort();
+    assert_eq!(deferred, expected, "only the two large vizzes are deferred");
+    for id in &ids {
+        let v = read
+            .vizzes
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} not read"));
+        assert_eq!(v.ops, small.vizzes[id].ops, "{id}: its op log is whole");
+        assert_eq!(v.content, small.vizzes[id].content, "{id}");
+    }
+    env.check_v2().await;
+    env.cleanup().await;
+}
+
 /// [`Ledger::record_many`]: a record inserted for a viz the batch read no record of is the
 /// document the upsert of [`Ledger::record`] makes (fields, order and `batches`); one another
 /// writer recorded meanwhile falls back to the upsert (its `batches` keep both batches).

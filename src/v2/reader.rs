@@ -149,9 +149,42 @@ pub const QUERIES: [V2Query; 9] = [
 #[derive(Default)]
 pub struct BatchRead {
     pub vizzes: HashMap<String, V2Viz>,
-    /// Vizzes to read alone: the batch's byte budget ran out before them, or their op log passes
-    /// the op-log cap.
+    /// Vizzes to read alone: holding them would have taken the batch past its byte budget, or
+    /// their op log passes the op-log cap.
     pub deferred: Vec<String>,
+}
+
+/// The bytes a batch read holds, per viz and in all, within its budget.
+#[derive(Default)]
+struct Held {
+    per_viz: HashMap<String, usize>,
+    total: usize,
+    /// Vizzes let go: past the budget or the op-log cap; they are read alone.
+    dropped: std::collections::HashSet<String>,
+}
+
+impl Held {
+    /// Hold `n` more bytes of `id`. False when `id` was let go already, or when holding them
+    /// would take the batch past `budget`: `id` is then let go, what it held freed.
+    fn take(&mut self, id: &str, n: usize, budget: usize) -> bool {
+        if self.dropped.contains(id) {
+            return false;
+        }
+        if self.total + n > budget {
+            self.drop_viz(id);
+            return false;
+        }
+        *self.per_viz.entry(id.to_string()).or_default() += n;
+        self.total += n;
+        true
+    }
+
+    fn drop_viz(&mut self, id: &str) {
+        if let Some(n) = self.per_viz.remove(id) {
+            self.total -= n;
+        }
+        self.dropped.insert(id.to_string());
+    }
 }
 
 /// Read-only, rate-limited access to V2.
@@ -349,10 +382,11 @@ impl Reader {
     /// order [`Reader::viz`] reads one: contents before op logs, so every op a content snapshot
     /// names is in the log we read.
     ///
-    /// `budget` bounds the BSON bytes held: vizzes whose content or op log would take the batch
-    /// past it, and vizzes whose op log alone passes the reader's op-log cap, are returned in
-    /// [`BatchRead::deferred`] for a read of their own ([`Reader::viz`], under the job's own
-    /// memory share). Ids without a `documentInfo` are in neither map.
+    /// `budget` bounds the BSON bytes held: a viz whose content or op log would take the batch
+    /// past it, and a viz whose op log alone passes the reader's op-log cap, is returned in
+    /// [`BatchRead::deferred`] for a read of its own ([`Reader::viz`], under the job's own
+    /// memory share), each by itself: the rest of the batch is still read. Ids without a
+    /// `documentInfo` are in neither map.
     pub async fn vizzes(&self, ids: &[String], budget: usize) -> mongodb::error::Result<BatchRead> {
         let mut out = BatchRead::default();
         if ids.is_empty() {
@@ -380,88 +414,71 @@ impl Reader {
         if present.is_empty() {
             return Ok(out);
         }
-        let mut bytes = 0usize;
+        // Bytes held, per viz (its content, then its op log) and in all: a viz that would take
+        // the batch past `budget` is dropped (what it held freed) and deferred by itself, and
+        // the read goes on with the rest, so one large viz never sends its batch-mates to be
+        // read alone. (A document over the budget is still fetched, once, and dropped.)
+        let mut held = Held::default();
         let mut contents: HashMap<String, Value> = HashMap::new();
-        let whole = self
-            .visit(
-                collections::CONTENT,
-                doc! {"_id": {"$in": &present}},
+        self.visit(
+            collections::CONTENT,
+            doc! {"_id": {"$in": &present}},
+            FindOptions::default(),
+            |raw: RawDocumentBuf| {
+                // A string: matched by `$in` on the batch's ids.
+                let id = raw.get_str("_id").unwrap_or_default().to_string();
+                if held.take(&id, raw.as_bytes().len(), budget) {
+                    contents.insert(id, super::from_bson(raw.to_document()?));
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await?;
+        // Op logs, [`OP_LOG_IDS_PER_QUERY`] vizzes per query. Unsorted on the server (sorting is
+        // the server's work, in SecantusDB ~5 % of a batch's); each log is put in `v` order here.
+        let read: Vec<&String> = present
+            .iter()
+            .filter(|id| !held.dropped.contains(*id))
+            .collect();
+        let cap = self.max_op_log_bytes;
+        let mut logs: HashMap<String, Vec<Value>> = HashMap::new();
+        let mut log_bytes: HashMap<String, usize> = HashMap::new();
+        for chunk in read.chunks(OP_LOG_IDS_PER_QUERY) {
+            self.visit(
+                collections::CONTENT_OPS,
+                doc! {"d": {"$in": chunk}},
                 FindOptions::default(),
                 |raw: RawDocumentBuf| {
-                    bytes += raw.as_bytes().len();
-                    if bytes > budget && !contents.is_empty() {
-                        return Ok(ControlFlow::Break(()));
+                    let n = raw.as_bytes().len();
+                    let d = raw.get_str("d").unwrap_or_default().to_string();
+                    if held.dropped.contains(&d) {
+                        return Ok(ControlFlow::Continue(()));
                     }
-                    let v = super::from_bson(raw.to_document()?);
-                    if let Some(id) = super::raw_id_of(&v) {
-                        contents.insert(id, v);
+                    let total = log_bytes.entry(d.clone()).or_default();
+                    *total += n;
+                    // Past the op-log cap: deferred, and read alone it is reported withheld.
+                    let kept = *total <= cap && held.take(&d, n, budget);
+                    if !kept {
+                        held.drop_viz(&d);
+                        logs.remove(&d);
+                        contents.remove(&d);
+                        return Ok(ControlFlow::Continue(()));
                     }
+                    logs.entry(d)
+                        .or_default()
+                        .push(super::from_bson(raw.to_document()?));
                     Ok(ControlFlow::Continue(()))
                 },
             )
             .await?;
-        // Cut short: a viz whose content was not reached may have one; read it alone.
-        let (read, deferred): (Vec<String>, Vec<String>) = present
-            .into_iter()
-            .partition(|i| whole || contents.contains_key(i));
-        out.deferred.extend(deferred);
-        if read.is_empty() {
-            return Ok(out);
-        }
-        // Op logs, [`OP_LOG_IDS_PER_QUERY`] vizzes per query, the ids in sorted order: a query
-        // the byte budget cuts short defers its vizzes and every later query's (all sorting
-        // after its first id). Unsorted on the server (sorting is the server's work, in
-        // SecantusDB ~5 % of a batch's); each log is put in `v` order here.
-        let mut read = read;
-        read.sort();
-        let cap = self.max_op_log_bytes;
-        let mut logs: HashMap<String, Vec<Value>> = HashMap::new();
-        let mut log_bytes: HashMap<String, usize> = HashMap::new();
-        let mut over_cap: std::collections::HashSet<String> = Default::default();
-        let mut stop: Option<String> = None;
-        for chunk in read.chunks(OP_LOG_IDS_PER_QUERY) {
-            let whole = self
-                .visit(
-                    collections::CONTENT_OPS,
-                    doc! {"d": {"$in": chunk}},
-                    FindOptions::default(),
-                    |raw: RawDocumentBuf| {
-                        let n = raw.as_bytes().len();
-                        let d = raw.get_str("d").unwrap_or_default().to_string();
-                        if over_cap.contains(&d) {
-                            return Ok(ControlFlow::Continue(()));
-                        }
-                        let total = log_bytes.entry(d.clone()).or_default();
-                        *total += n;
-                        if *total > cap {
-                            over_cap.insert(d.clone());
-                            logs.remove(&d);
-                            return Ok(ControlFlow::Continue(()));
-                        }
-                        bytes += n;
-                        if bytes > budget {
-                            return Ok(ControlFlow::Break(()));
-                        }
-                        logs.entry(d)
-                            .or_default()
-                            .push(super::from_bson(raw.to_document()?));
-                        Ok(ControlFlow::Continue(()))
-                    },
-                )
-                .await?;
-            if !whole {
-                stop = chunk.first().cloned();
-                break;
-            }
         }
         for log in logs.values_mut() {
             // Stable: ops at one version (an orphan beside the chain's) keep the server's
             // order; history tells them apart by their links.
             log.sort_by_key(op_version);
         }
-        for id in read {
-            let cut = stop.as_ref().is_some_and(|s| id.as_str() >= s.as_str());
-            if cut || over_cap.contains(&id) {
+        for id in present {
+            if held.dropped.contains(&id) {
                 out.deferred.push(id);
                 continue;
             }
