@@ -165,6 +165,34 @@ async fn fixtures_then_forks(
     (ids, counted, fixtures.v2.len())
 }
 
+/// A V3 command monitor counting full recounts of a `forksCount` (aggregates matching on
+/// `forkedFrom`), the fallback of a parent whose count cannot be moved by its new forks.
+fn full_recounts() -> (
+    mongodb::event::EventHandler<mongodb::event::command::CommandEvent>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use mongodb::bson::Bson;
+    use mongodb::event::command::CommandEvent;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let recounts = std::sync::Arc::new(AtomicU64::new(0));
+    let seen = recounts.clone();
+    let handler = mongodb::event::EventHandler::callback(move |e: CommandEvent| {
+        if let CommandEvent::Started(s) = e {
+            let counts_forks = s.command_name == "aggregate"
+                && s.command.get_array("pipeline").is_ok_and(|p| {
+                    p.iter().any(|stage| {
+                        matches!(stage, Bson::Document(d) if d.get_document("$match")
+                            .is_ok_and(|m| m.contains_key("forkedFrom")))
+                    })
+                });
+            if counts_forks {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    (handler, recounts)
+}
+
 /// A V3 command monitor that holds the migrator it watches: after each of the first `times`
 /// commands `pick` selects has succeeded, it tells the test and blocks that migrator's command
 /// until the test lets it go ([`Hold::wait`], [`Hold::release`]): a race set up without sleeps.
@@ -964,31 +992,11 @@ async fn every_read_of_a_racing_run_is_served_by_an_index() {
 /// holds no lost-race op.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workers_batches_in_flight_take_turns_at_a_shared_parent() {
-    use mongodb::bson::Bson;
-    use mongodb::event::{command::CommandEvent, EventHandler};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     let env = TestEnv::new("turns").await;
     let (ids, before, fixtures) = fixtures_then_forks(&env, 0x7e00, &[LOADING_CSV; 16]).await;
 
-    let recounts = Arc::new(AtomicU64::new(0));
-    let handler = {
-        let recounts = recounts.clone();
-        EventHandler::callback(move |e: CommandEvent| {
-            if let CommandEvent::Started(s) = e {
-                let counts_forks = s.command_name == "aggregate"
-                    && s.command.get_array("pipeline").is_ok_and(|p| {
-                        p.iter().any(|stage| {
-                            matches!(stage, Bson::Document(d) if d.get_document("$match")
-                                .is_ok_and(|m| m.contains_key("forkedFrom")))
-                        })
-                    });
-                if counts_forks {
-                    recounts.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let (handler, recounts) = full_recounts();
     let m = monitored_migrator(&env, handler).await;
     let (a, b) = (jobs(&ids[..8]), jobs(&ids[8..]));
     let (ra, rb) = tokio::join!(m.migrate_batch(&a), m.migrate_batch(&b));
@@ -1008,6 +1016,43 @@ async fn a_workers_batches_in_flight_take_turns_at_a_shared_parent() {
         parent_ops.len() as i64,
         info["_v"].as_i64().unwrap(),
         "lost-race ops in the parent's log: {parent_ops:?}"
+    );
+    verify_clean(&env.migrator(), fixtures + ids.len()).await;
+    env.cleanup().await;
+}
+
+/// A parent migrated in the same batch as its forks (created by the batch's info insert, with
+/// no fork counted) moves its `forksCount` by those forks like a parent outside the batch,
+/// instead of being recounted in full (an aggregate over its forks, then its own op and
+/// replace: three commands a batch that the move shares with the other parents' moves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_created_with_its_forks_moves_its_count_without_a_recount() {
+    use std::sync::atomic::Ordering;
+    let env = TestEnv::new("createdparent").await;
+    let first = 0x7f00;
+    let parent = format!("{first:032x}");
+    let mut parents = vec![LOADING_CSV];
+    parents.extend([parent.as_str(); 8]);
+    let (ids, before, fixtures) = fixtures_then_forks(&env, first, &parents).await;
+    let (handler, recounts) = full_recounts();
+    let m = monitored_migrator(&env, handler).await;
+    for r in m.migrate_batch(&jobs(&ids)).await {
+        assert_eq!(r.unwrap().outcome, Outcome::Migrated);
+    }
+    let info = env.v3_doc("info", &parent).await.unwrap();
+    assert_eq!(info["forksCount"].as_i64(), Some(8), "{info}");
+    let grandparent = env.v3_doc("info", LOADING_CSV).await.unwrap();
+    assert_eq!(grandparent["forksCount"].as_i64(), Some(before + 1));
+    assert_eq!(
+        recounts.load(Ordering::Relaxed),
+        0,
+        "a parent of the batch was recounted in full"
+    );
+    let ops = op_logs(&env).await;
+    assert_eq!(
+        ops[&format!("info/{parent}")].len() as i64,
+        info["_v"].as_i64().unwrap(),
+        "lost-race ops in the parent's log"
     );
     verify_clean(&env.migrator(), fixtures + ids.len()).await;
     env.cleanup().await;

@@ -42,6 +42,7 @@ use crate::v3::{self, collections as c3};
 use crate::{ids, PRIMORDIAL_VIZ_ID};
 use futures_util::StreamExt;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -805,7 +806,29 @@ impl Migrator {
                 forks_of.entry(parent).or_default().push(&x.f.p.viz);
             }
         }
-        let lost = match self.recount_parents(&forks_of, before, ts).await {
+        // Parents this batch created (its own vizzes, and parents fetched for their forks)
+        // move by their forks like the ones outside it, from their info as created: read
+        // back, and used only while still at version 1 with no fork counted. Then no one has
+        // written them since, so no recount has counted the batch's forks (visible since the
+        // insert above); one written since is recounted in full.
+        let created: Vec<String> = forks_of
+            .keys()
+            .filter(|p| !before.contains_key(**p) && by_viz.contains_key(**p))
+            .map(|p| p.to_string())
+            .collect();
+        let mut before = Cow::Borrowed(before);
+        if !created.is_empty() {
+            match self.v3.snapshots(c3::INFO, &created).await {
+                Ok(read) => before.to_mut().extend(
+                    read.into_iter()
+                        .filter(|(_, s)| s.version == 1 && s.info_forks_count() == Some(0)),
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read back the batch's parents; recounting them");
+                }
+            }
+        }
+        let lost = match self.recount_parents(&forks_of, &before, ts).await {
             Ok(lost) => lost,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot recount the batch's parents; their forks run alone");
@@ -822,14 +845,15 @@ impl Migrator {
     /// forks in the batch (`forks_of`: the forks whose info the batch made visible). Returns the
     /// parents whose update kept losing races.
     ///
-    /// A parent whose info snapshot the batch read before any of its writes (`before`) moves
-    /// by its new forks, on the condition that the snapshot is still the one read: then no one
-    /// has written the parent since, so its count is the one read (it did not include the
-    /// batch's forks, which were not there yet) plus these forks. A recount costs the server
-    /// a read of every fork (SecantusDB fetches each matched document), so a template's
-    /// recount grows with its forks and a catch-up's recounts with the square of the vizzes;
-    /// this keeps them flat. A parent written since (another worker's recount, a V3 edit)
-    /// loses that race and is recounted in full, as are parents migrated in this batch.
+    /// A parent in `before` moves by its new forks, on the condition that its snapshot is still
+    /// the one there: then no one has written the parent since, so its count is the one read
+    /// (it did not include the batch's forks) plus these forks. `before` holds the snapshots
+    /// read before any of the batch's writes, and those of parents the batch created, as
+    /// created (no fork counted). A recount costs the server a read of every fork (SecantusDB
+    /// fetches each matched document), so a template's recount grows with its forks and a
+    /// catch-up's recounts with the square of the vizzes; this keeps them flat. A parent
+    /// written since (another worker's recount, a V3 edit) loses that race and is recounted
+    /// in full, as is a parent missing from `before`.
     async fn recount_parents(
         &self,
         forks_of: &HashMap<&str, Vec<&str>>,
