@@ -19,6 +19,8 @@ use vizhub_migrate::{Outcome, PRIMORDIAL_VIZ_ID};
 
 const LOADING_CSV: &str = "3fd333e335fe4ecb9ee0c819802443b7";
 const PENGUIN: &str = "a56e821963b849b897dd51db26067db9";
+/// A fixture with a few ops in its log (Loading CSV and Penguin have none).
+const DANGLING: &str = "366c38ba5ebc4631b4bd936f3b709744";
 
 /// `viz` as a new V2 viz `id` forked from `parent`.
 fn copy_of(viz: &V2Viz, id: &str, parent: &str, created: i64) -> V2Viz {
@@ -623,7 +625,7 @@ async fn a_viz_past_the_batch_budget_is_deferred_alone_not_its_batch_mates() {
     big_content.content.as_mut().unwrap()["files"][0]["text"] = json!("x".repeat(budget + 1));
     let big_log_id = "f".repeat(32);
     let mut big_log = copy_of(
-        &fixtures.v2["366c38ba5ebc4631b4bd936f3b709744"],
+        &fixtures.v2[DANGLING],
         &big_log_id,
         PRIMORDIAL_VIZ_ID,
         created + 1_001,
