@@ -122,7 +122,10 @@ struct PlanArgs {
     /// The next N vizzes by creation after the previous --next-batch run.
     #[arg(long, value_name = "N")]
     next_batch: Option<u64>,
-    /// Cron mode: from the last high-water mark (minus --overlap) to now (minus --settle).
+    /// Cron mode: from the last high-water mark (minus --overlap) to now (minus --settle), plus
+    /// every migrated viz whose V2 inputs changed with no timestamp moving (privacy,
+    /// collaborators, page views, a live content edit): a projected scan compared with the
+    /// ledger. --dry-run lists them with the fields that moved.
     #[arg(long)]
     since_last: bool,
     /// Every viz (full catch-up or reconcile).
@@ -236,7 +239,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if a.json {
                 println!("{}", serde_json::to_string(&report)?);
-            } else if report.already_published {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(d) = &report.detection {
+                println!(
+                    "change detection: {} V2 vizzes scanned, {} migrated compared, {} changed \
+                     ({} outside the window) in {:.1}s, {} V2 queries",
+                    d.scanned,
+                    d.compared,
+                    d.changes.len(),
+                    d.added,
+                    d.seconds,
+                    d.v2_queries
+                );
+                // All of them in a dry run (the operator asked what and why); a sample otherwise.
+                let shown = if report.dry_run { usize::MAX } else { 20 };
+                for c in d.changes.iter().take(shown) {
+                    println!("  {}: {}", c.viz, c.fields.join(", "));
+                }
+                if d.changes.len() > shown {
+                    println!(
+                        "  … {} more (--dry-run --json lists them all)",
+                        d.changes.len() - shown
+                    );
+                }
+            }
+            if report.already_published {
                 println!(
                     "batch {}: already published earlier ({} vizzes); nothing published",
                     report.batch, report.planned

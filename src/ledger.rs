@@ -8,6 +8,7 @@
 //! - `migrationstate`: cursors — the `--since-last` high-water mark and the `--next-batch` cursor.
 
 use crate::outcome::Outcome;
+use crate::translate::SourceFields;
 use crate::v2::Intervals;
 use crate::v3::store::{write_errors, DUPLICATE_KEY};
 use futures_util::TryStreamExt;
@@ -41,6 +42,11 @@ pub struct Migrated {
     pub forked_from: Option<String>,
     pub forked_from_is_backfilled: Option<bool>,
     pub history: String,
+    /// The V2 inputs of this migration field by field (absent in records written before it
+    /// existed: change detection then compares `fingerprint` alone). See
+    /// [`crate::translate::SourceFields`].
+    #[serde(default)]
+    pub source: Option<SourceFields>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +65,17 @@ pub struct VizRecord {
     /// Upvotes/permissions skipped because their user is missing from V2.
     #[serde(default)]
     pub skipped_entries: Vec<String>,
+}
+
+/// The V2 inputs a viz's last migration read, as [`Ledger::recorded_sources`] returns them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedSource {
+    pub viz: String,
+    pub fingerprint: String,
+    /// Absent in records written before the ledger kept it.
+    pub source: Option<SourceFields>,
+    /// `all.all` of the V2 page-view record last merged (`None`: none was).
+    pub page_views: Option<f64>,
 }
 
 /// One row of [`Ledger::outcome_counts`].
@@ -331,6 +348,57 @@ impl Ledger {
             .try_collect()
             .await?;
         Ok(docs.into_iter().filter_map(decode).collect())
+    }
+
+    /// What change detection compares V2 with: for every viz whose last job left it migrated
+    /// (not skipped), the V2 inputs of its last migration. One scan of `migrationviz`,
+    /// projected to those fields (V3's work, not V2's).
+    pub async fn recorded_sources(&self) -> mongodb::error::Result<Vec<RecordedSource>> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "_id")]
+            viz: String,
+            outcome: Outcome,
+            migrated: Option<RowMigrated>,
+        }
+        #[derive(Deserialize)]
+        struct RowMigrated {
+            fingerprint: String,
+            #[serde(default)]
+            source: Option<SourceFields>,
+            #[serde(default)]
+            analytics: Option<Intervals>,
+        }
+        let projection = doc! {
+            "outcome": 1, "migrated.fingerprint": 1, "migrated.source": 1,
+            "migrated.analytics.all": 1,
+        };
+        let docs: Vec<Document> = self
+            .vizzes()
+            .find(doc! {})
+            .projection(projection)
+            .batch_size(5000)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(decode::<Row>)
+            .filter(|r| r.outcome != Outcome::Skipped)
+            .filter_map(|r| {
+                let m = r.migrated?;
+                let page_views = m
+                    .analytics
+                    .as_ref()
+                    .and_then(|a| a.get("all")?.get("all")?.as_f64());
+                Some(RecordedSource {
+                    viz: r.viz,
+                    fingerprint: m.fingerprint,
+                    source: m.source,
+                    page_views,
+                })
+            })
+            .collect())
     }
 
     pub async fn put_batch(&self, b: &Batch) -> mongodb::error::Result<()> {

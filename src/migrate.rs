@@ -1333,6 +1333,7 @@ fn migrated_of(
         forked_from: t.info.forked_from.clone(),
         forked_from_is_backfilled: t.info.forked_from_is_backfilled,
         history: history.clone(),
+        source: Some(p.source().fields()),
     };
     let skipped: Vec<String> = t.skipped.iter().map(|s| s.reason.clone()).collect();
     for s in &skipped {

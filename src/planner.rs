@@ -1,7 +1,8 @@
 //! The planner: turns a selection of V2 vizzes into one job per viz on the work queue (spec 4.1).
 //!
-//! It reads `documentInfo` only (projected to `_id` and `createdTimestamp`, through the
-//! rate-limited [`Reader`]), never writes to V2, and publishes jobs in `(createdTimestamp, _id)`
+//! It reads `documentInfo` (projected to `_id` and `createdTimestamp`, through the
+//! rate-limited [`Reader`]; `--since-last` also runs the change detection of [`changes`], which
+//! scans V2's inputs projected and compares them with the ledger), never writes to V2, and publishes jobs in `(createdTimestamp, _id)`
 //! order with pipelined publisher confirms. Each run is a `migrationbatch` whose id is derived
 //! from its parameters: a run whose batch is already `published` publishes nothing, so a cron
 //! job started twice is harmless. Cursors (`--since-last` high-water mark, `--next-batch`
@@ -19,6 +20,10 @@
 //! is not in V2's `documentInfo`, publishing nothing: such a job could only end as a dead letter.
 //! Forcing a cursor mode (`--next-batch`, `--since-last`) re-publishes what its cursor selects
 //! now and then moves the cursor as usual.
+
+mod changes;
+
+pub use changes::Change;
 
 use crate::broker::{Publisher, Topology};
 use crate::ids;
@@ -86,6 +91,27 @@ pub struct PlanReport {
     pub dry_run: bool,
     /// A new batch whatever was published before (`--viz`, `--force`).
     pub forced: bool,
+    /// `--since-last`: the change-detection pass (what it read, what it found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection: Option<Detection>,
+}
+
+/// What a `--since-last` run's change detection did (spec 4.1): the vizzes it compared, what it
+/// cost V2, and each changed viz with the fields that moved (also those the window planned
+/// anyway).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Detection {
+    /// V2 `documentInfo` docs scanned.
+    pub scanned: u64,
+    /// Vizzes the ledger holds as migrated, compared.
+    pub compared: u64,
+    /// V2 queries (replies) the pass took.
+    pub v2_queries: u64,
+    pub seconds: f64,
+    /// Changed vizzes the window did not select.
+    pub added: u64,
+    pub changes: Vec<Change>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +265,61 @@ fn id_of(d: &Document) -> Option<String> {
     })
 }
 
+/// `createdTimestamp` of a projected `documentInfo` (0 when absent).
+fn created_of(d: &Document) -> i64 {
+    match d.get("createdTimestamp") {
+        Some(Bson::Int32(v)) => *v as i64,
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Double(v)) => *v as i64,
+        _ => 0,
+    }
+}
+
+/// The change-detection pass of `--since-last` ([`changes`]): adds to `infos` (the window's
+/// selection) every migrated viz V2 changed outside the window, keeping the
+/// `(createdTimestamp, _id)` order.
+async fn detect(
+    reader: &Reader,
+    ledger: &Ledger,
+    infos: &mut Vec<Document>,
+) -> Result<Detection, PlanError> {
+    let started = std::time::Instant::now();
+    let queries_before = reader.counters().0;
+    let (scan, recorded) = tokio::try_join!(
+        async { reader.scan_sources().await.map_err(PlanError::V2) },
+        async { ledger.recorded_sources().await.map_err(PlanError::Ledger) },
+    )?;
+    let changes = changes::compare(&scan, &recorded);
+    let selected: std::collections::HashSet<String> = infos.iter().filter_map(id_of).collect();
+    let added: Vec<Document> = changes
+        .iter()
+        .filter(|c| !selected.contains(&c.viz))
+        .map(|c| doc! {"_id": &c.viz, "createdTimestamp": c.created})
+        .collect();
+    let detection = Detection {
+        scanned: scan.infos.len() as u64,
+        compared: recorded.len() as u64,
+        v2_queries: reader.counters().0 - queries_before,
+        seconds: started.elapsed().as_secs_f64(),
+        added: added.len() as u64,
+        changes,
+    };
+    if !added.is_empty() {
+        infos.extend(added);
+        infos.sort_by(|a, b| (created_of(a), id_of(a)).cmp(&(created_of(b), id_of(b))));
+    }
+    tracing::info!(
+        scanned = detection.scanned,
+        compared = detection.compared,
+        changed = detection.changes.len(),
+        added = detection.added,
+        v2_queries = detection.v2_queries,
+        seconds = detection.seconds,
+        "change detection"
+    );
+    Ok(detection)
+}
+
 /// Plan a selection: publish its jobs (unless `dry_run`), record the batch, advance cursors.
 pub async fn plan(
     reader: &Reader,
@@ -260,10 +341,14 @@ pub async fn plan(
         batch_id = format!("{batch_id}-{run}");
         r.params["run"] = serde_json::json!(run);
     }
-    let infos = reader
+    let mut infos = reader
         .scan_infos(r.filter, r.limit)
         .await
         .map_err(PlanError::V2)?;
+    let detection = match selection {
+        Selection::SinceLast { .. } => Some(detect(reader, ledger, &mut infos).await?),
+        _ => None,
+    };
     if let Selection::Vizzes(wanted) = selection {
         let found: std::collections::HashSet<String> = infos.iter().filter_map(id_of).collect();
         let unknown: Vec<String> = unique(wanted)
@@ -283,6 +368,7 @@ pub async fn plan(
         already_published: false,
         dry_run,
         forced,
+        detection,
     };
     if dry_run {
         return Ok(report);
@@ -328,12 +414,7 @@ pub async fn plan(
         }
         Selection::NextBatch(_) => {
             if let Some(last) = infos.last() {
-                let created = match last.get("createdTimestamp") {
-                    Some(Bson::Int32(v)) => *v as i64,
-                    Some(Bson::Int64(v)) => *v,
-                    Some(Bson::Double(v)) => *v as i64,
-                    _ => 0,
-                };
+                let created = created_of(last);
                 let id = last.get_str("_id").unwrap_or_default();
                 ledger
                     .set_state(

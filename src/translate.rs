@@ -184,19 +184,69 @@ impl Prepared {
     /// unchanged since the last migration there is nothing to re-sync. (Info's `_v` is useless
     /// for this: V2's scoring job bumped it hourly.)
     pub fn source_fingerprint(&self) -> String {
-        let i = &self.info;
-        let upvotes: Vec<_> = i
-            .upvotes
-            .iter()
-            .flatten()
-            .map(|u| (&u.user_id, u.timestamp))
-            .collect();
-        let collaborators: Vec<_> = i
-            .collaborators
-            .iter()
-            .flatten()
-            .map(|c| &c.user_id)
-            .collect();
+        self.source().fingerprint()
+    }
+
+    /// The same inputs, field by field (see [`Source`]).
+    pub fn source(&self) -> Source {
+        Source::of(&self.viz, &self.info, self.content_v)
+            .expect("a prepared viz has an owner and a created time")
+    }
+}
+
+/// Every V2 input that shapes a viz's V3 documents (analytics aside), as the translation reads
+/// them: the one definition of "V2 changed" for both the worker's plan (its [`Source::fingerprint`]
+/// against the ledger's) and the planner's change detection ([`SourceFields`] field by field, so
+/// `planner plan --dry-run` can say which ones moved). It needs only `documentInfo` and content's
+/// `_v`, so the planner computes it from a projected scan without reading any content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    viz: String,
+    content_v: u64,
+    owner: String,
+    title: String,
+    height: Value,
+    created: i64,
+    updated: Option<i64>,
+    forked_from: Option<String>,
+    fork_from_backfilled: Option<bool>,
+    privacy: Option<String>,
+    upvotes: Vec<(Option<String>, Option<i64>)>,
+    collaborators: Vec<Option<String>>,
+}
+
+impl Source {
+    /// `None` for an info the translation would not take (no owner or no created time: partial).
+    pub fn of(viz: &str, info: &DocumentInfo, content_v: u64) -> Option<Source> {
+        Some(Source {
+            viz: viz.to_string(),
+            content_v,
+            owner: info.owner.clone()?,
+            title: title_of(info),
+            height: height_of(info),
+            created: info.created_timestamp?,
+            updated: info.last_updated_timestamp,
+            forked_from: info.forked_from.clone(),
+            fork_from_backfilled: info.fork_from_backfilled,
+            privacy: info.privacy.clone(),
+            upvotes: info
+                .upvotes
+                .iter()
+                .flatten()
+                .map(|u| (u.user_id.clone(), u.timestamp))
+                .collect(),
+            collaborators: info
+                .collaborators
+                .iter()
+                .flatten()
+                .map(|c| c.user_id.clone())
+                .collect(),
+        })
+    }
+
+    /// The digest the ledger keeps as `fingerprint` (its layout is fixed: records written
+    /// before [`SourceFields`] existed compare by it alone).
+    pub fn fingerprint(&self) -> String {
         ids::fingerprint(&serde_json::json!([
             self.viz,
             self.content_v,
@@ -204,13 +254,74 @@ impl Prepared {
             self.title,
             self.height,
             self.created,
-            i.last_updated_timestamp,
-            i.forked_from,
-            i.fork_from_backfilled,
-            i.privacy,
-            upvotes,
-            collaborators
+            self.updated,
+            self.forked_from,
+            self.fork_from_backfilled,
+            self.privacy,
+            self.upvotes,
+            self.collaborators
         ]))
+    }
+
+    /// A short digest per input field, for the ledger and change detection.
+    pub fn fields(&self) -> SourceFields {
+        let d = |v: Value| ids::fingerprint(&v)[..12].to_string();
+        SourceFields {
+            content_v: self.content_v as i64,
+            owner: d(Value::from(self.owner.as_str())),
+            title: d(Value::from(self.title.as_str())),
+            height: d(self.height.clone()),
+            created: self.created,
+            updated: self.updated,
+            forked_from: d(serde_json::json!([
+                self.forked_from,
+                self.fork_from_backfilled
+            ])),
+            visibility: d(serde_json::json!(self.privacy)),
+            upvotes: d(serde_json::json!(self.upvotes)),
+            collaborators: d(serde_json::json!(self.collaborators)),
+        }
+    }
+}
+
+/// [`Source`] field by field (numbers as they are, the rest as short digests), as the ledger
+/// records it with each migration (`migrated.source`). Field names are the V3 concepts an
+/// operator knows (`visibility`, not V2's `privacy`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceFields {
+    pub content_v: i64,
+    pub owner: String,
+    pub title: String,
+    pub height: String,
+    pub created: i64,
+    pub updated: Option<i64>,
+    pub forked_from: String,
+    pub visibility: String,
+    pub upvotes: String,
+    pub collaborators: String,
+}
+
+impl SourceFields {
+    /// The names of the fields that differ, in a fixed order (`content` for the content version).
+    pub fn changed_since(&self, then: &SourceFields) -> Vec<&'static str> {
+        let pairs = [
+            ("content", self.content_v != then.content_v),
+            ("owner", self.owner != then.owner),
+            ("title", self.title != then.title),
+            ("height", self.height != then.height),
+            ("created", self.created != then.created),
+            ("updated", self.updated != then.updated),
+            ("forkedFrom", self.forked_from != then.forked_from),
+            ("visibility", self.visibility != then.visibility),
+            ("upvotes", self.upvotes != then.upvotes),
+            ("collaborators", self.collaborators != then.collaborators),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, d)| *d)
+            .map(|(n, _)| n)
+            .collect()
     }
 }
 
@@ -755,4 +866,52 @@ fn memberships(p: &Prepared, users: &BTreeMap<String, v3::User>) -> Memberships 
         permissions.into_values().collect(),
         skipped,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ledger's `fingerprint` keeps its layout: records written before [`Source`] existed
+    /// still compare equal when V2 did not change (else every migrated viz would re-sync once).
+    #[test]
+    fn the_source_fingerprint_keeps_its_layout() {
+        for (name, raw) in crate::fixtures::viz_fixtures() {
+            let Ok(p) = prepare(&V2Viz::from_fixture(&raw), &Config::default()) else {
+                continue;
+            };
+            let i = &p.info;
+            let upvotes: Vec<_> = i
+                .upvotes
+                .iter()
+                .flatten()
+                .map(|u| (&u.user_id, u.timestamp))
+                .collect();
+            let collaborators: Vec<_> = i
+                .collaborators
+                .iter()
+                .flatten()
+                .map(|c| &c.user_id)
+                .collect();
+            let layout = ids::fingerprint(&serde_json::json!([
+                p.viz,
+                p.content_v,
+                p.owner,
+                p.title,
+                p.height,
+                p.created,
+                i.last_updated_timestamp,
+                i.forked_from,
+                i.fork_from_backfilled,
+                i.privacy,
+                upvotes,
+                collaborators
+            ]));
+            assert_eq!(p.source_fingerprint(), layout, "{name}");
+            assert_eq!(
+                Source::of(&p.viz, &p.info, p.content_v).unwrap().fields(),
+                p.source().fields()
+            );
+        }
+    }
 }

@@ -217,6 +217,14 @@ pub fn pageview_event_id(owner: &str, viz: &str) -> String {
     format!("event.pageview.viz.owner:{owner}.viz:{viz}")
 }
 
+/// The viz of a per-viz page-view record's event id (the inverse of [`pageview_event_id`]);
+/// `None` for any other event id.
+pub fn pageview_viz(event_id: &str) -> Option<&str> {
+    let rest = event_id.strip_prefix("event.pageview.viz.owner:")?;
+    let (_owner, viz) = rest.rsplit_once(".viz:")?;
+    (!viz.is_empty()).then_some(viz)
+}
+
 /// One viz as stored in the fixtures: `{info, content, ops}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VizDocs {
@@ -416,6 +424,23 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_pageview_record_names_its_viz() {
+        let id = pageview_event_id("68416", "86a75dc8bdbe4965ba353a79d4bd44c8");
+        assert_eq!(pageview_viz(&id), Some("86a75dc8bdbe4965ba353a79d4bd44c8"));
+        // A Google user's id may hold anything, `.viz:` included: the last one names the viz.
+        let odd = pageview_event_id("a.viz:b", "v1");
+        assert_eq!(pageview_viz(&odd), Some("v1"));
+        for other in [
+            "event.pageview.viz",
+            "event.pageview.viz.owner:68416",
+            "event.pageview.viz.owner:68416.viz:",
+            "event.other.viz.owner:1.viz:v",
+        ] {
+            assert_eq!(pageview_viz(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn every_fixture_parses() {

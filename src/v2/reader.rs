@@ -69,7 +69,7 @@ pub struct V2Query {
 }
 
 /// Every V2 query shape the planner, the workers and `planner verify` issue.
-pub const QUERIES: [V2Query; 9] = [
+pub const QUERIES: [V2Query; 12] = [
     V2Query {
         name: "info-by-id",
         collection: collections::INFO,
@@ -143,7 +143,55 @@ pub const QUERIES: [V2Query; 9] = [
         index: &["id"],
         example: || (doc! {"id": "x"}, None),
     },
+    V2Query {
+        name: "info-sources-scan",
+        collection: collections::INFO,
+        used_by: "planner --since-last change detection: every documentInfo, projected to what the translation reads, in _id order",
+        index: &["_id"],
+        example: || (doc! {}, Some(doc! {"_id": 1})),
+    },
+    V2Query {
+        name: "content-versions-scan",
+        collection: collections::CONTENT,
+        used_by: "planner --since-last change detection: every documentContent's _v, in _id order",
+        index: &["_id"],
+        example: || (doc! {}, Some(doc! {"_id": 1})),
+    },
+    V2Query {
+        name: "pageview-records-scan",
+        collection: collections::EVENT_RECORDS,
+        used_by: "planner --since-last change detection: the per-viz page-view records' all.all (an id range)",
+        index: &["id"],
+        example: || {
+            (
+                doc! {"id": {"$gte": PAGEVIEW_PREFIX, "$lt": PAGEVIEW_PREFIX_END}},
+                None,
+            )
+        },
+    },
 ];
+
+/// Documents per reply of a change-detection scan ([`Reader::scan_sources`] and its siblings):
+/// their projected documents are small (an info's upvotes list is the largest part), so a
+/// reply of this many stays far below the server's 16 MiB, and a scan of 100,000 vizzes
+/// costs ~20 replies per collection.
+pub const SCAN_BATCH: u32 = 5000;
+
+/// Every per-viz page-view record's id starts so (see [`super::pageview_event_id`]); the
+/// `id` range `[PAGEVIEW_PREFIX, PAGEVIEW_PREFIX_END)` holds exactly them (`;` follows `:`).
+const PAGEVIEW_PREFIX: &str = "event.pageview.viz.owner:";
+const PAGEVIEW_PREFIX_END: &str = "event.pageview.viz.owner;";
+
+/// What change detection reads of V2 ([`Reader::scan_sources`]).
+#[derive(Debug, Default)]
+pub struct SourceScan {
+    /// Every `documentInfo`, projected to the fields the translation reads.
+    pub infos: Vec<crate::v2::DocumentInfo>,
+    /// `documentContent` `_v` by `_id`.
+    pub content_versions: HashMap<String, u64>,
+    /// Page views (`all.all` of the per-viz page-view record) by viz id.
+    pub page_views: HashMap<String, f64>,
+}
 
 /// A batch's V2 documents ([`Reader::vizzes`]).
 #[derive(Default)]
@@ -306,7 +354,8 @@ impl Reader {
         Ok(out)
     }
 
-    /// Hand each document of a query to `each`, in batches of [`BATCH`], until the query ends
+    /// Hand each document of a query to `each`, in batches of [`BATCH`] (or the options' own
+    /// `batch_size`), until the query ends
     /// (`true`) or `each` breaks (`false`: the rest is never fetched). Each batch is a command
     /// V2 answers (the `find`, then one `getMore` per further batch), and each takes a token
     /// first. (A batch the server cuts short at its 16 MiB reply limit costs an untaxed
@@ -319,12 +368,12 @@ impl Reader {
         mut opts: FindOptions,
         mut each: impl FnMut(T) -> mongodb::error::Result<ControlFlow<()>>,
     ) -> mongodb::error::Result<bool> {
-        opts.batch_size = Some(BATCH);
+        let batch = *opts.batch_size.get_or_insert(BATCH) as usize;
         self.token().await;
         let mut cursor = self.coll::<T>(coll).find(filter).with_options(opts).await?;
         let mut seen = 0usize;
         loop {
-            if seen > 0 && seen.is_multiple_of(BATCH as usize) {
+            if seen > 0 && seen.is_multiple_of(batch) {
                 // The next document needs a `getMore`.
                 self.token().await;
             }
@@ -614,6 +663,78 @@ impl Reader {
             .limit(limit)
             .build();
         self.drain(collections::INFO, filter, opts).await
+    }
+
+    /// What change detection compares with the ledger (spec 4.1 `--since-last`): three scans,
+    /// each projected to exactly what the translation reads and drained in replies of
+    /// [`SCAN_BATCH`] (each takes a token): `documentInfo` (`info-sources-scan`),
+    /// `documentContent`'s `_v` (`content-versions-scan`) and the page-view records' `all.all`
+    /// (`pageview-records-scan`). No content text and no op log is read.
+    pub async fn scan_sources(&self) -> mongodb::error::Result<SourceScan> {
+        let by_id = |projection: Document| {
+            FindOptions::builder()
+                .projection(projection)
+                .sort(doc! {"_id": 1})
+                .batch_size(SCAN_BATCH)
+                .build()
+        };
+        let info_fields = doc! {
+            "_id": 1, "_type": 1, "id": 1, "documentType": 1, "owner": 1, "title": 1,
+            "createdTimestamp": 1, "lastUpdatedTimestamp": 1, "height": 1, "forkedFrom": 1,
+            "forkFromBackfilled": 1, "privacy": 1, "upvotes": 1, "collaborators": 1,
+        };
+        let mut scan = SourceScan::default();
+        let infos = &mut scan.infos;
+        self.visit(
+            collections::INFO,
+            doc! {},
+            by_id(info_fields),
+            |d: Document| {
+                // An info the projection cannot type (a field of a shape V2 never wrote) is left
+                // out: the window still plans it when its timestamps move, and its job says why.
+                if let Ok(info) = crate::v2::parse_info(&super::from_bson(d)) {
+                    infos.push(info);
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await?;
+        let versions = &mut scan.content_versions;
+        self.visit(
+            collections::CONTENT,
+            doc! {},
+            by_id(doc! {"_id": 1, "_v": 1}),
+            |d: Document| {
+                let v = match d.get("_v") {
+                    Some(mongodb::bson::Bson::Int32(v)) => *v as u64,
+                    Some(mongodb::bson::Bson::Int64(v)) => *v as u64,
+                    Some(mongodb::bson::Bson::Double(v)) => *v as u64,
+                    _ => 0,
+                };
+                if let Ok(id) = d.get_str("_id") {
+                    versions.insert(id.to_string(), v);
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await?;
+        let views = &mut scan.page_views;
+        let opts = FindOptions::builder()
+            .projection(doc! {"_id": 0, "id": 1, "all.all": 1})
+            .batch_size(SCAN_BATCH)
+            .build();
+        let range = doc! {"id": {"$gte": PAGEVIEW_PREFIX, "$lt": PAGEVIEW_PREFIX_END}};
+        self.visit(collections::EVENT_RECORDS, range, opts, |d: Document| {
+            let d = super::from_bson(d);
+            let viz = d["id"].as_str().and_then(crate::v2::pageview_viz);
+            if let (Some(viz), Some(n)) = (viz, d["all"]["all"].as_f64()) {
+                // The first record of an id, as the worker's read takes it.
+                views.entry(viz.to_string()).or_insert(n);
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok(scan)
     }
 
     /// The index key patterns of a V2 collection (`listIndexes`, read-only; one token). A
