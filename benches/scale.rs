@@ -218,6 +218,21 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
         vizzes as f64 / raw_indexed.secs
     );
 
+    // After the raw copies: the catch-up adds to the V3 they copy.
+    let det = detection(env, &v2, &v3, if full { 100 } else { 5 }).await;
+    println!(
+        "change detection (--since-last) over {} vizzes: {} V2 queries ({:.4}/viz), {:.2}s = {:.3}s per 1,000; \
+         {} false positives on the unchanged set; {} of {} changed found",
+        det.scanned, det.v2_queries, det.v2_per_viz, det.secs, det.secs * 1000.0 / det.scanned as f64,
+        det.false_positives, det.found, det.changed
+    );
+    println!(
+        "  projected for 100,000 vizzes: {:.0} V2 queries ({:.2}s of the default 200/s budget), ~{:.0}s; \
+         catch-up of the {} changed (batches of {BATCH}): V2 {:.2}, V3 {:.2} commands per changed viz, {:.2}s",
+        det.v2_per_viz * 100_000.0, det.v2_per_viz * 100_000.0 / 200.0, det.secs * 100_000.0 / det.scanned as f64,
+        det.changed, det.catch_up_v2_per_viz, det.catch_up_v3_per_viz, det.catch_up_secs
+    );
+
     let (planned, plan_secs) = planner_rate.expect("planned");
     let raw_publish_secs = raw_publish(env, planned).await;
     let plan_rate = planned as f64 / plan_secs;
@@ -335,6 +350,18 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
             lost_race_ops == 0,
         ),
         (
+            "change detection: V2 queries per viz scanned",
+            det.v2_per_viz,
+            "≤ 0.01",
+            det.v2_per_viz <= 0.01,
+        ),
+        (
+            "change detection: changed vizzes missed + false",
+            (det.changed - det.found + det.false_positives) as f64,
+            "0",
+            det.found == det.changed && det.false_positives == 0,
+        ),
+        (
             "vizzes/s vs the original Node migration (~2/s)",
             best / 2.0,
             "≥ 10",
@@ -362,6 +389,9 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
             "aloneV2PerViz": trips.alone_v2_per_viz, "aloneV3PerViz": trips.alone_v3_per_viz},
         "hotParent": hot.iter().map(|h| json!({"forks": h.forks, "vizzesPerSec": h.vizzes_per_sec, "rawPerSec": h.raw_per_sec, "rawIndexedPerSec": h.raw_indexed_per_sec,
             "parentV": h.parent_v, "parentOps": h.parent_ops})).collect::<Vec<_>>(),
+        "detection": {"scanned": det.scanned, "v2Queries": det.v2_queries, "v2PerViz": det.v2_per_viz, "secs": det.secs,
+            "falsePositives": det.false_positives, "changed": det.changed, "found": det.found,
+            "catchUp": {"v2PerViz": det.catch_up_v2_per_viz, "v3PerViz": det.catch_up_v3_per_viz, "secs": det.catch_up_secs}},
         "ratios": rows.iter().map(|(name, value, target, met)| json!({"figure": name, "value": value, "target": target, "met": met})).collect::<Vec<_>>(),
     });
     if full {
@@ -372,9 +402,149 @@ async fn run(env: &Env, n: usize, configs: &[(usize, usize)], full: bool) {
         // Smoke run: the pipeline works end to end at a small scale.
         assert!(runs.iter().all(|r| r.secs > 0.0 && r.v3_docs > 0));
         assert!(trips.v3_per_viz > 0.0 && cpu.ratio > 0.0);
+        assert_eq!((det.found, det.false_positives), (det.changed, 0));
     }
     v2.drop().await.unwrap();
     v3.drop().await.unwrap();
+}
+
+struct Detected {
+    scanned: u64,
+    v2_queries: u64,
+    v2_per_viz: f64,
+    secs: f64,
+    /// Vizzes planned although nothing changed since the migration.
+    false_positives: u64,
+    /// Vizzes V2 then changed (privacy only: no timestamp moves), and how many the pass found.
+    changed: u64,
+    found: u64,
+    catch_up_v2_per_viz: f64,
+    catch_up_v3_per_viz: f64,
+    catch_up_secs: f64,
+}
+
+/// `--since-last`'s change detection (in-process, as a dry run) over a migrated set: once as
+/// migrated (anything it finds is a false positive), then after V2 made `changed` migrated
+/// vizzes private (as V2 does: no timestamp moves; the bench's own V2 copy is written, as a
+/// live V2 would be), and the catch-up of those through the worker's batch step, its commands
+/// counted per database. The changes are undone afterwards: later phases read V2 as seeded.
+async fn detection(env: &Env, v2: &Database, v3: &Database, changed: usize) -> Detected {
+    let ledger = Ledger::new(v3.clone());
+    let topology = Topology::new(&format!("{}.detect", env.tag));
+    let dry_run = |reader: Reader| {
+        let ledger = ledger.clone();
+        let topology = topology.clone();
+        async move {
+            let selection = Selection::SinceLast {
+                overlap_secs: 0,
+                settle_secs: 0,
+            };
+            planner::plan(&reader, &ledger, None, &topology, &selection, true)
+                .await
+                .unwrap()
+                .detection
+                .unwrap()
+        }
+    };
+    let reader = || Reader::new(v2.clone(), NonZeroU32::new(10_000).unwrap());
+    let unchanged = dry_run(reader()).await;
+    let migrated: Vec<String> = ledger
+        .recorded_sources()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.viz)
+        .filter(|v| v != vizhub_migrate::PRIMORDIAL_VIZ_ID)
+        .collect();
+    let targets: Vec<String> = migrated
+        .iter()
+        .step_by((migrated.len() / changed).max(1))
+        .take(changed)
+        .cloned()
+        .collect();
+    let infos = v2.collection::<Document>("documentInfo");
+    let was: Vec<Document> = infos
+        .find(doc! {"_id": {"$in": &targets}})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    infos
+        .update_many(
+            doc! {"_id": {"$in": &targets}},
+            doc! {"$set": {"privacy": "private"}},
+        )
+        .await
+        .unwrap();
+    let found = dry_run(reader()).await;
+    let (client, counts) = counting_client(env).await;
+    let m = Migrator::new(
+        Reader::new(
+            client.database(v2.name()),
+            NonZeroU32::new(100_000).unwrap(),
+        ),
+        Store::new(client.database(v3.name())),
+        Ledger::new(client.database(v3.name())),
+        Config::default(),
+    );
+    let jobs: Vec<vizhub_migrate::job::Job> = targets
+        .iter()
+        .map(|viz| vizhub_migrate::job::Job {
+            viz: viz.clone(),
+            batch: None,
+        })
+        .collect();
+    let t = Instant::now();
+    for chunk in jobs.chunks(BATCH) {
+        for (job, r) in chunk.iter().zip(m.migrate_batch(chunk).await) {
+            let done = r.unwrap_or_else(|e| panic!("catch-up of {}: {e}", job.viz));
+            assert_eq!(
+                done.outcome,
+                vizhub_migrate::Outcome::Migrated,
+                "{}",
+                job.viz
+            );
+        }
+    }
+    let catch_up_secs = t.elapsed().as_secs_f64();
+    let c = counts.lock().unwrap().clone();
+    let per = |db: &str| *c.get(db).unwrap_or(&0) as f64 / targets.len().max(1) as f64;
+    for d in was {
+        infos
+            .replace_one(doc! {"_id": d.get_str("_id").unwrap()}, d.clone())
+            .await
+            .unwrap();
+    }
+    Detected {
+        scanned: unchanged.scanned,
+        v2_queries: unchanged.v2_queries,
+        v2_per_viz: unchanged.v2_queries as f64 / unchanged.scanned.max(1) as f64,
+        secs: unchanged.seconds,
+        false_positives: unchanged.changes.len() as u64,
+        changed: targets.len() as u64,
+        found: found
+            .changes
+            .iter()
+            .filter(|c| targets.contains(&c.viz) && c.fields == ["visibility"])
+            .count() as u64,
+        catch_up_v2_per_viz: per(v2.name()),
+        catch_up_v3_per_viz: per(v3.name()),
+        catch_up_secs,
+    }
+}
+
+/// A client whose commands are counted per database name.
+async fn counting_client(env: &Env) -> (Client, Arc<Mutex<HashMap<String, u64>>>) {
+    let counts: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let seen = counts.clone();
+    let mut o = ClientOptions::parse(&env.mongo_base).await.unwrap();
+    o.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| {
+        if let CommandEvent::Started(s) = e {
+            *seen.lock().unwrap().entry(s.db.clone()).or_default() += 1;
+        }
+    }));
+    (Client::with_options(o).unwrap(), counts)
 }
 
 struct Verified {
