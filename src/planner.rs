@@ -306,7 +306,7 @@ async fn detect(
     };
     if !added.is_empty() {
         infos.extend(added);
-        infos.sort_by(|a, b| (created_of(a), id_of(a)).cmp(&(created_of(b), id_of(b))));
+        infos.sort_by_key(|a| (created_of(a), id_of(a)));
     }
     tracing::info!(
         scanned = detection.scanned,
