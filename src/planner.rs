@@ -275,9 +275,21 @@ fn created_of(d: &Document) -> i64 {
     }
 }
 
+/// Sort a selection for publishing: `urgent` vizzes first, then `(createdTimestamp, _id)`.
+/// Change detection marks the vizzes whose visibility or collaborators (or owner) changed in V2 as
+/// urgent: until their job runs a viz hidden on V2 stays public on V3 and an ex-collaborator
+/// keeps write access, so on a long catch-up they go to the head of the queue. Re-syncs need no
+/// parent first, so nothing orders them after other jobs.
+fn publish_order(infos: &mut [Document], urgent: &std::collections::HashSet<&str>) {
+    infos.sort_by_cached_key(|d| {
+        let id = id_of(d);
+        let later = !id.as_deref().is_some_and(|id| urgent.contains(id));
+        (later, created_of(d), id)
+    });
+}
+
 /// The change-detection pass of `--since-last` ([`changes`]): adds to `infos` (the window's
-/// selection) every migrated viz V2 changed outside the window, keeping the
-/// `(createdTimestamp, _id)` order.
+/// selection) every migrated viz V2 changed outside the window, in [`publish_order`].
 async fn detect(
     reader: &Reader,
     ledger: &Ledger,
@@ -304,10 +316,14 @@ async fn detect(
         added: added.len() as u64,
         changes,
     };
-    if !added.is_empty() {
-        infos.extend(added);
-        infos.sort_by_key(|a| (created_of(a), id_of(a)));
-    }
+    infos.extend(added);
+    let urgent: std::collections::HashSet<&str> = detection
+        .changes
+        .iter()
+        .filter(|c| c.is_access())
+        .map(|c| c.viz.as_str())
+        .collect();
+    publish_order(infos, &urgent);
     tracing::info!(
         scanned = detection.scanned,
         compared = detection.compared,
@@ -461,6 +477,20 @@ mod tests {
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(run_id()[..11] > a[..11]);
+    }
+
+    #[test]
+    fn access_changes_are_published_first_then_by_creation() {
+        let mut infos = vec![
+            doc! {"_id": "c", "createdTimestamp": 3},
+            doc! {"_id": "b", "createdTimestamp": 2_i64},
+            doc! {"_id": "z", "createdTimestamp": 9.0},
+            doc! {"_id": "a", "createdTimestamp": 2},
+            doc! {"_id": "y", "createdTimestamp": 1},
+        ];
+        publish_order(&mut infos, &["z", "c"].into_iter().collect());
+        let ids: Vec<String> = infos.iter().filter_map(id_of).collect();
+        assert_eq!(ids, ["c", "z", "y", "a", "b"]);
     }
 
     #[test]

@@ -35,6 +35,16 @@ pub struct Change {
     pub fields: Vec<&'static str>,
 }
 
+impl Change {
+    /// Who may see or edit the viz changed (visibility, collaborators, owner): the changes whose
+    /// lag is a privacy or access-control lag.
+    pub fn is_access(&self) -> bool {
+        self.fields
+            .iter()
+            .any(|f| matches!(*f, "visibility" | "collaborators" | "owner"))
+    }
+}
+
 /// The migrated vizzes whose V2 inputs differ from what the ledger recorded, by viz id.
 pub fn compare(scan: &SourceScan, recorded: &[RecordedSource]) -> Vec<Change> {
     let infos: HashMap<&str, _> = scan
