@@ -103,6 +103,9 @@ impl TestEnv {
     }
 }
 
+/// A write command as it left the client: its name and the write concern it carried.
+type WriteSeen = (String, Option<Document>);
+
 fn record(viz: &str, outcome: Outcome) -> VizRecord {
     VizRecord {
         viz: viz.to_string(),
@@ -131,7 +134,7 @@ fn payloads(n: usize, text: &str) -> Vec<(String, Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_command_carries_the_configured_write_concern() {
     let env = TestEnv::new("wc-carried").await;
-    let seen: Arc<Mutex<Vec<(String, Option<Document>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<WriteSeen>>> = Arc::default();
     let sink = seen.clone();
     let handler = EventHandler::callback(move |e: CommandEvent| {
         if let CommandEvent::Started(s) = e {
