@@ -200,8 +200,12 @@ pub fn write_concern_error(reply: &Document) -> Option<mongodb::error::Error> {
     if let Ok(info) = w.get_document("errInfo") {
         normalized.insert("errInfo", info.clone());
     }
-    let wce: WriteConcernError = bson::from_document(normalized).ok()?;
-    Some(ErrorKind::Write(WriteFailure::WriteConcernError(wce)).into())
+    // Cannot fail (every field has the type the driver reads); were it to, the write must
+    // still fail, never pass for acknowledged.
+    Some(match bson::from_document::<WriteConcernError>(normalized) {
+        Ok(wce) => ErrorKind::Write(WriteFailure::WriteConcernError(wce)).into(),
+        Err(e) => mongodb::error::Error::custom(format!("write concern error {code}: {e}")),
+    })
 }
 
 /// Run a raw write command (`insert`, `update`, `delete`, `createIndexes`) as the driver runs
