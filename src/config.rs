@@ -26,13 +26,42 @@ impl std::fmt::Debug for Endpoints {
     }
 }
 
-/// Hide the password of a `scheme://user:password@host…` URI.
+/// Hide every secret of a URI before it is printed: the password of `scheme://user:password@…`,
+/// the value of each query parameter whose name says it is a secret ([`is_secret_key`]:
+/// `tlsCertificateKeyFilePassword`, `sslClientCertificateKeyPassword`, any `…password…`,
+/// `…token…`, `…secret…`), and the secret properties inside `authMechanismProperties`
+/// (`AWS_SESSION_TOKEN:…`), whose other properties (`SERVICE_NAME:…`) stay readable. A key is
+/// matched case-insensitively and percent-decoded, as the MongoDB driver reads it. The user name
+/// stays: it says which account, and it is no secret.
 pub fn redact(uri: &str) -> String {
+    let (head, query) = match uri.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (uri, None),
+    };
+    let mut out = redact_userinfo(head);
+    if let Some(query) = query {
+        // A fragment is no part of the query (no driver reads it): kept apart, unchanged.
+        let (query, fragment) = match query.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (query, None),
+        };
+        out.push('?');
+        out.push_str(&redact_query(query));
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+    }
+    out
+}
+
+/// `scheme://user:password@host…` (no query) with the password hidden.
+fn redact_userinfo(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://") else {
         return uri.to_string();
     };
     let rest = &uri[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority_end = rest.find('/').unwrap_or(rest.len());
     let Some(at) = rest[..authority_end].rfind('@') else {
         return uri.to_string();
     };
@@ -45,6 +74,87 @@ pub fn redact(uri: &str) -> String {
         ),
         None => uri.to_string(),
     }
+}
+
+/// A URI's query string with the secret values hidden, its separators (`&`, or `;` which the
+/// MongoDB URI format also allows) and every other parameter as they were.
+fn redact_query(query: &str) -> String {
+    let mut out = String::with_capacity(query.len());
+    let mut rest = query;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let (param, tail) = rest.split_at(end);
+        match param.split_once('=') {
+            Some((key, value)) => {
+                let name = percent_decode(key).to_ascii_lowercase();
+                out.push_str(key);
+                out.push('=');
+                if is_secret_key(&name) {
+                    out.push_str("***");
+                } else if name == "authmechanismproperties" {
+                    out.push_str(&redact_properties(value));
+                } else {
+                    out.push_str(value);
+                }
+            }
+            None => out.push_str(param),
+        }
+        let mut chars = tail.chars();
+        match chars.next() {
+            Some(sep) => {
+                out.push(sep);
+                rest = chars.as_str();
+            }
+            None => return out,
+        }
+    }
+}
+
+/// `authMechanismProperties`' `NAME:value,NAME:value` with each secret property's value hidden.
+/// Read percent-decoded (`AWS_SESSION_TOKEN%3A…` is the same property), so it is shown decoded.
+fn redact_properties(value: &str) -> String {
+    percent_decode(value)
+        .split(',')
+        .map(|p| match p.split_once(':') {
+            Some((name, _)) if is_secret_key(&name.to_ascii_lowercase()) => format!("{name}:***"),
+            _ => p.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether a (lower-case) parameter or property name holds a secret: a password
+/// (`tlsCertificateKeyFilePassword`, the legacy `sslClientCertificateKeyPassword` and
+/// `sslPEMKeyPassword`, a plain `password` or `pass`/`passwd`/`pwd`), a token
+/// (`AWS_SESSION_TOKEN`, OIDC's), a secret or an access key. Broad on purpose: hiding a value
+/// that was no secret costs a less readable log line, the other way round a credential.
+fn is_secret_key(name: &str) -> bool {
+    const SECRET_WORDS: [&str; 6] = ["pass", "pwd", "token", "secret", "credential", "apikey"];
+    SECRET_WORDS.iter().any(|w| name.contains(w))
+        || name.ends_with("access_key")
+        || name.ends_with("accesskey")
+        || name == "key"
+        || name.ends_with("_key")
+}
+
+/// `%XX` escapes decoded (an invalid one kept as it is), for comparing names.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Connect to a MongoDB URI that names its database (`mongodb://host/dbname?...`).
@@ -92,5 +202,63 @@ mod tests {
             !s.contains("pw1") && !s.contains("pw2") && !s.contains("pw3"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn redacts_secrets_in_the_query_string() {
+        // The session token of temporary AWS credentials; the service name is no secret.
+        assert_eq!(
+            redact("mongodb+srv://AKIA:s3cret@c.mongodb.net/v3?authMechanism=MONGODB-AWS&authMechanismProperties=SERVICE_NAME:mongodb,AWS_SESSION_TOKEN:FwoGZX&w=majority"),
+            "mongodb+srv://AKIA:***@c.mongodb.net/v3?authMechanism=MONGODB-AWS&authMechanismProperties=SERVICE_NAME:mongodb,AWS_SESSION_TOKEN:***&w=majority"
+        );
+        // Percent-encoded, as a URI builder writes it: the same property.
+        let r = redact("mongodb://h/db?authMechanismProperties=AWS_SESSION_TOKEN%3AFwoGZX%2FabC");
+        assert!(!r.contains("FwoGZX"), "{r}");
+        // Key passwords, modern and legacy, any case, `;` separators, percent-encoded names.
+        for (uri, secret) in [
+            (
+                "mongodb://h/db?tls=true&tlsCertificateKeyFilePassword=hunter2",
+                "hunter2",
+            ),
+            (
+                "mongodb://h/db?TLSCERTIFICATEKEYFILEPASSWORD=hunter2&x=1",
+                "hunter2",
+            ),
+            (
+                "mongodb://h/db?ssl=true;sslClientCertificateKeyPassword=hunter2",
+                "hunter2",
+            ),
+            ("mongodb://h/db?sslPEMKeyPassword=hunter2", "hunter2"),
+            (
+                "mongodb://h/db?tlsCertificateKeyFile%50assword=hunter2",
+                "hunter2",
+            ),
+            ("amqp://h:5672/%2f?heartbeat=30&password=hunter2", "hunter2"),
+            (
+                "amqps://u@h/%2f?auth_mechanism=plain&token=hunter2",
+                "hunter2",
+            ),
+        ] {
+            let r = redact(uri);
+            assert!(!r.contains(secret), "{uri} -> {r}");
+            assert!(r.contains("=***"), "{uri} -> {r}");
+        }
+        // Everything else as it was: other parameters, separators, a fragment, a bare flag.
+        assert_eq!(
+            redact("mongodb://u:pw@h1,h2/db?replicaSet=rs0;readPreference=secondaryPreferred&directConnection#frag"),
+            "mongodb://u:***@h1,h2/db?replicaSet=rs0;readPreference=secondaryPreferred&directConnection#frag"
+        );
+        assert_eq!(
+            redact("mongodb://h/db?tlsCertificateKeyFile=/etc/k.pem&authSource=admin"),
+            "mongodb://h/db?tlsCertificateKeyFile=/etc/k.pem&authSource=admin"
+        );
+        assert_eq!(redact("mongodb://h/db?"), "mongodb://h/db?");
+    }
+
+    #[test]
+    fn percent_decoding_keeps_invalid_escapes() {
+        assert_eq!(percent_decode("a%3Ab%2f"), "a:b/");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

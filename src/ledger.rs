@@ -10,7 +10,7 @@
 use crate::outcome::Outcome;
 use crate::translate::SourceFields;
 use crate::v2::Intervals;
-use crate::v3::store::{write_errors, DUPLICATE_KEY};
+use crate::v3::store::{write_command, write_errors, DUPLICATE_KEY};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::{ReplaceOptions, UpdateOptions};
@@ -184,7 +184,8 @@ impl Ledger {
     /// writer recorded meanwhile (a duplicate key). An insert makes the document the upsert
     /// would (the record, then `batches`) at half the server's cost: no lookup before it.
     /// Returns the vizzes whose record the server refused (a per-document write error), each
-    /// with its reason; a failed command fails them all.
+    /// with its reason; a failed command fails them all, and so does a `writeConcernError`
+    /// (the records are written but not known to be durable: the jobs must not be acked on it).
     pub async fn record_many(
         &self,
         recs: &[VizRecord],
@@ -198,10 +199,11 @@ impl Ledger {
                 .iter()
                 .map(|r| Self::created_of(r))
                 .collect::<mongodb::error::Result<Vec<Document>>>()?;
-            let reply = self
-                .db
-                .run_command(doc! {"insert": VIZ, "documents": docs, "ordered": false})
-                .await?;
+            let reply = write_command(
+                &self.db,
+                doc! {"insert": VIZ, "documents": docs, "ordered": false},
+            )
+            .await?;
             for (at, code, msg) in write_errors(&reply) {
                 let Some(r) = new.get(at) else { continue };
                 if code == DUPLICATE_KEY {
@@ -218,10 +220,11 @@ impl Ledger {
             .iter()
             .map(|r| Ok(doc! {"q": {"_id": &r.viz}, "u": Self::update_of(r)?, "upsert": true}))
             .collect::<mongodb::error::Result<Vec<Document>>>()?;
-        let reply = self
-            .db
-            .run_command(doc! {"update": VIZ, "updates": updates, "ordered": false})
-            .await?;
+        let reply = write_command(
+            &self.db,
+            doc! {"update": VIZ, "updates": updates, "ordered": false},
+        )
+        .await?;
         for (at, _, msg) in write_errors(&reply) {
             if let Some(r) = known.get(at) {
                 refused.push((r.viz.clone(), msg));

@@ -264,6 +264,51 @@ fn the_workers_run_flags_are_refused_with_a_subcommand_but_not_from_the_environm
     assert!(r.stderr.contains("must name its database"), "{}", r.stderr);
 }
 
+/// Secrets in a URI's query string (an AWS session token, a key file's password, an AMQP
+/// `password` parameter) are redacted like the password before `@` in every error a binary
+/// prints: here errors from URIs the driver refuses and a broker that does not answer, which
+/// quote the URI, in both log formats.
+#[test]
+fn query_string_secrets_never_appear_in_errors() {
+    const SECRETS: [&str; 4] = ["pw-s3cret", "tok-s3cret", "kp-s3cret", "q-s3cret"];
+    let q = "authMechanismProperties=SERVICE_NAME:mongodb,AWS_SESSION_TOKEN:tok-s3cret\
+             &tlsCertificateKeyFilePassword=kp-s3cret";
+    let aws = format!("mongodb://AKIA:pw-s3cret@127.0.0.1:1/v3?authMechanism=MONGODB-AWS&{q}");
+    let tls = format!("mongodb://u:pw-s3cret@127.0.0.1:1/v3?tls=true&{q}");
+    let amqp = "amqp://guest:pw-s3cret@127.0.0.1:1/%2f?heartbeat=10&password=q-s3cret";
+    for format in ["text", "json"] {
+        let mut runs = Vec::new();
+        for uri in [&aws, &tls] {
+            let mut c = bin("planner");
+            c.args(["--log-format", format, "status"])
+                .env("V3_MONGO_URI", uri);
+            runs.push(("planner status", run(c)));
+        }
+        let mut c = bin("dlq");
+        c.args(["--log-format", format, "stats"])
+            .env(
+                "V3_MONGO_URI",
+                "mongodb://127.0.0.1:1/v3?serverSelectionTimeoutMS=200",
+            )
+            .env("AMQP_URI", amqp);
+        runs.push(("dlq stats", run(c)));
+        for (what, r) in runs {
+            let all = format!("{}{}", r.stdout, r.stderr);
+            assert_ne!(r.code, 0, "{what} cannot succeed: {all}");
+            assert!(
+                all.contains("***"),
+                "{what} ({format}) quotes the URI: {all}"
+            );
+            for secret in SECRETS {
+                assert!(
+                    !all.contains(secret),
+                    "{what} ({format}) printed {secret}:\n{all}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_subcommand_is_still_required() {
     for name in ["planner", "dlq"] {

@@ -29,7 +29,7 @@ use crate::json1;
 use crate::v3::{collections, Commit, OT_TYPE};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc, oid::ObjectId, Bson, Document};
-use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::error::{ErrorKind, WriteConcernError, WriteFailure};
 use mongodb::options::InsertManyOptions;
 use mongodb::{Collection, Database};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -102,31 +102,130 @@ pub fn describe_mongo(e: &mongodb::error::Error) -> String {
                 w.code, w.code_name, w.message
             )
         }
-        ErrorKind::InsertMany(m) => match m.write_errors.as_ref().and_then(|w| w.first()) {
-            Some(w) => format!("insert error {}: {}", w.code, w.message),
-            None => "insert failed".to_string(),
-        },
+        ErrorKind::InsertMany(m) => {
+            // What failed the insert: a statement refused for another reason than a duplicate
+            // key, else the write concern (a retry of an insert that timed out meets its own
+            // docs as duplicates: they are no cause), else the first statement refused.
+            let writes = m.write_errors.as_deref().unwrap_or_default();
+            let refused = writes.iter().find(|w| w.code != DUPLICATE_KEY);
+            match (refused, &m.write_concern_error, writes.first()) {
+                (Some(w), _, _) | (None, None, Some(w)) => {
+                    format!("insert error {}: {}", w.code, w.message)
+                }
+                (None, Some(w), _) => format!(
+                    "write concern error {} ({}): {}",
+                    w.code, w.code_name, w.message
+                ),
+                (None, None, None) => "insert failed".to_string(),
+            }
+        }
         other => other.to_string(),
     }
 }
 
-/// Whether a MongoDB error is worth retrying (network, pool, election, write conflict).
+/// Whether a MongoDB error is worth retrying (network, pool, election, write conflict, a write
+/// concern not met in time).
 /// `InternalError` (1) is retried too: a server reports it for failures it did not foresee
 /// (SecantusDB, for one, when its storage cache is full), and a later attempt may well succeed;
 /// if it keeps failing the job ends in the DLQ as any other.
+///
+/// A `writeConcernError` (from a driver write or, through [`write_command`], a raw one) is
+/// retried unless no retry can cure it ([`is_transient_write_concern`]): the write was applied
+/// on the primary but is not known to be durable, and every write of a job is idempotent, so
+/// running the job again is both safe and the only way to get the acknowledgement.
 pub fn is_transient_mongo(e: &mongodb::error::Error) -> bool {
-    const RETRYABLE_CODES: [i32; 13] = [
-        1, 6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13436,
-    ];
     if e.contains_label("RetryableWriteError") || e.contains_label("TransientTransactionError") {
         return true;
     }
     match e.kind.as_ref() {
         ErrorKind::Io(_)
         | ErrorKind::ConnectionPoolCleared { .. }
-        | ErrorKind::ServerSelection { .. }
-        | ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        | ErrorKind::ServerSelection { .. } => true,
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => is_transient_write_concern(w),
+        // An unordered insert can fail both ways at once: a statement the server refused fails
+        // again on a retry (unless its own code says otherwise), whatever the write concern.
+        // Duplicate keys are no failure of ours (`insert_ignoring_duplicates` expects them).
+        ErrorKind::InsertMany(im) => {
+            let refused = im
+                .write_errors
+                .iter()
+                .flatten()
+                .filter(|w| w.code != DUPLICATE_KEY)
+                .collect::<Vec<_>>();
+            if refused.iter().any(|w| !RETRYABLE_CODES.contains(&w.code)) {
+                return false;
+            }
+            match &im.write_concern_error {
+                Some(w) => is_transient_write_concern(w),
+                None => !refused.is_empty(),
+            }
+        }
         _ => server_code(e).is_some_and(|c| RETRYABLE_CODES.contains(&c)),
+    }
+}
+
+/// Server error codes worth retrying: the driver's retryable-write codes, `InternalError` (1),
+/// `WriteConflict` (112) and `WriteConcernFailed` (64, a wtimeout: replication lagged, a later
+/// attempt may well be acknowledged in time).
+const RETRYABLE_CODES: [i32; 14] = [
+    1, 6, 7, 64, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13436,
+];
+
+/// Whether a write concern error is worth retrying: all but the two that say the write concern
+/// itself is wrong for this deployment — `UnknownReplWriteConcern` (79, a tag set no member
+/// has) and `UnsatisfiableWriteConcern` (100, more nodes than there are) — which no retry
+/// cures and which dead-letter at once instead of spending every job's retries.
+pub fn is_transient_write_concern(w: &WriteConcernError) -> bool {
+    !matches!(w.code, 79 | 100)
+}
+
+/// The `writeConcernError` of a raw write command's reply, as the driver's own typed error
+/// (what `update_one` and friends return for it), so one classifier serves both. The server
+/// answers `ok: 1` with it — the write was applied but not acknowledged as asked — and
+/// `run_command` hands such a reply back as a success.
+pub fn write_concern_error(reply: &Document) -> Option<mongodb::error::Error> {
+    let w = reply.get_document("writeConcernError").ok()?;
+    let code = match w.get("code") {
+        Some(Bson::Int32(c)) => *c,
+        Some(Bson::Int64(c)) => i32::try_from(*c).unwrap_or(0),
+        Some(Bson::Double(c)) => *c as i32,
+        _ => 0,
+    };
+    // Rebuilt field by field so that a reply with an odd field still yields the typed error.
+    let mut normalized = doc! {
+        "code": code,
+        "codeName": w.get_str("codeName").unwrap_or_default(),
+        "errmsg": w.get_str("errmsg").unwrap_or("write concern error"),
+    };
+    if let Ok(info) = w.get_document("errInfo") {
+        normalized.insert("errInfo", info.clone());
+    }
+    // Cannot fail (every field has the type the driver reads); were it to, the write must
+    // still fail, never pass for acknowledged.
+    Some(match bson::from_document::<WriteConcernError>(normalized) {
+        Ok(wce) => ErrorKind::Write(WriteFailure::WriteConcernError(wce)).into(),
+        Err(e) => mongodb::error::Error::custom(format!("write concern error {code}: {e}")),
+    })
+}
+
+/// Run a raw write command (`insert`, `update`, `delete`, `createIndexes`) as the driver runs
+/// its own writes: with the database's configured write concern (the URI's `w`, `wtimeoutMS`,
+/// `journal`), which `run_command` never adds by itself, and failing on a `writeConcernError`
+/// in the reply, which `run_command` returns as a success. Per-statement `writeErrors` are left
+/// to the caller ([`write_errors`]): only it knows which are expected.
+pub async fn write_command(db: &Database, mut cmd: Document) -> mongodb::error::Result<Document> {
+    if let Some(wc) = db.write_concern() {
+        let wc = bson::to_document(wc).map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
+        // An empty one means "the server's default": sending `{}` would say the same, but the
+        // command then differs from the driver's own for no reason.
+        if !wc.is_empty() {
+            cmd.insert("writeConcern", wc);
+        }
+    }
+    let reply = db.run_command(cmd).await?;
+    match write_concern_error(&reply) {
+        Some(e) => Err(e),
+        None => Ok(reply),
     }
 }
 
@@ -448,13 +547,13 @@ impl Store {
                     "createIndexes": &ops,
                     "indexes": [{"key": keys, "name": &name, "background": true}],
                 };
-                match self.db.run_command(create.clone()).await {
+                match write_command(&self.db, create.clone()).await {
                     Ok(_) => {}
                     Err(e) if matches!(server_code(&e), Some(85 | 86)) => {
                         // IndexOptionsConflict / IndexKeySpecsConflict: ours, made without
                         // `background`. Same keys, so dropping it loses nothing.
                         self.coll(&ops).drop_index(name).await?;
-                        self.db.run_command(create).await?;
+                        write_command(&self.db, create).await?;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -789,10 +888,11 @@ impl Store {
         self.write_allowed()?;
         self.trip();
         let started = Instant::now();
-        let reply = self
-            .db
-            .run_command(doc! {"update": collection, "updates": statements, "ordered": false})
-            .await;
+        let reply = write_command(
+            &self.db,
+            doc! {"update": collection, "updates": statements, "ordered": false},
+        )
+        .await;
         self.write_times
             .of(WriteKind::SnapshotReplace)
             .observe(started.elapsed().as_secs_f64());
@@ -1307,6 +1407,123 @@ pub fn chain_order(commits: Vec<Commit>) -> Vec<Commit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The driver's error for a write whose write concern failed with `code`.
+    fn wce(code: i32) -> WriteConcernError {
+        bson::from_document(doc! {"code": code, "codeName": "X", "errmsg": "waiting"}).unwrap()
+    }
+
+    fn insert_many_error(write_codes: &[i32], wce_code: Option<i32>) -> mongodb::error::Error {
+        let mut d = doc! {};
+        if !write_codes.is_empty() {
+            let errs: Vec<Document> = write_codes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| doc! {"index": i as i32, "code": c, "errmsg": "e"})
+                .collect();
+            d.insert("writeErrors", errs);
+        }
+        if let Some(c) = wce_code {
+            d.insert("writeConcernError", doc! {"code": c, "errmsg": "w"});
+        }
+        let im: mongodb::error::InsertManyError = bson::from_document(d).unwrap();
+        ErrorKind::InsertMany(im).into()
+    }
+
+    #[test]
+    fn a_write_concern_timeout_is_transient_however_it_arrives() {
+        // From update_one / replace_one / delete_one, or a raw command through write_command.
+        let e: mongodb::error::Error =
+            ErrorKind::Write(WriteFailure::WriteConcernError(wce(64))).into();
+        assert!(is_transient_mongo(&e));
+        assert!(StoreError::Mongo(e).is_transient());
+        // From insert_many, alone or beside the duplicate keys insert_ignoring_duplicates
+        // expects (it passes such an error on: the inserted ops are not known durable).
+        assert!(is_transient_mongo(&insert_many_error(&[], Some(64))));
+        assert!(is_transient_mongo(&insert_many_error(
+            &[DUPLICATE_KEY, DUPLICATE_KEY],
+            Some(64)
+        )));
+        assert_eq!(
+            duplicate_positions(&insert_many_error(&[DUPLICATE_KEY], Some(64)), 1),
+            None
+        );
+        // Named by its cause, not by the duplicates a retry meets.
+        assert!(
+            describe_mongo(&insert_many_error(&[DUPLICATE_KEY], Some(64)))
+                .starts_with("write concern error 64"),
+        );
+        assert!(
+            describe_mongo(&insert_many_error(&[DUPLICATE_KEY, 10334], Some(64)))
+                .starts_with("insert error 10334")
+        );
+        // As a command error (a server that fails the whole command with it).
+        let c: mongodb::error::CommandError =
+            bson::from_document(doc! {"code": 64, "codeName": "WriteConcernFailed", "errmsg": "w"})
+                .unwrap();
+        assert!(is_transient_mongo(&ErrorKind::Command(c).into()));
+    }
+
+    #[test]
+    fn a_write_concern_the_deployment_cannot_meet_is_not_transient() {
+        for code in [79, 100] {
+            let e: mongodb::error::Error =
+                ErrorKind::Write(WriteFailure::WriteConcernError(wce(code))).into();
+            assert!(!is_transient_mongo(&e), "{code}");
+            assert!(!is_transient_mongo(&insert_many_error(&[], Some(code))));
+        }
+        // Shutdown and step-down while waiting for replication: transient.
+        for code in [91, 189, 11602] {
+            let e: mongodb::error::Error =
+                ErrorKind::Write(WriteFailure::WriteConcernError(wce(code))).into();
+            assert!(is_transient_mongo(&e), "{code}");
+        }
+    }
+
+    #[test]
+    fn an_insert_refused_for_good_stays_permanent_whatever_the_write_concern() {
+        // Document too large (10334): a retry is refused again.
+        assert!(!is_transient_mongo(&insert_many_error(&[10334], Some(64))));
+        assert!(!is_transient_mongo(&insert_many_error(&[10334], None)));
+        // Only duplicates, durable: no failure worth a retry (the caller decides).
+        assert!(!is_transient_mongo(&insert_many_error(
+            &[DUPLICATE_KEY],
+            None
+        )));
+        // A statement refused for a transient reason (an election): retried.
+        assert!(is_transient_mongo(&insert_many_error(&[11602], None)));
+    }
+
+    #[test]
+    fn a_write_concern_error_in_a_raw_reply_is_a_typed_failure() {
+        let reply = doc! {
+            "ok": 1, "n": 2,
+            "writeConcernError": {"code": 64, "codeName": "WriteConcernFailed",
+                                  "errmsg": "waiting for replication timed out",
+                                  "errInfo": {"wtimeout": true}},
+        };
+        let e = write_concern_error(&reply).expect("a writeConcernError fails the write");
+        match e.kind.as_ref() {
+            ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
+                assert_eq!(w.code, 64);
+                assert_eq!(w.message, "waiting for replication timed out");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(is_transient_mongo(&e));
+        assert_eq!(
+            describe_mongo(&e),
+            "write concern error 64 (WriteConcernFailed): waiting for replication timed out"
+        );
+        // A code sent as another number type, no message: still the typed error.
+        let odd = doc! {"ok": 1, "writeConcernError": {"code": 64_i64}};
+        assert!(write_concern_error(&odd).is_some_and(|e| is_transient_mongo(&e)));
+        // Write errors alone are the caller's (`write_errors`), not a write concern failure.
+        let refused =
+            doc! {"ok": 1, "n": 0, "writeErrors": [{"index": 0, "code": 11000, "errmsg": "dup"}]};
+        assert!(write_concern_error(&refused).is_none());
+        assert!(write_concern_error(&doc! {"ok": 1, "n": 1}).is_none());
+    }
 
     #[test]
     fn op_ids_are_deterministic_and_tell_different_ops_at_one_version_apart() {
