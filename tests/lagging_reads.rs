@@ -44,7 +44,9 @@ async fn viz_without_head(env: &TestEnv, n: u32, age_ms: i64) -> (String, Docume
     let oids: Vec<ObjectId> = (0..3).map(|_| ObjectId::new()).collect();
     let ops: Vec<Document> = (0..3_usize)
         .map(|k| {
-            let prev = k.checked_sub(1).map_or(Bson::Null, |p| Bson::ObjectId(oids[p]));
+            let prev = k
+                .checked_sub(1)
+                .map_or(Bson::Null, |p| Bson::ObjectId(oids[p]));
             let text = ["a", "b", "c"][k];
             doc! {"_id": oids[k], "src": "live", "seq": k as i64 + 1, "v": k as i64 + 1, "d": &id,
             "o": prev, "m": {"ts": (created + 3600 * (k as i64 + 1)) * 1000},
@@ -60,9 +62,11 @@ async fn viz_without_head(env: &TestEnv, n: u32, age_ms: i64) -> (String, Docume
         .await
         .unwrap();
     v2("documentContent")
-        .insert_one(doc! {"_id": &id, "id": &id, "_type": JSON0, "_v": 4_i64, "_o": oids[2],
-        "_m": {"ctime": created * 1000, "mtime": mtime}, "documentType": "visualization",
-        "files": [{"name": "index.html", "text": "abc"}]})
+        .insert_one(
+            doc! {"_id": &id, "id": &id, "_type": JSON0, "_v": 4_i64, "_o": oids[2],
+            "_m": {"ctime": created * 1000, "mtime": mtime}, "documentType": "visualization",
+            "files": [{"name": "index.html", "text": "abc"}]},
+        )
         .await
         .unwrap();
     v2("o_documentContent")
@@ -127,14 +131,7 @@ impl Reads {
             }
             _ => {}
         });
-        (
-            handler,
-            Reads {
-                filters,
-                held,
-                go,
-            },
-        )
+        (handler, Reads { filters, held, go })
     }
 
     /// Until the first read of the log is answered and held (at most 2 minutes: a bound, not a
