@@ -950,8 +950,89 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use super::op_version;
+    use super::{count, lacks_head, op_version, Holding, Sizes, OP_OVERHEAD};
+    use crate::history::REPLICATION_LAG_BOUND_MS;
+    use mongodb::bson::Bson;
     use serde_json::{json, Value};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// A raw content at v3 naming op `h2` (as `{"$oid"}`, the way V2's ObjectIds read), last
+    /// written `age_ms` ago.
+    fn content(age_ms: i64) -> Value {
+        json!({"_id": "viz", "_type": "json0", "_v": 3, "_o": {"$oid": "h2"},
+               "_m": {"ctime": 0, "mtime": NOW - age_ms}, "files": []})
+    }
+
+    fn op(id: &str, v: u64) -> Value {
+        json!({"_id": {"$oid": id}, "v": v, "d": "viz", "op": []})
+    }
+
+    /// Only a recent snapshot whose log lacks the op it names is read again: a log with the op,
+    /// a snapshot older than any replica's lag (a truncated log) or one that names no op is not.
+    #[test]
+    fn a_log_is_read_again_only_when_it_lacks_a_recent_snapshots_head_op() {
+        let whole = [op("h0", 0), op("h1", 1), op("h2", 2)];
+        let lagging = &whole[..2];
+        assert_eq!(lacks_head(&content(1_000), &whole, NOW), None);
+        let missing = lacks_head(&content(1_000), lagging, NOW).expect("lacks its head");
+        assert_eq!((missing.head.as_str(), missing.v), ("h2", 2));
+        assert!(
+            lacks_head(&content(1_000), &[], NOW).is_some(),
+            "no log read at all"
+        );
+        let old = content(REPLICATION_LAG_BOUND_MS + 1);
+        assert_eq!(lacks_head(&old, lagging, NOW), None);
+        let mut unlinked = content(1_000);
+        unlinked.as_object_mut().unwrap().remove("_o");
+        assert_eq!(lacks_head(&unlinked, lagging, NOW), None);
+        let mut no_mtime = content(1_000);
+        no_mtime.as_object_mut().unwrap().remove("_m");
+        assert_eq!(lacks_head(&no_mtime, lagging, NOW), None);
+    }
+
+    /// A job's memory before its read: content twice its BSON, the log its BSON plus a node
+    /// overhead per op, nothing for a log past the cap (it is not read).
+    #[test]
+    fn sizes_estimate_what_a_read_holds_and_skip_a_log_past_the_cap() {
+        let s = Sizes {
+            content: 1_000,
+            op_log: 50_000,
+            ops: 10,
+        };
+        assert_eq!(s.in_memory(1 << 20), 2_000 + 50_000 + 10 * OP_OVERHEAD);
+        assert_eq!(s.in_memory(49_999), 2_000);
+        let huge = Sizes {
+            content: usize::MAX,
+            op_log: usize::MAX,
+            ops: usize::MAX,
+        };
+        assert_eq!(huge.in_memory(usize::MAX), usize::MAX, "saturates");
+    }
+
+    #[test]
+    fn server_sums_are_read_whatever_their_type() {
+        assert_eq!(count(Some(&Bson::Int32(7))), 7);
+        assert_eq!(count(Some(&Bson::Int64(1 << 40))), 1 << 40);
+        assert_eq!(count(Some(&Bson::Double(12.0))), 12);
+        assert_eq!(count(Some(&Bson::Int32(-1))), 0);
+        assert_eq!(count(None), 0);
+    }
+
+    /// A batch letting go of a log to read it again frees the log's bytes, not the content's.
+    #[test]
+    fn forgetting_a_log_frees_its_bytes_only() {
+        let mut h = Holding::default();
+        assert!(h.held.take("a", 100, 1_000));
+        assert!(h.held.take("a", 700, 1_000));
+        h.log_bytes.insert("a".into(), 700);
+        h.logs.insert("a".into(), vec![json!({})]);
+        h.forget_log("a");
+        assert_eq!((h.held.total, h.held.per_viz["a"]), (100, 100));
+        assert!(h.logs.is_empty() && h.log_bytes.is_empty());
+        // Its log, read again, fits the budget again.
+        assert!(h.held.take("a", 700, 1_000));
+    }
 
     /// A batch's op logs come back from the server in no set order: sorted by `v` here,
     /// stably (ops at one version keep their order), ops without a `v` first.
