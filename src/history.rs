@@ -167,6 +167,57 @@ fn linked_chain<'a>(
     chain
 }
 
+/// How far behind the node that wrote it a V2 replica can be. A log that lacks its snapshot's
+/// head op, when the snapshot was written longer ago than this, lacks it for good (the oldest
+/// vizzes' logs were truncated, some to nothing): reading it again would only cost queries.
+/// Generous on purpose: an Atlas secondary hours behind is already an incident, and the only
+/// price of a long bound is a re-read for a viz edited within it whose log lost its head, which
+/// V2 does not make (ops are written before their snapshot, and truncation was a one-off).
+pub const REPLICATION_LAG_BOUND_MS: i64 = 24 * 3600 * 1000;
+
+/// The op a snapshot names as its newest (`_o`, at `v = _v - 1`) is not in the op log read with
+/// it. V2 writes each op *before* the snapshot that contains it, so on the node that served the
+/// snapshot the op exists: a log that lacks it was read from a node behind that one (reads go to
+/// any secondary, per query) — or, for a snapshot older than any replica's lag, it was truncated.
+/// Read as is, the chain breaks on its first step and the viz gets the fallback history for
+/// good (commits are never rewritten), so the reader reads the log again first
+/// ([`MissingHead::is_retryable`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the op log lacks the snapshot's head op {head} (v{v})")]
+pub struct MissingHead {
+    pub head: String,
+    pub v: u64,
+}
+
+impl MissingHead {
+    /// Whether reading the log again can find the head op: the snapshot was written (`mtime`,
+    /// ms) within [`REPLICATION_LAG_BOUND_MS`] of `now_ms`, so a lagging node may lack its op.
+    /// A snapshot without `mtime` predates the live V2 that sets it on every commit: its log is
+    /// as it will stay.
+    pub fn is_retryable(&self, mtime_ms: Option<i64>, now_ms: i64) -> bool {
+        mtime_ms.is_some_and(|t| now_ms.saturating_sub(t) <= REPLICATION_LAG_BOUND_MS)
+    }
+}
+
+/// The head op the snapshot at `snapshot_v` names (`head`, its `_o`) when no op of the log has
+/// that id (`op_ids`). `None` when the log has it, or when the snapshot names none (version 0,
+/// or older than op linking: nothing to tell a lagging read by).
+pub fn missing_head<S: AsRef<str>>(
+    snapshot_v: u64,
+    head: Option<&str>,
+    op_ids: impl IntoIterator<Item = S>,
+) -> Option<MissingHead> {
+    let head = head?;
+    let v = snapshot_v.checked_sub(1)?;
+    if op_ids.into_iter().any(|id| id.as_ref() == head) {
+        return None;
+    }
+    Some(MissingHead {
+        head: head.to_string(),
+        v,
+    })
+}
+
 /// Pick and parse the usable run (step 1). `Err` carries the reason history falls back.
 fn usable_run(
     ops: &[ContentOp],
@@ -176,6 +227,19 @@ fn usable_run(
 ) -> Result<Run, String> {
     if snapshot_v == 0 {
         return Err("snapshot has version 0".into());
+    }
+    // Named as such, not as a log that "does not reach the snapshot": the reader has re-read
+    // the log before giving up on it (see [`MissingHead`]), and the ledger says which op it was.
+    if let Some(m) = missing_head(
+        snapshot_v,
+        head,
+        ops.iter().filter_map(|o| o.op_id.as_deref()),
+    ) {
+        return Err(if ops.is_empty() {
+            format!("no op log ({m})")
+        } else {
+            m.to_string()
+        });
     }
     let mut picked: Vec<&ContentOp> = Vec::new();
     let mut created = None;
@@ -545,9 +609,7 @@ mod tests {
 
     /// The primordial fixture (372 ops, v111..482, snapshot v483), changed by `edit`, replayed.
     fn replay(edit: impl FnOnce(&mut V2Viz)) -> History {
-        let mut raw = V2Viz::from_fixture(&crate::fixtures::viz_fixture(PRIMORDIAL));
-        edit(&mut raw);
-        let p = translate::prepare(&raw, &translate::Config::default()).expect("prepares");
+        let p = prepared(edit);
         build(&Request {
             shape: Shape {
                 viz: &p.viz,
@@ -565,6 +627,21 @@ mod tests {
             session_gap_secs: DEFAULT_SESSION_GAP_SECS,
         })
         .expect("builds")
+    }
+
+    /// The primordial fixture, changed by `edit`, prepared.
+    fn prepared(edit: impl FnOnce(&mut V2Viz)) -> translate::Prepared {
+        let mut raw = V2Viz::from_fixture(&crate::fixtures::viz_fixture(PRIMORDIAL));
+        edit(&mut raw);
+        translate::prepare(&raw, &translate::Config::default()).expect("prepares")
+    }
+
+    fn head_of(p: &translate::Prepared) -> Option<MissingHead> {
+        missing_head(
+            p.content_v,
+            p.content.envelope.op_link.as_deref(),
+            p.ops.iter().filter_map(|o| o.op_id.as_deref()),
+        )
     }
 
     fn full() -> Mode {
@@ -650,6 +727,60 @@ mod tests {
                 base_v: 201,
                 ops: 282
             }
+        );
+    }
+
+    /// The log read from a node behind the snapshot's: it lacks the op the snapshot names (v482,
+    /// its `_o`). That is told apart from a log that merely stops short, as retryable while the
+    /// snapshot is recent enough for a replica to lag behind it; read so to the end, the history
+    /// falls back with a reason that names the op.
+    #[test]
+    fn a_missing_head_op_is_retryable_and_named_in_the_fallback() {
+        let without_head = |raw: &mut V2Viz| raw.ops.retain(|o| o["v"] != 482);
+        assert_eq!(
+            head_of(&prepared(|_| {})),
+            None,
+            "the whole log has its head"
+        );
+        let p = prepared(without_head);
+        let m = head_of(&p).expect("the head op is missing");
+        let head = p
+            .content
+            .envelope
+            .op_link
+            .clone()
+            .expect("the fixture links its ops");
+        assert_eq!((m.head.as_str(), m.v), (head.as_str(), 482));
+        let now = 1_700_000_000_000_i64;
+        assert!(
+            m.is_retryable(Some(now - 5_000), now),
+            "written seconds ago"
+        );
+        assert!(
+            m.is_retryable(Some(now + 5_000), now),
+            "V2's clock a little ahead"
+        );
+        assert!(
+            !m.is_retryable(Some(now - REPLICATION_LAG_BOUND_MS - 1), now),
+            "older than any replica's lag: truncated, not lagging"
+        );
+        assert!(
+            !m.is_retryable(None, now),
+            "no mtime: not written by a live V2"
+        );
+        match replay(without_head).mode {
+            Mode::Fallback { reason } => {
+                assert!(
+                    reason.contains("head op") && reason.contains(&head),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A log that lost an older op still has its head: not a lagging read.
+        assert_eq!(
+            head_of(&prepared(|raw| raw.ops.retain(|o| o["v"] != 200))),
+            None
         );
     }
 

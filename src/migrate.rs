@@ -137,7 +137,7 @@ pub struct Migrator {
     /// upvoter, is read and compared once, not once per viz, while V2 says the same of them.
     users_synced: Arc<Cache<String>>,
     /// The jobs' working memory, in KiB: a job takes its share before it translates, so 16
-    /// small jobs run at once but not 16 of 5 MiB each (see [`Migrator::memory_for`]).
+    /// small jobs run at once but not 16 of 5 MiB each (see [`Migrator::memory_for_bytes`]).
     memory: Arc<tokio::sync::Semaphore>,
     /// Held by a batch from reading its parents in V3 to its last write (see
     /// [`Migrator::migrate_batch`]): this worker's batches in flight read V2 and prepare at
@@ -261,14 +261,10 @@ impl Migrator {
         }
     }
 
-    /// A job's share of [`JOB_MEMORY_KIB`], held until the job ends: [`WORKING_COPIES`] times
-    /// what its V2 documents hold (the whole budget at most, so a single huge viz still runs,
-    /// alone).
-    async fn memory_for(&self, raw: &translate::V2Viz) -> tokio::sync::OwnedSemaphorePermit {
-        self.memory_for_bytes(v2_bytes(raw)).await
-    }
-
-    /// [`Migrator::memory_for`] V2 documents of `bytes` in all (a batch's).
+    /// A job's (or a batch's) share of [`JOB_MEMORY_KIB`] for V2 documents that hold `bytes`
+    /// in memory, held until it ends: [`WORKING_COPIES`] times that (the whole budget at most,
+    /// so a single huge viz still runs, alone). A batch takes it after its read, which its
+    /// byte budget bounds; a job run alone before its read, from the documents' sizes.
     async fn memory_for_bytes(&self, bytes: usize) -> tokio::sync::OwnedSemaphorePermit {
         let kib = (bytes.saturating_mul(WORKING_COPIES) / 1024).clamp(1, JOB_MEMORY_KIB);
         self.memory
@@ -344,21 +340,26 @@ impl Migrator {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, JobError>> + Send + 'a>>
     {
         Box::pin(async move {
+            // The job's own viz waits for its share of the memory budget *before* it reads:
+            // its content and op log can be 16 MiB each, and jobs that read first and waited
+            // after held them all at once past the pod's limit. The share comes from the
+            // documents' sizes (one query, see [`Reader::sizes`]). Parents it migrates first
+            // run under that share (waiting there could deadlock against the child).
+            let (_memory, sizes) = if walk.visiting.len() == 1 {
+                let sizes = self.v2.sizes(viz).await.map_err(v2_err(viz))?;
+                let bytes = sizes.in_memory(self.v2.max_op_log_bytes());
+                (Some(self.memory_for_bytes(bytes).await), Some(sizes))
+            } else {
+                (None, None)
+            };
             let raw = self
                 .v2
-                .viz(viz)
+                .viz_sized(viz, sizes)
                 .await
                 .map_err(v2_err(viz))?
                 .ok_or_else(|| JobError::NotFound {
                     viz: viz.to_string(),
                 })?;
-            // The job's own viz waits for its share of the memory budget; parents it migrates
-            // first run under that share (waiting there could deadlock against the child).
-            let _memory = if walk.visiting.len() == 1 {
-                Some(self.memory_for(&raw).await)
-            } else {
-                None
-            };
             let last = self.ledger.get(viz).await.map_err(ledger_err(viz))?;
             let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
             let p = match translate::prepare(&raw, &self.cfg) {

@@ -4,6 +4,7 @@
 //! no more than N × the configured budget. Reads prefer a secondary when one exists. It also
 //! counts its queries and the time they waited for the limiter (the worker's metrics read them).
 
+use crate::history::{self, MissingHead};
 use crate::translate::V2Viz;
 use futures_util::TryStreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -11,6 +12,7 @@ use mongodb::bson::{doc, Document, RawDocumentBuf};
 use mongodb::options::{CollectionOptions, FindOptions, ReadPreference, SelectionCriteria};
 use mongodb::{Collection, Database};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -41,6 +43,15 @@ pub const OP_LOG_IDS_PER_QUERY: usize = 8;
 /// the log is not loaded and the history falls back to the two-commit form with the reason
 /// recorded (spec 3.5: an unusable op log), so one huge log cannot take a pod's memory.
 pub const DEFAULT_MAX_OP_LOG_BYTES: usize = 16 * 1024 * 1024;
+
+/// Times a viz's op log is read again when it lacks the op its snapshot names (see
+/// [`history::MissingHead`]) before history falls back. The re-reads go to the primary when
+/// there is one, which has every op of every snapshot, so one normally settles it; the second,
+/// after [`HEAD_OP_REREAD_PAUSE`], is for a replica set between primaries.
+pub const HEAD_OP_REREADS: u32 = 2;
+
+/// Pause before each re-read after the first (see [`HEAD_OP_REREADS`]).
+pub const HEAD_OP_REREAD_PAUSE: Duration = Duration::from_millis(250);
 
 /// V2 collection names (production database `vizhub`).
 pub mod collections {
@@ -111,21 +122,21 @@ pub const QUERIES: [V2Query; 12] = [
     V2Query {
         name: "content-by-id",
         collection: collections::CONTENT,
-        used_by: "worker: documentContent of a job's viz (of a batch's vizzes with $in)",
+        used_by: "worker: documentContent of a job's viz (of a batch's vizzes with $in); its size ($bsonSize) before a job run alone reads it",
         index: &["_id"],
         example: || (doc! {"_id": "x"}, None),
     },
     V2Query {
         name: "op-log-by-viz",
         collection: collections::CONTENT_OPS,
-        used_by: "worker: o_documentContent of a job's viz ({d}), in v order",
+        used_by: "worker: o_documentContent of a job's viz ({d}), in v order (again from the primary when it lacks the snapshot's head op); its size ($bsonSize, $unionWith) before a job run alone reads it",
         index: &["d", "v"],
         example: || (doc! {"d": "x"}, Some(doc! {"v": 1})),
     },
     V2Query {
         name: "op-log-by-vizzes",
         collection: collections::CONTENT_OPS,
-        used_by: "worker batches: o_documentContent of a batch's vizzes ({d: {$in}}, a few ids per query; put in v order by the worker)",
+        used_by: "worker batches: o_documentContent of a batch's vizzes ({d: {$in}}, a few ids per query; put in v order by the worker; again from the primary for logs that lack their snapshot's head op)",
         index: &["d", "v"],
         example: || (doc! {"d": {"$in": ["x", "y"]}}, None),
     },
@@ -193,6 +204,76 @@ pub struct SourceScan {
     pub page_views: HashMap<String, f64>,
 }
 
+/// Which members of V2's replica set a query may go to.
+#[derive(Debug, Clone, Copy)]
+enum Node {
+    /// A secondary when there is one (every read's default: V2's primary serves its users).
+    Secondary,
+    /// The primary when there is one: it has every op of every snapshot (see
+    /// [`history::MissingHead`]), for the rare re-read of an op log that lacks its head op.
+    Primary,
+}
+
+/// BSON bytes of a viz's V2 documents, as [`Reader::sizes`] finds them before they are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sizes {
+    pub content: usize,
+    pub op_log: usize,
+    /// Op-log documents.
+    pub ops: usize,
+}
+
+/// What an op costs in memory beyond its BSON bytes once read as JSON (a node overhead per
+/// field: [`crate::cache::approx_bytes`]). Measured: 1,266 B per op over the primordial
+/// fixture's 372 ops, 637 over a 6-op log of small ones.
+const OP_OVERHEAD: usize = 1280;
+
+impl Sizes {
+    /// Roughly what these documents hold once read (what `crate::cache::approx_bytes` counts
+    /// of them after the read), with an op log past `cap` not read: content twice its BSON
+    /// (1.6–1.8 × measured on the fixtures), the log its bytes plus [`OP_OVERHEAD`] per op.
+    pub fn in_memory(&self, cap: usize) -> usize {
+        let log = if self.op_log > cap {
+            0
+        } else {
+            self.op_log
+                .saturating_add(self.ops.saturating_mul(OP_OVERHEAD))
+        };
+        self.content.saturating_mul(2).saturating_add(log)
+    }
+}
+
+/// A count the server sums (an int32, int64 or double, as it sees fit).
+fn count(b: Option<&mongodb::bson::Bson>) -> usize {
+    use mongodb::bson::Bson;
+    match b {
+        Some(Bson::Int32(n)) => usize::try_from(*n).unwrap_or(0),
+        Some(Bson::Int64(n)) => usize::try_from(*n).unwrap_or(0),
+        Some(Bson::Double(f)) if *f > 0.0 => *f as usize,
+        _ => 0,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The head op `content` (a raw `documentContent`) names when `ops`, its op log as read, lack
+/// it and reading the log again may find it ([`MissingHead::is_retryable`] at `now_ms`).
+fn lacks_head(content: &Value, ops: &[Value], now_ms: i64) -> Option<MissingHead> {
+    // A content whose envelope does not parse fails its job later, with the reason.
+    let envelope = super::Envelope::deserialize(content).ok()?;
+    let missing = history::missing_head(
+        envelope.version.unwrap_or(0),
+        envelope.op_link.as_deref(),
+        ops.iter().filter_map(super::raw_id_of),
+    )?;
+    let mtime = envelope.meta.as_ref().and_then(|m| m.mtime);
+    missing.is_retryable(mtime, now_ms).then_some(missing)
+}
+
 /// A batch's V2 documents ([`Reader::vizzes`]).
 #[derive(Default)]
 pub struct BatchRead {
@@ -227,11 +308,39 @@ impl Held {
         true
     }
 
+    /// Stop holding `n` bytes of `id` (a log about to be read again).
+    fn free(&mut self, id: &str, n: usize) {
+        if let Some(held) = self.per_viz.get_mut(id) {
+            let n = n.min(*held);
+            *held -= n;
+            self.total -= n;
+        }
+    }
+
     fn drop_viz(&mut self, id: &str) {
         if let Some(n) = self.per_viz.remove(id) {
             self.total -= n;
         }
         self.dropped.insert(id.to_string());
+    }
+}
+
+/// What a batch read holds so far: its contents and op logs, and their bytes.
+#[derive(Default)]
+struct Holding {
+    held: Held,
+    contents: HashMap<String, Value>,
+    logs: HashMap<String, Vec<Value>>,
+    /// Each op log's bytes as read so far (past the cap too: the cap applies to the log alone).
+    log_bytes: HashMap<String, usize>,
+}
+
+impl Holding {
+    /// Let go of `id`'s op log (to read it again), keeping its content.
+    fn forget_log(&mut self, id: &str) {
+        self.logs.remove(id);
+        let n = self.log_bytes.remove(id).unwrap_or(0);
+        self.held.free(id, n);
     }
 }
 
@@ -264,6 +373,11 @@ impl Reader {
     pub fn with_max_op_log_bytes(mut self, max: usize) -> Self {
         self.max_op_log_bytes = max;
         self
+    }
+
+    /// The cap on one viz's op log (see [`DEFAULT_MAX_OP_LOG_BYTES`]).
+    pub fn max_op_log_bytes(&self) -> usize {
+        self.max_op_log_bytes
     }
 
     /// Queries issued so far, and how many had to wait for the rate limiter.
@@ -305,12 +419,18 @@ impl Reader {
     }
 
     fn coll<T: Send + Sync>(&self, name: &str) -> Collection<T> {
-        let secondary =
-            SelectionCriteria::ReadPreference(ReadPreference::SecondaryPreferred { options: None });
+        self.coll_on(name, Node::Secondary)
+    }
+
+    fn coll_on<T: Send + Sync>(&self, name: &str, node: Node) -> Collection<T> {
+        let pref = match node {
+            Node::Secondary => ReadPreference::SecondaryPreferred { options: None },
+            Node::Primary => ReadPreference::PrimaryPreferred { options: None },
+        };
         self.db.collection_with_options(
             name,
             CollectionOptions::builder()
-                .selection_criteria(secondary)
+                .selection_criteria(SelectionCriteria::ReadPreference(pref))
                 .build(),
         )
     }
@@ -365,12 +485,29 @@ impl Reader {
         &self,
         coll: &str,
         filter: Document,
+        opts: FindOptions,
+        each: impl FnMut(T) -> mongodb::error::Result<ControlFlow<()>>,
+    ) -> mongodb::error::Result<bool> {
+        self.visit_on(Node::Secondary, coll, filter, opts, each)
+            .await
+    }
+
+    /// [`Reader::visit`], on the members `node` says.
+    async fn visit_on<T: DeserializeOwned + Send + Sync>(
+        &self,
+        node: Node,
+        coll: &str,
+        filter: Document,
         mut opts: FindOptions,
         mut each: impl FnMut(T) -> mongodb::error::Result<ControlFlow<()>>,
     ) -> mongodb::error::Result<bool> {
         let batch = *opts.batch_size.get_or_insert(BATCH) as usize;
         self.token().await;
-        let mut cursor = self.coll::<T>(coll).find(filter).with_options(opts).await?;
+        let mut cursor = self
+            .coll_on::<T>(coll, node)
+            .find(filter)
+            .with_options(opts)
+            .await?;
         let mut seen = 0usize;
         loop {
             if seen > 0 && seen.is_multiple_of(batch) {
@@ -395,13 +532,33 @@ impl Reader {
     /// snapshot that contains it, so every op the snapshot we read names (`_o`, and the chain
     /// behind it) is already in the log then. Read the other way round, an edit landing between
     /// the two reads would give a snapshot whose newest op we never saw. Info goes alongside.
+    /// Each query may go to another secondary, though, and one behind the snapshot's lacks its
+    /// newest ops: a log that lacks the op the snapshot names is read again from the primary
+    /// (see [`Reader::with_head`]), a query more.
     pub async fn viz(&self, id: &str) -> mongodb::error::Result<Option<V2Viz>> {
-        let ops_opts = FindOptions::builder().sort(doc! {"v": 1}).build();
+        self.viz_sized(id, None).await
+    }
+
+    /// [`Reader::viz`], once [`Reader::sizes`] told the size of the viz's op log: a log past the
+    /// op-log cap is then not read at all (it would be cut at the cap and dropped).
+    pub async fn viz_sized(
+        &self,
+        id: &str,
+        sizes: Option<Sizes>,
+    ) -> mongodb::error::Result<Option<V2Viz>> {
+        let cap = self.max_op_log_bytes;
         let content_then_ops = async {
             let content = self
                 .find_one(collections::CONTENT, doc! {"_id": id})
                 .await?;
-            let ops = self.op_log(id, ops_opts).await?;
+            let ops = match sizes {
+                Some(s) if s.op_log > cap => Err(format!("{} bytes", s.op_log)),
+                _ => self.op_log(id, Node::Secondary).await?,
+            };
+            let ops = match (&content, ops) {
+                (Some(content), Ok(ops)) => self.with_head(id, content, ops).await?,
+                (_, ops) => ops,
+            };
             Ok::<_, mongodb::error::Error>((content, ops))
         };
         let (info, (content, ops)) = tokio::try_join!(
@@ -410,11 +567,11 @@ impl Reader {
         )?;
         let (ops, ops_withheld) = match ops {
             Ok(ops) => (ops, None),
-            Err(bytes) => (
+            Err(read) => (
                 Vec::new(),
                 Some(format!(
-                    "op log larger than the {} MiB cap (stopped reading at {bytes} bytes): not loaded",
-                    self.max_op_log_bytes / (1024 * 1024)
+                    "op log larger than the {} MiB cap ({read}): not loaded",
+                    cap / (1024 * 1024)
                 )),
             ),
         };
@@ -426,10 +583,79 @@ impl Reader {
         }))
     }
 
+    /// `ops`, the op log read after `content`; or, when it lacks the op the snapshot names and
+    /// the snapshot is recent enough for a lagging secondary to explain that
+    /// ([`MissingHead::is_retryable`]), the log read again from the primary, up to
+    /// [`HEAD_OP_REREADS`] times. A log that still lacks it is returned as read: history falls
+    /// back, naming the op.
+    async fn with_head(
+        &self,
+        id: &str,
+        content: &Value,
+        mut ops: Vec<Value>,
+    ) -> mongodb::error::Result<Result<Vec<Value>, String>> {
+        for attempt in 0..HEAD_OP_REREADS {
+            let Some(missing) = lacks_head(content, &ops, now_ms()) else {
+                return Ok(Ok(ops));
+            };
+            if attempt > 0 {
+                tokio::time::sleep(HEAD_OP_REREAD_PAUSE).await;
+            }
+            tracing::debug!(viz = id, %missing, attempt, "reading the op log again, from the primary");
+            // Freed before the log is read again: never two copies of it at once.
+            drop(std::mem::take(&mut ops));
+            match self.op_log(id, Node::Primary).await? {
+                Ok(log) => ops = log,
+                // Grown past the cap meanwhile: withheld like any such log.
+                withheld @ Err(_) => return Ok(withheld),
+            }
+        }
+        if let Some(missing) = lacks_head(content, &ops, now_ms()) {
+            tracing::warn!(viz = id, %missing, rereads = HEAD_OP_REREADS, "the op log still lacks the snapshot's head op: history falls back");
+        }
+        Ok(Ok(ops))
+    }
+
+    /// BSON bytes of a viz's content and op log as V2 stores them, without reading them: one
+    /// aggregate (`$bsonSize` of each document, the op log's through `$unionWith`, MongoDB 4.4+;
+    /// served by the `content-by-id` and `op-log-by-viz` indexes). A job run alone takes its
+    /// memory share from these before it reads (see `Migrator::migrate`): one query more per
+    /// such job, so a batch's fast path, which knows its sizes from its own read, never asks.
+    pub async fn sizes(&self, id: &str) -> mongodb::error::Result<Sizes> {
+        let size_of = |kind: &str| doc! {"$project": {"_id": 0, "k": {"$literal": kind}, "b": {"$bsonSize": "$$ROOT"}}};
+        let pipeline = vec![
+            doc! {"$match": {"_id": id}},
+            size_of("content"),
+            doc! {"$unionWith": {"coll": collections::CONTENT_OPS, "pipeline": [
+                {"$match": {"d": id}}, size_of("ops"),
+            ]}},
+            doc! {"$group": {"_id": "$k", "b": {"$sum": "$b"}, "n": {"$sum": 1}}},
+        ];
+        self.token().await;
+        let groups: Vec<Document> = self
+            .coll::<Document>(collections::CONTENT)
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        let mut out = Sizes::default();
+        for g in groups {
+            let (bytes, n) = (count(g.get("b")), count(g.get("n")));
+            match g.get_str("_id") {
+                Ok("content") => out.content = bytes,
+                Ok("ops") => (out.op_log, out.ops) = (bytes, n),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// The V2 documents of a batch of vizzes in a few queries (`info-by-id`, `content-by-id`
     /// with `$in`, then `op-log-by-vizzes`, one per [`OP_LOG_IDS_PER_QUERY`] vizzes), in the
     /// order [`Reader::viz`] reads one: contents before op logs, so every op a content snapshot
-    /// names is in the log we read.
+    /// names is in the log we read. Logs that lack their snapshot's head op all the same (a
+    /// secondary behind the content's) are read again from the primary, together, as
+    /// [`Reader::viz`] reads one again.
     ///
     /// `budget` bounds the BSON bytes held: a viz whose content or op log would take the batch
     /// past it, and a viz whose op log alone passes the reader's op-log cap, is returned in
@@ -467,8 +693,7 @@ impl Reader {
         // the batch past `budget` is dropped (what it held freed) and deferred by itself, and
         // the read goes on with the rest, so one large viz never sends its batch-mates to be
         // read alone. (A document over the budget is still fetched, once, and dropped.)
-        let mut held = Held::default();
-        let mut contents: HashMap<String, Value> = HashMap::new();
+        let mut h = Holding::default();
         self.visit(
             collections::CONTENT,
             doc! {"_id": {"$in": &present}},
@@ -476,51 +701,60 @@ impl Reader {
             |raw: RawDocumentBuf| {
                 // A string: matched by `$in` on the batch's ids.
                 let id = raw.get_str("_id").unwrap_or_default().to_string();
-                if held.take(&id, raw.as_bytes().len(), budget) {
-                    contents.insert(id, super::from_bson(raw.to_document()?));
+                if h.held.take(&id, raw.as_bytes().len(), budget) {
+                    h.contents.insert(id, super::from_bson(raw.to_document()?));
                 }
                 Ok(ControlFlow::Continue(()))
             },
         )
         .await?;
-        // Op logs, [`OP_LOG_IDS_PER_QUERY`] vizzes per query. Unsorted on the server (sorting is
-        // the server's work, in SecantusDB ~5 % of a batch's); each log is put in `v` order here.
-        let read: Vec<&String> = present
+        let read: Vec<String> = present
             .iter()
-            .filter(|id| !held.dropped.contains(*id))
+            .filter(|id| !h.held.dropped.contains(*id))
+            .cloned()
             .collect();
-        let cap = self.max_op_log_bytes;
-        let mut logs: HashMap<String, Vec<Value>> = HashMap::new();
-        let mut log_bytes: HashMap<String, usize> = HashMap::new();
-        for chunk in read.chunks(OP_LOG_IDS_PER_QUERY) {
-            self.visit(
-                collections::CONTENT_OPS,
-                doc! {"d": {"$in": chunk}},
-                FindOptions::default(),
-                |raw: RawDocumentBuf| {
-                    let n = raw.as_bytes().len();
-                    let d = raw.get_str("d").unwrap_or_default().to_string();
-                    if held.dropped.contains(&d) {
-                        return Ok(ControlFlow::Continue(()));
-                    }
-                    let total = log_bytes.entry(d.clone()).or_default();
-                    *total += n;
-                    // Past the op-log cap: deferred, and read alone it is reported withheld.
-                    let kept = *total <= cap && held.take(&d, n, budget);
-                    if !kept {
-                        held.drop_viz(&d);
-                        logs.remove(&d);
-                        contents.remove(&d);
-                        return Ok(ControlFlow::Continue(()));
-                    }
-                    logs.entry(d)
-                        .or_default()
-                        .push(super::from_bson(raw.to_document()?));
-                    Ok(ControlFlow::Continue(()))
-                },
-            )
+        self.batch_logs(&read, Node::Secondary, budget, &mut h)
             .await?;
+        // A log read from a secondary behind its snapshot's lacks the op the snapshot names
+        // (see [`Reader::with_head`]): those few logs are read again, together, from the
+        // primary. Queries only for them, so a batch of logs that are whole costs none.
+        let lacking = |h: &Holding, ids: &[String], now: i64| -> Vec<String> {
+            ids.iter()
+                .filter(|id| !h.held.dropped.contains(*id))
+                .filter(|id| {
+                    h.contents.get(*id).is_some_and(|c| {
+                        let log = h.logs.get(*id).map_or(&[][..], Vec::as_slice);
+                        lacks_head(c, log, now).is_some()
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        let mut again = lacking(&h, &read, now_ms());
+        for attempt in 0..HEAD_OP_REREADS {
+            if again.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(HEAD_OP_REREAD_PAUSE).await;
+            }
+            tracing::debug!(vizzes = ?again, attempt, "reading op logs that lack their snapshot's head op again, from the primary");
+            for id in &again {
+                h.forget_log(id);
+            }
+            self.batch_logs(&again, Node::Primary, budget, &mut h)
+                .await?;
+            again = lacking(&h, &again, now_ms());
         }
+        if !again.is_empty() {
+            tracing::warn!(vizzes = ?again, rereads = HEAD_OP_REREADS, "op logs still lack their snapshot's head op: history falls back");
+        }
+        let Holding {
+            held,
+            mut contents,
+            mut logs,
+            ..
+        } = h;
         for log in logs.values_mut() {
             // Stable: ops at one version (an orphan beside the chain's) keep the server's
             // order; history tells them apart by their links.
@@ -543,6 +777,51 @@ impl Reader {
             );
         }
         Ok(out)
+    }
+
+    /// The op logs of `ids` into `h`, [`OP_LOG_IDS_PER_QUERY`] vizzes per query, within
+    /// `budget` (see [`Reader::vizzes`]). Unsorted on the server (sorting is the server's work,
+    /// in SecantusDB ~5 % of a batch's); [`Reader::vizzes`] puts each log in `v` order.
+    async fn batch_logs(
+        &self,
+        ids: &[String],
+        node: Node,
+        budget: usize,
+        h: &mut Holding,
+    ) -> mongodb::error::Result<()> {
+        let cap = self.max_op_log_bytes;
+        for chunk in ids.chunks(OP_LOG_IDS_PER_QUERY) {
+            self.visit_on(
+                node,
+                collections::CONTENT_OPS,
+                doc! {"d": {"$in": chunk}},
+                FindOptions::default(),
+                |raw: RawDocumentBuf| {
+                    let n = raw.as_bytes().len();
+                    let d = raw.get_str("d").unwrap_or_default().to_string();
+                    if h.held.dropped.contains(&d) {
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    let total = h.log_bytes.entry(d.clone()).or_default();
+                    *total += n;
+                    // Past the op-log cap: deferred, and read alone it is reported withheld.
+                    let kept = *total <= cap && h.held.take(&d, n, budget);
+                    if !kept {
+                        h.held.drop_viz(&d);
+                        h.logs.remove(&d);
+                        h.contents.remove(&d);
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    h.logs
+                        .entry(d)
+                        .or_default()
+                        .push(super::from_bson(raw.to_document()?));
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Which of `ids` have a `documentInfo` (one projected query, `info-by-id` with `$in`).
@@ -591,17 +870,20 @@ impl Reader {
         Ok(out)
     }
 
-    /// The content op log of `id`, read as raw BSON so its size is known as it arrives:
-    /// `Err(bytes read)` as soon as it passes the cap (the rest is never fetched).
+    /// The content op log of `id` in `v` order, read as raw BSON so its size is known as it
+    /// arrives: `Err(how much was read)` as soon as it passes the cap (the rest is never
+    /// fetched).
     async fn op_log(
         &self,
         id: &str,
-        opts: FindOptions,
-    ) -> mongodb::error::Result<Result<Vec<Value>, usize>> {
+        node: Node,
+    ) -> mongodb::error::Result<Result<Vec<Value>, String>> {
         let (mut out, mut bytes) = (Vec::new(), 0usize);
         let cap = self.max_op_log_bytes;
+        let opts = FindOptions::builder().sort(doc! {"v": 1}).build();
         let whole = self
-            .visit(
+            .visit_on(
+                node,
                 collections::CONTENT_OPS,
                 doc! {"d": id},
                 opts,
@@ -615,7 +897,11 @@ impl Reader {
                 },
             )
             .await?;
-        Ok(if whole { Ok(out) } else { Err(bytes) })
+        Ok(if whole {
+            Ok(out)
+        } else {
+            Err(format!("stopped reading at {bytes} bytes"))
+        })
     }
 
     /// Raw `user` docs by id, one query (`users-by-id`). Missing ids are simply absent from the map.
@@ -785,8 +1071,89 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use super::op_version;
+    use super::{count, lacks_head, op_version, Holding, Sizes, OP_OVERHEAD};
+    use crate::history::REPLICATION_LAG_BOUND_MS;
+    use mongodb::bson::Bson;
     use serde_json::{json, Value};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// A raw content at v3 naming op `h2` (as `{"$oid"}`, the way V2's ObjectIds read), last
+    /// written `age_ms` ago.
+    fn content(age_ms: i64) -> Value {
+        json!({"_id": "viz", "_type": "json0", "_v": 3, "_o": {"$oid": "h2"},
+               "_m": {"ctime": 0, "mtime": NOW - age_ms}, "files": []})
+    }
+
+    fn op(id: &str, v: u64) -> Value {
+        json!({"_id": {"$oid": id}, "v": v, "d": "viz", "op": []})
+    }
+
+    /// Only a recent snapshot whose log lacks the op it names is read again: a log with the op,
+    /// a snapshot older than any replica's lag (a truncated log) or one that names no op is not.
+    #[test]
+    fn a_log_is_read_again_only_when_it_lacks_a_recent_snapshots_head_op() {
+        let whole = [op("h0", 0), op("h1", 1), op("h2", 2)];
+        let lagging = &whole[..2];
+        assert_eq!(lacks_head(&content(1_000), &whole, NOW), None);
+        let missing = lacks_head(&content(1_000), lagging, NOW).expect("lacks its head");
+        assert_eq!((missing.head.as_str(), missing.v), ("h2", 2));
+        assert!(
+            lacks_head(&content(1_000), &[], NOW).is_some(),
+            "no log read at all"
+        );
+        let old = content(REPLICATION_LAG_BOUND_MS + 1);
+        assert_eq!(lacks_head(&old, lagging, NOW), None);
+        let mut unlinked = content(1_000);
+        unlinked.as_object_mut().unwrap().remove("_o");
+        assert_eq!(lacks_head(&unlinked, lagging, NOW), None);
+        let mut no_mtime = content(1_000);
+        no_mtime.as_object_mut().unwrap().remove("_m");
+        assert_eq!(lacks_head(&no_mtime, lagging, NOW), None);
+    }
+
+    /// A job's memory before its read: content twice its BSON, the log its BSON plus a node
+    /// overhead per op, nothing for a log past the cap (it is not read).
+    #[test]
+    fn sizes_estimate_what_a_read_holds_and_skip_a_log_past_the_cap() {
+        let s = Sizes {
+            content: 1_000,
+            op_log: 50_000,
+            ops: 10,
+        };
+        assert_eq!(s.in_memory(1 << 20), 2_000 + 50_000 + 10 * OP_OVERHEAD);
+        assert_eq!(s.in_memory(49_999), 2_000);
+        let huge = Sizes {
+            content: usize::MAX,
+            op_log: usize::MAX,
+            ops: usize::MAX,
+        };
+        assert_eq!(huge.in_memory(usize::MAX), usize::MAX, "saturates");
+    }
+
+    #[test]
+    fn server_sums_are_read_whatever_their_type() {
+        assert_eq!(count(Some(&Bson::Int32(7))), 7);
+        assert_eq!(count(Some(&Bson::Int64(1 << 40))), 1 << 40);
+        assert_eq!(count(Some(&Bson::Double(12.0))), 12);
+        assert_eq!(count(Some(&Bson::Int32(-1))), 0);
+        assert_eq!(count(None), 0);
+    }
+
+    /// A batch letting go of a log to read it again frees the log's bytes, not the content's.
+    #[test]
+    fn forgetting_a_log_frees_its_bytes_only() {
+        let mut h = Holding::default();
+        assert!(h.held.take("a", 100, 1_000));
+        assert!(h.held.take("a", 700, 1_000));
+        h.log_bytes.insert("a".into(), 700);
+        h.logs.insert("a".into(), vec![json!({})]);
+        h.forget_log("a");
+        assert_eq!((h.held.total, h.held.per_viz["a"]), (100, 100));
+        assert!(h.logs.is_empty() && h.log_bytes.is_empty());
+        // Its log, read again, fits the budget again.
+        assert!(h.held.take("a", 700, 1_000));
+    }
 
     /// A batch's op logs come back from the server in no set order: sorted by `v` here,
     /// stably (ops at one version keep their order), ops without a `v` first.
