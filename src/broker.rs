@@ -374,6 +374,10 @@ pub async fn move_delivery(
     extra: BTreeMap<String, HeaderValue>,
 ) -> Result<bool, BrokerError> {
     let mut headers = headers_of(&delivery.properties);
+    // The broker's count of deliveries from the queue the job leaves, not the job's: RabbitMQ
+    // 3.x replaces a published one on a first delivery, 4.0 delivers it as published, so a
+    // copy would make the job look delivered before in a queue that never delivered it.
+    headers.remove(crate::job::headers::DELIVERY_COUNT);
     headers.extend(extra);
     let message_id = delivery
         .properties

@@ -1,6 +1,7 @@
 //! Nothing lost between queues, whatever the broker does: a move whose target queue is gone is
 //! never acked, a job that kills its workers is recorded and dead-lettered by the worker itself
-//! at its last allowed delivery, and reading the DLQ never spends a dead letter's deliveries.
+//! at its last allowed delivery, reading the DLQ never spends a dead letter's deliveries, and a
+//! moved job does not carry the delivery count of the queue it left.
 
 mod common;
 #[path = "common/env.rs"]
@@ -170,7 +171,7 @@ async fn a_job_that_kills_its_workers_is_recorded_and_dead_lettered_by_the_worke
         );
         ch.close(200, "a worker dies".into()).await.unwrap();
     }
-    // Each worker death counted (RabbitMQ 3.10 says 0 on a first delivery, later ones omit it).
+    // Each worker death counted (RabbitMQ 3.10 says 0 on a first delivery, 4.0 omits it).
     assert!(
         matches!(seen.last(), Some(Some(HeaderValue::Int(n))) if *n == i64::from(limit) - 1),
         "{seen:?}"
@@ -245,6 +246,50 @@ async fn reading_the_dlq_never_spends_its_letters() {
     assert_eq!(moved, 0);
     assert_eq!(dlq::list(&conn, &env.topology).await.unwrap(), before);
     assert!(before.iter().all(|l| l.attempts == 1), "{before:?}");
+    let _ = conn.close(200, "".into()).await;
+    env.cleanup().await;
+}
+
+/// A job moved to another queue (the DLQ here; a retry queue alike) leaves the delivery count
+/// of the queue it left behind: `x-delivery-count` is the broker's count of one queue's
+/// deliveries. RabbitMQ 3.x replaced a published one on a first delivery; 4.0 delivers it as
+/// published, so a copied count made the dead letter (or the job back from its retry) look
+/// delivered that many times before in a queue that never delivered it. Failed on 4.0.5 (2,
+/// not 0) before the move dropped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_job_leaves_its_delivery_count_behind() {
+    let env = TestEnv::new("movedcount").await;
+    // A job the worker dead-letters at once (it is no job), after two worker deaths.
+    env.publish_jobs(vec![json!({"not": "a job"})]).await;
+    let conn = broker::connect(&env.amqp_uri).await.unwrap();
+    for _ in 0..2 {
+        let ch = conn.create_channel().await.unwrap();
+        loop {
+            let got = ch
+                .basic_get(
+                    env.topology.work().as_str().into(),
+                    BasicGetOptions::default(),
+                )
+                .await
+                .unwrap();
+            if got.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ch.close(200, "a worker dies".into()).await.unwrap();
+    }
+    env.run_workers(1).await;
+    let letters = broker::browse(&conn, &env.topology.dead(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        vizhub_migrate::job::deliveries_before(&letters[0].headers),
+        0,
+        "the dead letter's first delivery: {:?}",
+        letters[0].headers
+    );
     let _ = conn.close(200, "".into()).await;
     env.cleanup().await;
 }
