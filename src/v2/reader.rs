@@ -129,7 +129,7 @@ pub const QUERIES: [V2Query; 12] = [
     V2Query {
         name: "op-log-by-viz",
         collection: collections::CONTENT_OPS,
-        used_by: "worker: o_documentContent of a job's viz ({d}), in v order (again from the primary when it lacks the snapshot's head op); its size ($bsonSize, $unionWith) before a job run alone reads it",
+        used_by: "worker: o_documentContent of a job's viz ({d}), in v order (again from the primary when it lacks the snapshot's head op); its size ($bsonSize of {d}-matched ops) before a job run alone reads it",
         index: &["d", "v"],
         example: || (doc! {"d": "x"}, Some(doc! {"v": 1})),
     },
@@ -616,38 +616,42 @@ impl Reader {
         Ok(Ok(ops))
     }
 
-    /// BSON bytes of a viz's content and op log as V2 stores them, without reading them: one
-    /// aggregate (`$bsonSize` of each document, the op log's through `$unionWith`, MongoDB 4.4+;
-    /// served by the `content-by-id` and `op-log-by-viz` indexes). A job run alone takes its
-    /// memory share from these before it reads (see `Migrator::migrate`): one query more per
-    /// such job, so a batch's fast path, which knows its sizes from its own read, never asks.
+    /// BSON bytes of a viz's content and op log as V2 stores them, without reading them: two
+    /// aggregates sent at once (`$bsonSize` of each document, MongoDB 4.4+), each opening with a
+    /// `$match` on the one indexed field (`content-by-id`, `op-log-by-viz`). Not one aggregate
+    /// with `$unionWith`: SecantusDB scans the whole op-log collection for a `$unionWith`
+    /// sub-pipeline (a 20,000-viz migration stalled at ~1 viz/s on it, 880,000 ops scanned per
+    /// job run alone). A job run alone takes its memory share from these before it reads (see
+    /// `Migrator::migrate`): two queries more per such job, so a batch's fast path, which
+    /// knows its sizes from its own read, never asks.
     pub async fn sizes(&self, id: &str) -> mongodb::error::Result<Sizes> {
-        let size_of = |kind: &str| doc! {"$project": {"_id": 0, "k": {"$literal": kind}, "b": {"$bsonSize": "$$ROOT"}}};
-        let pipeline = vec![
-            doc! {"$match": {"_id": id}},
-            size_of("content"),
-            doc! {"$unionWith": {"coll": collections::CONTENT_OPS, "pipeline": [
-                {"$match": {"d": id}}, size_of("ops"),
-            ]}},
-            doc! {"$group": {"_id": "$k", "b": {"$sum": "$b"}, "n": {"$sum": 1}}},
-        ];
-        self.token().await;
-        let groups: Vec<Document> = self
-            .coll::<Document>(collections::CONTENT)
-            .aggregate(pipeline)
-            .await?
-            .try_collect()
-            .await?;
-        let mut out = Sizes::default();
-        for g in groups {
-            let (bytes, n) = (count(g.get("b")), count(g.get("n")));
-            match g.get_str("_id") {
-                Ok("content") => out.content = bytes,
-                Ok("ops") => (out.op_log, out.ops) = (bytes, n),
-                _ => {}
+        let sum = doc! {"$group": {"_id": null, "b": {"$sum": {"$bsonSize": "$$ROOT"}}, "n": {"$sum": 1}}};
+        let summed = |coll: &'static str, field: &'static str| {
+            let pipeline = vec![doc! {"$match": {field: id}}, sum.clone()];
+            async move {
+                self.token().await;
+                let groups: Vec<Document> = self
+                    .coll::<Document>(coll)
+                    .aggregate(pipeline)
+                    .await?
+                    .try_collect()
+                    .await?;
+                Ok::<_, mongodb::error::Error>(
+                    groups
+                        .first()
+                        .map_or((0, 0), |g| (count(g.get("b")), count(g.get("n")))),
+                )
             }
-        }
-        Ok(out)
+        };
+        let ((content, _), (op_log, ops)) = tokio::try_join!(
+            summed(collections::CONTENT, "_id"),
+            summed(collections::CONTENT_OPS, "d"),
+        )?;
+        Ok(Sizes {
+            content,
+            op_log,
+            ops,
+        })
     }
 
     /// The V2 documents of a batch of vizzes in a few queries (`info-by-id`, `content-by-id`
