@@ -456,13 +456,29 @@ async fn detection(env: &Env, v2: &Database, v3: &Database, changed: usize) -> D
         .map(|r| r.viz)
         .filter(|v| v != vizhub_migrate::PRIMORDIAL_VIZ_ID)
         .collect();
+    let infos = v2.collection::<Document>("documentInfo");
+    // Vizzes V2 has public: making them private is a change.
+    let public: std::collections::HashSet<String> = infos
+        .find(doc! {"privacy": {"$ne": "private"}})
+        .projection(doc! {"_id": 1})
+        .await
+        .unwrap()
+        .try_collect::<Vec<Document>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+        .collect();
+    let migrated: Vec<String> = migrated
+        .into_iter()
+        .filter(|v| public.contains(v))
+        .collect();
     let targets: Vec<String> = migrated
         .iter()
         .step_by((migrated.len() / changed).max(1))
         .take(changed)
         .cloned()
         .collect();
-    let infos = v2.collection::<Document>("documentInfo");
     let was: Vec<Document> = infos
         .find(doc! {"_id": {"$in": &targets}})
         .await
