@@ -18,7 +18,7 @@ use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -96,27 +96,6 @@ impl TestEnv {
             Ledger::new(v3),
             Config::default(),
         )
-    }
-
-    async fn fail_point(&self, mode: Value, data: Value) {
-        let cmd = doc! {
-            "configureFailPoint": "failCommand",
-            "mode": mongodb::bson::to_bson(&mode).unwrap(),
-            "data": mongodb::bson::to_bson(&data).unwrap(),
-        };
-        self.client
-            .database("admin")
-            .run_command(cmd)
-            .await
-            .expect("configureFailPoint (start SecantusDB with --enable-test-commands)");
-    }
-
-    async fn fail_point_off(&self) {
-        self.client
-            .database("admin")
-            .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
-            .await
-            .unwrap();
     }
 
     /// Every viz ended exactly one way, and V3 is what a clean migration of V2 gives.

@@ -13,7 +13,7 @@ mod common;
 mod env;
 
 use env::TestEnv;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{Bson, Document};
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
@@ -79,27 +79,6 @@ impl TestEnv {
             Ledger::new(v3),
             Config::default(),
         )
-    }
-
-    async fn fail_point(&self, data: Value) {
-        let cmd = doc! {
-            "configureFailPoint": "failCommand",
-            "mode": "alwaysOn",
-            "data": mongodb::bson::to_bson(&data).unwrap(),
-        };
-        self.client
-            .database("admin")
-            .run_command(cmd)
-            .await
-            .expect("configureFailPoint (start SecantusDB with --enable-test-commands)");
-    }
-
-    async fn fail_point_off(&self) {
-        self.client
-            .database("admin")
-            .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
-            .await
-            .unwrap();
     }
 }
 
@@ -222,7 +201,8 @@ async fn a_write_concern_error_on_insert_or_update_fails_the_write_transiently()
         .await
         .unwrap();
 
-    env.fail_point(wtimeout(&["insert"], &app)).await;
+    env.fail_point(json!("alwaysOn"), wtimeout(&["insert"], &app))
+        .await;
     // The ledger's raw insert of fresh records.
     let fresh: HashSet<String> = ["a".to_string()].into();
     let e = ledger
@@ -239,7 +219,8 @@ async fn a_write_concern_error_on_insert_or_update_fails_the_write_transiently()
     assert!(!e.is_conflict(), "{e}");
     assert!(e.to_string().contains("write concern error 64"), "{e}");
 
-    env.fail_point(wtimeout(&["update"], &app)).await;
+    env.fail_point(json!("alwaysOn"), wtimeout(&["update"], &app))
+        .await;
     // The ledger's raw update of known records.
     let e = ledger
         .record_many(&[record("a", Outcome::Unchanged)], &HashSet::new())
@@ -274,7 +255,8 @@ async fn a_job_whose_writes_time_out_is_retried_not_acked() {
         .collect();
 
     // 1. Every insert answered with a wtimeout: a fresh viz's job fails, to be retried.
-    env.fail_point(wtimeout(&["insert"], &app)).await;
+    env.fail_point(json!("alwaysOn"), wtimeout(&["insert"], &app))
+        .await;
     for r in migrator.migrate_batch(&jobs).await {
         let e = r.expect_err("no job succeeds without its inserts acknowledged");
         assert_eq!(e.disposition(), Disposition::Retry, "{e}");
@@ -290,7 +272,8 @@ async fn a_job_whose_writes_time_out_is_retried_not_acked() {
             "{done:?}"
         );
     }
-    env.fail_point(wtimeout(&["update"], &app)).await;
+    env.fail_point(json!("alwaysOn"), wtimeout(&["update"], &app))
+        .await;
     for r in migrator.migrate_batch(&jobs).await {
         let e = r.expect_err("no job is acked without its record acknowledged");
         assert_eq!(e.disposition(), Disposition::Retry, "{e}");
@@ -309,7 +292,8 @@ async fn a_job_whose_writes_time_out_is_retried_not_acked() {
     );
     env.load_viz(&extra).await;
     let viz = extra.info["_id"].as_str().unwrap().to_string();
-    env.fail_point(wtimeout(&["insert"], &app)).await;
+    env.fail_point(json!("alwaysOn"), wtimeout(&["insert"], &app))
+        .await;
     env.plan(Selection::Window {
         from: 1_600_000_000,
         to: 1_600_001_000,

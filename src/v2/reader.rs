@@ -995,14 +995,8 @@ impl Reader {
             doc! {},
             by_id(doc! {"_id": 1, "_v": 1}),
             |d: Document| {
-                let v = match d.get("_v") {
-                    Some(mongodb::bson::Bson::Int32(v)) => *v as u64,
-                    Some(mongodb::bson::Bson::Int64(v)) => *v as u64,
-                    Some(mongodb::bson::Bson::Double(v)) => *v as u64,
-                    _ => 0,
-                };
                 if let Ok(id) = d.get_str("_id") {
-                    versions.insert(id.to_string(), v);
+                    versions.insert(id.to_string(), count(d.get("_v")) as u64);
                 }
                 Ok(ControlFlow::Continue(()))
             },

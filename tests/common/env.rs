@@ -442,6 +442,29 @@ impl TestEnv {
         d.map(|d| bson::Bson::Document(d).into_relaxed_extjson())
     }
 
+    /// Turn on SecantusDB's (MongoDB's) one `failCommand` failpoint, server-wide: tests that set
+    /// it must not run at the same time as each other.
+    pub async fn fail_point(&self, mode: Value, data: Value) {
+        let cmd = doc! {
+            "configureFailPoint": "failCommand",
+            "mode": bson::to_bson(&mode).unwrap(),
+            "data": bson::to_bson(&data).unwrap(),
+        };
+        self.client
+            .database("admin")
+            .run_command(cmd)
+            .await
+            .expect("configureFailPoint (start SecantusDB with --enable-test-commands)");
+    }
+
+    pub async fn fail_point_off(&self) {
+        self.client
+            .database("admin")
+            .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+            .await
+            .unwrap();
+    }
+
     /// Drop the databases and queues of this test.
     pub async fn cleanup(self) {
         self.check_v2().await;
