@@ -47,6 +47,12 @@ pub struct Migrated {
     /// [`crate::translate::SourceFields`].
     #[serde(default)]
     pub source: Option<SourceFields>,
+    /// The Info payload this migration wrote (its counts aside): the base of the next re-sync's
+    /// three-way merge (spec 3.4). A field V3 holds differently from here is V3's. Absent in
+    /// records written before it existed: the re-sync then replays V3's info op log up to the
+    /// migration's last op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<crate::v3::Info>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

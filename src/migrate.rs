@@ -1335,6 +1335,7 @@ fn migrated_of(
         forked_from_is_backfilled: t.info.forked_from_is_backfilled,
         history: history.clone(),
         source: Some(p.source().fields()),
+        info: Some(t.info.clone()),
     };
     let skipped: Vec<String> = t.skipped.iter().map(|s| s.reason.clone()).collect();
     for s in &skipped {

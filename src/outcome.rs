@@ -178,6 +178,14 @@ impl std::fmt::Display for ErrorKind {
     }
 }
 
+/// The reason of a `skipped` viz that V3's users deleted after it was migrated (info or content
+/// `_type: null`): never re-created (spec 3.4, 3.5).
+pub const DELETED_IN_V3: &str = "deleted in V3";
+
+/// The reason of a `skipped` viz whose owner deleted their V3 account: neither the viz nor the
+/// account is re-created (spec 3.4).
+pub const OWNER_DELETED_IN_V3: &str = "owner deleted in V3";
+
 /// What the ledger says about the last successful migration of a viz.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastMigration<'a> {

@@ -264,6 +264,8 @@ pub struct Snapshot {
     pub last_op: Option<ObjectId>,
     /// `_m.ctime` (ms): when the doc was created. Every update keeps it, as ShareDB does.
     pub ctime: Option<i64>,
+    /// `_m.mtime` (ms): when the doc last changed (for a tombstone: when it was deleted).
+    pub mtime: Option<i64>,
 }
 
 /// What a sync did, per doc.
@@ -1352,15 +1354,15 @@ fn snapshot_of(mut d: Document) -> Option<Snapshot> {
     };
     let doc_type = d.get_str("_type").ok().map(str::to_string);
     let last_op = d.get_object_id("_o").ok();
-    let ctime = d
-        .get_document("_m")
-        .ok()
-        .and_then(|m| match m.get("ctime") {
+    let time = |key: &str| {
+        d.get_document("_m").ok().and_then(|m| match m.get(key) {
             Some(Bson::Int64(t)) => Some(*t),
             Some(Bson::Int32(t)) => Some(i64::from(*t)),
             Some(Bson::Double(t)) if t.is_finite() => Some(*t as i64),
             _ => None,
-        });
+        })
+    };
+    let (ctime, mtime) = (time("ctime"), time("mtime"));
     for k in ENVELOPE {
         d.remove(k);
     }
@@ -1371,6 +1373,7 @@ fn snapshot_of(mut d: Document) -> Option<Snapshot> {
         data: to_json(Bson::Document(d)),
         last_op,
         ctime,
+        mtime,
     })
 }
 
