@@ -1214,6 +1214,33 @@ impl Store {
         Ok(ours.flatten())
     }
 
+    /// Every commit of a viz as stored, branches included (no chain order). One query.
+    pub async fn commits_all_of(&self, viz: &str) -> Result<Vec<Commit>, StoreError> {
+        self.trip();
+        let docs: Vec<Document> = self
+            .coll(collections::COMMIT)
+            .find(doc! {"viz": viz})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.into_iter().filter_map(commit_of).collect())
+    }
+
+    /// The commits whose `parent` is one of `ids` (any viz). One query.
+    pub async fn commits_with_parent(&self, ids: &[String]) -> Result<Vec<Commit>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.trip();
+        let docs: Vec<Document> = self
+            .coll(collections::COMMIT)
+            .find(doc! {"parent": {"$in": ids}})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.into_iter().filter_map(commit_of).collect())
+    }
+
     /// Every commit of a viz, in chain order (start first). One query.
     pub async fn commits_of(&self, viz: &str) -> Result<Vec<Commit>, StoreError> {
         self.trip();
