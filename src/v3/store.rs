@@ -836,19 +836,20 @@ impl Store {
             .insert_ignoring_duplicates(collection, snaps, WriteKind::SnapshotInsert)
             .await?;
         // A snapshot already there has its own history: a `create` op this call inserted for it
-        // is an orphan no snapshot links to. Taken back (an op that was there before is the
+        // is an orphan unless that snapshot links it (a racing writer of the same create
+        // inserted its snapshot first). Taken back then (an op that was there before is the
         // one an earlier attempt linked, or will be the one its snapshot insert links).
-        let orphans: Vec<Bson> = existed
-            .iter()
-            .filter(|i| !ops_there.contains(i))
-            .map(|i| oids[*i].clone())
-            .collect();
-        if !orphans.is_empty() {
-            self.write_allowed()?;
-            self.trip();
-            self.coll(&format!("o_{collection}"))
-                .delete_many(doc! {"_id": {"$in": orphans}})
-                .await?;
+        for i in existed.iter().filter(|i| !ops_there.contains(i)) {
+            let Bson::ObjectId(oid) = oids[*i] else {
+                continue;
+            };
+            if !self.op_is_linked(collection, docs[*i].0, 0, oid).await? {
+                self.write_allowed()?;
+                self.trip();
+                self.coll(&format!("o_{collection}"))
+                    .delete_one(doc! {"_id": oid})
+                    .await?;
+            }
         }
         Ok(existed.into_iter().map(|i| docs[i].0.to_string()).collect())
     }
