@@ -6,7 +6,7 @@
 
 use crate::cache::{approx_bytes, Cache};
 use crate::ledger::{Ledger, Migrated, VizRecord};
-use crate::outcome::{self, LastMigration, Plan, V3Now};
+use crate::outcome::{self, ErrorKind, LastMigration, Plan, V3Now};
 use crate::retry::{self, Retryable};
 use crate::translate::{
     self, Config, Context, Parent, ParentRequest, Prepared, Previous, TranslateError, Translation,
@@ -107,7 +107,24 @@ impl JobError {
     /// Short, stable name for headers, metrics and `dlq stats`.
     pub fn kind(&self) -> &'static str {
         // One mapping for headers, the ledger, `dlq stats` and the `error_kind` label.
-        crate::outcome::ErrorKind::of(self).as_str()
+        self.error_kind().as_str()
+    }
+
+    /// The failure class (the `error_kind` label). Every variant, no wildcard: a new one does
+    /// not compile until it has its kind.
+    pub fn error_kind(&self) -> ErrorKind {
+        match self {
+            JobError::Translate(t) => t.error_kind(),
+            JobError::V2 { .. } => ErrorKind::V2Read,
+            JobError::V3 { .. } => ErrorKind::V3Write,
+            JobError::NotFound { .. } => ErrorKind::NotFound,
+            JobError::Parent { .. } | JobError::ParentFailed { .. } => ErrorKind::Parent,
+            JobError::Chain { .. } => ErrorKind::Chain,
+            JobError::Raced { .. } => ErrorKind::Raced,
+            JobError::BadMessage(_) => ErrorKind::BadMessage,
+            JobError::CrashLoop { .. } => ErrorKind::CrashLoop,
+            JobError::Panic { .. } => ErrorKind::Panic,
+        }
     }
 }
 
