@@ -435,6 +435,47 @@ fn op_id_salted(
     ObjectId::from_bytes(bytes)
 }
 
+/// The Info stamp `migratedTimestamp`: the one part of a write of ours that differs between
+/// two runs of the same job (it says when). Left out of op ids, so a job run again after it
+/// stopped between an op and its snapshot finds that op (same id) and adopts it instead of
+/// writing a second op at the same version and leaving the first an orphan.
+const STAMP: &str = "migratedTimestamp";
+
+/// `body` as its op id sees it: without the [`STAMP`] (in a `create`'s data, or a json1
+/// component at it).
+fn identity(body: &Document) -> Cow<'_, Document> {
+    if let Ok(data) = body
+        .get_document("create")
+        .and_then(|c| c.get_document("data"))
+    {
+        if data.contains_key(STAMP) {
+            let mut data = data.clone();
+            data.remove(STAMP);
+            let mut out = body.clone();
+            if let Ok(create) = out.get_document_mut("create") {
+                create.insert("data", data);
+            }
+            return Cow::Owned(out);
+        }
+    }
+    let at_stamp =
+        |b: &Bson| matches!(b, Bson::Array(a) if a.first() == Some(&Bson::String(STAMP.into())));
+    match body.get("op") {
+        Some(op @ Bson::Array(_)) if at_stamp(op) => {
+            let mut out = body.clone();
+            out.insert("op", Bson::Null);
+            Cow::Owned(out)
+        }
+        Some(Bson::Array(parts)) if parts.iter().any(at_stamp) => {
+            let kept: Vec<Bson> = parts.iter().filter(|p| !at_stamp(p)).cloned().collect();
+            let mut out = body.clone();
+            out.insert("op", kept);
+            Cow::Owned(out)
+        }
+        _ => Cow::Borrowed(body),
+    }
+}
+
 /// Op `v` of `collection/id` as sharedb-mongo stores it (`body`: its `create`, `op` or `del`;
 /// `prev`: the op before it, which `_o` links follow), and its id.
 fn op_doc(
@@ -446,7 +487,7 @@ fn op_doc(
     ts_ms: i64,
     salt: Option<&str>,
 ) -> (ObjectId, Document) {
-    let oid = op_id_salted(collection, id, v, &body, salt);
+    let oid = op_id_salted(collection, id, v, &identity(&body), salt);
     let mut op = doc! {"_id": oid, "src": OP_SRC, "seq": v + 1, "v": v};
     op.extend(body);
     op.extend(doc! {"m": {"ts": ts_ms}, "c": collection, "d": id, "o": prev.map_or(Bson::Null, Bson::ObjectId)});
@@ -814,17 +855,13 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut ops = Vec::with_capacity(docs.len());
-        let mut snaps = Vec::with_capacity(docs.len());
         for (id, data) in docs {
             let body = doc! {"create": {"type": OT_TYPE, "data": to_bson(collection, id, data)?}};
-            let (oid, op) = op_doc(collection, id, 0, body, None, ts_ms, None);
-            ops.push(op);
-            let mut snap = doc! {"_id": *id, "_type": OT_TYPE, "_v": 1_i64, "_m": {"ctime": ts_ms, "mtime": ts_ms}, "_o": oid};
-            snap.extend(to_document(collection, id, data)?);
-            snaps.push(snap);
+            ops.push(op_doc(collection, id, 0, body, None, ts_ms, None).1);
         }
         // A `create` op already there is one an earlier attempt wrote before it stopped: its
-        // snapshot may be missing, so the snapshots are inserted regardless.
+        // snapshot may be missing, so the snapshots are inserted regardless, saying what that
+        // op says (the Info stamp may differ, see [`STAMP`]).
         let oids: Vec<Bson> = ops
             .iter()
             .map(|o| o.get("_id").cloned().unwrap_or(Bson::Null))
@@ -832,6 +869,21 @@ impl Store {
         let ops_there = self
             .insert_ignoring_duplicates(&format!("o_{collection}"), ops, WriteKind::OpInsert)
             .await?;
+        let mut snaps = Vec::with_capacity(docs.len());
+        for (i, (id, data)) in docs.iter().enumerate() {
+            let Bson::ObjectId(oid) = oids[i] else {
+                unreachable!("op ids are ObjectIds")
+            };
+            let adopted = if collection == collections::INFO && ops_there.contains(&i) {
+                self.adopted(collection, None, oid).await?
+            } else {
+                None
+            };
+            let data = adopted.as_ref().unwrap_or(data);
+            let mut snap = doc! {"_id": *id, "_type": OT_TYPE, "_v": 1_i64, "_m": {"ctime": ts_ms, "mtime": ts_ms}, "_o": oid};
+            snap.extend(to_document(collection, id, data)?);
+            snaps.push(snap);
+        }
         let existed = self
             .insert_ignoring_duplicates(collection, snaps, WriteKind::SnapshotInsert)
             .await?;
@@ -852,6 +904,30 @@ impl Store {
             }
         }
         Ok(existed.into_iter().map(|i| docs[i].0.to_string()).collect())
+    }
+
+    /// The payload op `oid` of doc `s` (already in the log: a stopped attempt of this same
+    /// write put it there, see [`STAMP`]) brings `s` to: what the snapshot must say for that op
+    /// to be its history. `None` when the op is gone or does not apply.
+    async fn adopted(
+        &self,
+        collection: &str,
+        s: Option<&Snapshot>,
+        oid: ObjectId,
+    ) -> Result<Option<Value>, StoreError> {
+        self.trip();
+        let op = self
+            .coll(&format!("o_{collection}"))
+            .find_one(doc! {"_id": oid})
+            .await?;
+        let Some(op) = op else { return Ok(None) };
+        if let Ok(create) = op.get_document("create") {
+            return Ok(create.get("data").cloned().map(to_json));
+        }
+        match (op.get("op"), s) {
+            (Some(body), Some(s)) => Ok(json1::apply(s.data.clone(), &to_json(body.clone())).ok()),
+            _ => Ok(None),
+        }
     }
 
     /// Unordered insert; documents whose `_id` is taken are left as they are. Returns the
@@ -921,14 +997,27 @@ impl Store {
             oids.push(oid);
         }
         let ops_coll = format!("o_{collection}");
-        self.insert_ignoring_duplicates(&ops_coll, ops, WriteKind::OpInsert)
+        let existed = self
+            .insert_ignoring_duplicates(&ops_coll, ops, WriteKind::OpInsert)
             .await?;
+        let mut adopted: HashMap<usize, Value> = HashMap::new();
+        if collection == collections::INFO {
+            for i in &existed {
+                if let Some(v) = self
+                    .adopted(collection, Some(updates[*i].0), oids[*i])
+                    .await?
+                {
+                    adopted.insert(*i, v);
+                }
+            }
+        }
         // Every snapshot in one `update` command, each replacement conditional on the version
         // read. The reply counts matches, not which matched: when all did (the common case)
         // that is enough; otherwise the snapshots are read back, and one whose newest op is
         // not ours lost its race.
         let mut statements = Vec::with_capacity(updates.len());
-        for ((s, data, _), oid) in updates.iter().zip(&oids) {
+        for (i, ((s, data, _), oid)) in updates.iter().zip(&oids).enumerate() {
+            let data = adopted.get(&i).unwrap_or(data);
             let snap = snapshot_doc(collection, s, *oid, Some(data), ts_ms)?;
             statements.push(doc! {"q": {"_id": &s.id, "_v": s.version}, "u": snap});
         }
@@ -1014,6 +1103,13 @@ impl Store {
             .insert_ignoring_duplicates(&ops, vec![op], WriteKind::OpInsert)
             .await?
             .is_empty();
+        let adopted = match data {
+            Some(_) if !ours && collection == collections::INFO => {
+                self.adopted(collection, Some(s), oid).await?
+            }
+            _ => None,
+        };
+        let data = adopted.as_ref().or(data);
         self.replace_snapshot(collection, s, oid, ours, data, ts_ms, report)
             .await
     }
