@@ -456,6 +456,90 @@ async fn op_log_problems(db: &Database) -> Vec<String> {
     out
 }
 
+/// What a check wants of an upvote or permission doc.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    Live,
+    /// Deleted by V3 and still so: its tombstone (`_type: null`) is there.
+    Deleted,
+    /// Absent or deleted.
+    NotLive,
+}
+
+/// The commit history as V3 reads it: no commit has two children in one viz (a branch the
+/// migration made), and every live viz's content equals the replay of its `info.end` (spec 2.2;
+/// except `uncommitted`, vizzes whose content V3 edited without committing, as V3's editor
+/// does).
+async fn history_problems(db: &Database, uncommitted: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut commits = std::collections::HashMap::new();
+    for c in docs(db, "commit").await {
+        match serde_json::from_value::<vizhub_migrate::v3::Commit>(c.clone()) {
+            Ok(commit) => {
+                commits.insert(commit.id.clone(), commit);
+            }
+            Err(e) => out.push(format!("commit {}: unreadable ({e}): {c}", c["_id"])),
+        }
+    }
+    let mut children: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for c in commits.values() {
+        if let Some(parent) = &c.parent {
+            children
+                .entry((parent.clone(), c.viz.clone()))
+                .or_default()
+                .push(c.id.clone());
+        }
+    }
+    for ((parent, viz_id), kids) in children {
+        if kids.len() > 1 {
+            out.push(format!(
+                "commit {parent} has {} children in {}: {kids:?}",
+                kids.len(),
+                role(&viz_id)
+            ));
+        }
+    }
+    let contents: BTreeMap<String, Value> = docs(db, "content")
+        .await
+        .into_iter()
+        .map(|d| (d["_id"].as_str().unwrap().to_string(), d))
+        .collect();
+    for info in docs(db, "info").await {
+        let id = info["_id"].as_str().unwrap().to_string();
+        if info["_type"].is_null() || uncommitted.contains(&id) {
+            continue;
+        }
+        let Some(end) = info["end"].as_str() else {
+            out.push(format!("{}: info has no end", role(&id)));
+            continue;
+        };
+        let Some(mut content) = contents.get(&id).cloned() else {
+            out.push(format!("{}: no content doc", role(&id)));
+            continue;
+        };
+        let o = content.as_object_mut().unwrap();
+        for k in ["_id", "_type", "_v", "_o", "_m"] {
+            o.remove(k);
+        }
+        match vizhub_migrate::v3::content_at(&commits, end) {
+            Ok(replayed) if replayed == content => {}
+            Ok(replayed) => out.push(format!(
+                "{}: content is not the replay of info.end {end}:\n    content  {content}\n    replayed {replayed}",
+                role(&id)
+            )),
+            Err(e) => out.push(format!("{}: info.end {end} does not replay: {e:?}", role(&id))),
+        }
+    }
+    out
+}
+
+/// [`op_log_problems`] and [`history_problems`].
+async fn log_problems(db: &Database, uncommitted: &[String]) -> Vec<String> {
+    let mut out = op_log_problems(db).await;
+    out.extend(history_problems(db, uncommitted).await);
+    out
+}
+
 /// The ledger's outcome and reason of every viz.
 async fn outcomes(env: &TestEnv) -> BTreeMap<String, (Outcome, Option<String>)> {
     env.records()
@@ -671,37 +755,50 @@ async fn check_v3(env: &TestEnv, sc: &Scenario, phase: &str) -> Vec<String> {
     }
 
     // Upvotes and collaborators.
-    let must = |p: &mut Vec<String>, coll: &str, user: &str, viz_id: &str, want_live: bool| {
+    let must = |p: &mut Vec<String>, coll: &str, user: &str, viz_id: &str, want: Want| {
         let id = format!("{user}-{viz_id}");
         let d = get(coll, &id);
-        if live(&d) != want_live {
+        let is = match &d {
+            None => "absent",
+            Some(d) if d["_type"].is_null() => "deleted (_type null)",
+            Some(_) => "live",
+        };
+        let ok = match want {
+            Want::Live => is == "live",
+            Want::Deleted => is == "deleted (_type null)",
+            Want::NotLive => is != "live",
+        };
+        if !ok {
             p.push(format!(
-                "{}: {coll} {id} is {}, want {}",
-                role(viz_id),
-                if live(&d) {
-                    "live"
-                } else {
-                    "absent or deleted"
-                },
-                if want_live {
-                    "live"
-                } else {
-                    "absent or deleted"
-                }
+                "{}: {coll} {id} is {is}, want {want:?}",
+                role(viz_id)
             ));
         }
     };
+    // What V3 deleted stays deleted (the tombstone V3's del left).
     must(
         &mut p,
         "permission",
         EDITOR,
         &viz(COLLABORATOR_REMOVED),
-        false,
+        Want::Deleted,
     );
-    must(&mut p, "permission", COLLABORATOR, PRIMORDIAL_VIZ_ID, false);
-    must(&mut p, "upvote", UPVOTER_A, &viz(UPVOTE_WITHDRAWN), false);
-    must(&mut p, "upvote", DANGLING_UPVOTER, DANGLING, false);
-    must(&mut p, "upvote", V3_UPVOTER, &viz(V3_UPVOTED), true);
+    must(
+        &mut p,
+        "permission",
+        COLLABORATOR,
+        PRIMORDIAL_VIZ_ID,
+        Want::Deleted,
+    );
+    must(
+        &mut p,
+        "upvote",
+        UPVOTER_A,
+        &viz(UPVOTE_WITHDRAWN),
+        Want::Deleted,
+    );
+    must(&mut p, "upvote", DANGLING_UPVOTER, DANGLING, Want::Deleted);
+    must(&mut p, "upvote", V3_UPVOTER, &viz(V3_UPVOTED), Want::Live);
     for i in [
         TRASHED,
         PRIVATE,
@@ -713,7 +810,7 @@ async fn check_v3(env: &TestEnv, sc: &Scenario, phase: &str) -> Vec<String> {
         UPVOTED_BY_GONE,
         V2_UPVOTED,
     ] {
-        must(&mut p, "upvote", NEW_UPVOTER, &viz(i), true);
+        must(&mut p, "upvote", NEW_UPVOTER, &viz(i), Want::Live);
     }
     if let Some(u) = get("upvote", &format!("{V3_UPVOTER}-{}", viz(V3_UPVOTED))) {
         if u.get("migratedFromV2").is_some() {
@@ -730,8 +827,14 @@ async fn check_v3(env: &TestEnv, sc: &Scenario, phase: &str) -> Vec<String> {
             u.map_or("missing".into(), |u| format!("re-created: {u}"))
         )),
     }
-    must(&mut p, "upvote", GONE, &viz(UPVOTED_BY_GONE), false);
-    must(&mut p, "permission", GONE, &viz(COLLABORATOR_GONE), false);
+    must(&mut p, "upvote", GONE, &viz(UPVOTED_BY_GONE), Want::NotLive);
+    must(
+        &mut p,
+        "permission",
+        GONE,
+        &viz(COLLABORATOR_GONE),
+        Want::NotLive,
+    );
     let skipped_gone = records
         .iter()
         .find(|r| r.viz == viz(UPVOTED_BY_GONE))
@@ -779,7 +882,27 @@ async fn check_v3(env: &TestEnv, sc: &Scenario, phase: &str) -> Vec<String> {
         }
     }
 
-    p.extend(op_log_problems(&env.v3).await);
+    // The two counts V3's acts moved, explicitly: two migrated upvotes, V3's and V2's new one;
+    // V3's fork.
+    let upvoted = info(V3_UPVOTED);
+    if num(&upvoted["upvotesCount"]) != Some(4) {
+        p.push(format!(
+            "{}: upvotesCount {}, want 4 (2 migrated, V3's own, V2's new one)",
+            role(&viz(V3_UPVOTED)),
+            upvoted["upvotesCount"]
+        ));
+    }
+    let forked = info(FORKED_IN_V3);
+    if num(&forked["forksCount"]) != Some(1) {
+        p.push(format!(
+            "{}: forksCount {}, want 1 (V3's fork)",
+            role(&viz(FORKED_IN_V3)),
+            forked["forksCount"]
+        ));
+    }
+
+    let v3_edited = [viz(CONTENT_BOTH), viz(EDITED_V3_ONLY)];
+    p.extend(log_problems(&env.v3, &v3_edited).await);
     match verify::verify(&env.migrator(), Scope::All, |_, _| {}).await {
         Ok(r) => p.extend(
             r.mismatches
@@ -929,6 +1052,7 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
         fork,
     };
 
+    let v3_edited = [viz(CONTENT_BOTH), viz(EDITED_V3_ONLY)];
     let base = env.v3.clone();
     let mut problems: Vec<String> = Vec::new();
 
@@ -989,7 +1113,7 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
             let again = if n % 2 == 0 { env.migrator() } else { m };
             let done = again.migrate(id, None).await;
             let state = state_of(&scratch).await;
-            let logs = op_log_problems(&scratch).await;
+            let logs = log_problems(&scratch, &v3_edited).await;
             resumed.push((n, done, state, logs));
             scratch.drop().await.unwrap();
         }
@@ -1058,7 +1182,7 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
     };
     let mut pod = spawn(&env);
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let at_kill = loop {
         let done = env
             .records()
             .await
@@ -1066,13 +1190,17 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
             .filter(|r| r.batch.as_deref() == Some(plan.batch.as_str()))
             .count();
         if done >= 3 {
-            break;
+            break done;
         }
         assert!(Instant::now() < deadline, "the pod made no progress");
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
     pod.kill().unwrap(); // SIGKILL
     pod.wait().unwrap();
+    eprintln!(
+        "pod killed with {at_kill} of {} jobs recorded",
+        sc.order.len()
+    );
     let second = spawn(&env);
     let status = tokio::task::spawn_blocking(move || {
         let mut second = second;
