@@ -545,13 +545,43 @@ async fn history_problems(
         match vizhub_migrate::v3::content_at(&commits, end) {
             Ok(replayed) if replayed == content => {}
             Ok(replayed) => out.push(format!(
-                "{}: content is not the replay of info.end {end}:\n    content  {content}\n    replayed {replayed}",
+                "{}: content is not the replay of info.end {end}: they differ at {:?}",
+                role(&id),
+                diff_paths(&content, &replayed, "")
+            )),
+            Err(e) => out.push(format!(
+                "{}: info.end {end} does not replay: {e:?}",
                 role(&id)
             )),
-            Err(e) => out.push(format!("{}: info.end {end} does not replay: {e:?}", role(&id))),
         }
     }
     out
+}
+
+/// Where two JSON values differ, as paths (`files.a1b2c3d4.text`), to a depth of four.
+fn diff_paths(a: &Value, b: &Value, at: &str) -> Vec<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) if at.matches('.').count() < 3 => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter()
+                .filter(|k| x.get(*k) != y.get(*k))
+                .flat_map(|k| {
+                    let path = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    diff_paths(
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        &path,
+                    )
+                })
+                .collect()
+        }
+        _ if a == b => Vec::new(),
+        _ => vec![at.to_string()],
+    }
 }
 
 /// [`op_log_problems`] and [`history_problems`].
