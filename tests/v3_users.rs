@@ -584,6 +584,34 @@ fn diff_paths(a: &Value, b: &Value, at: &str) -> Vec<String> {
     }
 }
 
+/// How `state` differs from `want` (both from [`state_of`]), a line per document: where it
+/// differs, or that it is missing or extra.
+fn state_diff(state: &BTreeMap<String, Value>, want: &BTreeMap<String, Value>) -> Vec<String> {
+    let keys: BTreeSet<&String> = state.keys().chain(want.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| match (state.get(k), want.get(k)) {
+            (Some(a), Some(b)) if a == b => None,
+            (Some(a), Some(b)) => Some(format!(
+                "{k}: differs at {:?} (_v {} here, {} wanted)",
+                diff_paths(a, b, ""),
+                short(&a["_v"]),
+                short(&b["_v"])
+            )),
+            (Some(_), None) => Some(format!("{k}: extra")),
+            (None, _) => Some(format!("{k}: missing")),
+        })
+        .collect()
+}
+
+/// A value for a message, cut to 80 characters.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s,
+    }
+}
+
 /// [`op_log_problems`] and [`history_problems`].
 async fn log_problems(db: &Database, uncommitted: &[String], only: Option<&str>) -> Vec<String> {
     let mut out = op_log_problems(db).await;
@@ -1314,7 +1342,7 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
     problems.extend(check_v3(&env, &sc, "clean catch-up").await);
     resync_all(&env, &sc, "catch-up rerun", &mut problems).await;
     let rerun_state = state_of(&env.v3).await;
-    for d in TestEnv::state_diff(&rerun_state, &clean_state) {
+    for d in state_diff(&rerun_state, &clean_state) {
         problems.push(format!("catch-up rerun changed V3: {d}"));
     }
     for (id, (o, r)) in outcomes(&env).await {
@@ -1394,7 +1422,7 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
                 )),
                 Ok(_) => {}
             }
-            let diff = TestEnv::state_diff(&state, &clean_state);
+            let diff = state_diff(&state, &clean_state);
             if !diff.is_empty() {
                 problems.push(format!(
                     "{what}: V3 differs from a clean run:\n  {}",
@@ -1412,7 +1440,7 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
     }
     env.v3 = progress.clone();
     let swept = state_of(&progress).await;
-    for d in TestEnv::state_diff(&swept, &clean_state) {
+    for d in state_diff(&swept, &clean_state) {
         problems.push(format!(
             "stops: the catch-up job by job differs from the clean catch-up: {d}"
         ));
@@ -1485,7 +1513,7 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
         }
     }
     let killed = state_of(&env.v3).await;
-    for d in TestEnv::state_diff(&killed, &clean_state) {
+    for d in state_diff(&killed, &clean_state) {
         problems.push(format!(
             "killed pod: V3 differs from the clean catch-up: {d}"
         ));
