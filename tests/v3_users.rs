@@ -344,12 +344,102 @@ async fn copy_db(client: &Client, from: &Database, name: &str) -> Database {
     to
 }
 
+/// Every document of every collection of a database, read once for all the checks of a moment.
+struct Dump(BTreeMap<String, Vec<Document>>);
+
+impl Dump {
+    async fn of(db: &Database) -> Dump {
+        let mut out = BTreeMap::new();
+        for c in db.list_collection_names().await.unwrap() {
+            let all: Vec<Document> = db
+                .collection::<Document>(&c)
+                .find(doc! {})
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            out.insert(c, all);
+        }
+        Dump(out)
+    }
+
+    /// The docs of a collection as JSON (relaxed extended JSON, as in [`docs`]).
+    fn json(&self, coll: &str) -> Vec<Value> {
+        self.0
+            .get(coll)
+            .into_iter()
+            .flatten()
+            .map(|d| Bson::Document(d.clone()).into_relaxed_extjson())
+            .collect()
+    }
+}
+
+/// `db`, whose documents are `now`, back to `to`: documents written since are put back,
+/// documents and collections made since removed (cheaper than a copy of the database for every
+/// stop).
+async fn restore(db: &Database, to: &Dump, now: &Dump) {
+    let (to, now) = (&to.0, &now.0);
+    for (c, docs_now) in now {
+        let coll = db.collection::<Document>(c);
+        let Some(docs_then) = to.get(c) else {
+            coll.drop().await.unwrap();
+            continue;
+        };
+        let then: BTreeMap<String, &Document> = docs_then
+            .iter()
+            .map(|d| (d.get("_id").unwrap().to_string(), d))
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut extra = Vec::new();
+        for d in docs_now {
+            let id = d.get("_id").unwrap();
+            seen.insert(id.to_string());
+            match then.get(&id.to_string()) {
+                Some(old) if *old == d => {}
+                Some(old) => {
+                    coll.replace_one(doc! {"_id": id.clone()}, *old)
+                        .await
+                        .unwrap();
+                }
+                None => extra.push(id.clone()),
+            }
+        }
+        if !extra.is_empty() {
+            coll.delete_many(doc! {"_id": {"$in": extra}})
+                .await
+                .unwrap();
+        }
+        let missing: Vec<&Document> = then
+            .iter()
+            .filter(|(id, _)| !seen.contains(*id))
+            .map(|(_, d)| *d)
+            .collect();
+        if !missing.is_empty() {
+            coll.insert_many(missing).await.unwrap();
+        }
+    }
+    for (c, docs_then) in to {
+        if !now.contains_key(c) && !docs_then.is_empty() {
+            db.collection::<Document>(c)
+                .insert_many(docs_then)
+                .await
+                .unwrap();
+        }
+    }
+}
+
 /// V3 as its app sees it plus the versions: every snapshot (deleted ones too) without `_m`, `_o`
 /// and `migratedTimestamp` (the time of a write), and every commit, by `coll/id`.
 async fn state_of(db: &Database) -> BTreeMap<String, Value> {
+    state(&Dump::of(db).await)
+}
+
+/// [`state_of`] from a [`Dump`].
+fn state(dump: &Dump) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for coll in vizhub_migrate::v3::collections::SHAREDB {
-        for mut d in docs(db, coll).await {
+        for mut d in dump.json(coll) {
             let id = format!("{coll}/{}", d["_id"].as_str().unwrap());
             let o = d.as_object_mut().unwrap();
             for k in ["_m", "_o", "migratedTimestamp"] {
@@ -361,7 +451,7 @@ async fn state_of(db: &Database) -> BTreeMap<String, Value> {
             out.insert(id, d);
         }
     }
-    for c in docs(db, "commit").await {
+    for c in dump.json("commit") {
         out.insert(format!("commit/{}", c["_id"].as_str().unwrap()), c);
     }
     out
@@ -399,16 +489,16 @@ fn json1_keys(op: &Value) -> Vec<String> {
 /// Op logs as sharedb-mongo keeps them, for every info, content, upvote, permission and user
 /// doc: ops at exactly versions 0.._v-1, each linked (`o`) to the one before, the snapshot's `_o`
 /// naming the newest; every op of ours changes something, and never only `migratedTimestamp`.
-async fn op_log_problems(db: &Database) -> Vec<String> {
+fn op_log_problems(dump: &Dump) -> Vec<String> {
     let mut out = Vec::new();
     for coll in ["info", "content", "upvote", "permission", "user"] {
-        let snaps: BTreeMap<String, Value> = docs(db, coll)
-            .await
+        let snaps: BTreeMap<String, Value> = dump
+            .json(coll)
             .into_iter()
             .map(|d| (d["_id"].as_str().unwrap().to_string(), d))
             .collect();
         let mut logs: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for op in docs(db, &format!("o_{coll}")).await {
+        for op in dump.json(&format!("o_{coll}")) {
             let d = op["d"].as_str().unwrap_or("<no d>").to_string();
             logs.entry(d).or_default().push(op);
         }
@@ -487,14 +577,10 @@ enum Want {
 /// except `uncommitted`, vizzes whose content V3 edited without committing, as V3's editor
 /// does). `only`: the vizzes whose content to replay (all when `None`; a replay runs through
 /// the primordial viz's long history, so the stop sweep replays only the job's own viz).
-async fn history_problems(
-    db: &Database,
-    uncommitted: &[String],
-    only: Option<&str>,
-) -> Vec<String> {
+fn history_problems(dump: &Dump, uncommitted: &[String], only: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     let mut commits = std::collections::HashMap::new();
-    for c in docs(db, "commit").await {
+    for c in dump.json("commit") {
         match serde_json::from_value::<vizhub_migrate::v3::Commit>(c.clone()) {
             Ok(commit) => {
                 commits.insert(commit.id.clone(), commit);
@@ -520,12 +606,12 @@ async fn history_problems(
             ));
         }
     }
-    let contents: BTreeMap<String, Value> = docs(db, "content")
-        .await
+    let contents: BTreeMap<String, Value> = dump
+        .json("content")
         .into_iter()
         .map(|d| (d["_id"].as_str().unwrap().to_string(), d))
         .collect();
-    for info in docs(db, "info").await {
+    for info in dump.json("info") {
         let id = info["_id"].as_str().unwrap().to_string();
         if info["_type"].is_null() || uncommitted.contains(&id) || only.is_some_and(|o| o != id) {
             continue;
@@ -613,9 +699,9 @@ fn short(v: &Value) -> String {
 }
 
 /// [`op_log_problems`] and [`history_problems`].
-async fn log_problems(db: &Database, uncommitted: &[String], only: Option<&str>) -> Vec<String> {
-    let mut out = op_log_problems(db).await;
-    out.extend(history_problems(db, uncommitted, only).await);
+fn log_problems(dump: &Dump, uncommitted: &[String], only: Option<&str>) -> Vec<String> {
+    let mut out = op_log_problems(dump);
+    out.extend(history_problems(dump, uncommitted, only));
     out
 }
 
@@ -1178,7 +1264,7 @@ async fn check_v3(env: &TestEnv, sc: &Scenario, phase: &str) -> Vec<String> {
     }
 
     let v3_edited = [viz(CONTENT_BOTH), viz(EDITED_V3_ONLY)];
-    p.extend(log_problems(&env.v3, &v3_edited, None).await);
+    p.extend(log_problems(&Dump::of(&env.v3).await, &v3_edited, None));
     match verify::verify(&env.migrator(), Scope::All, |_, _| {}).await {
         Ok(r) => p.extend(
             r.mismatches
@@ -1366,20 +1452,21 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
 
     // 4B. Each job of the catch-up stopped after its n-th write, for every n, from the state the
     // catch-up reached before it, then run again: it ends as its clean run does.
-    let mut progress = copy_db(&env.client, &base, &format!("{}_p", base.name())).await;
+    let progress = copy_db(&env.client, &base, &format!("{}_p", base.name())).await;
+    env.v3 = progress.clone();
     let mut stop_points = 0;
-    for (k, id) in sc.order.iter().enumerate() {
+    for id in &sc.order {
+        // The state the catch-up reached before this job: every stopped run is undone back to it.
+        let before = Dump::of(&progress).await;
+        let state_before = state(&before);
         let mut resumed = Vec::new();
         let mut clean = None;
         for n in 0..200u64 {
-            let scratch =
-                copy_db(&env.client, &progress, &format!("{}_s{k}_{n}", base.name())).await;
-            env.v3 = scratch.clone();
             let m = env.migrator();
             m.v3.stop_after_writes(Some(n));
             match m.migrate(id, None).await {
                 Ok(done) => {
-                    clean = Some((scratch, done));
+                    clean = Some(done);
                     break;
                 }
                 Err(e) if e.to_string().contains("stopped before a V3 write") => {}
@@ -1392,18 +1479,26 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
             m.v3.stop_after_writes(None);
             let again = if n % 2 == 0 { env.migrator() } else { m };
             let done = again.migrate(id, None).await;
-            let state = state_of(&scratch).await;
-            let logs = log_problems(&scratch, &v3_edited, Some(id)).await;
-            resumed.push((n, done, state, logs));
-            scratch.drop().await.unwrap();
+            let now = Dump::of(&progress).await;
+            let logs = log_problems(&now, &v3_edited, Some(id));
+            resumed.push((n, done, state(&now), logs));
+            restore(&progress, &before, &now).await;
+            if n == 0 {
+                let back = state_of(&progress).await;
+                assert!(
+                    back == state_before,
+                    "restore after a stop of {id}: {:?}",
+                    state_diff(&back, &state_before)
+                );
+            }
         }
-        let Some((scratch, done)) = clean else {
+        let Some(done) = clean else {
             panic!("{}: still writing after 200 writes", role(id));
         };
-        let clean_state = state_of(&scratch).await;
+        let now = Dump::of(&progress).await;
+        let clean_state = state(&now);
         // Problems a clean run of this job leaves too are the clean catch-up's, reported there.
-        let clean_logs: BTreeSet<String> = log_problems(&scratch, &v3_edited, Some(id))
-            .await
+        let clean_logs: BTreeSet<String> = log_problems(&now, &v3_edited, Some(id))
             .into_iter()
             .collect();
         for (n, again, state, logs) in resumed {
@@ -1435,8 +1530,6 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
                     .map(|l| format!("{what}: {l}")),
             );
         }
-        progress.drop().await.unwrap();
-        progress = scratch;
     }
     env.v3 = progress.clone();
     let swept = state_of(&progress).await;
