@@ -5,7 +5,9 @@
 //! vizzes and others at the same time, with two true conflicts (a title renamed on both sides, a
 //! content edited on both sides). Then the daily catch-up re-syncs every viz (the job path of
 //! `planner plan --all --force`: [`Migrator::migrate`] per viz):
-//! - cleanly (phase A), then once more (a rerun changes nothing);
+//! - cleanly (phase A), then once more (a rerun changes nothing); on a copy of its result the old
+//!   merge is put back (each act of V3's undone by writes of ours) and `verify` must report
+//!   every one;
 //! - stopped between every pair of its writes (phase B): each viz's job, from the state the
 //!   catch-up reached before it, stopped after its n-th write for every n and run again (by a
 //!   new pod or the same process), must end as the clean job did (never `conflict` where a clean
@@ -15,8 +17,18 @@
 //! Each phase checks: nothing of V3's is undone, V2's changes land wherever V3 did not act, no
 //! viz V3 never touched ends `conflict`, counts equal what V3 holds, op logs are clean (versions
 //! 0.._v-1 linked by `o`, `_o` the newest, no op of ours that changes nothing or only
-//! `migratedTimestamp`), `verify` finds no mismatch and V2 is never written. Every problem of a
-//! phase is collected and the test fails once, listing them all.
+//! `migratedTimestamp`), no commit has two children in one viz, content is the replay of
+//! `info.end` (where V3 has no uncommitted edit), `verify` finds no mismatch and V2 is never
+//! written. Every problem of every phase is collected and the test fails once, listing them all
+//! (each line names the phase, the viz and its role in the scenario).
+//!
+//! Choices where the contract leaves room: V3's DeleteViz also takes one off the parent's
+//! `forksCount` (vizhub-core's `decrementForksCount`), so every count can be required to equal
+//! what V3 holds; a collaborator's V2 entry has no time of its own (its permission takes the
+//! viz's `lastUpdatedTimestamp`), so the viz whose collaborator V3 removed is changed in V2 only
+//! by an upvote, which moves no timestamp; a viz whose owner's account is gone is left exactly
+//! as V3 has it; the deleted account's V2 entries added since are skipped and listed in the
+//! ledger's skipped entries; a job run again after a clean run ends as before or `unchanged`.
 
 mod common;
 #[path = "common/env.rs"]
