@@ -914,6 +914,41 @@ async fn verify_reports_undone_acts(
     out
 }
 
+/// Every live info's `forksCount` and `upvotesCount` equal what V3 holds: its live infos forked
+/// from it, its live upvotes.
+fn count_problems(snaps: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut p = Vec::new();
+    let infos: Vec<&Value> = snaps
+        .iter()
+        .filter(|(k, d)| k.starts_with("info/") && !d["_type"].is_null())
+        .map(|(_, d)| d)
+        .collect();
+    for i in &infos {
+        let id = i["_id"].as_str().unwrap();
+        let forks = infos.iter().filter(|f| f["forkedFrom"] == id).count() as i64;
+        let upvotes = snaps
+            .iter()
+            .filter(|(k, d)| k.starts_with("upvote/") && !d["_type"].is_null() && d["viz"] == id)
+            .count() as i64;
+        if num(&i["forksCount"]) != Some(forks) {
+            p.push(format!(
+                "{}: forksCount {}, V3 holds {forks} live forks",
+                role(id),
+                i["forksCount"]
+            ));
+        }
+        if num(&i["upvotesCount"]) != Some(upvotes) {
+            p.push(format!(
+                "{}: upvotesCount {}, V3 holds {upvotes} live upvotes",
+                role(id),
+                i["upvotesCount"]
+            ));
+        }
+    }
+
+    p
+}
+
 /// The ledger's outcome and reason of every viz.
 async fn outcomes(env: &TestEnv) -> BTreeMap<String, (Outcome, Option<String>)> {
     env.records()
@@ -1228,33 +1263,7 @@ async fn check_v3(env: &TestEnv, sc: &Scenario, phase: &str) -> Vec<String> {
     if !live(&get("content", &sc.fork)) {
         p.push(format!("V3's fork {}: content gone", sc.fork));
     }
-    let infos: Vec<&Value> = snaps
-        .iter()
-        .filter(|(k, d)| k.starts_with("info/") && !d["_type"].is_null())
-        .map(|(_, d)| d)
-        .collect();
-    for i in &infos {
-        let id = i["_id"].as_str().unwrap();
-        let forks = infos.iter().filter(|f| f["forkedFrom"] == id).count() as i64;
-        let upvotes = snaps
-            .iter()
-            .filter(|(k, d)| k.starts_with("upvote/") && !d["_type"].is_null() && d["viz"] == id)
-            .count() as i64;
-        if num(&i["forksCount"]) != Some(forks) {
-            p.push(format!(
-                "{}: forksCount {}, V3 holds {forks} live forks",
-                role(id),
-                i["forksCount"]
-            ));
-        }
-        if num(&i["upvotesCount"]) != Some(upvotes) {
-            p.push(format!(
-                "{}: upvotesCount {}, V3 holds {upvotes} live upvotes",
-                role(id),
-                i["upvotesCount"]
-            ));
-        }
-    }
+    p.extend(count_problems(&snaps));
 
     // The two counts V3's acts moved, explicitly: two migrated upvotes, V3's and V2's new one;
     // V3's fork.
@@ -1374,7 +1383,17 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
         .expect("the fork's id")
         .to_string();
     let after_acts = snapshots(&env.v3).await;
-    // Sanity: V3 holds what its users did.
+    // Sanity: V3 holds what its users did, and the checks find nothing in what the first
+    // migration and V3's own stack wrote.
+    let v3_edited = [viz(CONTENT_BOTH), viz(EDITED_V3_ONLY)];
+    let clean_before = log_problems(&Dump::of(&env.v3).await, &v3_edited, None)
+        .into_iter()
+        .chain(count_problems(&after_acts))
+        .collect::<Vec<_>>();
+    assert!(
+        clean_before.is_empty(),
+        "after V3's acts, before the catch-up: {clean_before:#?}"
+    );
     assert!(after_acts[&format!("info/{}", v(DELETED_EDITED))]["_type"].is_null());
     assert_eq!(after_acts[&format!("info/{}", v(TRASHED))]["trashed"], true);
     assert!(after_acts[&format!("user/{GONE}")]["_type"].is_null());
@@ -1428,7 +1447,6 @@ async fn a_catch_up_brings_v2_changes_and_never_undoes_v3() {
         fork,
     };
 
-    let v3_edited = [viz(CONTENT_BOTH), viz(EDITED_V3_ONLY)];
     let base = env.v3.clone();
     let mut problems: Vec<String> = Vec::new();
 
