@@ -32,6 +32,7 @@ use crate::migrate::{JobError, Migrator};
 use crate::planner::window_filter;
 use crate::translate::Translation;
 use crate::v3::collections as c3;
+use crate::v3::oplog::{self, Analysis, Bodies, Granularity, Head, LoggedOp, Rules};
 use crate::v3::store::Snapshot;
 use crate::v3::Commit;
 use crate::v3::ContentView;
@@ -69,13 +70,17 @@ pub struct Report {
     pub in_scope: u64,
     /// Vizzes whose V3 state was compared.
     pub compared: u64,
-    /// Expected non-migrations by outcome (`skipped`, `failed`, `conflict`).
+    /// Expected non-migrations by outcome (`skipped`, `failed`, `conflict`, `deleted-in-v3`,
+    /// `owner-deleted-in-v3`).
     pub expected_outcomes: BTreeMap<String, u64>,
     pub mismatches: Vec<Mismatch>,
     /// Mismatch counts by category.
     pub by_category: BTreeMap<String, u64>,
     /// Vizzes V2 no longer migrates that V3 still holds (reported, never deleted).
     pub deleted_in_v2: Vec<String>,
+    /// Differences from what V2 says that are V3's to keep (spec 3.4), by field (`content`: a
+    /// content V3 edited since the migration): not mismatches.
+    pub v3_owned: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -95,11 +100,18 @@ impl Report {
             .or_default() += 1;
     }
 
+    fn owned(&mut self, field: &str) {
+        *self.v3_owned.entry(field.to_string()).or_default() += 1;
+    }
+
     /// Human summary; its last line is `verified <N> vizzes, <M> mismatches` (spec 4.4).
     pub fn render(&self) -> String {
         let mut out = format!("in scope: {} V2 vizzes\n", self.in_scope);
         for (outcome, n) in &self.expected_outcomes {
             out += &format!("expected {outcome}: {n} (not compared)\n");
+        }
+        for (field, n) in &self.v3_owned {
+            out += &format!("V3's own {field}: {n} (V3's users changed it; kept)\n");
         }
         if !self.deleted_in_v2.is_empty() {
             out += &format!(
@@ -171,6 +183,8 @@ pub async fn verify(
         ..Report::default()
     };
     let total = ids.len() as u64;
+    // Users are shared by vizzes: each one's op log is reported once, on the first viz.
+    let mut seen_users = HashSet::new();
     for (i, chunk) in ids.chunks(CHUNK).enumerate() {
         let records = m
             .ledger
@@ -180,7 +194,16 @@ pub async fn verify(
         let expected = m.expected_many(chunk).await;
         let held = Held::read(m, chunk, &expected).await?;
         for (j, (viz, t)) in chunk.iter().zip(expected).enumerate() {
-            check(m, viz, records.get(viz), t, &held, &mut report).await?;
+            check(
+                m,
+                viz,
+                records.get(viz),
+                t,
+                &held,
+                &mut seen_users,
+                &mut report,
+            )
+            .await?;
             progress((i * CHUNK + j + 1) as u64, total);
         }
     }
@@ -199,13 +222,30 @@ struct Held {
     upvotes: HashMap<String, i64>,
     /// Each viz's own commits, in chain order.
     chains: HashMap<String, Vec<Commit>>,
-    /// Live docs among those the translations would write, by collection.
-    live: HashMap<&'static str, HashSet<String>>,
+    /// The user, upvote and permission docs the translations would write, live or not, by
+    /// collection.
+    docs: HashMap<&'static str, HashMap<String, Snapshot>>,
+    /// The op logs of the info, content, user, upvote and permission docs, by collection.
+    logs: HashMap<&'static str, HashMap<String, Vec<LoggedOp>>>,
     analytics: HashMap<String, Snapshot>,
     /// V3's own ops in each analytics doc's log.
     own_views: HashMap<String, i64>,
     /// Envelope problems by collection and doc id.
     envelopes: HashMap<&'static str, HashMap<String, String>>,
+}
+
+/// How V3's ops own each collection's docs (see [`oplog`]): info, upvotes and permissions field
+/// by field (their logs are small and read whole); content and users as a whole (any V3 edit
+/// makes them V3's). An upvote or collaborator V2 gave again after V3 removed it may come back.
+fn rules(collection: &str) -> Rules {
+    let granularity = match collection {
+        c3::CONTENT | c3::USER => Granularity::Doc,
+        _ => Granularity::Field,
+    };
+    Rules {
+        granularity,
+        revive_when_newer: matches!(collection, c3::UPVOTE | c3::PERMISSION),
+    }
 }
 
 impl Held {
@@ -223,7 +263,15 @@ impl Held {
         let forks = m.v3.forks_counts(chunk).await.map_err(at())?;
         let upvotes = m.v3.upvotes_counts(chunk).await.map_err(at())?;
         let chains = m.v3.commits_of_many(chunk).await.map_err(at())?;
-        let mut live = HashMap::new();
+        let mut docs = HashMap::new();
+        let mut logs = HashMap::new();
+        for (collection, bodies) in [(c3::INFO, Bodies::All), (c3::CONTENT, Bodies::Ours)] {
+            let read =
+                m.v3.op_logs(collection, chunk, bodies)
+                    .await
+                    .map_err(at())?;
+            logs.insert(collection, read);
+        }
         for (collection, ids) in [
             (c3::USER, ids_of(&t, |t| t.users.iter().map(|u| &u.id))),
             (c3::UPVOTE, ids_of(&t, |t| t.upvotes.iter().map(|u| &u.id))),
@@ -233,8 +281,12 @@ impl Held {
             ),
         ] {
             let found = m.v3.snapshots(collection, &ids).await.map_err(at())?;
-            let ids = found.into_values().filter(|s| s.doc_type.is_some());
-            live.insert(collection, ids.map(|s| s.id).collect());
+            docs.insert(collection, found);
+            let read =
+                m.v3.op_logs(collection, &ids, Bodies::All)
+                    .await
+                    .map_err(at())?;
+            logs.insert(collection, read);
         }
         let analytics_ids = ids_of(&t, |t| t.analytics.iter().map(|a| &a.id));
         let analytics =
@@ -260,20 +312,82 @@ impl Held {
             forks,
             upvotes,
             chains,
-            live,
+            docs,
+            logs,
             analytics,
             own_views,
             envelopes,
         })
     }
 
-    /// The ids of `ids` that V3 does not hold live in `collection`.
-    fn missing<'a>(&self, collection: &str, ids: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
-        let live = self.live.get(collection);
-        ids.filter(|id| live.is_none_or(|l| !l.contains(*id)))
-            .map(String::as_str)
-            .collect()
+    fn snapshot(&self, collection: &str, id: &str) -> Option<&Snapshot> {
+        match collection {
+            c3::INFO => self.info.get(id),
+            c3::CONTENT => self.content.get(id),
+            _ => self.docs.get(collection)?.get(id),
+        }
     }
+
+    /// What the op log of `collection/id` says ([`oplog::analyze`]); `None` when V3 has
+    /// neither the doc nor any op of it. Ops without a snapshot are all orphans.
+    fn analysis(&self, collection: &str, id: &str) -> Option<Analysis> {
+        let snapshot = self.snapshot(collection, id);
+        let ops = self
+            .logs
+            .get(collection)
+            .and_then(|l| l.get(id))
+            .map_or(&[][..], Vec::as_slice);
+        if snapshot.is_none() && ops.is_empty() {
+            return None;
+        }
+        let head = snapshot.map_or(
+            Head {
+                version: 0,
+                last_op: None,
+                live: false,
+            },
+            Head::of,
+        );
+        Some(oplog::analyze(&head, ops, rules(collection)))
+    }
+
+    /// When `collection/id` is a tombstone V3 deleted (its `del` op is not ours): the time of
+    /// the removal (ms: the `del` op's, else the tombstone's `_m.mtime`), if known. A
+    /// tombstone without a log says nothing of who deleted it: V3 (the migration keeps its
+    /// logs).
+    fn deleted_by_v3(&self, collection: &str, id: &str) -> Option<Option<i64>> {
+        let s = self.snapshot(collection, id)?;
+        if s.doc_type.is_some() {
+            return None;
+        }
+        let has_log = self
+            .logs
+            .get(collection)
+            .is_some_and(|l| l.get(id).is_some_and(|ops| !ops.is_empty()));
+        if !has_log {
+            return Some(s.mtime);
+        }
+        let deleted = self.analysis(collection, id)?.deleted_by_v3?;
+        Some(deleted.or(s.mtime))
+    }
+
+    /// Whether V3 holds `collection/id` live.
+    fn live(&self, collection: &str, id: &str) -> bool {
+        self.snapshot(collection, id)
+            .is_some_and(|s| s.doc_type.is_some())
+    }
+}
+
+/// Report what the op log of `collection/id` shows for `viz` (`undone` acts, `oplog`
+/// problems); true when an act was undone.
+fn report_log(report: &mut Report, viz: &str, collection: &str, id: &str, a: &Analysis) -> bool {
+    for u in &a.undone {
+        report.mismatch(viz, "undone", format!("{collection}/{id}: {u}"));
+    }
+    for h in &a.hygiene {
+        report.mismatch(viz, "oplog", format!("{collection}/{id}: {h}"));
+    }
+    !a.undone.is_empty()
 }
 
 /// The ids `of` each translation, sorted, once each.
@@ -285,12 +399,34 @@ fn ids_of<'t, I: Iterator<Item = &'t String>>(
     set.into_iter().cloned().collect()
 }
 
+/// The Info fields V2 decides, compared one by one (`trashed` and whatever else V3 adds are
+/// V3's and never compared; the counts and the commit ends are checked against V3 itself).
+const INFO_FIELDS: [&str; 7] = [
+    "owner",
+    "title",
+    "forkedFrom",
+    "created",
+    "updated",
+    "visibility",
+    "migratedFromV2",
+];
+
+/// Whether two payload values are the same, numbers by value (V3 may store 500 as 500.0).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn check(
     m: &Migrator,
     viz: &str,
     rec: Option<&VizRecord>,
     expected: Result<Translation, JobError>,
     held: &Held,
+    seen_users: &mut HashSet<String>,
     report: &mut Report,
 ) -> Result<(), VerifyError> {
     let outcome = rec.map(|r| r.outcome);
@@ -338,21 +474,71 @@ async fn check(
             return Ok(());
         }
     };
-    match outcome {
-        Some(Outcome::Conflict) => {
-            report.expected("conflict");
-            return Ok(());
+    // Deleted in V3 (the viz, or its owner's account): acts of V3's users, never re-created.
+    let deleted = [c3::INFO, c3::CONTENT]
+        .iter()
+        .any(|c| held.deleted_by_v3(c, viz).is_some());
+    let owner_deleted = held.deleted_by_v3(c3::USER, &t.info.owner).is_some();
+    let ran = matches!(
+        outcome,
+        Some(Outcome::Migrated | Outcome::Unchanged | Outcome::Conflict)
+    );
+    if !ran && !deleted && !owner_deleted {
+        report.compared += 1;
+        report.mismatch(
+            viz,
+            "not-migrated",
+            format!("translates, ledger says {}", said(outcome)),
+        );
+        return Ok(());
+    }
+
+    // The op logs of every doc the viz's migration writes: no act of V3's undone, no stray op.
+    let info_log = held.analysis(c3::INFO, viz);
+    let content_log = held.analysis(c3::CONTENT, viz);
+    let mut undone = false;
+    for (collection, a) in [(c3::INFO, &info_log), (c3::CONTENT, &content_log)] {
+        if let Some(a) = a {
+            undone |= report_log(report, viz, collection, viz, a);
         }
-        Some(Outcome::Migrated | Outcome::Unchanged) => {}
-        other => {
-            report.compared += 1;
-            report.mismatch(
-                viz,
-                "not-migrated",
-                format!("translates, ledger says {}", said(other)),
-            );
-            return Ok(());
+    }
+    for (collection, ids) in [
+        (
+            c3::UPVOTE,
+            t.upvotes.iter().map(|u| &u.id).collect::<Vec<_>>(),
+        ),
+        (
+            c3::PERMISSION,
+            t.permissions.iter().map(|p| &p.id).collect(),
+        ),
+        (
+            c3::USER,
+            t.users
+                .iter()
+                .map(|u| &u.id)
+                .filter(|u| seen_users.insert(u.to_string()))
+                .collect(),
+        ),
+    ] {
+        for id in ids {
+            if let Some(a) = held.analysis(collection, id) {
+                report_log(report, viz, collection, id, &a);
+            }
         }
+    }
+    if deleted {
+        if !undone {
+            report.expected("deleted-in-v3");
+        }
+        return Ok(());
+    }
+    if owner_deleted {
+        report.expected("owner-deleted-in-v3");
+        return Ok(());
+    }
+    if outcome == Some(Outcome::Conflict) {
+        report.expected("conflict");
+        return Ok(());
     }
     report.compared += 1;
     let (Some(info), Some(content)) = (
@@ -363,14 +549,42 @@ async fn check(
         return Ok(());
     };
 
-    let want = ContentView::of(&t.content);
+    // V3 edited the content since the migration's last op: the content is V3's (spec 3.4).
+    let v3_content = content_log.as_ref().is_some_and(|a| a.v3_since_ours);
     let have = ContentView::of(&content.data);
-    if let Some(difference) = want.first_difference(&have) {
-        report.mismatch(viz, "content", difference);
+    if v3_content {
+        report.owned("content");
+    } else {
+        let want = ContentView::of(&t.content);
+        if let Some(difference) = want.first_difference(&have) {
+            report.mismatch(viz, "content", difference);
+        }
     }
 
-    for difference in t.info.differences_from(&info.data) {
-        report.mismatch(viz, "info", difference);
+    // A field V3 changed is V3's: it differs from what the migration last wrote (the ledger's
+    // base), or, without a base in the ledger, V3's op changed it last. A value an op of ours
+    // wrote last is never V3's, whatever the base says.
+    let want = serde_json::to_value(&t.info).expect("Info serializes");
+    let base = rec
+        .and_then(|r| r.migrated.as_ref())
+        .and_then(|m| m.info.as_ref())
+        .map(|i| serde_json::to_value(i).expect("Info serializes"));
+    for field in INFO_FIELDS {
+        let (w, h) = (&want[field], &info.data[field]);
+        if same_value(w, h) {
+            continue;
+        }
+        let last = info_log.as_ref().and_then(|a| a.last_change.of(field));
+        let v3s = match (&base, last) {
+            (_, Some((true, _))) => false,
+            (Some(base), _) => !same_value(&base[field], h),
+            (None, last) => last.is_some(),
+        };
+        if v3s {
+            report.owned(field);
+        } else {
+            report.mismatch(viz, "info", format!("{field}: expected {w}, V3 has {h}"));
+        }
     }
     // The counts are V3's own (spec 2.2): what V3 holds now, V3-native forks and upvotes included.
     let counts = [
@@ -396,52 +610,81 @@ async fn check(
         }
     }
 
-    match chain_content(m, viz, held.chains.get(viz)).await? {
-        Err(reason) => report.mismatch(viz, "history", reason),
-        Ok((end, replayed)) => {
-            if info.info_end() != Some(end.as_str()) {
-                report.mismatch(
-                    viz,
-                    "history",
-                    format!(
-                        "info.end {} is not the chain end {end}",
-                        info.info_end().unwrap_or("(none)")
-                    ),
-                );
-            }
-            if replayed != content.data {
-                report.mismatch(
-                    viz,
-                    "history",
-                    format!(
-                        "commit chain replays to something else than content: {}",
-                        ContentView::of(&replayed)
-                            .first_difference(&have)
-                            .unwrap_or_else(|| "differs".into())
-                    ),
-                );
+    let own = held.chains.get(viz);
+    if v3_content {
+        // V3's content is V3's to commit (it may not have yet): the chain up to info.end must
+        // replay, nothing more.
+        if let Some(problem) = chain_to_end(m, viz, own, info.info_end()).await? {
+            report.mismatch(viz, "history", problem);
+        }
+    } else {
+        match chain_content(m, viz, own).await? {
+            Err(reason) => report.mismatch(viz, "history", reason),
+            Ok((end, replayed)) => {
+                if info.info_end() != Some(end.as_str()) {
+                    report.mismatch(
+                        viz,
+                        "history",
+                        format!(
+                            "info.end {} is not the chain end {end}",
+                            info.info_end().unwrap_or("(none)")
+                        ),
+                    );
+                }
+                if replayed != content.data {
+                    report.mismatch(
+                        viz,
+                        "history",
+                        format!(
+                            "commit chain replays to something else than content: {}",
+                            ContentView::of(&replayed)
+                                .first_difference(&have)
+                                .unwrap_or_else(|| "differs".into())
+                        ),
+                    );
+                }
             }
         }
     }
 
-    for (collection, ids, category) in [
-        (
-            c3::USER,
-            t.users.iter().map(|u| &u.id).collect::<Vec<_>>(),
-            "users",
-        ),
-        (
-            c3::UPVOTE,
-            t.upvotes.iter().map(|u| &u.id).collect(),
-            "upvotes",
-        ),
-        (
-            c3::PERMISSION,
-            t.permissions.iter().map(|p| &p.id).collect(),
-            "permissions",
-        ),
+    // Every doc the translation would write exists, except those V3 deleted (an upvote V2 gave
+    // again after V3's removal comes back) and those of users V3 deleted.
+    let user_deleted = |user: &str| held.deleted_by_v3(c3::USER, user).is_some();
+    let gone = |collection: &str, id: &str, user: &str, v2_time: Option<i64>| {
+        if held.live(collection, id) || user_deleted(user) {
+            return false;
+        }
+        match held.deleted_by_v3(collection, id) {
+            None => true,
+            Some(removed) => {
+                collection == c3::UPVOTE
+                    && matches!((v2_time, removed), (Some(t), Some(r)) if t * 1000 > r)
+            }
+        }
+    };
+    let missing_users: Vec<&str> = t
+        .users
+        .iter()
+        .filter(|u| gone(c3::USER, &u.id, &u.id, None))
+        .map(|u| u.id.as_str())
+        .collect();
+    let missing_upvotes: Vec<&str> = t
+        .upvotes
+        .iter()
+        .filter(|u| gone(c3::UPVOTE, &u.id, &u.user, Some(u.timestamp)))
+        .map(|u| u.id.as_str())
+        .collect();
+    let missing_permissions: Vec<&str> = t
+        .permissions
+        .iter()
+        .filter(|p| gone(c3::PERMISSION, &p.id, &p.user, None))
+        .map(|p| p.id.as_str())
+        .collect();
+    for (collection, missing, category) in [
+        (c3::USER, missing_users, "users"),
+        (c3::UPVOTE, missing_upvotes, "upvotes"),
+        (c3::PERMISSION, missing_permissions, "permissions"),
     ] {
-        let missing = held.missing(collection, ids.into_iter());
         if !missing.is_empty() {
             report.mismatch(
                 viz,
@@ -541,6 +784,30 @@ async fn chain_content(
         Ok(content) => Ok(Ok((end.id.clone(), (*content).clone()))),
         Err(JobError::Chain { commit, reason, .. }) => {
             Ok(Err(format!("chain does not replay at {commit}: {reason}")))
+        }
+        Err(e) => Err(VerifyError::Job(e)),
+    }
+}
+
+/// Why the viz's chain up to `end` (info.end) does not replay, if it does not: `end` must be one
+/// of the viz's commits and the chain to it must replay with json1.
+async fn chain_to_end(
+    m: &Migrator,
+    viz: &str,
+    own: Option<&Vec<Commit>>,
+    end: Option<&str>,
+) -> Result<Option<String>, VerifyError> {
+    let own = own.map_or(&[][..], Vec::as_slice);
+    let Some(at) = own.iter().position(|c| Some(c.id.as_str()) == end) else {
+        return Ok(Some(format!(
+            "info.end {} is not one of the viz's commits",
+            end.unwrap_or("(none)")
+        )));
+    };
+    match m.replayed_content(viz, &own[at], &own[..=at]).await {
+        Ok(_) => Ok(None),
+        Err(JobError::Chain { commit, reason, .. }) => {
+            Ok(Some(format!("chain does not replay at {commit}: {reason}")))
         }
         Err(e) => Err(VerifyError::Job(e)),
     }
