@@ -1,14 +1,28 @@
 //! `planner verify`: proves a migration by re-deriving, for every V2 viz in scope, the V3 state a
-//! fresh migration would produce from V2 *as it is now*, and comparing it with what V3 holds.
+//! fresh migration would produce from V2 *as it is now*, and comparing it with what V3 holds,
+//! the way the re-sync reads V3: **what V3's users did is V3's** (spec 3.4), and an act of
+//! V3's that the migration undid is a mismatch.
 //!
 //! What is compared, per category (a mismatch names the viz and the category):
-//! - `not-migrated`: the ledger has no `migrated`/`unchanged` outcome for a viz that translates;
-//! - `missing`: the ledger says migrated but V3 lacks its `info` or `content` doc;
+//! - `not-migrated`: the ledger has no `migrated`/`unchanged` outcome for a viz that translates
+//!   (and V3 did not delete it or its owner);
+//! - `missing`: the ledger says migrated but V3 lacks its `info` or `content` doc (a tombstone
+//!   the migration itself made counts as missing; one V3 made is `deleted-in-v3`, below);
 //! - `content`: title, height and the files in display order (name and text). File *ids* are not
-//!   compared: they are internal to V3 and a re-synced viz legitimately keeps the ids it had;
-//! - `info`: owner, title, fork parent, created / updated times, visibility, `migratedFromV2`;
+//!   compared: they are internal to V3 and a re-synced viz legitimately keeps the ids it had.
+//!   Not compared when V3 edited the content since the migration's last op (an op in its log
+//!   after our last that is not ours): the content is then V3's (counted in `v3Owned.content`);
+//! - `info`: owner, title, fork parent, created / updated times, visibility, `migratedFromV2`.
+//!   A field whose V3 value differs from V2's is **V3's**, not a mismatch (counted in
+//!   `v3Owned.<field>`), when V3 changed it: it differs from what the migration last wrote (the
+//!   ledger's `migrated.info`, the re-sync's three-way base) or, for records without that base,
+//!   the last op that changed it is V3's. A value an op of ours wrote last is never V3's.
+//!   Fields the translation does not produce (`trashed`, whatever V3 adds) are never compared;
 //! - `history`: the commit chain (across fork parents) replays with json1 from `{}` to exactly the
-//!   `content` doc, and `info.end` is the chain's last commit;
+//!   `content` doc, and `info.end` is the chain's last commit. When the content is V3's, V3
+//!   commits its edits on its own schedule (content may be ahead of `info.end`, and V3's commits
+//!   may follow ours): then `info.end` must be one of the viz's commits and the chain up to it
+//!   must replay, nothing more;
 //! - `info` counts: `forksCount` and `upvotesCount` equal what V3 holds (its `info` docs forked
 //!   from the viz, its live upvotes);
 //! - `analytics`: the page-view record holds exactly V2's counts in every interval when V3
@@ -17,18 +31,45 @@
 //! - `envelope`: info and content are ShareDB snapshots as sharedb-mongo writes them: `_type`
 //!   "p", `_m.ctime` kept, `_o` naming the op of that doc that made its current version;
 //! - `users`, `upvotes`, `permissions`: every doc the translation would write exists (V3 may
-//!   hold more: V3-native upvotes and permissions are never touched).
+//!   hold more: V3-native upvotes and permissions are never touched), except docs V3 deleted
+//!   (a tombstone whose `del` is not ours: never re-created) and entries of users V3 deleted.
+//!   An upvote V3 removed that V2 gave again later (V2 timestamp newer than the tombstone's
+//!   `_m.mtime`) must be back;
+//! - `undone`: from the op logs of the viz's info, content, upvote and permission docs and of
+//!   the users it references (each user reported once, on the first viz): an op of ours that
+//!   re-creates a doc after V3's `del` (except an upvote or collaborator V2 gave again after the
+//!   removal), changes a top-level field V3 changed since our previous op (`forksCount`,
+//!   `upvotesCount`, `migratedTimestamp` aside: recounted or ours), or deletes a doc V3 created
+//!   or changed. Info, upvotes and permissions are judged field by field and by value; content
+//!   and users as a whole (any V3 op makes them V3's), see [`crate::v3::oplog`];
+//! - `oplog`: those logs are what sharedb-mongo leaves: one op per version `0.._v-1`, each linked
+//!   (`o`) to the one before, the snapshot's `_o` the op at `_v-1`; no op of ours that no
+//!   snapshot links (orphans, ours at `v >= _v` included; V3's own orphans are sharedb-mongo's
+//!   business); no op of ours that changes nothing (`op: null`, empty, or only
+//!   `migratedTimestamp`).
 //!
 //! Inputs that a migration rightly does not migrate are **expected outcomes**, not mismatches:
 //! skipped inputs (tombstones, datasets, partial docs) whose ledger says `skipped`, dead-letter
-//! inputs (missing content, bad op log…) whose ledger says `failed`, and `conflict`s (edited in V3,
-//! left for a human). A viz skipped in V2 that V3 still has (deleted in V2 after migration) is
-//! reported as `deleted-in-v2` and never deleted (spec 3.4); it is a notice, not a mismatch.
-//! Verify only reads; it counts as "compared" only vizzes whose V3 state it actually compared,
-//! so a run that compared nothing can be refused by the caller.
+//! inputs (missing content, bad op log…) whose ledger says `failed`, `conflict`s (edited in V3
+//! and V2, left for a human), `deleted-in-v3` (info or content a tombstone V3 made; never
+//! re-created, whatever the ledger says yet) and `owner-deleted-in-v3` (the owner's V3 user doc
+//! a tombstone V3 made). Their op logs are still checked (`undone`, `oplog`): a viz V3 deleted
+//! whose doc the migration re-created is `undone`, not an expected outcome. A viz skipped in V2
+//! that V3 still has (deleted in V2 after migration) is reported as `deleted-in-v2` and never
+//! deleted (spec 3.4); it is a notice, not a mismatch. Verify only reads; it counts as
+//! "compared" only vizzes whose V3 state it actually compared, so a run that compared nothing
+//! can be refused by the caller.
+//!
+//! Cost: vizzes are verified in chunks of 100; per chunk, besides the V2 reads of
+//! [`Migrator::expected_many`], V3 is read with one query per collection for all of the chunk:
+//! snapshots (info, content, users, upvotes, permissions, analytics), counts (forks, upvotes),
+//! commits, analytics foreign ops, two envelope checks, and five op-log aggregates (info,
+//! content, user, upvote, permission; `$in` over the indexed `d`, projected: for content only
+//! the `op` bodies of our own edits travel, never a `create`'s whole content).
 
 use crate::ledger::VizRecord;
 use crate::migrate::{JobError, Migrator};
+use crate::outcome::{DELETED_IN_V3, OWNER_DELETED_IN_V3};
 use crate::planner::window_filter;
 use crate::translate::Translation;
 use crate::v3::collections as c3;
@@ -265,7 +306,7 @@ impl Held {
         let chains = m.v3.commits_of_many(chunk).await.map_err(at())?;
         let mut docs = HashMap::new();
         let mut logs = HashMap::new();
-        for (collection, bodies) in [(c3::INFO, Bodies::All), (c3::CONTENT, Bodies::Ours)] {
+        for (collection, bodies) in [(c3::INFO, Bodies::All), (c3::CONTENT, Bodies::OursEdits)] {
             let read =
                 m.v3.op_logs(collection, chunk, bodies)
                     .await
@@ -352,7 +393,7 @@ impl Held {
     }
 
     /// When `collection/id` is a tombstone V3 deleted (its `del` op is not ours): the time of
-    /// the removal (ms: the `del` op's, else the tombstone's `_m.mtime`), if known. A
+    /// the removal (ms: the tombstone's `_m.mtime`, else the `del` op's), if known. A
     /// tombstone without a log says nothing of who deleted it: V3 (the migration keeps its
     /// logs).
     fn deleted_by_v3(&self, collection: &str, id: &str) -> Option<Option<i64>> {
@@ -368,7 +409,7 @@ impl Held {
             return Some(s.mtime);
         }
         let deleted = self.analysis(collection, id)?.deleted_by_v3?;
-        Some(deleted.or(s.mtime))
+        Some(s.mtime.or(deleted))
     }
 
     /// Whether V3 holds `collection/id` live.
@@ -384,7 +425,12 @@ fn report_log(report: &mut Report, viz: &str, collection: &str, id: &str, a: &An
     for u in &a.undone {
         report.mismatch(viz, "undone", format!("{collection}/{id}: {u}"));
     }
-    for h in &a.hygiene {
+    // Info's and content's `_o` is the envelope check's.
+    let head = a
+        .head_problem
+        .as_ref()
+        .filter(|_| collection != c3::INFO && collection != c3::CONTENT);
+    for h in head.into_iter().chain(&a.hygiene) {
         report.mismatch(viz, "oplog", format!("{collection}/{id}: {h}"));
     }
     !a.undone.is_empty()
@@ -483,7 +529,12 @@ async fn check(
         outcome,
         Some(Outcome::Migrated | Outcome::Unchanged | Outcome::Conflict)
     );
-    if !ran && !deleted && !owner_deleted {
+    // Skipped for a deletion in V3 (its logs tell whether the migration undid it since).
+    let skipped_for_v3 = outcome == Some(Outcome::Skipped)
+        && rec
+            .and_then(|r| r.reason.as_deref())
+            .is_some_and(|r| r == DELETED_IN_V3 || r == OWNER_DELETED_IN_V3);
+    if !ran && !deleted && !owner_deleted && !skipped_for_v3 {
         report.compared += 1;
         report.mismatch(
             viz,
@@ -522,7 +573,7 @@ async fn check(
     ] {
         for id in ids {
             if let Some(a) = held.analysis(collection, id) {
-                report_log(report, viz, collection, id, &a);
+                undone |= report_log(report, viz, collection, id, &a);
             }
         }
     }
@@ -534,6 +585,23 @@ async fn check(
     }
     if owner_deleted {
         report.expected("owner-deleted-in-v3");
+        return Ok(());
+    }
+    if !ran {
+        // The ledger says V3 deleted it, and V3 holds it live: undone (reported above), or
+        // something else brought it back.
+        if !undone {
+            report.compared += 1;
+            report.mismatch(
+                viz,
+                "not-migrated",
+                format!(
+                    "ledger says {} ({}), V3 holds it live",
+                    said(outcome),
+                    rec.and_then(|r| r.reason.as_deref()).unwrap_or_default()
+                ),
+            );
+        }
         return Ok(());
     }
     if outcome == Some(Outcome::Conflict) {

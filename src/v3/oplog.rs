@@ -3,13 +3,16 @@
 //!
 //! [`Store::op_logs`] reads the logs of many docs in one aggregate (`$in` over the indexed `d`),
 //! projected: the envelope of every op, and the body (`create` / `op`) only where it is needed.
-//! Content ops can be large and V3's content bodies are never needed (any V3 op makes the
-//! content V3's), so for content only our own bodies travel ([`Bodies::Ours`]).
+//! Content ops can be large (a `create` holds the whole content) and are needed only as far as
+//! "does this op of ours change anything, and what": any V3 op makes the content V3's, and a
+//! create is a create whatever it holds. So for content only the `op` bodies of our own edits
+//! travel ([`Bodies::OursEdits`]).
 //!
 //! [`analyze`] is pure: given a snapshot's head and its log, it finds
 //! - **undone acts**: an op of ours that re-creates a doc after V3 deleted it (unless the
-//!   re-created payload's `timestamp` is newer than the removal: an upvote V2 gave again), or an
-//!   op of ours that changes a field V3 had changed since the migration's previous op;
+//!   re-created payload's `timestamp` is newer than the removal: an upvote V2 gave again), an
+//!   op of ours that changes a field V3 had changed since the migration's previous op, or a
+//!   `del` of ours of a doc V3 created or changed since;
 //! - **hygiene problems**: versions missing from `0.._v-1`, a chain of `o` links that does not
 //!   run from the snapshot's `_o` down to `v0`, ops of ours that no snapshot links to
 //!   (orphans, including ours at `v >= _v`), ops of ours that change nothing (`op: null`, an empty
@@ -42,8 +45,9 @@ pub const STAMP: &str = "migratedTimestamp";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bodies {
     All,
-    /// Only the bodies of ops the migration wrote; V3's come as [`Body::NotRead`].
-    Ours,
+    /// Only the `op` bodies of edits the migration wrote: V3's ops, and every `create` (a
+    /// whole content), come as [`Body::NotRead`].
+    OursEdits,
 }
 
 /// What an op does.
@@ -150,6 +154,9 @@ pub struct Analysis {
     pub undone: Vec<String>,
     /// Op-log problems, one line each.
     pub hygiene: Vec<String>,
+    /// The snapshot's `_o` is not an op of this doc at `_v - 1` (for info and content, the
+    /// envelope check's finding).
+    pub head_problem: Option<String>,
     /// V3 deleted the doc and it is still deleted: the `del` op's time (ms), if it has one.
     pub deleted_by_v3: Option<Option<i64>>,
     /// A V3 op came after the migration's last op (V3 edited the doc since).
@@ -247,7 +254,12 @@ fn names(t: &Touched) -> String {
 /// The ops of a log in history order: per version the op the snapshot's chain of `o` links
 /// goes through, or, where the chain does not reach, the only op at that version. Also the
 /// hygiene problems of the log (see the module docs).
-fn history<'a>(head: &Head, ops: &'a [LoggedOp], hygiene: &mut Vec<String>) -> Vec<&'a LoggedOp> {
+fn history<'a>(
+    head: &Head,
+    ops: &'a [LoggedOp],
+    head_problem: &mut Option<String>,
+    hygiene: &mut Vec<String>,
+) -> Vec<&'a LoggedOp> {
     let mut at: HashMap<i64, Vec<&LoggedOp>> = HashMap::new();
     for op in ops {
         at.entry(op.v).or_default().push(op);
@@ -269,14 +281,17 @@ fn history<'a>(head: &Head, ops: &'a [LoggedOp], hygiene: &mut Vec<String>) -> V
             Some(op) => Some(op),
             None => {
                 if !broken {
-                    hygiene.push(if v == head.version - 1 {
-                        match head.last_op {
+                    if v == head.version - 1 {
+                        *head_problem = Some(match head.last_op {
                             Some(o) => format!("_o {o} is not an op at v{v}"),
                             None => "_o is missing".into(),
-                        }
+                        });
                     } else {
-                        format!("the op at v{} does not link (o) to an op at v{v}", v + 1)
-                    });
+                        hygiene.push(format!(
+                            "the op at v{} does not link (o) to an op at v{v}",
+                            v + 1
+                        ));
+                    }
                     broken = true;
                 }
                 (here.len() == 1).then(|| here[0])
@@ -326,15 +341,16 @@ fn ranges(vs: &[i64]) -> String {
 /// Analyze one doc's log (see the module docs). `ops` in any order.
 pub fn analyze(head: &Head, ops: &[LoggedOp], rules: Rules) -> Analysis {
     let mut a = Analysis::default();
-    let history = history(head, ops, &mut a.hygiene);
+    let history = history(head, ops, &mut a.head_problem, &mut a.hygiene);
     // The doc as replayed (`known`: the replay so far holds), what our last op left (the
     // three-way base; `None` before our first op, or unknown), and what V3 touched since.
     let mut known = rules.granularity == Granularity::Field;
     let mut state: Option<Value> = None;
     let mut base: Option<Option<Value>> = None;
     let mut v3_since = LastChange::default();
-    // The last `del`: (ours, version, time).
+    // The last `del`: (ours, version, time); the last create: (ours, version).
     let mut last_del: Option<(bool, i64, Option<i64>)> = None;
+    let mut created_by: Option<(bool, i64)> = None;
     let mut expected_v = 0;
     for op in history {
         if op.v != expected_v {
@@ -344,37 +360,55 @@ pub fn analyze(head: &Head, ops: &[LoggedOp], rules: Rules) -> Analysis {
         let before = state.clone();
         let touched = match &op.body {
             Body::Del => {
+                if op.ours {
+                    // Deleting what V3 created, or changed since our last op, undoes V3.
+                    let by_v3 = match (
+                        created_by,
+                        v3_since.all,
+                        v3_since.fields.values().map(|(_, v)| *v).max(),
+                    ) {
+                        (Some((false, v)), _, _) => Some(format!("created it at v{v}")),
+                        (_, Some((_, v)), _) | (_, None, Some(v)) => {
+                            Some(format!("changed it at v{v}"))
+                        }
+                        _ => None,
+                    };
+                    if let Some(by_v3) = by_v3 {
+                        a.undone
+                            .push(format!("op v{} of ours deletes it (V3 {by_v3})", op.v));
+                    }
+                }
                 state = None;
                 last_del = Some((op.ours, op.v, op.ts));
                 Touched::All
             }
-            Body::Create(c) => {
-                if op.ours {
-                    if let Some((false, dv, dts)) = last_del {
-                        let when = c.get("data").and_then(|d| d.get("timestamp"));
-                        let newer = match (when.and_then(Value::as_f64), dts) {
-                            (Some(t), Some(d)) => t * 1000.0 > d as f64,
-                            _ => false,
-                        };
-                        if !(rules.revive_when_newer && newer) {
-                            a.undone.push(format!(
-                                "op v{} of ours re-creates it after V3 deleted it at v{dv}",
-                                op.v
-                            ));
-                        }
+            Body::Create(_) | Body::NotRead { create: true } => {
+                let data = match &op.body {
+                    Body::Create(c) => c.get("data"),
+                    _ => None,
+                };
+                if let (true, Some((false, dv, dts))) = (op.ours, last_del) {
+                    let when = data.and_then(|d| d.get("timestamp"));
+                    let newer = match (when.and_then(Value::as_f64), dts) {
+                        (Some(t), Some(d)) => t * 1000.0 > d as f64,
+                        _ => false,
+                    };
+                    if !(rules.revive_when_newer && newer) {
+                        a.undone.push(format!(
+                            "op v{} of ours re-creates it after V3 deleted it at v{dv}",
+                            op.v
+                        ));
                     }
                 }
                 last_del = None;
-                state = c.get("data").cloned();
+                created_by = Some((op.ours, op.v));
+                state = data.cloned();
                 if state.is_none() {
                     known = false;
                 }
                 Touched::All
             }
-            Body::NotRead { create } => {
-                if *create {
-                    last_del = None;
-                }
+            Body::NotRead { create: false } => {
                 known = false;
                 Touched::All
             }
@@ -478,17 +512,18 @@ fn logged_op(d: &Document) -> Option<(String, LoggedOp)> {
     };
     let ours = d.get_str("src") == Ok(OP_SRC);
     let read = d.get_document("body").ok();
+    let to_json = |b: &Bson| crate::v3::store::to_json(b.clone());
     let body = if d.get_bool("del") == Ok(true) {
         Body::Del
-    } else if let Some(read) = read {
-        match (read.get("create"), read.get("op")) {
-            (Some(c), _) => Body::Create(crate::v3::store::to_json(c.clone())),
-            (None, Some(o)) => Body::Op(crate::v3::store::to_json(o.clone())),
-            (None, None) => Body::Op(Value::Null),
+    } else if d.get("create").is_some() {
+        match read.and_then(|r| r.get("create")) {
+            Some(c) => Body::Create(to_json(c)),
+            None => Body::NotRead { create: true },
         }
     } else {
-        Body::NotRead {
-            create: d.get("create").is_some(),
+        match read {
+            Some(r) => Body::Op(r.get("op").map_or(Value::Null, to_json)),
+            None => Body::NotRead { create: false },
         }
     };
     Some((
@@ -518,15 +553,16 @@ impl Store {
         if ids.is_empty() {
             return Ok(out);
         }
-        let read_body = match bodies {
-            Bodies::All => Bson::Boolean(true),
-            Bodies::Ours => Bson::Document(doc! {"$eq": ["$src", OP_SRC]}),
+        let ours = doc! {"$eq": ["$src", OP_SRC]};
+        let (read_body, body) = match bodies {
+            Bodies::All => (Bson::Boolean(true), doc! {"create": "$create", "op": "$op"}),
+            Bodies::OursEdits => (Bson::Document(ours), doc! {"op": "$op"}),
         };
         let pipeline = vec![
             doc! {"$match": {"d": {"$in": ids}}},
             doc! {"$project": {
                 "d": 1, "v": 1, "src": 1, "o": 1, "m.ts": 1, "del": 1, "create.type": 1,
-                "body": {"$cond": {"if": read_body, "then": {"create": "$create", "op": "$op"}, "else": Bson::Null}},
+                "body": {"$cond": {"if": read_body, "then": body, "else": Bson::Null}},
             }},
         ];
         let docs: Vec<Document> = self
@@ -826,7 +862,11 @@ mod tests {
         let mut head = log.head();
         head.last_op = Some(oid(77));
         let a = analyze(&head, &log.ops, FIELD);
-        assert_eq!(a.hygiene, [format!("_o {} is not an op at v2", oid(77))]);
+        assert!(a.hygiene.is_empty(), "{a:?}");
+        assert_eq!(
+            a.head_problem,
+            Some(format!("_o {} is not an op at v2", oid(77)))
+        );
         let gap: Vec<LoggedOp> = log.ops.iter().filter(|o| o.v != 1).cloned().collect();
         let a = analyze(&log.head(), &gap, FIELD);
         assert_eq!(a.hygiene, ["no op at v1"]);
@@ -846,6 +886,85 @@ mod tests {
             a.undone,
             ["op v1 of ours overwrites timestamp (V3 changed it at v0)"]
         );
+    }
+
+    #[test]
+    fn a_delete_of_ours_of_what_v3_made_is_undone() {
+        let v3_native = Log::default().create(false, json!({"id": "u-v"})).del(true);
+        assert_eq!(
+            v3_native.analyze(FIELD).undone,
+            ["op v1 of ours deletes it (V3 created it at v0)"]
+        );
+        let v3_changed = Log::default()
+            .create(true, json!({"id": "u-v", "role": "editor"}))
+            .op(false, set("role", json!("admin")))
+            .del(true);
+        assert_eq!(
+            v3_changed.analyze(FIELD).undone,
+            ["op v2 of ours deletes it (V3 changed it at v1)"]
+        );
+        // Ours, untouched by V3: a migrated upvote V2 withdrew.
+        let ours = Log::default().create(true, json!({"id": "u-v"})).del(true);
+        assert!(ours.analyze(FIELD).undone.is_empty());
+    }
+
+    #[test]
+    fn creates_not_read_still_tell_a_recreate() {
+        // Content: our create's body is not read.
+        let log = Log::default()
+            .push(true, Body::NotRead { create: true })
+            .del(false)
+            .push(true, Body::NotRead { create: true });
+        let a = log.analyze(DOC);
+        assert_eq!(
+            a.undone,
+            ["op v2 of ours re-creates it after V3 deleted it at v1"]
+        );
+        assert!(a.hygiene.is_empty());
+    }
+
+    #[test]
+    fn logged_ops_as_read() {
+        let o = |d: Document| logged_op(&d).unwrap().1.body;
+        let base = doc! {"_id": oid(1), "d": "x", "v": 3_i64, "src": OP_SRC};
+        let with = |extra: Document| {
+            let mut d = base.clone();
+            d.extend(extra);
+            d
+        };
+        assert_eq!(o(with(doc! {"del": true})), Body::Del);
+        assert_eq!(
+            o(with(
+                doc! {"create": {"type": "p"}, "body": {"create": {"type": "p", "data": {"a": 1}}}}
+            )),
+            Body::Create(json!({"type": "p", "data": {"a": 1}}))
+        );
+        assert_eq!(
+            o(with(
+                doc! {"create": {"type": "p"}, "body": {"op": "ignored"}}
+            )),
+            Body::NotRead { create: true }
+        );
+        assert_eq!(
+            o(with(doc! {"body": {"op": Bson::Null}})),
+            Body::Op(Value::Null)
+        );
+        assert_eq!(o(with(doc! {"body": {}})), Body::Op(Value::Null));
+        assert_eq!(
+            o(with(doc! {"body": {"op": ["title", {"r": true}]}})),
+            Body::Op(json!(["title", {"r": true}]))
+        );
+        assert_eq!(
+            o(with(doc! {"body": Bson::Null})),
+            Body::NotRead { create: false }
+        );
+        let (id, op) =
+            logged_op(&with(doc! {"o": oid(2), "m": {"ts": 5_i32}, "del": true})).unwrap();
+        assert_eq!(
+            (id.as_str(), op.v, op.ours, op.prev, op.ts),
+            ("x", 3, true, Some(oid(2)), Some(5))
+        );
+        assert!(logged_op(&doc! {"d": "x"}).is_none());
     }
 
     #[test]
