@@ -273,6 +273,15 @@ async fn v3_acts_are_v3s_and_undoing_them_is_a_mismatch() {
         true,
     )
     .await;
+    // A collaborator removed.
+    let permission = env
+        .v3_docs("permission")
+        .await
+        .into_iter()
+        .find(|p| p["resource"] == PRIMORDIAL_VIZ_ID)
+        .expect("the primordial viz's migrated collaborator");
+    let permission = permission["id"].as_str().unwrap().to_string();
+    submit(&env, "permission", &permission, V3_SRC, Write::Del, true).await;
     // An account deleted.
     submit(&env, "user", LEAVER, V3_SRC, Write::Del, true).await;
 
@@ -347,6 +356,16 @@ async fn v3_acts_are_v3s_and_undoing_them_is_a_mismatch() {
         true,
     )
     .await;
+    let data = created_as(&env, "permission", &permission).await;
+    submit(
+        &env,
+        "permission",
+        &permission,
+        OP_SRC,
+        Write::Create(data),
+        true,
+    )
+    .await;
     let data = created_as(&env, "user", LEAVER).await;
     submit(&env, "user", LEAVER, OP_SRC, Write::Create(data), true).await;
 
@@ -389,6 +408,18 @@ async fn v3_acts_are_v3s_and_undoing_them_is_a_mismatch() {
         &orphaned,
         &[&format!("user/{LEAVER}"), "re-creates"],
     );
+    has(
+        &undone,
+        "undone",
+        PRIMORDIAL_VIZ_ID,
+        &[&format!("permission/{permission}"), "re-creates"],
+    );
+    has(
+        &undone,
+        "undone",
+        LOADING_CSV,
+        &[r#"title "Loading CSV, renamed in V3" → "#],
+    );
     // The counts are recounted by the migration: putting them back is no undo.
     assert!(
         !of(&undone, "undone")
@@ -399,11 +430,11 @@ async fn v3_acts_are_v3s_and_undoing_them_is_a_mismatch() {
     );
     assert_eq!(
         undone.by_category.get("undone"),
-        Some(&7),
+        Some(&8),
         "{}",
         undone.render()
     );
-    assert_eq!(undone.mismatches.len(), 7, "{}", undone.render());
+    assert_eq!(undone.mismatches.len(), 8, "{}", undone.render());
 
     // Stray ops of ours: one that only moves migratedTimestamp, and an orphan past the snapshot.
     let info = payload(&env, "info", PENGUIN).await;
@@ -515,5 +546,87 @@ async fn content_v3_edited_is_v3s_and_an_info_base_decides_ownership() {
     let report = verify_all(&env).await;
     has(&report, "info", LOADING_CSV, &["title: expected"]);
     assert!(of(&report, "undone").is_empty(), "{}", report.render());
+    env.cleanup().await;
+}
+
+/// An upvote V3 removed comes back when V2 gave it again after the removal: until it is back it
+/// is missing, and the migration's re-create is no undo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upvote_given_again_in_v2_after_v3_removed_it_must_be_back() {
+    let env = TestEnv::new("verify_upvote_again").await;
+    let ids = env.load_fixtures(&[]).await;
+    let m = env.migrator();
+    for id in &ids {
+        m.migrate(id, None).await.unwrap();
+    }
+    let upvote = env
+        .v3_docs("upvote")
+        .await
+        .into_iter()
+        .find(|u| u["viz"] == PRIMORDIAL_VIZ_ID)
+        .expect("a migrated upvote of the primordial viz");
+    let (id, user) = (
+        upvote["id"].as_str().unwrap(),
+        upvote["user"].as_str().unwrap(),
+    );
+    submit(&env, "upvote", id, V3_SRC, Write::Del, true).await;
+    let info = payload(&env, "info", PRIMORDIAL_VIZ_ID).await;
+    let upvotes = info["upvotesCount"].as_i64().unwrap();
+    submit(
+        &env,
+        "info",
+        PRIMORDIAL_VIZ_ID,
+        V3_SRC,
+        Write::Op(set(&info, "upvotesCount", json!(upvotes - 1))),
+        true,
+    )
+    .await;
+    let report = verify_all(&env).await;
+    assert!(report.mismatches.is_empty(), "{}", report.render());
+
+    // V2's user upvotes again, after the removal.
+    let again = now_ms() / 1000 + 60;
+    let v2 = env
+        .v2
+        .collection::<Document>("documentInfo")
+        .find_one(doc! {"_id": PRIMORDIAL_VIZ_ID})
+        .await
+        .unwrap()
+        .unwrap();
+    let mut entries = v2.get_array("upvotes").unwrap().clone();
+    for e in entries.iter_mut() {
+        let e = e.as_document_mut().unwrap();
+        if e.get_str("userId") == Ok(user) {
+            e.insert("timestamp", again);
+        }
+    }
+    env.v2
+        .collection::<Document>("documentInfo")
+        .update_one(
+            doc! {"_id": PRIMORDIAL_VIZ_ID},
+            doc! {"$set": {"upvotes": entries}},
+        )
+        .await
+        .unwrap();
+    env.wrote_v2().await;
+    let report = verify_all(&env).await;
+    has(&report, "upvotes", PRIMORDIAL_VIZ_ID, &[id]);
+
+    // The migration brings it back: no undo, nothing missing.
+    let mut data = created_as(&env, "upvote", id).await;
+    data["timestamp"] = json!(again);
+    submit(&env, "upvote", id, OP_SRC, Write::Create(data), true).await;
+    let info = payload(&env, "info", PRIMORDIAL_VIZ_ID).await;
+    submit(
+        &env,
+        "info",
+        PRIMORDIAL_VIZ_ID,
+        OP_SRC,
+        Write::Op(set(&info, "upvotesCount", json!(upvotes))),
+        true,
+    )
+    .await;
+    let report = verify_all(&env).await;
+    assert!(report.mismatches.is_empty(), "{}", report.render());
     env.cleanup().await;
 }

@@ -251,6 +251,24 @@ fn names(t: &Touched) -> String {
     }
 }
 
+/// `: title "V3's" → "ours"`: what each of `fields` was before an op and after it, shortened.
+fn values(fields: &BTreeSet<String>, before: Option<&Value>, after: Option<&Value>) -> String {
+    let show = |doc: Option<&Value>, f: &str| {
+        let v = doc
+            .and_then(|d| d.get(f))
+            .map_or("(absent)".to_string(), Value::to_string);
+        match v.char_indices().nth(60) {
+            Some((at, _)) => format!("{}…", &v[..at]),
+            None => v,
+        }
+    };
+    let each: Vec<String> = fields
+        .iter()
+        .map(|f| format!("{f} {} → {}", show(before, f), show(after, f)))
+        .collect();
+    format!(": {}", each.join(", "))
+}
+
 /// The ops of a log in history order: per version the op the snapshot's chain of `o` links
 /// goes through, or, where the chain does not reach, the only op at that version. Also the
 /// hygiene problems of the log (see the module docs).
@@ -479,8 +497,12 @@ pub fn analyze(head: &Head, ops: &[LoggedOp], rules: Rules) -> Analysis {
                         }
                         (Touched::All, None) => String::new(),
                     };
+                    let values = match (&undone, known) {
+                        (Touched::Fields(f), true) => values(f, before.as_ref(), state.as_ref()),
+                        _ => String::new(),
+                    };
                     a.undone.push(format!(
-                        "op v{} of ours overwrites {}{at}",
+                        "op v{} of ours overwrites {}{at}{values}",
                         op.v,
                         names(&undone)
                     ));
@@ -695,7 +717,9 @@ mod tests {
         let a = log.analyze(FIELD);
         assert_eq!(
             a.undone,
-            ["op v2 of ours overwrites visibility (V3 changed it at v1)"]
+            [
+                r#"op v2 of ours overwrites visibility (V3 changed it at v1): visibility "private" → "public""#
+            ]
         );
         assert!(a.hygiene.is_empty());
         assert!(!a.v3_since_ours);
@@ -884,7 +908,7 @@ mod tests {
         let a = log.analyze(FIELD);
         assert_eq!(
             a.undone,
-            ["op v1 of ours overwrites timestamp (V3 changed it at v0)"]
+            ["op v1 of ours overwrites timestamp (V3 changed it at v0): timestamp 1 → 2"]
         );
     }
 
