@@ -897,4 +897,42 @@ mod tests {
         assert!(text.contains("mismatch content: 1\n  v1: text of \"a\" differs"));
         assert_eq!(r.by_category["content"], 1);
     }
+
+    #[test]
+    fn report_shows_what_v3_owns_and_v3_deletions() {
+        let mut r = Report {
+            compared: 2,
+            ..Report::default()
+        };
+        r.expected("deleted-in-v3");
+        r.owned("title");
+        r.owned("title");
+        r.mismatch("v1", "undone", "info/v1: op v3 of ours overwrites title");
+        let text = r.render();
+        assert!(
+            text.contains("expected deleted-in-v3: 1 (not compared)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("V3's own title: 2 (V3's users changed it; kept)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mismatch undone: 1\n  v1: info/v1: op v3"),
+            "{text}"
+        );
+        assert!(text.ends_with("verified 2 vizzes, 1 mismatches"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["v3Owned"]["title"], 2);
+        assert_eq!(json["expectedOutcomes"]["deleted-in-v3"], 1);
+    }
+
+    #[test]
+    fn collections_are_owned_by_field_or_whole() {
+        assert_eq!(rules(c3::INFO).granularity, Granularity::Field);
+        assert_eq!(rules(c3::CONTENT).granularity, Granularity::Doc);
+        assert_eq!(rules(c3::USER).granularity, Granularity::Doc);
+        assert!(rules(c3::UPVOTE).revive_when_newer && rules(c3::PERMISSION).revive_when_newer);
+        assert!(!rules(c3::INFO).revive_when_newer && !rules(c3::CONTENT).revive_when_newer);
+    }
 }
