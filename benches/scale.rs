@@ -640,6 +640,7 @@ fn translation_cpu(data: &Dataset) -> Cpu {
             analytics: None,
             v3_analytics: None,
             previous: None,
+            deleted_users: &vizhub_migrate::translate::NO_DELETED_USERS,
             now: 1_700_000_000,
         };
         let _ = black_box(translate::translate(&p, &ctx, &cfg));

@@ -80,6 +80,7 @@ fn main() {
                 analytics: None,
                 v3_analytics: None,
                 previous: None,
+                deleted_users: &vizhub_migrate::translate::NO_DELETED_USERS,
                 now: common::NOW,
             };
             black_box(translate::translate(&p, &ctx, &world.cfg).unwrap());

@@ -284,6 +284,37 @@ impl Ledger {
         Ok(docs.into_iter().filter_map(decode).collect())
     }
 
+    /// How many vizzes the ledger last left with each of `kinds` as their error kind (one
+    /// aggregate): what `planner status` shows of the acts of V3's users the fleet kept
+    /// (`deleted_in_v3`, `owner_deleted_in_v3`, `conflict`).
+    pub async fn kind_counts(
+        &self,
+        kinds: &[&str],
+    ) -> mongodb::error::Result<std::collections::BTreeMap<String, i64>> {
+        let pipeline = vec![
+            doc! {"$match": {"errorKind": {"$in": kinds}}},
+            doc! {"$group": {"_id": "$errorKind", "n": {"$sum": 1}}},
+        ];
+        let docs: Vec<Document> = self
+            .vizzes()
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| {
+                let n = match d.get("n")? {
+                    bson::Bson::Int32(n) => i64::from(*n),
+                    bson::Bson::Int64(n) => *n,
+                    bson::Bson::Double(n) => *n as i64,
+                    _ => return None,
+                };
+                Some((d.get_str("_id").ok()?.to_string(), n))
+            })
+            .collect())
+    }
+
     /// Outcome counts: overall (`batch: None`, each viz once, by its last outcome) and per
     /// batch (each viz in every batch one of whose jobs on it ended, by its last outcome), and
     /// how many ended at or after `since` (Unix seconds; overall rows only). Two aggregations in

@@ -22,6 +22,7 @@ pub mod job;
 pub mod json0;
 pub mod json1;
 pub mod ledger;
+pub mod merge;
 pub mod metrics;
 pub mod migrate;
 pub mod outcome;

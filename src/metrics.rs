@@ -24,7 +24,7 @@
 //!
 //! `error_kind` is one of [`crate::outcome::ErrorKind::ALL`]: `tombstone`, `no_id`, `not_visualization`,
 //! `partial_doc`, `no_files`, `content_missing`, `content_tombstone`, `content_too_large`,
-//! `id_mismatch`, `owner_missing`, `malformed`, `bad_content`, `v2_read`, `v3_write`,
+//! `id_mismatch`, `owner_missing`, `owner_deleted_in_v3`, `malformed`, `bad_content`, `v2_read`, `v3_write`,
 //! `not_found`, `parent`, `chain`, `raced`, `bad_message`, `crash_loop`, `panic` — every one
 //! present from the start (at 0), so `rate()` and `increase()` see a job's first failure.
 //!

@@ -16,7 +16,7 @@ use crate::v3::store::{is_transient_mongo, Policy, Snapshot, Store, StoreError, 
 use crate::v3::{collections as c3, Commit};
 use crate::{history, ids, v2, v3, Disposition, Outcome, PRIMORDIAL_VIZ_ID};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 mod batch;
@@ -220,9 +220,77 @@ struct WriteSet<'a> {
     analytics_fingerprint: Option<String>,
     parent: Option<&'a ParentLink>,
     previous_upvoters: bool,
+    /// The Info the migration last wrote, when V3 holds the viz's info: the three-way base
+    /// every info write merges against (see [`crate::merge`]).
+    info_base: Option<Value>,
+    /// What the re-sync decided about the content (`None` on a first migration).
+    resync: Option<ResyncDecision>,
     /// Snapshots read before translating (this viz's info and content, its analytics event):
     /// the writes reuse them instead of reading them again.
     known: Known<'a>,
+}
+
+/// What V3 holds of a viz whose info it has, against what the migration last wrote there
+/// (spec 3.4).
+struct V3Side {
+    /// The Info the migration last wrote: the ledger's, else replayed from V3's info op log up
+    /// to the migration's last op, else V3's own (nothing to tell V3's edits by).
+    base_info: Value,
+    /// V3's content at the migration's last `end` (`None`: no live content, or never migrated).
+    base_content: Option<Value>,
+    /// An op not the migration's was applied to the content since its last write.
+    content_edited: bool,
+    /// `info.end` as V3 holds it now.
+    end_now: Option<String>,
+}
+
+/// The content's side of a re-sync.
+#[derive(Debug, Clone)]
+struct ResyncDecision {
+    /// The content is the migration's (V3 neither edited nor committed since): V2's new
+    /// commits and content op are written. Otherwise V3's content and chain stay.
+    content_ours: bool,
+    /// `content` when V2 changed the content that V3 owns.
+    conflicts: Vec<String>,
+    /// The ledger's last migration (`None`: the info is there but the ledger has no record).
+    last: Option<Migrated>,
+    /// V3's info still ends where the ledger says the migration left it: the commits this
+    /// re-sync appends are linked from nothing until its info write.
+    end_unmoved: bool,
+}
+
+impl V3Side {
+    /// Decide the content's side once V2 is translated (`t`, from `prev`).
+    fn decide(
+        &self,
+        t: &Translation,
+        prev: Option<&Previous>,
+        last: Option<Migrated>,
+    ) -> ResyncDecision {
+        let base_end = last.as_ref().map(|m| m.end.as_str());
+        // V3 committed since (its `end` is neither ours from the ledger nor the one this
+        // translation appends: an attempt that stopped after its info write left that one).
+        let committed = self
+            .end_now
+            .as_deref()
+            .is_some_and(|e| Some(e) != base_end && e != t.info.end);
+        let content_ours = !self.content_edited && !committed;
+        let v2_changed = match prev {
+            Some(prev) => t.content != prev.content || t.commits.iter().any(|c| !c.ops.is_null()),
+            None => true,
+        };
+        let conflicts = if !content_ours && v2_changed {
+            vec!["content".to_string()]
+        } else {
+            Vec::new()
+        };
+        ResyncDecision {
+            content_ours,
+            conflicts,
+            end_unmoved: base_end.is_some() && self.end_now.as_deref() == base_end,
+            last,
+        }
+    }
 }
 
 /// One run of a job through its viz and, recursively, the parents it migrates first.
@@ -410,12 +478,39 @@ impl Migrator {
             let migrated = last_migrated(last.as_ref());
             let plan = plan_of(
                 migrated.as_ref(),
-                info_now,
-                content_now,
+                v3_now(info_snaps.get(viz), content_snaps.get(viz)),
                 &fingerprint,
                 analytics_fingerprint.as_deref(),
             );
-            let users = self.v2.users(&p.user_ids).await.map_err(v2_err(viz))?;
+            if plan == Plan::DeletedInV3 {
+                // V3's users deleted it: an act, never undone (spec 3.4). What the ledger knew
+                // of the migration is kept, so a later run still knows it was ours.
+                let done = Done {
+                    viz: viz.to_string(),
+                    outcome: Outcome::Skipped,
+                    reason: Some(outcome::DELETED_IN_V3.to_string()),
+                };
+                tracing::info!(viz, "deleted in V3: not re-created");
+                let kept = last.and_then(|l| l.migrated);
+                self.record(
+                    &done,
+                    Some("deleted_in_v3"),
+                    batch,
+                    attempts,
+                    kept,
+                    Vec::new(),
+                )
+                .await?;
+                return Ok(done);
+            }
+            let (users, deleted_users) = tokio::try_join!(
+                async { self.v2.users(&p.user_ids).await.map_err(v2_err(viz)) },
+                async {
+                    let deleted = self.v3.deleted(c3::USER, &p.user_ids).await;
+                    deleted.map_err(v3_err(viz))
+                },
+            )?;
+            let deleted_users: BTreeSet<String> = deleted_users.into_iter().collect();
             // A viz V3 has never had (no info snapshot, not even a tombstone) is invisible to
             // V3's users: nothing in V3 can count its page views, fork it or upvote it yet. An
             // attempt that stopped before its info may have left the analytics doc: a re-run
@@ -435,6 +530,7 @@ impl Migrator {
                 .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data));
             let v3_analytics = v3_analytics.as_ref();
             match plan {
+                Plan::DeletedInV3 => unreachable!("returned above"),
                 Plan::Unchanged => {
                     let done = unchanged(viz, batch, last.as_ref());
                     self.record(
@@ -448,75 +544,19 @@ impl Migrator {
                     .await?;
                     Ok(done)
                 }
-                Plan::Conflict { reason } => {
-                    tracing::warn!(viz, %reason, "conflict: V3 edited since the last migration; left for a human");
-                    let done = Done {
-                        viz: viz.to_string(),
-                        outcome: Outcome::Conflict,
-                        reason: Some(reason),
-                    };
-                    self.record(
-                        &done,
-                        Some("conflict"),
+                Plan::AnalyticsOnly => {
+                    let m = migrated.expect("analytics-only implies a migration");
+                    self.merge_analytics_only(
+                        viz,
                         batch,
                         attempts,
-                        migrated,
-                        Vec::new(),
+                        m,
+                        analytics.as_ref(),
+                        analytics_fingerprint,
+                        v3_analytics,
+                        &analytics_snaps,
                     )
-                    .await?;
-                    Ok(done)
-                }
-                Plan::AnalyticsOnly => {
-                    let mut m = migrated.expect("analytics-only implies a migration");
-                    let rec = analytics
-                        .as_ref()
-                        .map(v2::parse_event_record)
-                        .transpose()
-                        .map_err(|source| TranslateError::Malformed {
-                            viz: viz.to_string(),
-                            source,
-                        })?;
-                    if let Some(rec) = rec {
-                        let merged = crate::analytics::merge_record(
-                            v3_analytics,
-                            &rec,
-                            m.analytics.as_ref(),
-                        );
-                        // Conditional on the version read with `v3_analytics`: a V3 page view
-                        // landing in between makes this a lost race, and the job runs again.
-                        let report = self
-                            .v3
-                            .sync_known(
-                                c3::ANALYTICS_EVENT,
-                                &[(rec.id, to_value(&merged))],
-                                &analytics_snaps,
-                                Policy::Update,
-                                now_ms(),
-                            )
-                            .await
-                            .map_err(v3_err(viz))?;
-                        let raced: Vec<String> = report
-                            .lost_races
-                            .into_iter()
-                            .chain(report.existed)
-                            .collect();
-                        if !raced.is_empty() {
-                            return Err(JobError::Raced {
-                                viz: viz.to_string(),
-                                docs: raced,
-                            });
-                        }
-                        m.analytics = Some(rec.intervals);
-                    }
-                    m.analytics_fingerprint = analytics_fingerprint;
-                    let done = Done {
-                        viz: viz.to_string(),
-                        outcome: Outcome::Migrated,
-                        reason: Some("analytics merged".into()),
-                    };
-                    self.record(&done, None, batch, attempts, Some(m), Vec::new())
-                        .await?;
-                    Ok(done)
+                    .await
                 }
                 Plan::Fresh | Plan::Resync => {
                     let resync = plan == Plan::Resync;
@@ -525,13 +565,29 @@ impl Migrator {
                     } else {
                         self.resolve_parent(&p, batch, walk).await?
                     };
-                    let previous = match (resync, &migrated, content_now) {
-                        (true, Some(m), Some(c)) => Some(Previous {
+                    // What V3 holds of the viz against what the migration last wrote: the
+                    // re-sync's three-way base (spec 3.4).
+                    let theirs = match info_now {
+                        Some(info) => Some(
+                            self.v3_side(viz, migrated.as_ref(), info, content_now)
+                                .await?,
+                        ),
+                        None => None,
+                    };
+                    let previous = match (resync, &migrated, &theirs) {
+                        (
+                            true,
+                            Some(m),
+                            Some(V3Side {
+                                base_content: Some(c),
+                                ..
+                            }),
+                        ) => Some(Previous {
                             content_v: m.content_v as u64,
                             start_commit: m.start.clone(),
                             end_commit: m.end.clone(),
                             end_timestamp: m.end_timestamp,
-                            content: c.data.clone(),
+                            content: c.clone(),
                             file_ids: m.file_ids.clone(),
                             analytics: m.analytics.clone(),
                             forked_from: m.forked_from.clone(),
@@ -553,9 +609,13 @@ impl Migrator {
                         analytics: analytics.as_ref(),
                         v3_analytics,
                         previous: previous.as_ref(),
+                        deleted_users: &deleted_users,
                         now: now_secs(),
                     };
                     let t = translate::translate(&p, &ctx, &self.cfg)?;
+                    let resync = theirs
+                        .as_ref()
+                        .map(|side| side.decide(&t, previous.as_ref(), migrated.clone()));
                     let set = WriteSet {
                         p: &p,
                         t: &t,
@@ -565,6 +625,8 @@ impl Migrator {
                         analytics_fingerprint,
                         parent: parent.as_ref(),
                         previous_upvoters: previous.is_some(),
+                        info_base: theirs.map(|s| s.base_info),
+                        resync,
                         known: Known {
                             read: !(walk.trust_ledger && last.is_none()),
                             info: &info_snaps,
@@ -576,6 +638,135 @@ impl Migrator {
                 }
             }
         })
+    }
+
+    /// What V3 holds of `viz` (its live `info`, its `content`) against what the migration last
+    /// wrote there. Reads only when V3 moved on from the ledger's record: the info op log when
+    /// the ledger holds no base Info, the content's ops and chain when the content is past the
+    /// version the migration left it at.
+    async fn v3_side(
+        &self,
+        viz: &str,
+        migrated: Option<&Migrated>,
+        info: &Snapshot,
+        content: Option<&Snapshot>,
+    ) -> Result<V3Side, JobError> {
+        let base_info = match migrated.and_then(|m| m.info.as_ref()) {
+            Some(i) => to_value(i),
+            None => self
+                .v3
+                .last_written(c3::INFO, viz)
+                .await
+                .map_err(v3_err(viz))?
+                .unwrap_or_else(|| info.data.clone()),
+        };
+        let (base_content, content_edited) = match (migrated, content) {
+            (Some(m), Some(c)) if c.version == m.v3_content_v => (Some(c.data.clone()), false),
+            (Some(m), Some(c)) => {
+                // Moved on: by V3's users, or by an attempt of ours that stopped before its
+                // ledger record. Only an op not ours is an edit; either way the base is the
+                // content at the migration's last end, not what V3 holds now.
+                let edited = self
+                    .v3
+                    .edited_since(c3::CONTENT, viz, m.v3_content_v)
+                    .await
+                    .map_err(v3_err(viz))?;
+                (
+                    Some(self.content_at_end(viz, &m.end).await?),
+                    edited || c.version < m.v3_content_v,
+                )
+            }
+            // Info there, the ledger without a record: an attempt stopped before it. Any op
+            // not ours on the content is V3's.
+            (None, Some(_)) => {
+                let edited = self
+                    .v3
+                    .edited_since(c3::CONTENT, viz, 0)
+                    .await
+                    .map_err(v3_err(viz))?;
+                (None, edited)
+            }
+            (_, None) => (None, false),
+        };
+        Ok(V3Side {
+            base_info,
+            base_content,
+            content_edited,
+            end_now: info.info_end().map(str::to_string),
+        })
+    }
+
+    /// V3 content at `end`, a commit of `viz` (replayed, cached like any fork point).
+    async fn content_at_end(&self, viz: &str, end: &str) -> Result<Value, JobError> {
+        let chain = self.v3.commits_of(viz).await.map_err(v3_err(viz))?;
+        let at = chain
+            .iter()
+            .find(|c| c.id == end)
+            .ok_or_else(|| JobError::Chain {
+                viz: viz.to_string(),
+                commit: end.to_string(),
+                reason: "the migration's last end commit is missing from V3".into(),
+            })?;
+        Ok((*self.replayed_content(viz, at, &chain).await?).clone())
+    }
+
+    /// [`Plan::AnalyticsOnly`]: merge V2's page-view delta into V3's record, nothing else.
+    #[allow(clippy::too_many_arguments)]
+    async fn merge_analytics_only(
+        &self,
+        viz: &str,
+        batch: Option<&str>,
+        attempts: i64,
+        mut m: Migrated,
+        analytics: Option<&Value>,
+        analytics_fingerprint: Option<String>,
+        v3_analytics: Option<&v3::AnalyticsEvent>,
+        analytics_snaps: &HashMap<String, Snapshot>,
+    ) -> Result<Done, JobError> {
+        let rec = analytics
+            .map(v2::parse_event_record)
+            .transpose()
+            .map_err(|source| TranslateError::Malformed {
+                viz: viz.to_string(),
+                source,
+            })?;
+        if let Some(rec) = rec {
+            let merged = crate::analytics::merge_record(v3_analytics, &rec, m.analytics.as_ref());
+            // Conditional on the version read with `v3_analytics`: a V3 page view landing in
+            // between makes this a lost race, and the job runs again.
+            let report = self
+                .v3
+                .sync_known(
+                    c3::ANALYTICS_EVENT,
+                    &[(rec.id, to_value(&merged))],
+                    analytics_snaps,
+                    Policy::Update,
+                    now_ms(),
+                )
+                .await
+                .map_err(v3_err(viz))?;
+            let raced: Vec<String> = report
+                .lost_races
+                .into_iter()
+                .chain(report.existed)
+                .collect();
+            if !raced.is_empty() {
+                return Err(JobError::Raced {
+                    viz: viz.to_string(),
+                    docs: raced,
+                });
+            }
+            m.analytics = Some(rec.intervals);
+        }
+        m.analytics_fingerprint = analytics_fingerprint;
+        let done = Done {
+            viz: viz.to_string(),
+            outcome: Outcome::Migrated,
+            reason: Some("analytics merged".into()),
+        };
+        self.record(&done, None, batch, attempts, Some(m), Vec::new())
+            .await?;
+        Ok(done)
     }
 
     /// Find (or first migrate) the parent and its commit at the fork point (spec 3.1, 3.2).
@@ -895,11 +1086,14 @@ impl Migrator {
     }
 
     /// Write a translation in the order that keeps a half-done job invisible, then the ledger.
+    /// On a re-sync, V3's side decides: content V3 owns is left as it is, the info is merged
+    /// three-way (see [`crate::merge`]), and fields both sides changed end the job `conflict`.
     async fn write(&self, w: WriteSet<'_>) -> Result<Done, JobError> {
         let (p, t) = (w.p, w.t);
         let viz = p.viz.as_str();
         let ts = now_ms();
         let err = v3_err(viz);
+        let content_ours = w.resync.as_ref().is_none_or(|d| d.content_ours);
         // Docs another writer got to between our read and our write. For this viz's own
         // content, analytics and info, a create that found the doc there counts too: we went
         // by no snapshot, or by one read before the other writer's. So do its upvotes and
@@ -914,33 +1108,21 @@ impl Migrator {
         };
         let report = self.sync_users(&t.users, ts).await.map_err(err)?;
         note(&mut raced, report, false);
-        self.v3
-            .insert_commits(&t.commits)
-            .await
-            .map_err(v3_err(viz))?;
-        let content = [(viz.to_string(), t.content.clone())];
-        let content_report = self
-            .v3
-            .sync_known(c3::CONTENT, &content, w.known.content, Policy::Update, ts)
-            .await
-            .map_err(v3_err(viz))?;
-        // The version the content is at now (a create makes v1, an op the next version).
-        let v3_content_v = match (w.known.content.get(viz), &content_report) {
-            (_, r) if r.created > 0 => 1,
-            (Some(s), r) if r.updated > 0 => s.version + 1,
-            (Some(s), _) => s.version,
-            (None, _) => 0,
+        let known_content = w.known.content.get(viz);
+        let v3_content_v = if content_ours {
+            self.write_content(&w, &mut raced).await?
+        } else {
+            known_content.map_or(0, |s| s.version)
         };
-        note(&mut raced, content_report, true);
-        let upvotes: Vec<(String, Value)> = t
+        let upvotes: Vec<(String, Value, i64)> = t
             .upvotes
             .iter()
-            .map(|u| (u.id.clone(), to_value(u)))
+            .map(|u| (u.id.clone(), to_value(u), u.timestamp))
             .collect();
-        let perms: Vec<(String, Value)> = t
+        let perms: Vec<(String, Value, i64)> = t
             .permissions
             .iter()
-            .map(|u| (u.id.clone(), to_value(u)))
+            .map(|u| (u.id.clone(), to_value(u), u.timestamp))
             .collect();
         note(
             &mut raced,
@@ -987,19 +1169,26 @@ impl Migrator {
         } else {
             self.v3.forks_count(viz).await.map_err(v3_err(viz))?
         };
-        info.upvotes_count = if t.upvotes.is_empty() && !w.previous_upvoters {
-            0
-        } else if unseen {
+        info.upvotes_count = if unseen {
             t.upvotes.len() as i64
         } else {
             self.v3.upvotes_count(viz).await.map_err(v3_err(viz))?
+        };
+        let ours = to_value(&info);
+        let live = w.known.info.get(viz).filter(|s| s.doc_type.is_some());
+        let (data, field_conflicts) = match (live, &w.info_base) {
+            (Some(s), Some(base)) => {
+                let m = crate::merge::info(base, &ours, &s.data, content_ours);
+                (m.data, m.conflicts)
+            }
+            _ => (ours, Vec::new()),
         };
         note(
             &mut raced,
             self.v3
                 .sync_known(
                     c3::INFO,
-                    &[(viz.to_string(), to_value(&info))],
+                    &[(viz.to_string(), data)],
                     w.known.info,
                     Policy::Update,
                     ts,
@@ -1022,11 +1211,72 @@ impl Migrator {
                 docs: raced,
             });
         }
-        let (done, migrated, skipped) =
+        let mut conflicts = w
+            .resync
+            .as_ref()
+            .map(|d| d.conflicts.clone())
+            .unwrap_or_default();
+        conflicts.extend(field_conflicts);
+        let (mut done, mut migrated, skipped) =
             migrated_of(p, t, w.fingerprint, w.analytics_fingerprint, v3_content_v);
-        self.record(&done, None, w.batch, w.attempts, Some(migrated), skipped)
+        let last = w.resync.as_ref().and_then(|d| d.last.as_ref());
+        keep_base(
+            &mut migrated,
+            last,
+            w.info_base.as_ref(),
+            &conflicts,
+            content_ours,
+        );
+        if !conflicts.is_empty() {
+            let reason = crate::merge::conflict_reason(&conflicts);
+            tracing::warn!(viz, %reason, "conflict: V2 and V3 both changed the viz; V3's kept");
+            done.outcome = Outcome::Conflict;
+            done.reason = Some(reason);
+        }
+        let kind = (done.outcome == Outcome::Conflict).then_some("conflict");
+        self.record(&done, kind, w.batch, w.attempts, Some(migrated), skipped)
             .await?;
         Ok(done)
+    }
+
+    /// Commits, then the content: the part of a job's writes that is the content's. Returns
+    /// the version the content is at now. A re-sync whose content update lost its race to a
+    /// V3 edit takes back the commits it appended: nothing links them (its info still ends at
+    /// the migration's last end), and left there V3's next commit would give that end a
+    /// second child.
+    async fn write_content(
+        &self,
+        w: &WriteSet<'_>,
+        raced: &mut Vec<String>,
+    ) -> Result<i64, JobError> {
+        let (p, t) = (w.p, w.t);
+        let viz = p.viz.as_str();
+        let ts = now_ms();
+        self.v3
+            .insert_commits(&t.commits)
+            .await
+            .map_err(v3_err(viz))?;
+        let content = [(viz.to_string(), t.content.clone())];
+        let report = self
+            .v3
+            .sync_known(c3::CONTENT, &content, w.known.content, Policy::Update, ts)
+            .await
+            .map_err(v3_err(viz))?;
+        // The version the content is at now (a create makes v1, an op the next version).
+        let v = match (w.known.content.get(viz), &report) {
+            (_, r) if r.created > 0 => 1,
+            (Some(s), r) if r.updated > 0 => s.version + 1,
+            (Some(s), _) => s.version,
+            (None, _) => 0,
+        };
+        let lost = !report.lost_races.is_empty();
+        raced.extend(report.lost_races);
+        raced.extend(report.existed);
+        if lost && w.resync.as_ref().is_some_and(|d| d.end_unmoved) {
+            let ids: Vec<String> = t.commits.iter().map(|c| c.id.clone()).collect();
+            self.v3.delete_commits(&ids).await.map_err(v3_err(viz))?;
+        }
+        Ok(v)
     }
 
     /// Sync `users` (V3 `user` docs: shared, their creates identical) that this worker has not
@@ -1072,26 +1322,61 @@ impl Migrator {
     /// Make the migrated docs of a per-viz set (upvotes, permissions) match V2: create new ones,
     /// delete migrated ones that left V2, never touch V3-native ones. A viz whose own documents
     /// were not read (see [`Known::read`]) has none: they are created without reading.
+    ///
+    /// `wanted`: id, payload, and the V2 entry's time (seconds). An entry V3 deleted (a
+    /// tombstone) stays deleted (spec 3.4) unless the migration deleted it itself (V2 dropped
+    /// it, then gave it again) or it is an upvote V2 gave after V3's removal.
     async fn sync_set(
         &self,
         coll: &str,
         field: &str,
         viz: &str,
-        wanted: &[(String, Value)],
+        wanted: &[(String, Value, i64)],
         w: &WriteSet<'_>,
         ts: i64,
     ) -> Result<SyncReport, JobError> {
-        let mut report = if w.known.read {
-            self.v3
-                .sync(coll, wanted, Policy::UpdateIfMigrated, ts)
-                .await
+        let payloads: Vec<(String, Value)> = wanted
+            .iter()
+            .map(|(id, v, _)| (id.clone(), v.clone()))
+            .collect();
+        let existing = if w.known.read && !wanted.is_empty() {
+            let ids: Vec<String> = wanted.iter().map(|(id, _, _)| id.clone()).collect();
+            self.v3.snapshots(coll, &ids).await.map_err(v3_err(viz))?
         } else {
-            let none = HashMap::new();
-            self.v3
-                .sync_known(coll, wanted, &none, Policy::UpdateIfMigrated, ts)
+            HashMap::new()
+        };
+        let tombstones: Vec<&Snapshot> =
+            existing.values().filter(|s| s.doc_type.is_none()).collect();
+        let mut revive = HashSet::new();
+        if !tombstones.is_empty() {
+            let ours = self
+                .v3
+                .last_op_is_ours(coll, &tombstones)
                 .await
+                .map_err(v3_err(viz))?;
+            for s in tombstones {
+                let given = wanted.iter().find(|(id, _, _)| *id == s.id).map(|x| x.2);
+                let newer = coll == c3::UPVOTE
+                    && given
+                        .zip(s.mtime)
+                        .is_some_and(|(at, removed)| at * 1000 > removed);
+                if ours.contains(&s.id) || newer {
+                    revive.insert(s.id.clone());
+                }
+            }
         }
-        .map_err(v3_err(viz))?;
+        let mut report = self
+            .v3
+            .sync_reviving(
+                coll,
+                &payloads,
+                &existing,
+                Policy::UpdateIfMigrated,
+                &revive,
+                ts,
+            )
+            .await
+            .map_err(v3_err(viz))?;
         if w.previous_upvoters {
             let filter =
                 mongodb::bson::doc! {field: viz, "migratedFromV2": true, "_type": v3::OT_TYPE};
@@ -1101,7 +1386,7 @@ impl Migrator {
                 .await
                 .map_err(v3_err(viz))?;
             for (id, s) in existing {
-                if !wanted.iter().any(|(w, _)| w == &id) {
+                if !wanted.iter().any(|(w, _, _)| w == &id) {
                     self.v3
                         .delete(coll, &s, ts, &mut report)
                         .await
@@ -1211,7 +1496,28 @@ impl Migrator {
             last.and_then(|l| l.migrated),
             Vec::new(),
         )
-        .await
+        .await?;
+        self.settle_parent_count(viz).await;
+        Ok(())
+    }
+
+    /// A job that ends failed after its info became visible (its parent's recount kept losing,
+    /// a write after the info failed) leaves a fork its parent's `forksCount` does not count:
+    /// counted here, best effort, so counts stay exact whatever ends the job (spec 3.4). Its
+    /// requeued job recounts again anyway.
+    async fn settle_parent_count(&self, viz: &str) {
+        let parent = match self.live_info(viz, viz).await {
+            Ok(Some(info)) => info.info_forked_from().map(str::to_string),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(viz, error = %e, "cannot read the failed viz's info to recount its parent");
+                None
+            }
+        };
+        let Some(parent) = parent else { return };
+        if let Err(e) = self.recount_forks(viz, &parent, None, now_ms()).await {
+            tracing::warn!(viz, parent, error = %e, "cannot recount the failed fork's parent");
+        }
     }
 
     /// What a job would write, writing nothing (for `worker preview`).
@@ -1253,35 +1559,31 @@ fn last_migrated(last: Option<&VizRecord>) -> Option<Migrated> {
         .and_then(|l| l.migrated.clone())
 }
 
-/// The plan for a viz the ledger last left at `migrated`, from its V3 info and content as they
-/// are now (live snapshots only) and V2's fingerprints now.
+/// The plan for a viz the ledger last left at `migrated`, from what V3 holds of it now
+/// ([`v3_now`]) and V2's fingerprints now.
 fn plan_of(
     migrated: Option<&Migrated>,
-    info_now: Option<&Snapshot>,
-    content_now: Option<&Snapshot>,
+    v3: V3Now,
     fingerprint: &str,
     analytics_fingerprint: Option<&str>,
 ) -> Plan {
     let last_view = migrated.map(|m| LastMigration {
         fingerprint: &m.fingerprint,
         analytics: m.analytics_fingerprint.as_deref(),
-        end_commit: &m.end,
-        v3_content_v: m.v3_content_v,
     });
-    let end_now = info_now.and_then(Snapshot::info_end);
-    let v3_now = match (end_now, content_now) {
-        (Some(end), Some(c)) => Some(V3Now {
-            end,
-            content_v: c.version,
-        }),
-        _ => None,
-    };
-    outcome::plan(
-        last_view.as_ref(),
-        fingerprint,
-        analytics_fingerprint,
-        v3_now,
-    )
+    outcome::plan(last_view.as_ref(), fingerprint, analytics_fingerprint, v3)
+}
+
+/// What V3 holds of a viz, from its info and content snapshots as read (tombstones included).
+fn v3_now(info: Option<&Snapshot>, content: Option<&Snapshot>) -> V3Now {
+    let deleted = |s: Option<&Snapshot>| s.is_some_and(|s| s.doc_type.is_none());
+    if deleted(info) || deleted(content) {
+        V3Now::Deleted
+    } else if info.is_some() {
+        V3Now::Live
+    } else {
+        V3Now::Absent
+    }
 }
 
 /// The end of a job whose plan is [`Plan::Unchanged`].
@@ -1354,6 +1656,47 @@ fn migrated_of(
         reason,
     };
     (done, migrated, skipped)
+}
+
+/// What the ledger keeps of `last` in a re-sync's record `m` (spec 3.4). Content V3 owns was
+/// not written: the content's part of the record stays the last migration's. A conflict keeps,
+/// for the fields that conflicted, the base they had (`base_info`), and the old V2 fingerprint
+/// and inputs: every later catch-up plans the viz again and meets the conflict again, until V2
+/// and V3 agree, while what was applied moves on.
+fn keep_base(
+    m: &mut Migrated,
+    last: Option<&Migrated>,
+    base_info: Option<&Value>,
+    conflicts: &[String],
+    content_ours: bool,
+) {
+    let Some(last) = last else { return };
+    if !content_ours {
+        m.content_v = last.content_v;
+        m.start = last.start.clone();
+        m.end = last.end.clone();
+        m.end_timestamp = last.end_timestamp;
+        m.v3_content_v = last.v3_content_v;
+        m.file_ids = last.file_ids.clone();
+        m.history = last.history.clone();
+    }
+    if conflicts.is_empty() {
+        return;
+    }
+    m.fingerprint = last.fingerprint.clone();
+    m.source = last.source.clone();
+    let (Some(info), Some(base)) = (m.info.as_mut(), base_info) else {
+        return;
+    };
+    let mut v = to_value(&*info);
+    for f in conflicts {
+        if let Some(was) = base.get(f) {
+            v[f.as_str()] = was.clone();
+        }
+    }
+    if let Ok(kept) = serde_json::from_value(v) {
+        *info = kept;
+    }
 }
 
 /// Roughly what a viz's V2 documents hold in memory.

@@ -64,6 +64,7 @@ pub enum ErrorKind {
     ContentTooLarge,
     IdMismatch,
     OwnerMissing,
+    OwnerDeletedInV3,
     Malformed,
     BadContent,
     // JobError: reading, writing, the fork chain, the delivery itself.
@@ -80,7 +81,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order `/metrics` lists them.
-    pub const ALL: [ErrorKind; 21] = [
+    pub const ALL: [ErrorKind; 22] = [
         ErrorKind::Tombstone,
         ErrorKind::NoId,
         ErrorKind::NotVisualization,
@@ -91,6 +92,7 @@ impl ErrorKind {
         ErrorKind::ContentTooLarge,
         ErrorKind::IdMismatch,
         ErrorKind::OwnerMissing,
+        ErrorKind::OwnerDeletedInV3,
         ErrorKind::Malformed,
         ErrorKind::BadContent,
         ErrorKind::V2Read,
@@ -117,6 +119,7 @@ impl ErrorKind {
             ErrorKind::ContentTooLarge => "content_too_large",
             ErrorKind::IdMismatch => "id_mismatch",
             ErrorKind::OwnerMissing => "owner_missing",
+            ErrorKind::OwnerDeletedInV3 => "owner_deleted_in_v3",
             ErrorKind::Malformed => "malformed",
             ErrorKind::BadContent => "bad_content",
             ErrorKind::V2Read => "v2_read",
@@ -166,6 +169,7 @@ impl ErrorKind {
             T::ContentTooLarge { .. } => ErrorKind::ContentTooLarge,
             T::IdMismatch { .. } => ErrorKind::IdMismatch,
             T::OwnerMissing { .. } => ErrorKind::OwnerMissing,
+            T::OwnerDeletedInV3 { .. } => ErrorKind::OwnerDeletedInV3,
             T::Malformed { .. } => ErrorKind::Malformed,
             T::BadContent { .. } => ErrorKind::BadContent,
         }
@@ -193,19 +197,17 @@ pub struct LastMigration<'a> {
     pub fingerprint: &'a str,
     /// Fingerprint of the V2 analytics record merged then (`None`: none existed).
     pub analytics: Option<&'a str>,
-    /// The `end` commit we wrote.
-    pub end_commit: &'a str,
-    /// `_v` of the V3 content snapshot right after our write.
-    pub v3_content_v: i64,
 }
 
-/// What V3 holds for the viz now.
+/// What V3 holds for the viz now (its info and content snapshots).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct V3Now<'a> {
-    /// Info's `end` commit.
-    pub end: &'a str,
-    /// `_v` of the content snapshot.
-    pub content_v: i64,
+pub enum V3Now {
+    /// Neither is there (never written, or wiped by an operator).
+    Absent,
+    /// Info or content is a ShareDB tombstone (`_type: null`): V3's users deleted the viz.
+    Deleted,
+    /// Both live (or info live and content not written yet).
+    Live,
 }
 
 /// What a job must do.
@@ -213,52 +215,34 @@ pub struct V3Now<'a> {
 pub enum Plan {
     /// Never migrated (or only skipped/failed before): translate from scratch.
     Fresh,
-    /// Migrated, and V2 changed since: append commits, update snapshots.
+    /// Migrated, and V2 changed since: bring V2's changes, merged three-way with V3's
+    /// (spec 3.4: fields both changed end the job `conflict`, V3's kept).
     Resync,
     /// Migrated, and only V2's page-view record changed: merge the analytics delta, touch nothing else.
     AnalyticsOnly,
     /// Migrated and V2 unchanged: write nothing.
     Unchanged,
-    /// V3 has commits after our last `end`: a human decides.
-    Conflict { reason: String },
+    /// V3's users deleted the viz: never re-created, the job ends `skipped` ([`DELETED_IN_V3`]).
+    DeletedInV3,
 }
 
-/// Decide the plan from the ledger, V2 now and V3 now. A V3 edit (a commit after our `end`, or a
-/// content op after ours) is a conflict only when V2 changed too: an unchanged V2 has nothing to
-/// overwrite it with, and a page-view merge never touches what users edit.
+/// Decide the plan from the ledger, V2 now and V3 now. A deletion in V3 is an act of its users
+/// and wins over everything V2 says. Edits in V3 no longer decide here: a re-sync merges them
+/// field by field (see [`crate::merge`]); an unchanged V2 has nothing to bring.
 pub fn plan(
     last: Option<&LastMigration>,
     fingerprint_now: &str,
     analytics_now: Option<&str>,
-    v3: Option<V3Now>,
+    v3: V3Now,
 ) -> Plan {
-    let Some(last) = last else { return Plan::Fresh };
-    // Info gone from V3 (wiped, or rolled back by an operator): migrate again from scratch.
-    let Some(v3) = v3 else { return Plan::Fresh };
-    if last.fingerprint == fingerprint_now {
-        return if last.analytics == analytics_now {
-            Plan::Unchanged
-        } else {
-            Plan::AnalyticsOnly
-        };
+    match (last, v3) {
+        (_, V3Now::Deleted) => Plan::DeletedInV3,
+        // Info gone from V3 (wiped, or rolled back by an operator): migrate again from scratch.
+        (None, _) | (_, V3Now::Absent) => Plan::Fresh,
+        (Some(last), V3Now::Live) if last.fingerprint != fingerprint_now => Plan::Resync,
+        (Some(last), V3Now::Live) if last.analytics != analytics_now => Plan::AnalyticsOnly,
+        (Some(_), V3Now::Live) => Plan::Unchanged,
     }
-    if v3.end != last.end_commit {
-        return Plan::Conflict {
-            reason: format!(
-                "V3 info.end is {}, not our last migrated commit {}: the viz was edited in V3",
-                v3.end, last.end_commit
-            ),
-        };
-    }
-    if v3.content_v != last.v3_content_v {
-        return Plan::Conflict {
-            reason: format!(
-                "V3 content is at version {}, we left it at {}: the viz was edited in V3",
-                v3.content_v, last.v3_content_v
-            ),
-        };
-    }
-    Plan::Resync
 }
 
 #[cfg(test)]
@@ -270,45 +254,25 @@ mod tests {
         let last = LastMigration {
             fingerprint: "f1",
             analytics: Some("a1"),
-            end_commit: "c9",
-            v3_content_v: 4,
         };
-        let same = Some(V3Now {
-            end: "c9",
-            content_v: 4,
-        });
-        let committed = Some(V3Now {
-            end: "zz",
-            content_v: 4,
-        });
-        let edited = Some(V3Now {
-            end: "c9",
-            content_v: 5,
-        });
-        assert_eq!(plan(None, "f1", None, None), Plan::Fresh);
-        assert_eq!(plan(Some(&last), "f1", Some("a1"), None), Plan::Fresh);
-        assert_eq!(plan(Some(&last), "f1", Some("a1"), same), Plan::Unchanged);
+        let live = V3Now::Live;
+        assert_eq!(plan(None, "f1", None, V3Now::Absent), Plan::Fresh);
+        assert_eq!(plan(None, "f1", None, live), Plan::Fresh);
         assert_eq!(
-            plan(Some(&last), "f1", Some("a1"), edited),
-            Plan::Unchanged,
-            "nothing to overwrite"
+            plan(Some(&last), "f1", Some("a1"), V3Now::Absent),
+            Plan::Fresh
         );
-        assert_eq!(plan(Some(&last), "f2", Some("a1"), same), Plan::Resync);
+        assert_eq!(plan(Some(&last), "f1", Some("a1"), live), Plan::Unchanged);
+        assert_eq!(plan(Some(&last), "f2", Some("a1"), live), Plan::Resync);
+        assert_eq!(plan(Some(&last), "f2", Some("a2"), live), Plan::Resync);
         assert_eq!(
-            plan(Some(&last), "f1", Some("a2"), same),
+            plan(Some(&last), "f1", Some("a2"), live),
             Plan::AnalyticsOnly
         );
-        assert_eq!(
-            plan(Some(&last), "f1", Some("a2"), edited),
-            Plan::AnalyticsOnly,
-            "analytics merge never conflicts"
-        );
-        assert!(
-            matches!(plan(Some(&last), "f2", Some("a1"), committed), Plan::Conflict { reason } if reason.contains("zz"))
-        );
-        assert!(
-            matches!(plan(Some(&last), "f2", Some("a1"), edited), Plan::Conflict { reason } if reason.contains("version 5"))
-        );
+        // A deletion in V3 wins, whatever V2 or the ledger says.
+        for (l, f) in [(Some(&last), "f1"), (Some(&last), "f2"), (None, "f1")] {
+            assert_eq!(plan(l, f, Some("a2"), V3Now::Deleted), Plan::DeletedInV3);
+        }
     }
 
     #[test]

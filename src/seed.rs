@@ -657,6 +657,7 @@ mod tests {
                 analytics: None,
                 v3_analytics: None,
                 previous: None,
+                deleted_users: &translate::NO_DELETED_USERS,
                 now: 1_700_000_000,
             };
             let t = translate::translate(&p, &ctx, &cfg).unwrap_or_else(|e| panic!("{id}: {e}"));

@@ -36,6 +36,9 @@ pub struct Status {
     pub rate_per_min: f64,
     /// Seconds until the work and retry queues drain at that rate.
     pub eta_secs: Option<i64>,
+    /// Vizzes whose last job kept an act of V3's users, by kind: `deleted_in_v3`,
+    /// `owner_deleted_in_v3` (skipped) and `conflict` (spec 3.4).
+    pub kept_for_v3: BTreeMap<String, i64>,
     /// Jobs taken by workers and not yet ended: pending jobs of published batches minus those
     /// still waiting in the work and retry queues. An estimate (AMQP does not report unacked
     /// counts; a worker's `/metrics` has the exact in-flight gauge).
@@ -49,6 +52,9 @@ pub enum StatusError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
+
+/// The error kinds of jobs that kept an act of V3's users (spec 3.4), as `status` lists them.
+const KEPT_FOR_V3: [&str; 3] = ["deleted_in_v3", "owner_deleted_in_v3", "conflict"];
 
 /// The rate is measured over this many seconds of ledger records.
 const RATE_WINDOW_SECS: i64 = 300;
@@ -121,7 +127,9 @@ pub async fn collect(
         .filter(|b: &&BatchStatus| b.status == "published")
         .map(|b| b.pending)
         .sum();
+    let kept_for_v3 = ledger.kind_counts(&KEPT_FOR_V3).await?;
     Ok(Status {
+        kept_for_v3,
         in_flight: (pending - backlog as i64).max(0),
         queues,
         batches,
@@ -171,6 +179,11 @@ impl Status {
         })
         .collect();
         s += &format!("outcomes: {}\n", all.join(", "));
+        let kept: Vec<String> = KEPT_FOR_V3
+            .iter()
+            .map(|k| format!("{k} {}", self.kept_for_v3.get(*k).unwrap_or(&0)))
+            .collect();
+        s += &format!("kept for V3's users: {}\n", kept.join(", "));
         s += &format!("in flight: ~{}\n", self.in_flight);
         s += &format!(
             "rate: {:.1} jobs/min over the last 5 min; ETA {}\n",

@@ -29,7 +29,7 @@ use crate::history::{self, InitialIds, Mode, Stamp};
 use crate::v2::{self, DocumentContent, DocumentInfo, Intervals};
 use crate::{analytics, ids, v3, Disposition, PRIMORDIAL_VIZ_ID};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Default content limit, `bundle.js` excluded.
 pub const DEFAULT_MAX_CONTENT_BYTES: usize = 5 * 1024 * 1024;
@@ -78,6 +78,11 @@ pub enum TranslateError {
     IdMismatch { doc_id: String, id: String },
     #[error("viz {viz}: owner {owner} is missing from V2 user")]
     OwnerMissing { viz: String, owner: String },
+    /// The owner deleted their V3 account: neither it nor the viz is re-created (spec 3.4).
+    #[error(
+        "viz {viz}: owner deleted in V3 (user {owner} deleted their V3 account); not re-created"
+    )]
+    OwnerDeletedInV3 { viz: String, owner: String },
     #[error("viz {viz}: {source}")]
     Malformed { viz: String, source: v2::V2Error },
     #[error("viz {viz}: {reason}")]
@@ -93,7 +98,8 @@ impl TranslateError {
             | NoId { .. }
             | NotVisualization { .. }
             | Partial { .. }
-            | NoFiles { .. } => Disposition::Skip,
+            | NoFiles { .. }
+            | OwnerDeletedInV3 { .. } => Disposition::Skip,
             ContentMissing { .. }
             | ContentTombstone { .. }
             | ContentTooLarge { .. }
@@ -524,9 +530,16 @@ pub struct Context<'a> {
     pub v3_analytics: Option<&'a v3::AnalyticsEvent>,
     /// Set on re-sync.
     pub previous: Option<&'a Previous>,
+    /// Users of [`Prepared::user_ids`] whose V3 account is deleted (a `user` tombstone): never
+    /// re-created; the viz of such an owner is skipped, their upvotes and collaborations are
+    /// skipped entries (spec 3.4). [`NO_DELETED_USERS`] when none are.
+    pub deleted_users: &'a BTreeSet<String>,
     /// `migratedTimestamp` (seconds); passed in so translation stays pure.
     pub now: i64,
 }
+
+/// An empty [`Context::deleted_users`].
+pub static NO_DELETED_USERS: BTreeSet<String> = BTreeSet::new();
 
 /// A referenced user that could not be migrated; its upvote or permission was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -650,7 +663,7 @@ pub fn translate(p: &Prepared, ctx: &Context, cfg: &Config) -> Result<Translatio
     };
     let end = parent_commit.expect("a chain has an end");
 
-    let (upvotes, permissions, skipped) = memberships(p, &users);
+    let (upvotes, permissions, skipped) = memberships(p, &users, ctx.deleted_users);
     let (forked_from, backfilled) = match &ctx.parent {
         Parent::Root => (None, None),
         Parent::Fork {
@@ -744,6 +757,15 @@ fn migrate_users(
 ) -> Result<BTreeMap<String, v3::User>, TranslateError> {
     let mut out = BTreeMap::new();
     for id in &p.user_ids {
+        if ctx.deleted_users.contains(id) {
+            if id == &p.owner {
+                return Err(TranslateError::OwnerDeletedInV3 {
+                    viz: p.viz.clone(),
+                    owner: id.clone(),
+                });
+            }
+            continue;
+        }
         let found = ctx.users.get(id).and_then(|raw| v2::parse_user(raw).ok());
         match found.filter(|u| !u.envelope.is_tombstone()) {
             Some(u) => {
@@ -799,18 +821,26 @@ fn skipped_entry(
     index: usize,
     user: Option<&str>,
     viz: &str,
+    deleted: &BTreeSet<String>,
 ) -> SkippedEntry {
     SkippedEntry {
         kind,
         user: user.unwrap_or_default().to_string(),
         reason: match user {
+            Some(u) if deleted.contains(u) => {
+                format!("{role} {u} of viz {viz} deleted their V3 account")
+            }
             Some(u) => format!("{role} {u} of viz {viz} is missing from V2 user"),
             None => format!("{kind} entry {index} of viz {viz} has no userId"),
         },
     }
 }
 
-fn memberships(p: &Prepared, users: &BTreeMap<String, v3::User>) -> Memberships {
+fn memberships(
+    p: &Prepared,
+    users: &BTreeMap<String, v3::User>,
+    deleted: &BTreeSet<String>,
+) -> Memberships {
     let mut skipped = Vec::new();
     let mut upvotes: BTreeMap<String, v3::Upvote> = BTreeMap::new();
     for (i, u) in p.info.upvotes.iter().flatten().enumerate() {
@@ -821,6 +851,7 @@ fn memberships(p: &Prepared, users: &BTreeMap<String, v3::User>) -> Memberships 
                 i,
                 u.user_id.as_deref(),
                 &p.viz,
+                deleted,
             ));
             continue;
         };
@@ -845,6 +876,7 @@ fn memberships(p: &Prepared, users: &BTreeMap<String, v3::User>) -> Memberships 
                 i,
                 c.user_id.as_deref(),
                 &p.viz,
+                deleted,
             ));
             continue;
         };

@@ -214,7 +214,7 @@ fn entries_without_a_user_id_are_skipped_with_a_note_not_dead_lettered() {
 }
 
 #[test]
-fn unchanged_resync_and_conflict() {
+fn unchanged_resync_and_deleted_in_v3() {
     let cfg = Config::default();
     let fp = translate::prepare(&base(), &cfg)
         .unwrap()
@@ -222,13 +222,8 @@ fn unchanged_resync_and_conflict() {
     let last = LastMigration {
         fingerprint: &fp,
         analytics: None,
-        end_commit: "e1",
-        v3_content_v: 2,
     };
-    let v3 = Some(V3Now {
-        end: "e1",
-        content_v: 2,
-    });
+    let v3 = V3Now::Live;
     assert_eq!(plan(Some(&last), &fp, None, v3), Plan::Unchanged);
     let changed = translate::prepare(&with(|v| v.info["title"] = json!("New")), &cfg).unwrap();
     assert_eq!(
@@ -248,15 +243,17 @@ fn unchanged_resync_and_conflict() {
         plan(Some(&last), &rescored.source_fingerprint(), None, v3),
         Plan::Unchanged
     );
-    // V2 changed and V3 was edited meanwhile: a human decides.
-    let edited = Some(V3Now {
-        end: "v3-edit",
-        content_v: 2,
-    });
-    assert!(matches!(
-        plan(Some(&last), &changed.source_fingerprint(), None, edited),
-        Plan::Conflict { .. }
-    ));
+    // V3's users deleted the viz: never re-created, whatever V2 did (spec 3.4). Edits in V3
+    // are merged field by field by the re-sync (`merge`), not refused here.
+    assert_eq!(
+        plan(
+            Some(&last),
+            &changed.source_fingerprint(),
+            None,
+            V3Now::Deleted
+        ),
+        Plan::DeletedInV3
+    );
 }
 
 #[test]
@@ -303,6 +300,7 @@ fn the_end_commit_id_depends_on_what_it_hangs_from() {
             analytics: None,
             v3_analytics: None,
             previous: Some(&previous),
+            deleted_users: &vizhub_migrate::translate::NO_DELETED_USERS,
             now: common::NOW,
         };
         let t = translate::translate(&p, &ctx, &cfg).unwrap();

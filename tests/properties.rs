@@ -156,7 +156,7 @@ proptest! {
             Err(e) => { prop_assert_eq!(e.kind(), "no_files"); return Ok(()); }
         };
         let users = HashMap::from([("1".to_string(), json!({"_id": "1", "id": "1", "userName": "u", "_type": "x"}))]);
-        let ctx = Context { parent: Parent::Root, users: &users, analytics: None, v3_analytics: None, previous: None, now: 0 };
+        let ctx = Context { parent: Parent::Root, users: &users, analytics: None, v3_analytics: None, previous: None, deleted_users: &translate::NO_DELETED_USERS, now: 0 };
         let t = translate::translate(&p, &ctx, &cfg).unwrap();
         if n_ops > 0 {
             prop_assert_eq!(&t.history, &Mode::Replayed { base_v: 3, ops: n_ops });

@@ -31,7 +31,8 @@
 
 use super::{
     last_migrated, migrated_of, now_ms, now_secs, plan_of, record_of, to_value, unchanged,
-    v2_bytes, Done, JobError, Migrator, ParentLink, JOB_MEMORY_KIB, RECOUNT_TRIES, WORKING_COPIES,
+    v2_bytes, v3_now, Done, JobError, Migrator, ParentLink, JOB_MEMORY_KIB, RECOUNT_TRIES,
+    WORKING_COPIES,
 };
 use crate::ledger::VizRecord;
 use crate::outcome::Plan;
@@ -107,6 +108,17 @@ struct Parents<'a> {
     infos: &'a HashMap<String, Snapshot>,
     /// Parents V2 does not have.
     missing: &'a HashSet<String>,
+}
+
+/// What the batch read for its fresh vizzes besides their own documents.
+#[derive(Clone, Copy)]
+struct BatchReads<'a> {
+    /// V2 `user` docs by id.
+    users: &'a HashMap<String, Value>,
+    /// V2 page-view records by id.
+    events: &'a HashMap<String, Value>,
+    /// Users whose V3 account is deleted.
+    deleted_users: &'a BTreeSet<String>,
 }
 
 /// A translated fresh viz, and its parent.
@@ -282,11 +294,25 @@ impl Migrator {
             .collect::<BTreeSet<String>>()
             .into_iter()
             .collect();
-        let (events, users) = match tokio::try_join!(
+        // V3 accounts their users deleted are never re-created: their vizzes and entries are
+        // skipped in translation (their jobs run alone and record it).
+        // Only the fresh vizzes translate here (a daily re-run of unchanged ones asks nothing).
+        let translating = !extras.is_empty() || prepared.iter().any(|(_, _, l)| l.is_none());
+        let deleted_users = async {
+            if !translating {
+                return Ok(Default::default());
+            }
+            self.v3
+                .deleted(c3::USER, &user_ids)
+                .await
+                .map_err(|e| mongodb::error::Error::custom(e.to_string()))
+        };
+        let (events, users, deleted_users) = match tokio::try_join!(
             self.v2.event_records(&analytics_ids),
-            self.v2.users(&user_ids)
+            self.v2.users(&user_ids),
+            deleted_users,
         ) {
-            Ok(r) => r,
+            Ok((e, u, d)) => (e, u, d.into_iter().collect::<BTreeSet<String>>()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the batch's users and page views from V2; its jobs run alone");
                 for (at, _, _) in prepared {
@@ -348,7 +374,12 @@ impl Migrator {
             waiting = rest;
         }
         if !ordered.is_empty() {
-            self.fresh_ones(ordered, &users, &events, &fetched, d).await;
+            let read = BatchReads {
+                users: &users,
+                events: &events,
+                deleted_users: &deleted_users,
+            };
+            self.fresh_ones(ordered, &read, &fetched, d).await;
         }
     }
 
@@ -458,8 +489,7 @@ impl Migrator {
             let migrated = last_migrated(Some(&last));
             let plan = plan_of(
                 migrated.as_ref(),
-                infos.get(&p.viz).filter(|s| s.doc_type.is_some()),
-                contents.get(&p.viz).filter(|s| s.doc_type.is_some()),
+                v3_now(infos.get(&p.viz), contents.get(&p.viz)),
                 &fingerprint,
                 analytics_fingerprint.as_deref(),
             );
@@ -527,11 +557,15 @@ impl Migrator {
     async fn fresh_ones(
         &self,
         ready: Vec<Fresh>,
-        users: &HashMap<String, Value>,
-        events: &HashMap<String, Value>,
+        read: &BatchReads<'_>,
         fetched: &Fetched,
         d: &mut Decided,
     ) {
+        let BatchReads {
+            users,
+            events,
+            deleted_users,
+        } = *read;
         let in_batch: HashSet<String> = ready.iter().map(|f| f.p.viz.clone()).collect();
         let mut parents: BTreeSet<String> = ready
             .iter()
@@ -629,6 +663,7 @@ impl Migrator {
                 analytics: events.get(&f.p.analytics_id),
                 v3_analytics: None,
                 previous: None,
+                deleted_users,
                 now: now_secs(),
             };
             match translate::translate(&f.p, &ctx, &self.cfg) {

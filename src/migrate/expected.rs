@@ -160,6 +160,7 @@ impl Migrator {
             analytics: events.get(&p.analytics_id),
             v3_analytics: None,
             previous: None,
+            deleted_users: &translate::NO_DELETED_USERS,
             now: now_secs(),
         };
         Ok(translate::translate(p, &ctx, &self.cfg)?)

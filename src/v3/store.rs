@@ -36,7 +36,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -282,6 +282,9 @@ pub struct SyncReport {
     /// Creates that found the doc already there (an earlier attempt, or a racing job, wrote it
     /// after the snapshots we went by were read, or the caller read none): left as they were.
     pub existed: Vec<String>,
+    /// Wanted docs V3 holds as tombstones (deleted there): left deleted (see
+    /// [`Store::sync_known`]).
+    pub tombstones: Vec<String>,
 }
 
 impl SyncReport {
@@ -659,12 +662,32 @@ impl Store {
     /// [`Store::sync`] when the caller already read the snapshots (`existing`, from
     /// [`Store::snapshots`] of the same ids): one query less. Updates stay conditional on the
     /// version read, so a snapshot that moved on since is reported as a lost race.
+    ///
+    /// A doc deleted in V3 (a tombstone) is never re-created here: V3's users deleted it, and
+    /// deletions are acts (spec 3.4). It is counted in `kept` and listed in `tombstones`; the
+    /// caller that may bring one back says so with [`Store::sync_reviving`].
     pub async fn sync_known(
         &self,
         collection: &str,
         wanted: &[(String, Value)],
         existing: &HashMap<String, Snapshot>,
         policy: Policy,
+        ts_ms: i64,
+    ) -> Result<SyncReport, StoreError> {
+        self.sync_reviving(collection, wanted, existing, policy, &HashSet::new(), ts_ms)
+            .await
+    }
+
+    /// [`Store::sync_known`], re-creating the tombstones listed in `revive` at their next
+    /// version, as ShareDB would (an upvote V2 gave again after V3's removal, a doc the
+    /// migration itself deleted).
+    pub async fn sync_reviving(
+        &self,
+        collection: &str,
+        wanted: &[(String, Value)],
+        existing: &HashMap<String, Snapshot>,
+        policy: Policy,
+        revive: &HashSet<String>,
         ts_ms: i64,
     ) -> Result<SyncReport, StoreError> {
         let mut report = SyncReport::default();
@@ -677,11 +700,13 @@ impl Store {
         for (id, data) in wanted {
             match existing.get(id) {
                 None => creates.push((id.as_str(), data)),
-                Some(s) if s.doc_type.is_none() => {
-                    // Deleted in V3 (e.g. an upvote withdrawn, then given again in V2): re-create
-                    // it at the next version, as ShareDB would.
+                Some(s) if s.doc_type.is_none() && revive.contains(id) => {
                     self.submit_create(collection, s, data, ts_ms, &mut report)
                         .await?;
+                }
+                Some(s) if s.doc_type.is_none() => {
+                    report.kept += 1;
+                    report.tombstones.push(id.clone());
                 }
                 Some(s) => {
                     let migrated = s.data.get("migratedFromV2") == Some(&Value::Bool(true));
@@ -752,11 +777,11 @@ impl Store {
 
     /// Of `docs`, the ids whose newest op (`_o`) the migration wrote (one query; none when
     /// `docs` is empty). A doc without `_o`, or whose op is gone, is not ours to change.
-    async fn last_op_is_ours(
+    pub async fn last_op_is_ours(
         &self,
         collection: &str,
         docs: &[&Snapshot],
-    ) -> Result<std::collections::HashSet<String>, StoreError> {
+    ) -> Result<HashSet<String>, StoreError> {
         let ops: Vec<ObjectId> = docs.iter().filter_map(|s| s.last_op).collect();
         if ops.is_empty() {
             return Ok(Default::default());
@@ -800,11 +825,31 @@ impl Store {
         }
         // A `create` op already there is one an earlier attempt wrote before it stopped: its
         // snapshot may be missing, so the snapshots are inserted regardless.
-        self.insert_ignoring_duplicates(&format!("o_{collection}"), ops, WriteKind::OpInsert)
+        let oids: Vec<Bson> = ops
+            .iter()
+            .map(|o| o.get("_id").cloned().unwrap_or(Bson::Null))
+            .collect();
+        let ops_there = self
+            .insert_ignoring_duplicates(&format!("o_{collection}"), ops, WriteKind::OpInsert)
             .await?;
         let existed = self
             .insert_ignoring_duplicates(collection, snaps, WriteKind::SnapshotInsert)
             .await?;
+        // A snapshot already there has its own history: a `create` op this call inserted for it
+        // is an orphan no snapshot links to. Taken back (an op that was there before is the
+        // one an earlier attempt linked, or will be the one its snapshot insert links).
+        let orphans: Vec<Bson> = existed
+            .iter()
+            .filter(|i| !ops_there.contains(i))
+            .map(|i| oids[*i].clone())
+            .collect();
+        if !orphans.is_empty() {
+            self.write_allowed()?;
+            self.trip();
+            self.coll(&format!("o_{collection}"))
+                .delete_many(doc! {"_id": {"$in": orphans}})
+                .await?;
+        }
         Ok(existed.into_iter().map(|i| docs[i].0.to_string()).collect())
     }
 
@@ -875,8 +920,7 @@ impl Store {
             oids.push(oid);
         }
         let ops_coll = format!("o_{collection}");
-        let existed = self
-            .insert_ignoring_duplicates(&ops_coll, ops, WriteKind::OpInsert)
+        self.insert_ignoring_duplicates(&ops_coll, ops, WriteKind::OpInsert)
             .await?;
         // Every snapshot in one `update` command, each replacement conditional on the version
         // read. The reply counts matches, not which matched: when all did (the common case)
@@ -907,7 +951,7 @@ impl Store {
             Some(Bson::Int64(n)) => *n as usize,
             _ => 0,
         };
-        for (i, ((s, _, _), oid)) in updates.iter().zip(oids).enumerate() {
+        for ((s, _, _), oid) in updates.iter().zip(oids) {
             // Not every statement matched: ours won exactly when its op is in the doc's
             // history now (an identical op that won is as good as ours).
             if matched == updates.len()
@@ -916,11 +960,11 @@ impl Store {
                 report.updated += 1;
                 continue;
             }
-            if !existed.contains(&i) {
-                self.write_allowed()?;
-                self.trip();
-                self.coll(&ops_coll).delete_one(doc! {"_id": oid}).await?;
-            }
+            // Not linked: an orphan, whoever inserted it (this call, or an earlier attempt
+            // at the same version with the same op): no snapshot will ever link it now.
+            self.write_allowed()?;
+            self.trip();
+            self.coll(&ops_coll).delete_one(doc! {"_id": oid}).await?;
             report.lost_races.push(s.id.clone());
         }
         Ok(())
@@ -1067,6 +1111,107 @@ impl Store {
         self.insert_ignoring_duplicates(collections::COMMIT, docs, WriteKind::CommitInsert)
             .await?;
         Ok(())
+    }
+
+    /// Delete commits (by id) that nothing links: the new commits of a re-sync whose content
+    /// update lost its race to a V3 edit, so its info never ended there. Left, a later fork or
+    /// V3 commit could hang a second child off the old end (spec 3.4). One command.
+    pub async fn delete_commits(&self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write_allowed()?;
+        self.trip();
+        self.coll(collections::COMMIT)
+            .delete_many(doc! {"_id": {"$in": ids}})
+            .await?;
+        Ok(())
+    }
+
+    /// Of `ids`, those V3 holds as tombstones in `collection` (deleted there: an account, a
+    /// viz). One projected query; none when `ids` is empty.
+    pub async fn deleted(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        self.trip();
+        let docs: Vec<Document> = self
+            .coll(collection)
+            .aggregate(indexed_then(
+                doc! {"_id": {"$in": ids}},
+                doc! {"_type": Bson::Null},
+            ))
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+            .collect())
+    }
+
+    /// Whether doc `id` of `collection` has an op at version `from` or later that the migration
+    /// did not write: V3 edited it since the migration left it at `from`. One query.
+    pub async fn edited_since(
+        &self,
+        collection: &str,
+        id: &str,
+        from: i64,
+    ) -> Result<bool, StoreError> {
+        self.trip();
+        let mut pipeline = indexed_then(
+            doc! {"d": id},
+            doc! {"v": {"$gte": from}, "src": {"$ne": OP_SRC}},
+        );
+        pipeline.extend([doc! {"$limit": 1}, doc! {"$project": {"_id": 1}}]);
+        let found: Vec<Document> = self
+            .coll(&format!("o_{collection}"))
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(!found.is_empty())
+    }
+
+    /// The payload of doc `id` right after the migration's last op in its log: replayed from
+    /// its `create` through its ops in version order (json1), so what the migration last wrote,
+    /// whatever V3 did after. `None` when no op of the log is the migration's, the log does
+    /// not replay, or the doc was deleted at that point. The three-way base of a re-sync when
+    /// the ledger does not hold one (records written before it did). One query.
+    pub async fn last_written(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        self.trip();
+        let ops: Vec<Document> = self
+            .coll(&format!("o_{collection}"))
+            .find(doc! {"d": id})
+            .sort(doc! {"v": 1})
+            .await?
+            .try_collect()
+            .await?;
+        let mut state: Option<Value> = None;
+        let mut ours = None;
+        for op in ops {
+            state = if let Ok(create) = op.get_document("create") {
+                create.get("data").cloned().map(to_json)
+            } else if op.get("del").is_some() {
+                None
+            } else if let (Some(body), Some(doc)) = (op.get("op").cloned(), state.take()) {
+                json1::apply(doc, &to_json(body)).ok()
+            } else {
+                None
+            };
+            if op.get_str("src") == Ok(OP_SRC) {
+                ours = Some(state.clone());
+            }
+        }
+        Ok(ours.flatten())
     }
 
     /// Every commit of a viz, in chain order (start first). One query.
@@ -1299,6 +1444,11 @@ impl Snapshot {
     /// `info.forksCount`, or `upvotesCount` with [`Snapshot::info_upvotes_count`].
     pub fn info_forks_count(&self) -> Option<i64> {
         self.data.get("forksCount").and_then(Value::as_i64)
+    }
+
+    /// `info.forkedFrom` (`None` for the primordial viz).
+    pub fn info_forked_from(&self) -> Option<&str> {
+        self.data.get("forkedFrom").and_then(Value::as_str)
     }
 
     pub fn info_upvotes_count(&self) -> Option<i64> {

@@ -104,6 +104,7 @@ impl World {
             analytics: self.analytics.get(&p.analytics_id),
             v3_analytics: None,
             previous: None,
+            deleted_users: &vizhub_migrate::translate::NO_DELETED_USERS,
             now: NOW,
         };
         let t = translate::translate(&p, &ctx, &self.cfg)?;
@@ -133,6 +134,7 @@ impl World {
             analytics: self.analytics.get(&p.analytics_id),
             v3_analytics: v3_analytics.as_ref(),
             previous: Some(&previous),
+            deleted_users: &vizhub_migrate::translate::NO_DELETED_USERS,
             now: NOW + 1,
         };
         let t = translate::translate(&p, &ctx, &self.cfg)?;
