@@ -630,3 +630,110 @@ async fn an_upvote_given_again_in_v2_after_v3_removed_it_must_be_back() {
     assert!(report.mismatches.is_empty(), "{}", report.render());
     env.cleanup().await;
 }
+
+/// Verify agrees with the re-sync: V3's users act, V2 changes the same vizzes, the re-sync runs,
+/// and verify finds nothing undone and no mismatch (V2's changes landed where V3 did not act).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_agrees_with_the_resync_after_v3_acts() {
+    let env = TestEnv::new("verify_resync").await;
+    let mut ids = env.load_fixtures(&[]).await;
+    let doomed = synthetic(3, "68416");
+    env.load_viz(&doomed).await;
+    let doomed = doomed.info["id"].as_str().unwrap().to_string();
+    ids.push(doomed.clone());
+    let m = env.migrator();
+    for id in &ids {
+        m.migrate(id, None).await.unwrap();
+    }
+    // V3: Penguin made private, Dangling trashed, Loading CSV retitled, the synthetic viz
+    // deleted (and its parent's forks recounted).
+    let info = payload(&env, "info", PENGUIN).await;
+    submit(
+        &env,
+        "info",
+        PENGUIN,
+        V3_SRC,
+        Write::Op(set(&info, "visibility", json!("private"))),
+        true,
+    )
+    .await;
+    let info = payload(&env, "info", DANGLING).await;
+    submit(
+        &env,
+        "info",
+        DANGLING,
+        V3_SRC,
+        Write::Op(set(&info, "trashed", json!(true))),
+        true,
+    )
+    .await;
+    let info = payload(&env, "info", LOADING_CSV).await;
+    submit(
+        &env,
+        "info",
+        LOADING_CSV,
+        V3_SRC,
+        Write::Op(set(&info, "title", json!("Renamed in V3"))),
+        true,
+    )
+    .await;
+    for collection in ["info", "content"] {
+        submit(&env, collection, &doomed, V3_SRC, Write::Del, true).await;
+    }
+    let info = payload(&env, "info", PRIMORDIAL_VIZ_ID).await;
+    let forks = info["forksCount"].as_i64().unwrap();
+    submit(
+        &env,
+        "info",
+        PRIMORDIAL_VIZ_ID,
+        V3_SRC,
+        Write::Op(set(&info, "forksCount", json!(forks - 1))),
+        true,
+    )
+    .await;
+    // V2: every one of them retitled (Loading CSV's conflicts with V3's title).
+    for id in [PENGUIN, DANGLING, LOADING_CSV, doomed.as_str()] {
+        env.v2
+            .collection::<Document>("documentInfo")
+            .update_one(
+                doc! {"_id": id},
+                doc! {"$set": {"title": format!("V2 title of {id}")}},
+            )
+            .await
+            .unwrap();
+    }
+    env.wrote_v2().await;
+    for id in &ids {
+        m.migrate(id, None).await.unwrap();
+    }
+    let report = verify_all(&env).await;
+    assert!(report.mismatches.is_empty(), "{}", report.render());
+    assert_eq!(
+        report.expected_outcomes.get("deleted-in-v3"),
+        Some(&1),
+        "{}",
+        report.render()
+    );
+    assert_eq!(
+        report.expected_outcomes.get("conflict"),
+        Some(&1),
+        "{}",
+        report.render()
+    );
+    assert_eq!(
+        report.v3_owned.get("visibility"),
+        Some(&1),
+        "{}",
+        report.render()
+    );
+    // V2's title landed where V3 did not retitle.
+    assert_eq!(
+        payload(&env, "info", PENGUIN).await["title"],
+        json!(format!("V2 title of {PENGUIN}"))
+    );
+    assert_eq!(
+        payload(&env, "info", DANGLING).await["trashed"],
+        json!(true)
+    );
+    env.cleanup().await;
+}
