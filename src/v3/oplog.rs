@@ -32,7 +32,7 @@ use crate::v3::store::{Snapshot, Store, StoreError, OP_SRC};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Fields ours always rewrite (recounted from V3, or the migration's own stamp): a change of
 /// ours to them never undoes V3.
@@ -282,11 +282,20 @@ fn history<'a>(
     for op in ops {
         at.entry(op.v).or_default().push(op);
     }
-    let mut chosen: Vec<Option<&LoggedOp>> = vec![None; head.version.max(0) as usize];
+    let mut chosen: BTreeMap<i64, &LoggedOp> = BTreeMap::new();
     let mut missing = Vec::new();
     let mut want = head.last_op;
     let mut broken = false;
-    for v in (0..head.version).rev() {
+    // Versions above the log's newest op are all missing: said as one range, not walked (a
+    // corrupt `_v` must not cost its size).
+    let newest = ops.iter().map(|o| o.v).max().unwrap_or(-1);
+    let mut missing_above = None;
+    if head.version - 1 > newest {
+        missing_above = Some((newest + 1, head.version - 1));
+        broken = true;
+        want = None;
+    }
+    for v in (0..head.version.min(newest + 1)).rev() {
         let here = at.get(&v).map_or(&[][..], Vec::as_slice);
         if here.is_empty() {
             missing.push(v);
@@ -315,14 +324,29 @@ fn history<'a>(
                 (here.len() == 1).then(|| here[0])
             }
         };
-        chosen[v as usize] = op;
+        if let Some(op) = op {
+            chosen.insert(v, op);
+        }
         want = op.and_then(|o| o.prev);
     }
-    if !missing.is_empty() {
+    if !missing.is_empty() || missing_above.is_some() {
         missing.reverse();
-        hygiene.push(format!("no op at {}", ranges(&missing)));
+        let mut said = ranges(&missing);
+        if let Some((a, b)) = missing_above {
+            let above = if a == b {
+                format!("v{a}")
+            } else {
+                format!("v{a}..v{b}")
+            };
+            said = if said.is_empty() {
+                above
+            } else {
+                format!("{said}, {above}")
+            };
+        }
+        hygiene.push(format!("no op at {said}"));
     }
-    let on_chain: HashSet<ObjectId> = chosen.iter().flatten().map(|o| o.id).collect();
+    let on_chain: HashSet<ObjectId> = chosen.values().map(|o| o.id).collect();
     let mut orphans: Vec<&LoggedOp> = ops
         .iter()
         .filter(|o| o.ours && !on_chain.contains(&o.id) && !(broken && o.v < head.version))
@@ -334,7 +358,7 @@ fn history<'a>(
             o.v, o.id, head.version
         ));
     }
-    chosen.into_iter().flatten().collect()
+    chosen.into_values().collect()
 }
 
 /// `[1, 2, 3, 7]` → `v1..v3, v7`.
@@ -896,6 +920,13 @@ mod tests {
         assert_eq!(a.hygiene, ["no op at v1"]);
         let a = analyze(&log.head(), &[], FIELD);
         assert_eq!(a.hygiene, ["no op at v0..v2"]);
+        let mut huge = log.head();
+        huge.version = i64::MAX / 2;
+        let a = analyze(&huge, &gap, FIELD);
+        assert_eq!(
+            a.hygiene,
+            [format!("no op at v1, v3..v{}", i64::MAX / 2 - 1)]
+        );
         assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "v0..v2, v5, v7..v8");
     }
 
