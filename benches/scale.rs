@@ -906,7 +906,7 @@ async fn hot_parent(env: &Env, n: usize) -> Hot {
             Config::default(),
         )
     };
-    let job = |viz: &String| vizhub_migrate::planner::Job {
+    let job = |viz: &String| vizhub_migrate::job::Job {
         viz: viz.clone(),
         batch: None,
     };
@@ -924,7 +924,7 @@ async fn hot_parent(env: &Env, n: usize) -> Hot {
         .map(|s| job(&s.to_string()))
         .collect();
     let _ = m.migrate_batch(&first).await;
-    let forks: Vec<vizhub_migrate::planner::Job> = data
+    let forks: Vec<vizhub_migrate::job::Job> = data
         .vizzes
         .iter()
         .filter_map(|v| v.info["_id"].as_str())
@@ -934,7 +934,7 @@ async fn hot_parent(env: &Env, n: usize) -> Hot {
     let pods = [pod(), pod()];
     let t = Instant::now();
     let runs = pods.iter().enumerate().map(|(k, m)| {
-        let mine: Vec<&[vizhub_migrate::planner::Job]> = forks
+        let mine: Vec<&[vizhub_migrate::job::Job]> = forks
             .chunks(BATCH)
             .enumerate()
             .filter(|(i, _)| i % 2 == k)
@@ -1214,9 +1214,9 @@ async fn round_trips_of(
     times.lock().unwrap().clear();
     let t = Instant::now();
     if batched {
-        let jobs: Vec<vizhub_migrate::planner::Job> = sample
+        let jobs: Vec<vizhub_migrate::job::Job> = sample
             .iter()
-            .map(|viz| vizhub_migrate::planner::Job {
+            .map(|viz| vizhub_migrate::job::Job {
                 viz: viz.clone(),
                 batch: None,
             })

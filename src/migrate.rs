@@ -6,7 +6,7 @@
 
 use crate::cache::{approx_bytes, Cache};
 use crate::ledger::{Ledger, Migrated, VizRecord};
-use crate::outcome::{self, LastMigration, Plan, V3Now};
+use crate::outcome::{self, ErrorKind, LastMigration, Plan, V3Now};
 use crate::retry::{self, Retryable};
 use crate::translate::{
     self, Config, Context, Parent, ParentRequest, Prepared, Previous, TranslateError, Translation,
@@ -107,7 +107,24 @@ impl JobError {
     /// Short, stable name for headers, metrics and `dlq stats`.
     pub fn kind(&self) -> &'static str {
         // One mapping for headers, the ledger, `dlq stats` and the `error_kind` label.
-        crate::outcome::ErrorKind::of(self).as_str()
+        self.error_kind().as_str()
+    }
+
+    /// The failure class (the `error_kind` label). Every variant, no wildcard: a new one does
+    /// not compile until it has its kind.
+    pub fn error_kind(&self) -> ErrorKind {
+        match self {
+            JobError::Translate(t) => t.error_kind(),
+            JobError::V2 { .. } => ErrorKind::V2Read,
+            JobError::V3 { .. } => ErrorKind::V3Write,
+            JobError::NotFound { .. } => ErrorKind::NotFound,
+            JobError::Parent { .. } | JobError::ParentFailed { .. } => ErrorKind::Parent,
+            JobError::Chain { .. } => ErrorKind::Chain,
+            JobError::Raced { .. } => ErrorKind::Raced,
+            JobError::BadMessage(_) => ErrorKind::BadMessage,
+            JobError::CrashLoop { .. } => ErrorKind::CrashLoop,
+            JobError::Panic { .. } => ErrorKind::Panic,
+        }
     }
 }
 
@@ -240,6 +257,8 @@ struct V3Side {
     base_content: Option<Value>,
     /// An op not the migration's was applied to the content since its last write.
     content_edited: bool,
+    /// The content is past the version the ledger says the migration left it at.
+    content_moved: bool,
     /// `info.end` as V3 holds it now.
     end_now: Option<String>,
 }
@@ -257,6 +276,10 @@ struct ResyncDecision {
     /// V3's info still ends where the ledger says the migration left it: the commits this
     /// re-sync appends are linked from nothing until its info write.
     end_unmoved: bool,
+    /// An attempt of ours stopped after some of its V3 writes (the content or `info.end` moved
+    /// on without a ledger record): the commits it appended that the new chain does not reach
+    /// are taken back once the info ends on the new chain.
+    interrupted: bool,
 }
 
 impl V3Side {
@@ -268,13 +291,11 @@ impl V3Side {
         last: Option<Migrated>,
     ) -> ResyncDecision {
         let base_end = last.as_ref().map(|m| m.end.as_str());
-        // V3 committed since (its `end` is neither ours from the ledger nor the one this
-        // translation appends: an attempt that stopped after its info write left that one).
-        let committed = self
-            .end_now
-            .as_deref()
-            .is_some_and(|e| Some(e) != base_end && e != t.info.end);
-        let content_ours = !self.content_edited && !committed;
+        // V3 commits what its users edited: a commit of V3's comes with content ops not ours.
+        // So with none, an `end` other than the ledger's is one an attempt of ours wrote before
+        // it stopped (V2 moved on since: this translation appends elsewhere).
+        let content_ours = !self.content_edited;
+        let interrupted = self.content_moved || self.end_now.as_deref() != base_end;
         let v2_changed = match prev {
             Some(prev) => t.content != prev.content || t.commits.iter().any(|c| !c.ops.is_null()),
             None => true,
@@ -288,6 +309,7 @@ impl V3Side {
             content_ours,
             conflicts,
             end_unmoved: base_end.is_some() && self.end_now.as_deref() == base_end,
+            interrupted: interrupted && last.is_some(),
             last,
         }
     }
@@ -688,10 +710,15 @@ impl Migrator {
             }
             (_, None) => (None, false),
         };
+        let content_moved = match (migrated, content) {
+            (Some(m), Some(c)) => c.version != m.v3_content_v,
+            _ => false,
+        };
         Ok(V3Side {
             base_info,
             base_content,
             content_edited,
+            content_moved,
             end_now: info.info_end().map(str::to_string),
         })
     }
@@ -1211,6 +1238,9 @@ impl Migrator {
                 docs: raced,
             });
         }
+        if content_ours && w.resync.as_ref().is_some_and(|d| d.interrupted) {
+            self.drop_orphan_commits(viz, &t.info.end).await?;
+        }
         let mut conflicts = w
             .resync
             .as_ref()
@@ -1237,6 +1267,51 @@ impl Migrator {
         self.record(&done, kind, w.batch, w.attempts, Some(migrated), skipped)
             .await?;
         Ok(done)
+    }
+
+    /// Delete the commits of `viz` its chain no longer reaches from `end` (where its info now
+    /// ends): appended by an attempt that stopped, then overtaken by a re-sync that appended
+    /// elsewhere. Left, the chain would fork there (`commits_of` follows one branch at
+    /// random, and a later fork could hang from a commit V3 never showed). Kept, all of them,
+    /// when any other commit hangs from one (a V3 fork made while it was shown).
+    async fn drop_orphan_commits(&self, viz: &str, end: &str) -> Result<(), JobError> {
+        let all = self.v3.commits_all_of(viz).await.map_err(v3_err(viz))?;
+        let parents: HashMap<&str, Option<&str>> = all
+            .iter()
+            .map(|c| (c.id.as_str(), c.parent.as_deref()))
+            .collect();
+        let mut reached = HashSet::new();
+        let mut at = Some(end);
+        while let Some(id) = at.filter(|id| reached.insert(*id)) {
+            at = parents.get(id).copied().flatten();
+        }
+        let orphans: Vec<String> = all
+            .iter()
+            .filter(|c| !reached.contains(c.id.as_str()))
+            .map(|c| c.id.clone())
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let children = self
+            .v3
+            .commits_with_parent(&orphans)
+            .await
+            .map_err(v3_err(viz))?;
+        if children.iter().any(|c| !orphans.contains(&c.id)) {
+            tracing::warn!(
+                viz,
+                orphans = orphans.len(),
+                "commits of a stopped attempt have a child elsewhere; kept"
+            );
+            return Ok(());
+        }
+        tracing::info!(
+            viz,
+            orphans = orphans.len(),
+            "taking back the commits of a stopped attempt"
+        );
+        self.v3.delete_commits(&orphans).await.map_err(v3_err(viz))
     }
 
     /// Commits, then the content: the part of a job's writes that is the content's. Returns

@@ -2,8 +2,6 @@
 //! that may already be in V3: migrate it fresh, re-sync it, leave it alone, or report a conflict.
 //! Every job ends in exactly one [`Outcome`], recorded in the ledger.
 
-use crate::migrate::JobError;
-use crate::translate::TranslateError;
 use serde::{Deserialize, Serialize};
 
 /// The one recorded end of a job.
@@ -49,8 +47,9 @@ impl Disposition {
 
 /// Why a job failed, as the `error_kind` label of the retry and dead-letter counters and the
 /// `x-vizhub-error-kind` header: one value per failure class of [`JobError`] and
-/// [`TranslateError`], the fixed set [`ErrorKind::ALL`]. [`ErrorKind::of`] matches every variant
-/// of both without a wildcard, so a new failure class does not compile until it has its kind.
+/// [`TranslateError`], the fixed set [`ErrorKind::ALL`]. `JobError::error_kind` and
+/// `TranslateError::error_kind` match every variant without a wildcard, so a new failure class
+/// does not compile until it has its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     // TranslateError: the V2 documents cannot become V3 ones.
@@ -137,42 +136,6 @@ impl ErrorKind {
     /// Position in [`ErrorKind::ALL`] (for per-kind counters).
     pub fn index(self) -> usize {
         self as usize
-    }
-
-    /// The kind of a job's error.
-    pub fn of(e: &JobError) -> ErrorKind {
-        match e {
-            JobError::Translate(t) => ErrorKind::of_translate(t),
-            JobError::V2 { .. } => ErrorKind::V2Read,
-            JobError::V3 { .. } => ErrorKind::V3Write,
-            JobError::NotFound { .. } => ErrorKind::NotFound,
-            JobError::Parent { .. } | JobError::ParentFailed { .. } => ErrorKind::Parent,
-            JobError::Chain { .. } => ErrorKind::Chain,
-            JobError::Raced { .. } => ErrorKind::Raced,
-            JobError::BadMessage(_) => ErrorKind::BadMessage,
-            JobError::CrashLoop { .. } => ErrorKind::CrashLoop,
-            JobError::Panic { .. } => ErrorKind::Panic,
-        }
-    }
-
-    /// The kind of a translation error.
-    pub fn of_translate(e: &TranslateError) -> ErrorKind {
-        use TranslateError as T;
-        match e {
-            T::Tombstone { .. } => ErrorKind::Tombstone,
-            T::NoId { .. } => ErrorKind::NoId,
-            T::NotVisualization { .. } => ErrorKind::NotVisualization,
-            T::Partial { .. } => ErrorKind::PartialDoc,
-            T::NoFiles { .. } => ErrorKind::NoFiles,
-            T::ContentMissing { .. } => ErrorKind::ContentMissing,
-            T::ContentTombstone { .. } => ErrorKind::ContentTombstone,
-            T::ContentTooLarge { .. } => ErrorKind::ContentTooLarge,
-            T::IdMismatch { .. } => ErrorKind::IdMismatch,
-            T::OwnerMissing { .. } => ErrorKind::OwnerMissing,
-            T::OwnerDeletedInV3 { .. } => ErrorKind::OwnerDeletedInV3,
-            T::Malformed { .. } => ErrorKind::Malformed,
-            T::BadContent { .. } => ErrorKind::BadContent,
-        }
     }
 }
 
@@ -284,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn error_kinds_are_a_fixed_set_that_agrees_with_job_errors() {
+    fn error_kinds_are_a_fixed_set() {
         // ALL is in declaration order (index() relies on it) and its names are distinct.
         for (i, k) in ErrorKind::ALL.iter().enumerate() {
             assert_eq!(k.index(), i, "{k}");
@@ -292,40 +255,5 @@ mod tests {
         let names: std::collections::HashSet<_> =
             ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), ErrorKind::ALL.len());
-        let viz = || "v1".to_string();
-        let errors = [
-            JobError::Translate(TranslateError::Tombstone { viz: viz() }),
-            JobError::Translate(TranslateError::Partial {
-                viz: viz(),
-                missing: "owner",
-            }),
-            JobError::Translate(TranslateError::ContentTooLarge {
-                viz: viz(),
-                bytes: 2,
-                limit: 1,
-            }),
-            JobError::NotFound { viz: viz() },
-            JobError::ParentFailed {
-                viz: viz(),
-                parent: "p".into(),
-                source: Box::new(JobError::NotFound { viz: "p".into() }),
-            },
-            JobError::Raced {
-                viz: viz(),
-                docs: vec![],
-            },
-            JobError::BadMessage("x".into()),
-            JobError::CrashLoop {
-                viz: viz(),
-                deliveries: 5,
-            },
-            JobError::Panic {
-                viz: viz(),
-                message: "m".into(),
-            },
-        ];
-        for e in &errors {
-            assert_eq!(ErrorKind::of(e).as_str(), e.kind(), "{e}");
-        }
     }
 }

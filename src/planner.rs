@@ -27,6 +27,7 @@ pub use changes::Change;
 
 use crate::broker::{Publisher, Topology};
 use crate::ids;
+use crate::job::Job;
 use crate::ledger::{Batch, Ledger};
 use crate::v2::reader::Reader;
 use mongodb::bson::{doc, Bson, Document};
@@ -74,9 +75,6 @@ impl Selection {
         }
     }
 }
-
-/// The job message's body, at its former path (users of `planner::Job` keep compiling).
-pub use crate::job::Job;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -112,7 +112,28 @@ impl TranslateError {
 
     /// A stable, short name for dashboards and DLQ headers.
     pub fn kind(&self) -> &'static str {
-        crate::outcome::ErrorKind::of_translate(self).as_str()
+        self.error_kind().as_str()
+    }
+
+    /// The failure class (the `error_kind` label). Every variant, no wildcard.
+    pub fn error_kind(&self) -> crate::outcome::ErrorKind {
+        use crate::outcome::ErrorKind as K;
+        use TranslateError as T;
+        match self {
+            T::Tombstone { .. } => K::Tombstone,
+            T::NoId { .. } => K::NoId,
+            T::NotVisualization { .. } => K::NotVisualization,
+            T::Partial { .. } => K::PartialDoc,
+            T::NoFiles { .. } => K::NoFiles,
+            T::ContentMissing { .. } => K::ContentMissing,
+            T::ContentTombstone { .. } => K::ContentTombstone,
+            T::ContentTooLarge { .. } => K::ContentTooLarge,
+            T::IdMismatch { .. } => K::IdMismatch,
+            T::OwnerMissing { .. } => K::OwnerMissing,
+            T::OwnerDeletedInV3 { .. } => K::OwnerDeletedInV3,
+            T::Malformed { .. } => K::Malformed,
+            T::BadContent { .. } => K::BadContent,
+        }
     }
 }
 

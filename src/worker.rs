@@ -682,7 +682,7 @@ fn verdict(
     let failure = Failure {
         viz,
         attempt: job::attempt(hdrs),
-        kind: ErrorKind::of(e),
+        kind: e.error_kind(),
         message: &message,
         at: now,
     };
@@ -886,7 +886,7 @@ async fn finish(s: &Session, p: Pending, ended: Ended, verdict: Verdict) {
             Settle::Ack
         }
         (Verdict::Skip, Err(e)) => {
-            let kind = ErrorKind::of(e);
+            let kind = e.error_kind();
             match migrator.record_failure(&viz, e, batch.as_deref()).await {
                 Ok(()) => {
                     tracing::info!(viz, batch = batch_field, attempts, duration_ms, batch_jobs, kind = kind.as_str(), reason = %e, "job skipped");
@@ -900,14 +900,14 @@ async fn finish(s: &Session, p: Pending, ended: Ended, verdict: Verdict) {
             }
         }
         (Verdict::Retry { queue, extra }, Err(e)) => {
-            let kind = ErrorKind::of(e);
+            let kind = e.error_kind();
             tracing::warn!(viz, batch = batch_field, attempts, duration_ms, batch_jobs, kind = kind.as_str(), error = %e, "transient failure; retrying later");
             stats.retried.fetch_add(1, Ordering::Relaxed);
             stats.retried_by_kind.add(kind);
             Settle::Move { queue, extra }
         }
         (Verdict::DeadLetter { queue, extra }, Err(e)) => {
-            let kind = ErrorKind::of(e);
+            let kind = e.error_kind();
             tracing::error!(viz, batch = batch_field, attempts, duration_ms, batch_jobs, kind = kind.as_str(), error = %e, "job failed; dead-lettering");
             // The dead letter is the record of last resort; try hard to have the ledger agree
             // (a V3 hiccup should not leave the job without a recorded outcome).
@@ -1086,7 +1086,7 @@ mod tests {
             assert_eq!(str_header(extra, headers::VIZ), "viz1");
             assert_eq!(
                 str_header(extra, headers::ERROR_KIND),
-                ErrorKind::of(raced("viz1").as_ref().unwrap_err()).as_str()
+                raced("viz1").as_ref().unwrap_err().error_kind().as_str()
             );
             assert!(str_header(extra, headers::ERROR_MESSAGE).contains("concurrent V3 edit"));
             assert_eq!(
@@ -1116,7 +1116,7 @@ mod tests {
             };
             assert_eq!(queue, &t.dead());
             let e = r.as_ref().unwrap_err();
-            let kind = ErrorKind::of(e).as_str();
+            let kind = e.error_kind().as_str();
             assert_eq!(
                 str_header(extra, headers::FINGERPRINT),
                 fingerprint(kind, &e.to_string(), "viz1")
@@ -1187,7 +1187,7 @@ mod tests {
             );
             assert_eq!(
                 str_header(extra_of(&v), headers::ERROR_KIND),
-                ErrorKind::of(r.as_ref().unwrap_err()).as_str()
+                r.as_ref().unwrap_err().error_kind().as_str()
             );
         }
     }

@@ -427,3 +427,49 @@ async fn verify_compares_values_not_presence() {
     }
     env.cleanup().await;
 }
+
+/// A fork whose job ends failed after its info became visible (its writes stopped right after
+/// the info, before its parent's recount) is still counted in its parent's `forksCount`: the
+/// failure's record settles the count (spec 3.4, "counts stay exact").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_failed_after_its_info_became_visible_is_still_counted() {
+    let mut env = TestEnv::new("failed_fork").await;
+    env.load_fixtures(&[]).await;
+    let base = env.v3.clone();
+    let mut found = false;
+    for n in 0..80u64 {
+        env.v3 = env.client.database(&format!("{}_f{n}", base.name()));
+        let m = env.migrator();
+        for parent in [PRIMORDIAL_VIZ_ID, LOADING_CSV] {
+            m.migrate(parent, None).await.unwrap();
+        }
+        m.v3.stop_after_writes(Some(n));
+        let err = match m.migrate(PENGUIN, None).await {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        m.v3.stop_after_writes(None);
+        let visible = env
+            .v3_doc("info", PENGUIN)
+            .await
+            .is_some_and(|i| !i["_type"].is_null());
+        let counted = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"].clone();
+        if visible && counted == json!(0) {
+            found = true;
+            m.record_failure(PENGUIN, &err, None).await.unwrap();
+            let counted = env.v3_doc("info", LOADING_CSV).await.unwrap()["forksCount"].clone();
+            assert_eq!(
+                counted,
+                json!(1),
+                "stopped after write {n}: the fork is not counted"
+            );
+        }
+        env.v3.drop().await.unwrap();
+        if found {
+            break;
+        }
+    }
+    assert!(found, "no stop point left the fork visible and uncounted");
+    env.v3 = base;
+    env.cleanup().await;
+}

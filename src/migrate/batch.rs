@@ -34,9 +34,9 @@ use super::{
     v2_bytes, v3_now, Done, JobError, Migrator, ParentLink, JOB_MEMORY_KIB, RECOUNT_TRIES,
     WORKING_COPIES,
 };
+use crate::job::Job;
 use crate::ledger::VizRecord;
 use crate::outcome::Plan;
-use crate::planner::Job;
 use crate::translate::{self, Context, Parent, ParentRequest, Prepared};
 use crate::v3::store::{Policy, Snapshot, SyncReport};
 use crate::v3::{self, collections as c3};

@@ -836,19 +836,20 @@ impl Store {
             .insert_ignoring_duplicates(collection, snaps, WriteKind::SnapshotInsert)
             .await?;
         // A snapshot already there has its own history: a `create` op this call inserted for it
-        // is an orphan no snapshot links to. Taken back (an op that was there before is the
+        // is an orphan unless that snapshot links it (a racing writer of the same create
+        // inserted its snapshot first). Taken back then (an op that was there before is the
         // one an earlier attempt linked, or will be the one its snapshot insert links).
-        let orphans: Vec<Bson> = existed
-            .iter()
-            .filter(|i| !ops_there.contains(i))
-            .map(|i| oids[*i].clone())
-            .collect();
-        if !orphans.is_empty() {
-            self.write_allowed()?;
-            self.trip();
-            self.coll(&format!("o_{collection}"))
-                .delete_many(doc! {"_id": {"$in": orphans}})
-                .await?;
+        for i in existed.iter().filter(|i| !ops_there.contains(i)) {
+            let Bson::ObjectId(oid) = oids[*i] else {
+                continue;
+            };
+            if !self.op_is_linked(collection, docs[*i].0, 0, oid).await? {
+                self.write_allowed()?;
+                self.trip();
+                self.coll(&format!("o_{collection}"))
+                    .delete_one(doc! {"_id": oid})
+                    .await?;
+            }
         }
         Ok(existed.into_iter().map(|i| docs[i].0.to_string()).collect())
     }
@@ -1212,6 +1213,33 @@ impl Store {
             }
         }
         Ok(ours.flatten())
+    }
+
+    /// Every commit of a viz as stored, branches included (no chain order). One query.
+    pub async fn commits_all_of(&self, viz: &str) -> Result<Vec<Commit>, StoreError> {
+        self.trip();
+        let docs: Vec<Document> = self
+            .coll(collections::COMMIT)
+            .find(doc! {"viz": viz})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.into_iter().filter_map(commit_of).collect())
+    }
+
+    /// The commits whose `parent` is one of `ids` (any viz). One query.
+    pub async fn commits_with_parent(&self, ids: &[String]) -> Result<Vec<Commit>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.trip();
+        let docs: Vec<Document> = self
+            .coll(collections::COMMIT)
+            .find(doc! {"parent": {"$in": ids}})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.into_iter().filter_map(commit_of).collect())
     }
 
     /// Every commit of a viz, in chain order (start first). One query.
