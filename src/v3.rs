@@ -6,6 +6,7 @@
 //! Payloads are plain serde types; the ShareDB envelope (`_type`, `_v`, `_m`, `_o`) and op logs
 //! are added by the store that writes them, because they depend on what is already in V3.
 
+pub mod oplog;
 pub mod store;
 
 use crate::json1;

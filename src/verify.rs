@@ -1,14 +1,28 @@
 //! `planner verify`: proves a migration by re-deriving, for every V2 viz in scope, the V3 state a
-//! fresh migration would produce from V2 *as it is now*, and comparing it with what V3 holds.
+//! fresh migration would produce from V2 *as it is now*, and comparing it with what V3 holds,
+//! the way the re-sync reads V3: **what V3's users did is V3's** (spec 3.4), and an act of
+//! V3's that the migration undid is a mismatch.
 //!
 //! What is compared, per category (a mismatch names the viz and the category):
-//! - `not-migrated`: the ledger has no `migrated`/`unchanged` outcome for a viz that translates;
-//! - `missing`: the ledger says migrated but V3 lacks its `info` or `content` doc;
+//! - `not-migrated`: the ledger has no `migrated`/`unchanged` outcome for a viz that translates
+//!   (and V3 did not delete it or its owner);
+//! - `missing`: the ledger says migrated but V3 lacks its `info` or `content` doc (a tombstone
+//!   the migration itself made counts as missing; one V3 made is `deleted-in-v3`, below);
 //! - `content`: title, height and the files in display order (name and text). File *ids* are not
-//!   compared: they are internal to V3 and a re-synced viz legitimately keeps the ids it had;
-//! - `info`: owner, title, fork parent, created / updated times, visibility, `migratedFromV2`;
+//!   compared: they are internal to V3 and a re-synced viz legitimately keeps the ids it had.
+//!   Not compared when V3 edited the content since the migration's last op (an op in its log
+//!   after our last that is not ours): the content is then V3's (counted in `v3Owned.content`);
+//! - `info`: owner, title, fork parent, created / updated times, visibility, `migratedFromV2`.
+//!   A field whose V3 value differs from V2's is **V3's**, not a mismatch (counted in
+//!   `v3Owned.<field>`), when V3 changed it: it differs from what the migration last wrote (the
+//!   ledger's `migrated.info`, the re-sync's three-way base) or, for records without that base,
+//!   the last op that changed it is V3's. A value an op of ours wrote last is never V3's.
+//!   Fields the translation does not produce (`trashed`, whatever V3 adds) are never compared;
 //! - `history`: the commit chain (across fork parents) replays with json1 from `{}` to exactly the
-//!   `content` doc, and `info.end` is the chain's last commit;
+//!   `content` doc, and `info.end` is the chain's last commit. When the content is V3's, V3
+//!   commits its edits on its own schedule (content may be ahead of `info.end`, and V3's commits
+//!   may follow ours): then `info.end` must be one of the viz's commits and the chain up to it
+//!   must replay, nothing more;
 //! - `info` counts: `forksCount` and `upvotesCount` equal what V3 holds (its `info` docs forked
 //!   from the viz, its live upvotes);
 //! - `analytics`: the page-view record holds exactly V2's counts in every interval when V3
@@ -17,21 +31,49 @@
 //! - `envelope`: info and content are ShareDB snapshots as sharedb-mongo writes them: `_type`
 //!   "p", `_m.ctime` kept, `_o` naming the op of that doc that made its current version;
 //! - `users`, `upvotes`, `permissions`: every doc the translation would write exists (V3 may
-//!   hold more: V3-native upvotes and permissions are never touched).
+//!   hold more: V3-native upvotes and permissions are never touched), except docs V3 deleted
+//!   (a tombstone whose `del` is not ours: never re-created) and entries of users V3 deleted.
+//!   An upvote V3 removed that V2 gave again later (V2 timestamp newer than the tombstone's
+//!   `_m.mtime`) must be back;
+//! - `undone`: from the op logs of the viz's info, content, upvote and permission docs and of
+//!   the users it references (each user reported once, on the first viz): an op of ours that
+//!   re-creates a doc after V3's `del` (except an upvote or collaborator V2 gave again after the
+//!   removal), changes a top-level field V3 changed since our previous op (`forksCount`,
+//!   `upvotesCount`, `migratedTimestamp` aside: recounted or ours), or deletes a doc V3 created
+//!   or changed. Info, upvotes and permissions are judged field by field and by value; content
+//!   and users as a whole (any V3 op makes them V3's), see [`crate::v3::oplog`];
+//! - `oplog`: those logs are what sharedb-mongo leaves: one op per version `0.._v-1`, each linked
+//!   (`o`) to the one before, the snapshot's `_o` the op at `_v-1`; no op of ours that no
+//!   snapshot links (orphans, ours at `v >= _v` included; V3's own orphans are sharedb-mongo's
+//!   business); no op of ours that changes nothing (`op: null`, empty, or only
+//!   `migratedTimestamp`).
 //!
 //! Inputs that a migration rightly does not migrate are **expected outcomes**, not mismatches:
 //! skipped inputs (tombstones, datasets, partial docs) whose ledger says `skipped`, dead-letter
-//! inputs (missing content, bad op log…) whose ledger says `failed`, and `conflict`s (edited in V3,
-//! left for a human). A viz skipped in V2 that V3 still has (deleted in V2 after migration) is
-//! reported as `deleted-in-v2` and never deleted (spec 3.4); it is a notice, not a mismatch.
-//! Verify only reads; it counts as "compared" only vizzes whose V3 state it actually compared,
-//! so a run that compared nothing can be refused by the caller.
+//! inputs (missing content, bad op log…) whose ledger says `failed`, `conflict`s (edited in V3
+//! and V2, left for a human), `deleted-in-v3` (info or content a tombstone V3 made; never
+//! re-created, whatever the ledger says yet) and `owner-deleted-in-v3` (the owner's V3 user doc
+//! a tombstone V3 made). Their op logs are still checked (`undone`, `oplog`): a viz V3 deleted
+//! whose doc the migration re-created is `undone`, not an expected outcome. A viz skipped in V2
+//! that V3 still has (deleted in V2 after migration) is reported as `deleted-in-v2` and never
+//! deleted (spec 3.4); it is a notice, not a mismatch. Verify only reads; it counts as
+//! "compared" only vizzes whose V3 state it actually compared, so a run that compared nothing
+//! can be refused by the caller.
+//!
+//! Cost: vizzes are verified in chunks of 100; per chunk, besides the V2 reads of
+//! [`Migrator::expected_many`], V3 is read with one query per collection for all of the chunk:
+//! snapshots (info, content, users, upvotes, permissions, analytics), counts (forks, upvotes),
+//! commits, analytics foreign ops, two envelope checks, and five op-log aggregates (info,
+//! content, user, upvote, permission; `$in` over the indexed `d`, projected: for content only
+//! the `op` bodies of our own edits travel, never a `create`'s whole content).
 
 use crate::ledger::VizRecord;
 use crate::migrate::{JobError, Migrator};
+use crate::outcome::{DELETED_IN_V3, OWNER_DELETED_IN_V3};
 use crate::planner::window_filter;
 use crate::translate::Translation;
 use crate::v3::collections as c3;
+use crate::v3::oplog::{self, Analysis, Bodies, Granularity, Head, LoggedOp, Rules};
 use crate::v3::store::Snapshot;
 use crate::v3::Commit;
 use crate::v3::ContentView;
@@ -69,13 +111,17 @@ pub struct Report {
     pub in_scope: u64,
     /// Vizzes whose V3 state was compared.
     pub compared: u64,
-    /// Expected non-migrations by outcome (`skipped`, `failed`, `conflict`).
+    /// Expected non-migrations by outcome (`skipped`, `failed`, `conflict`, `deleted-in-v3`,
+    /// `owner-deleted-in-v3`).
     pub expected_outcomes: BTreeMap<String, u64>,
     pub mismatches: Vec<Mismatch>,
     /// Mismatch counts by category.
     pub by_category: BTreeMap<String, u64>,
     /// Vizzes V2 no longer migrates that V3 still holds (reported, never deleted).
     pub deleted_in_v2: Vec<String>,
+    /// Differences from what V2 says that are V3's to keep (spec 3.4), by field (`content`: a
+    /// content V3 edited since the migration): not mismatches.
+    pub v3_owned: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -95,11 +141,18 @@ impl Report {
             .or_default() += 1;
     }
 
+    fn owned(&mut self, field: &str) {
+        *self.v3_owned.entry(field.to_string()).or_default() += 1;
+    }
+
     /// Human summary; its last line is `verified <N> vizzes, <M> mismatches` (spec 4.4).
     pub fn render(&self) -> String {
         let mut out = format!("in scope: {} V2 vizzes\n", self.in_scope);
         for (outcome, n) in &self.expected_outcomes {
             out += &format!("expected {outcome}: {n} (not compared)\n");
+        }
+        for (field, n) in &self.v3_owned {
+            out += &format!("V3's own {field}: {n} (V3's users changed it; kept)\n");
         }
         if !self.deleted_in_v2.is_empty() {
             out += &format!(
@@ -171,6 +224,8 @@ pub async fn verify(
         ..Report::default()
     };
     let total = ids.len() as u64;
+    // Users are shared by vizzes: each one's op log is reported once, on the first viz.
+    let mut seen_users = HashSet::new();
     for (i, chunk) in ids.chunks(CHUNK).enumerate() {
         let records = m
             .ledger
@@ -180,7 +235,16 @@ pub async fn verify(
         let expected = m.expected_many(chunk).await;
         let held = Held::read(m, chunk, &expected).await?;
         for (j, (viz, t)) in chunk.iter().zip(expected).enumerate() {
-            check(m, viz, records.get(viz), t, &held, &mut report).await?;
+            check(
+                m,
+                viz,
+                records.get(viz),
+                t,
+                &held,
+                &mut seen_users,
+                &mut report,
+            )
+            .await?;
             progress((i * CHUNK + j + 1) as u64, total);
         }
     }
@@ -199,13 +263,30 @@ struct Held {
     upvotes: HashMap<String, i64>,
     /// Each viz's own commits, in chain order.
     chains: HashMap<String, Vec<Commit>>,
-    /// Live docs among those the translations would write, by collection.
-    live: HashMap<&'static str, HashSet<String>>,
+    /// The user, upvote and permission docs the translations would write, live or not, by
+    /// collection.
+    docs: HashMap<&'static str, HashMap<String, Snapshot>>,
+    /// The op logs of the info, content, user, upvote and permission docs, by collection.
+    logs: HashMap<&'static str, HashMap<String, Vec<LoggedOp>>>,
     analytics: HashMap<String, Snapshot>,
     /// V3's own ops in each analytics doc's log.
     own_views: HashMap<String, i64>,
     /// Envelope problems by collection and doc id.
     envelopes: HashMap<&'static str, HashMap<String, String>>,
+}
+
+/// How V3's ops own each collection's docs (see [`oplog`]): info, upvotes and permissions field
+/// by field (their logs are small and read whole); content and users as a whole (any V3 edit
+/// makes them V3's). An upvote or collaborator V2 gave again after V3 removed it may come back.
+fn rules(collection: &str) -> Rules {
+    let granularity = match collection {
+        c3::CONTENT | c3::USER => Granularity::Doc,
+        _ => Granularity::Field,
+    };
+    Rules {
+        granularity,
+        revive_when_newer: matches!(collection, c3::UPVOTE | c3::PERMISSION),
+    }
 }
 
 impl Held {
@@ -223,7 +304,15 @@ impl Held {
         let forks = m.v3.forks_counts(chunk).await.map_err(at())?;
         let upvotes = m.v3.upvotes_counts(chunk).await.map_err(at())?;
         let chains = m.v3.commits_of_many(chunk).await.map_err(at())?;
-        let mut live = HashMap::new();
+        let mut docs = HashMap::new();
+        let mut logs = HashMap::new();
+        for (collection, bodies) in [(c3::INFO, Bodies::All), (c3::CONTENT, Bodies::OursEdits)] {
+            let read =
+                m.v3.op_logs(collection, chunk, bodies)
+                    .await
+                    .map_err(at())?;
+            logs.insert(collection, read);
+        }
         for (collection, ids) in [
             (c3::USER, ids_of(&t, |t| t.users.iter().map(|u| &u.id))),
             (c3::UPVOTE, ids_of(&t, |t| t.upvotes.iter().map(|u| &u.id))),
@@ -233,8 +322,12 @@ impl Held {
             ),
         ] {
             let found = m.v3.snapshots(collection, &ids).await.map_err(at())?;
-            let ids = found.into_values().filter(|s| s.doc_type.is_some());
-            live.insert(collection, ids.map(|s| s.id).collect());
+            docs.insert(collection, found);
+            let read =
+                m.v3.op_logs(collection, &ids, Bodies::All)
+                    .await
+                    .map_err(at())?;
+            logs.insert(collection, read);
         }
         let analytics_ids = ids_of(&t, |t| t.analytics.iter().map(|a| &a.id));
         let analytics =
@@ -260,20 +353,87 @@ impl Held {
             forks,
             upvotes,
             chains,
-            live,
+            docs,
+            logs,
             analytics,
             own_views,
             envelopes,
         })
     }
 
-    /// The ids of `ids` that V3 does not hold live in `collection`.
-    fn missing<'a>(&self, collection: &str, ids: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
-        let live = self.live.get(collection);
-        ids.filter(|id| live.is_none_or(|l| !l.contains(*id)))
-            .map(String::as_str)
-            .collect()
+    fn snapshot(&self, collection: &str, id: &str) -> Option<&Snapshot> {
+        match collection {
+            c3::INFO => self.info.get(id),
+            c3::CONTENT => self.content.get(id),
+            _ => self.docs.get(collection)?.get(id),
+        }
     }
+
+    /// What the op log of `collection/id` says ([`oplog::analyze`]); `None` when V3 has
+    /// neither the doc nor any op of it. Ops without a snapshot are all orphans.
+    fn analysis(&self, collection: &str, id: &str) -> Option<Analysis> {
+        let snapshot = self.snapshot(collection, id);
+        let ops = self
+            .logs
+            .get(collection)
+            .and_then(|l| l.get(id))
+            .map_or(&[][..], Vec::as_slice);
+        if snapshot.is_none() && ops.is_empty() {
+            return None;
+        }
+        let head = snapshot.map_or(
+            Head {
+                version: 0,
+                last_op: None,
+                live: false,
+            },
+            Head::of,
+        );
+        Some(oplog::analyze(&head, ops, rules(collection)))
+    }
+
+    /// When `collection/id` is a tombstone V3 deleted (its `del` op is not ours): the time of
+    /// the removal (ms: the tombstone's `_m.mtime`, else the `del` op's), if known. A
+    /// tombstone without a log says nothing of who deleted it: V3 (the migration keeps its
+    /// logs).
+    fn deleted_by_v3(&self, collection: &str, id: &str) -> Option<Option<i64>> {
+        let s = self.snapshot(collection, id)?;
+        if s.doc_type.is_some() {
+            return None;
+        }
+        let has_log = self
+            .logs
+            .get(collection)
+            .is_some_and(|l| l.get(id).is_some_and(|ops| !ops.is_empty()));
+        if !has_log {
+            return Some(s.mtime);
+        }
+        let deleted = self.analysis(collection, id)?.deleted_by_v3?;
+        Some(s.mtime.or(deleted))
+    }
+
+    /// Whether V3 holds `collection/id` live.
+    fn live(&self, collection: &str, id: &str) -> bool {
+        self.snapshot(collection, id)
+            .is_some_and(|s| s.doc_type.is_some())
+    }
+}
+
+/// Report what the op log of `collection/id` shows for `viz` (`undone` acts, `oplog`
+/// problems); true when an act was undone.
+fn report_log(report: &mut Report, viz: &str, collection: &str, id: &str, a: &Analysis) -> bool {
+    for u in &a.undone {
+        report.mismatch(viz, "undone", format!("{collection}/{id}: {u}"));
+    }
+    // Info's and content's `_o` is the envelope check's.
+    let head = a
+        .head_problem
+        .as_ref()
+        .filter(|_| collection != c3::INFO && collection != c3::CONTENT);
+    for h in head.into_iter().chain(&a.hygiene) {
+        report.mismatch(viz, "oplog", format!("{collection}/{id}: {h}"));
+    }
+    !a.undone.is_empty()
 }
 
 /// The ids `of` each translation, sorted, once each.
@@ -285,12 +445,34 @@ fn ids_of<'t, I: Iterator<Item = &'t String>>(
     set.into_iter().cloned().collect()
 }
 
+/// The Info fields V2 decides, compared one by one (`trashed` and whatever else V3 adds are
+/// V3's and never compared; the counts and the commit ends are checked against V3 itself).
+const INFO_FIELDS: [&str; 7] = [
+    "owner",
+    "title",
+    "forkedFrom",
+    "created",
+    "updated",
+    "visibility",
+    "migratedFromV2",
+];
+
+/// Whether two payload values are the same, numbers by value (V3 may store 500 as 500.0).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn check(
     m: &Migrator,
     viz: &str,
     rec: Option<&VizRecord>,
     expected: Result<Translation, JobError>,
     held: &Held,
+    seen_users: &mut HashSet<String>,
     report: &mut Report,
 ) -> Result<(), VerifyError> {
     let outcome = rec.map(|r| r.outcome);
@@ -338,21 +520,97 @@ async fn check(
             return Ok(());
         }
     };
-    match outcome {
-        Some(Outcome::Conflict) => {
-            report.expected("conflict");
-            return Ok(());
+    // Deleted in V3 (the viz, or its owner's account): acts of V3's users, never re-created.
+    let deleted = [c3::INFO, c3::CONTENT]
+        .iter()
+        .any(|c| held.deleted_by_v3(c, viz).is_some());
+    let owner_deleted = held.deleted_by_v3(c3::USER, &t.info.owner).is_some();
+    let ran = matches!(
+        outcome,
+        Some(Outcome::Migrated | Outcome::Unchanged | Outcome::Conflict)
+    );
+    // Skipped for a deletion in V3 (its logs tell whether the migration undid it since).
+    let skipped_for_v3 = outcome == Some(Outcome::Skipped)
+        && rec
+            .and_then(|r| r.reason.as_deref())
+            .is_some_and(|r| r == DELETED_IN_V3 || r == OWNER_DELETED_IN_V3);
+    if !ran && !deleted && !owner_deleted && !skipped_for_v3 {
+        report.compared += 1;
+        report.mismatch(
+            viz,
+            "not-migrated",
+            format!("translates, ledger says {}", said(outcome)),
+        );
+        return Ok(());
+    }
+
+    // The op logs of every doc the viz's migration writes: no act of V3's undone, no stray op.
+    let info_log = held.analysis(c3::INFO, viz);
+    let content_log = held.analysis(c3::CONTENT, viz);
+    // An act undone on the viz's own docs (info, content), or on any doc of it.
+    let mut viz_undone = false;
+    for (collection, a) in [(c3::INFO, &info_log), (c3::CONTENT, &content_log)] {
+        if let Some(a) = a {
+            viz_undone |= report_log(report, viz, collection, viz, a);
         }
-        Some(Outcome::Migrated | Outcome::Unchanged) => {}
-        other => {
+    }
+    let mut undone = viz_undone;
+    for (collection, ids) in [
+        (
+            c3::UPVOTE,
+            t.upvotes.iter().map(|u| &u.id).collect::<Vec<_>>(),
+        ),
+        (
+            c3::PERMISSION,
+            t.permissions.iter().map(|p| &p.id).collect(),
+        ),
+        (
+            c3::USER,
+            t.users
+                .iter()
+                .map(|u| &u.id)
+                .filter(|u| seen_users.insert(u.to_string()))
+                .collect(),
+        ),
+    ] {
+        for id in ids {
+            if let Some(a) = held.analysis(collection, id) {
+                undone |= report_log(report, viz, collection, id, &a);
+            }
+        }
+    }
+    if deleted {
+        // A deletion the migration undid on the other doc (info or content re-created) is
+        // `undone`, not a deletion V3 still shows.
+        if !viz_undone {
+            report.expected("deleted-in-v3");
+        }
+        return Ok(());
+    }
+    if owner_deleted {
+        report.expected("owner-deleted-in-v3");
+        return Ok(());
+    }
+    if !ran {
+        // The ledger says V3 deleted it, and V3 holds it live: undone (reported above), or
+        // something else brought it back.
+        if !undone {
             report.compared += 1;
             report.mismatch(
                 viz,
                 "not-migrated",
-                format!("translates, ledger says {}", said(other)),
+                format!(
+                    "ledger says {} ({}), V3 holds it live",
+                    said(outcome),
+                    rec.and_then(|r| r.reason.as_deref()).unwrap_or_default()
+                ),
             );
-            return Ok(());
         }
+        return Ok(());
+    }
+    if outcome == Some(Outcome::Conflict) {
+        report.expected("conflict");
+        return Ok(());
     }
     report.compared += 1;
     let (Some(info), Some(content)) = (
@@ -363,14 +621,42 @@ async fn check(
         return Ok(());
     };
 
-    let want = ContentView::of(&t.content);
+    // V3 edited the content since the migration's last op: the content is V3's (spec 3.4).
+    let v3_content = content_log.as_ref().is_some_and(|a| a.v3_since_ours);
     let have = ContentView::of(&content.data);
-    if let Some(difference) = want.first_difference(&have) {
-        report.mismatch(viz, "content", difference);
+    if v3_content {
+        report.owned("content");
+    } else {
+        let want = ContentView::of(&t.content);
+        if let Some(difference) = want.first_difference(&have) {
+            report.mismatch(viz, "content", difference);
+        }
     }
 
-    for difference in t.info.differences_from(&info.data) {
-        report.mismatch(viz, "info", difference);
+    // A field V3 changed is V3's: it differs from what the migration last wrote (the ledger's
+    // base), or, without a base in the ledger, V3's op changed it last. A value an op of ours
+    // wrote last is never V3's, whatever the base says.
+    let want = serde_json::to_value(&t.info).expect("Info serializes");
+    let base = rec
+        .and_then(|r| r.migrated.as_ref())
+        .and_then(|m| m.info.as_ref())
+        .map(|i| serde_json::to_value(i).expect("Info serializes"));
+    for field in INFO_FIELDS {
+        let (w, h) = (&want[field], &info.data[field]);
+        if same_value(w, h) {
+            continue;
+        }
+        let last = info_log.as_ref().and_then(|a| a.last_change.of(field));
+        let v3s = match (&base, last) {
+            (_, Some((true, _))) => false,
+            (Some(base), _) => !same_value(&base[field], h),
+            (None, last) => last.is_some(),
+        };
+        if v3s {
+            report.owned(field);
+        } else {
+            report.mismatch(viz, "info", format!("{field}: expected {w}, V3 has {h}"));
+        }
     }
     // The counts are V3's own (spec 2.2): what V3 holds now, V3-native forks and upvotes included.
     let counts = [
@@ -396,52 +682,81 @@ async fn check(
         }
     }
 
-    match chain_content(m, viz, held.chains.get(viz)).await? {
-        Err(reason) => report.mismatch(viz, "history", reason),
-        Ok((end, replayed)) => {
-            if info.info_end() != Some(end.as_str()) {
-                report.mismatch(
-                    viz,
-                    "history",
-                    format!(
-                        "info.end {} is not the chain end {end}",
-                        info.info_end().unwrap_or("(none)")
-                    ),
-                );
-            }
-            if replayed != content.data {
-                report.mismatch(
-                    viz,
-                    "history",
-                    format!(
-                        "commit chain replays to something else than content: {}",
-                        ContentView::of(&replayed)
-                            .first_difference(&have)
-                            .unwrap_or_else(|| "differs".into())
-                    ),
-                );
+    let own = held.chains.get(viz);
+    if v3_content {
+        // V3's content is V3's to commit (it may not have yet): the chain up to info.end must
+        // replay, nothing more.
+        if let Some(problem) = chain_to_end(m, viz, own, info.info_end()).await? {
+            report.mismatch(viz, "history", problem);
+        }
+    } else {
+        match chain_content(m, viz, own).await? {
+            Err(reason) => report.mismatch(viz, "history", reason),
+            Ok((end, replayed)) => {
+                if info.info_end() != Some(end.as_str()) {
+                    report.mismatch(
+                        viz,
+                        "history",
+                        format!(
+                            "info.end {} is not the chain end {end}",
+                            info.info_end().unwrap_or("(none)")
+                        ),
+                    );
+                }
+                if replayed != content.data {
+                    report.mismatch(
+                        viz,
+                        "history",
+                        format!(
+                            "commit chain replays to something else than content: {}",
+                            ContentView::of(&replayed)
+                                .first_difference(&have)
+                                .unwrap_or_else(|| "differs".into())
+                        ),
+                    );
+                }
             }
         }
     }
 
-    for (collection, ids, category) in [
-        (
-            c3::USER,
-            t.users.iter().map(|u| &u.id).collect::<Vec<_>>(),
-            "users",
-        ),
-        (
-            c3::UPVOTE,
-            t.upvotes.iter().map(|u| &u.id).collect(),
-            "upvotes",
-        ),
-        (
-            c3::PERMISSION,
-            t.permissions.iter().map(|p| &p.id).collect(),
-            "permissions",
-        ),
+    // Every doc the translation would write exists, except those V3 deleted (an upvote V2 gave
+    // again after V3's removal comes back) and those of users V3 deleted.
+    let user_deleted = |user: &str| held.deleted_by_v3(c3::USER, user).is_some();
+    let gone = |collection: &str, id: &str, user: &str, v2_time: Option<i64>| {
+        if held.live(collection, id) || user_deleted(user) {
+            return false;
+        }
+        match held.deleted_by_v3(collection, id) {
+            None => true,
+            Some(removed) => {
+                collection == c3::UPVOTE
+                    && matches!((v2_time, removed), (Some(t), Some(r)) if t * 1000 > r)
+            }
+        }
+    };
+    let missing_users: Vec<&str> = t
+        .users
+        .iter()
+        .filter(|u| gone(c3::USER, &u.id, &u.id, None))
+        .map(|u| u.id.as_str())
+        .collect();
+    let missing_upvotes: Vec<&str> = t
+        .upvotes
+        .iter()
+        .filter(|u| gone(c3::UPVOTE, &u.id, &u.user, Some(u.timestamp)))
+        .map(|u| u.id.as_str())
+        .collect();
+    let missing_permissions: Vec<&str> = t
+        .permissions
+        .iter()
+        .filter(|p| gone(c3::PERMISSION, &p.id, &p.user, None))
+        .map(|p| p.id.as_str())
+        .collect();
+    for (collection, missing, category) in [
+        (c3::USER, missing_users, "users"),
+        (c3::UPVOTE, missing_upvotes, "upvotes"),
+        (c3::PERMISSION, missing_permissions, "permissions"),
     ] {
-        let missing = held.missing(collection, ids.into_iter());
         if !missing.is_empty() {
             report.mismatch(
                 viz,
@@ -546,6 +861,30 @@ async fn chain_content(
     }
 }
 
+/// Why the viz's chain up to `end` (info.end) does not replay, if it does not: `end` must be one
+/// of the viz's commits and the chain to it must replay with json1.
+async fn chain_to_end(
+    m: &Migrator,
+    viz: &str,
+    own: Option<&Vec<Commit>>,
+    end: Option<&str>,
+) -> Result<Option<String>, VerifyError> {
+    let own = own.map_or(&[][..], Vec::as_slice);
+    let Some(at) = own.iter().position(|c| Some(c.id.as_str()) == end) else {
+        return Ok(Some(format!(
+            "info.end {} is not one of the viz's commits",
+            end.unwrap_or("(none)")
+        )));
+    };
+    match m.replayed_content(viz, &own[at], &own[..=at]).await {
+        Ok(_) => Ok(None),
+        Err(JobError::Chain { commit, reason, .. }) => {
+            Ok(Some(format!("chain does not replay at {commit}: {reason}")))
+        }
+        Err(e) => Err(VerifyError::Job(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,5 +900,43 @@ mod tests {
         assert!(text.ends_with("verified 3 vizzes, 1 mismatches"), "{text}");
         assert!(text.contains("mismatch content: 1\n  v1: text of \"a\" differs"));
         assert_eq!(r.by_category["content"], 1);
+    }
+
+    #[test]
+    fn report_shows_what_v3_owns_and_v3_deletions() {
+        let mut r = Report {
+            compared: 2,
+            ..Report::default()
+        };
+        r.expected("deleted-in-v3");
+        r.owned("title");
+        r.owned("title");
+        r.mismatch("v1", "undone", "info/v1: op v3 of ours overwrites title");
+        let text = r.render();
+        assert!(
+            text.contains("expected deleted-in-v3: 1 (not compared)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("V3's own title: 2 (V3's users changed it; kept)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mismatch undone: 1\n  v1: info/v1: op v3"),
+            "{text}"
+        );
+        assert!(text.ends_with("verified 2 vizzes, 1 mismatches"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["v3Owned"]["title"], 2);
+        assert_eq!(json["expectedOutcomes"]["deleted-in-v3"], 1);
+    }
+
+    #[test]
+    fn collections_are_owned_by_field_or_whole() {
+        assert_eq!(rules(c3::INFO).granularity, Granularity::Field);
+        assert_eq!(rules(c3::CONTENT).granularity, Granularity::Doc);
+        assert_eq!(rules(c3::USER).granularity, Granularity::Doc);
+        assert!(rules(c3::UPVOTE).revive_when_newer && rules(c3::PERMISSION).revive_when_newer);
+        assert!(!rules(c3::INFO).revive_when_newer && !rules(c3::CONTENT).revive_when_newer);
     }
 }
