@@ -532,7 +532,22 @@ pub fn analyze(head: &Head, ops: &[LoggedOp], rules: Rules) -> Analysis {
                     ));
                 }
             }
-            base = Some(if known { state.clone() } else { None });
+            // The base moves only where our op wrote: a field V3 changed before an op of ours
+            // that left it alone is still V3's at our next op (a catch-up's merge op between
+            // V3's trash and an undo of it must not hide the undo).
+            base = Some(match (known, base.take(), &touched) {
+                (false, _, _) => None,
+                (true, Some(Some(Value::Object(mut b))), Touched::Fields(f)) => {
+                    for k in f {
+                        match state.as_ref().and_then(|s| s.get(k)) {
+                            Some(x) => b.insert(k.clone(), x.clone()),
+                            None => b.remove(k),
+                        };
+                    }
+                    Some(Value::Object(b))
+                }
+                (true, _, _) => state.clone(),
+            });
             v3_since.clear();
         } else {
             v3_since.set(&touched, false, op.v);
