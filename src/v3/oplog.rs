@@ -765,6 +765,20 @@ mod tests {
     }
 
     #[test]
+    fn an_undo_after_an_op_of_ours_that_left_the_field_alone_is_still_undone() {
+        // V3 trashes, a catch-up's merge op brings V2's title (trash left alone), then an op
+        // of ours removes the trash: V3's act undone, though ours came between.
+        let log = Log::default()
+            .create(true, info())
+            .op(false, json!(["trashed", {"i": true}]))
+            .op(true, set("title", json!("From V2")))
+            .op(true, json!(["trashed", {"r": true}]));
+        let a = log.analyze(FIELD);
+        assert_eq!(a.undone.len(), 1, "{a:?}");
+        assert!(a.undone[0].contains("trashed"), "{a:?}");
+    }
+
+    #[test]
     fn v2_changes_to_fields_v3_left_alone_are_no_undo() {
         let log = Log::default()
             .create(true, info())
