@@ -1247,7 +1247,7 @@ impl Store {
             .await?;
         Ok(docs
             .iter()
-            .filter(|d| matches!(d.get("_type"), None | Some(Bson::Null)))
+            .filter(|d| matches!(d.get("_type"), Some(Bson::Null)))
             .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
             .collect())
     }
