@@ -153,6 +153,10 @@ pub struct Migrator {
     /// the fingerprint of the V2 user it synced: an owner of many vizzes, or a frequent
     /// upvoter, is read and compared once, not once per viz, while V2 says the same of them.
     users_synced: Arc<Cache<String>>,
+    /// Users V3 held live (or not at all) when this worker last asked, and when: a deletion of
+    /// the account is looked for again once [`USERS_LIVE_FOR`] has passed, so the users of a
+    /// catch-up are asked about once per burst, not once per batch.
+    users_live: Arc<Cache<std::time::Instant>>,
     /// The jobs' working memory, in KiB: a job takes its share before it translates, so 16
     /// small jobs run at once but not 16 of 5 MiB each (see [`Migrator::memory_for_bytes`]).
     memory: Arc<tokio::sync::Semaphore>,
@@ -179,6 +183,11 @@ struct CachedContent {
 const CONTENT_CACHE_BYTES: usize = 16 << 20;
 const CHAIN_CACHE_BYTES: usize = 8 << 20;
 const USERS_SYNCED_BYTES: usize = 1 << 20;
+
+/// How long a user V3 held live counts as live for this worker (see `Migrator::users_live`):
+/// an account deleted in V3 within this long of the worker's last look can still have one of
+/// its vizzes or entries migrated (the account itself is never re-created).
+const USERS_LIVE_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Working memory of all jobs of one worker together, in KiB (96 MiB): with the caches and the
 /// process itself, inside the 256 MiB the manifests give a worker pod
@@ -346,6 +355,7 @@ impl Migrator {
             content_cache: Arc::new(Cache::new(CONTENT_CACHE_BYTES)),
             chain_cache: Arc::new(Cache::new(CHAIN_CACHE_BYTES)),
             users_synced: Arc::new(Cache::new(USERS_SYNCED_BYTES)),
+            users_live: Arc::new(Cache::new(USERS_SYNCED_BYTES)),
             memory: Arc::new(tokio::sync::Semaphore::new(JOB_MEMORY_KIB)),
             writing: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -527,12 +537,8 @@ impl Migrator {
             }
             let (users, deleted_users) = tokio::try_join!(
                 async { self.v2.users(&p.user_ids).await.map_err(v2_err(viz)) },
-                async {
-                    let deleted = self.v3.deleted(c3::USER, &p.user_ids).await;
-                    deleted.map_err(v3_err(viz))
-                },
+                async { self.deleted_users(&p.user_ids).await.map_err(v3_err(viz)) },
             )?;
-            let deleted_users: BTreeSet<String> = deleted_users.into_iter().collect();
             // A viz V3 has never had (no info snapshot, not even a tombstone) is invisible to
             // V3's users: nothing in V3 can count its page views, fork it or upvote it yet. An
             // attempt that stopped before its info may have left the analytics doc: a re-run
@@ -1352,6 +1358,27 @@ impl Migrator {
             self.v3.delete_commits(&ids).await.map_err(v3_err(viz))?;
         }
         Ok(v)
+    }
+
+    /// Of `ids`, the users whose V3 account is deleted (a `user` tombstone): asked of V3 for
+    /// those this worker has not seen live within [`USERS_LIVE_FOR`] (one query, none when all
+    /// were).
+    async fn deleted_users(&self, ids: &[String]) -> Result<BTreeSet<String>, StoreError> {
+        let now = std::time::Instant::now();
+        let ask: Vec<String> = ids
+            .iter()
+            .filter(|id| {
+                self.users_live
+                    .get(id)
+                    .is_none_or(|at| now.duration_since(at) > USERS_LIVE_FOR)
+            })
+            .cloned()
+            .collect();
+        let deleted = self.v3.deleted(c3::USER, &ask).await?;
+        for id in ask.into_iter().filter(|id| !deleted.contains(id)) {
+            self.users_live.insert(id, now, 16);
+        }
+        Ok(deleted.into_iter().collect())
     }
 
     /// Sync `users` (V3 `user` docs: shared, their creates identical) that this worker has not

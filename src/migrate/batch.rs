@@ -302,8 +302,7 @@ impl Migrator {
             if !translating {
                 return Ok(Default::default());
             }
-            self.v3
-                .deleted(c3::USER, &user_ids)
+            self.deleted_users(&user_ids)
                 .await
                 .map_err(|e| mongodb::error::Error::custom(e.to_string()))
         };
@@ -312,7 +311,7 @@ impl Migrator {
             self.v2.users(&user_ids),
             deleted_users,
         ) {
-            Ok((e, u, d)) => (e, u, d.into_iter().collect::<BTreeSet<String>>()),
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the batch's users and page views from V2; its jobs run alone");
                 for (at, _, _) in prepared {
