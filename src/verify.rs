@@ -445,18 +445,6 @@ fn ids_of<'t, I: Iterator<Item = &'t String>>(
     set.into_iter().cloned().collect()
 }
 
-/// The Info fields V2 decides, compared one by one (`trashed` and whatever else V3 adds are
-/// V3's and never compared; the counts and the commit ends are checked against V3 itself).
-const INFO_FIELDS: [&str; 7] = [
-    "owner",
-    "title",
-    "forkedFrom",
-    "created",
-    "updated",
-    "visibility",
-    "migratedFromV2",
-];
-
 /// Whether two payload values are the same, numbers by value (V3 may store 500 as 500.0).
 fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -641,7 +629,7 @@ async fn check(
         .and_then(|r| r.migrated.as_ref())
         .and_then(|m| m.info.as_ref())
         .map(|i| serde_json::to_value(i).expect("Info serializes"));
-    for field in INFO_FIELDS {
+    for field in v3::INFO_COMPARED {
         let (w, h) = (&want[field], &info.data[field]);
         if same_value(w, h) {
             continue;
