@@ -1247,6 +1247,19 @@ impl Migrator {
         if content_ours && w.resync.as_ref().is_some_and(|d| d.interrupted) {
             self.drop_orphan_commits(viz, &t.info.end).await?;
         }
+        // Info there before this job with no ledger record of it, or a re-sync after a stopped
+        // attempt: an op of ours a stopped writer left in its log (this job's earlier attempt,
+        // a batch's move of its count) is overtaken now, and taken back.
+        let recovering = match &w.resync {
+            None => live.is_some(),
+            Some(d) => d.interrupted || d.last.is_none(),
+        };
+        if recovering {
+            self.v3
+                .take_back_orphans(c3::INFO, viz)
+                .await
+                .map_err(v3_err(viz))?;
+        }
         let mut conflicts = w
             .resync
             .as_ref()
@@ -1552,6 +1565,12 @@ impl Migrator {
                 .await
                 .map_err(v3_err(viz))?;
             if report.lost_races.is_empty() {
+                // A recount may overtake a batch's move of this count that stopped between
+                // its op and its snapshot: that op is taken back.
+                self.v3
+                    .take_back_orphans(c3::INFO, parent)
+                    .await
+                    .map_err(v3_err(viz))?;
                 return Ok(report);
             }
         }

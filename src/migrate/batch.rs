@@ -955,6 +955,13 @@ impl Migrator {
                 .v3
                 .sync_known(c3::INFO, &wanted, &infos, Policy::Update, ts)
                 .await?;
+            // See `Migrator::recount_forks`: a stopped move of these counts is taken back.
+            for (p, _) in wanted
+                .iter()
+                .filter(|(p, _)| !report.lost_races.contains(p))
+            {
+                self.v3.take_back_orphans(c3::INFO, p).await?;
+            }
             parents = report.lost_races;
         }
         Ok(parents)

@@ -1159,6 +1159,73 @@ impl Store {
         Ok(())
     }
 
+    /// Delete the ops of ours in doc `id`'s log that its history does not link and never can:
+    /// versions below the snapshot's `_v` that the `o` links from its `_o` do not reach. A
+    /// writer of ours stopped between an op and its snapshot update leaves one; a rerun that
+    /// brings the doc on with another op (a parent recounted in full where a batch's move had
+    /// stopped) overtakes it. Ops at `_v` and above may still be linked by a writer in flight:
+    /// left alone. Two queries (the snapshot, the log's links through its `d` index), and a
+    /// delete when there is something to take back. Called after a recount's update, not on
+    /// the batch path's hot writes.
+    pub async fn take_back_orphans(&self, collection: &str, id: &str) -> Result<usize, StoreError> {
+        self.trip();
+        let Some(snap) = self
+            .coll(collection)
+            .find_one(doc! {"_id": id})
+            .projection(doc! {"_v": 1, "_o": 1})
+            .await?
+        else {
+            return Ok(0);
+        };
+        let version = match snap.get("_v") {
+            Some(Bson::Int32(v)) => i64::from(*v),
+            Some(Bson::Int64(v)) => *v,
+            Some(Bson::Double(v)) => *v as i64,
+            _ => return Ok(0),
+        };
+        self.trip();
+        let mut pipeline = indexed_then(doc! {"d": id}, Document::new());
+        pipeline.push(doc! {"$project": {"_id": 1, "o": 1, "v": 1, "src": 1}});
+        let ops: Vec<Document> = self
+            .coll(&format!("o_{collection}"))
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        let prev: HashMap<ObjectId, Option<ObjectId>> = ops
+            .iter()
+            .filter_map(|o| Some((o.get_object_id("_id").ok()?, o.get_object_id("o").ok())))
+            .collect();
+        let mut linked = HashSet::new();
+        let mut at = snap.get_object_id("_o").ok();
+        while let Some(oid) = at.filter(|oid| linked.insert(*oid)) {
+            at = prev.get(&oid).copied().flatten();
+        }
+        let v_of = |o: &Document| match o.get("v") {
+            Some(Bson::Int32(v)) => Some(i64::from(*v)),
+            Some(Bson::Int64(v)) => Some(*v),
+            Some(Bson::Double(v)) => Some(*v as i64),
+            _ => None,
+        };
+        let orphans: Vec<ObjectId> = ops
+            .iter()
+            .filter(|o| o.get_str("src") == Ok(OP_SRC))
+            .filter(|o| v_of(o).is_some_and(|v| v < version))
+            .filter_map(|o| o.get_object_id("_id").ok())
+            .filter(|oid| !linked.contains(oid))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        self.write_allowed()?;
+        self.trip();
+        let n = orphans.len();
+        self.coll(&format!("o_{collection}"))
+            .delete_many(doc! {"_id": {"$in": orphans}})
+            .await?;
+        Ok(n)
+    }
+
     /// Whether op `oid` (version `v` of doc `id`) is part of the doc's history: the snapshot's
     /// newest op, or the op the next version links to (`o`). Called after our snapshot update
     /// at `v` matched nothing, when no later write can link it any more: the snapshot is read
