@@ -697,16 +697,32 @@ async fn a_job_cut_off_before_its_ledger_record_is_finished_with_v2_as_it_is_now
     change_viz(&env, LEAF, "<!-- after the crash 💥 -->", 1_700_000_000).await;
     // And an upvote the crashed attempt wrote as V2 had it then: a create finds it, so the job
     // reads and updates it rather than leaving it stale.
-    let stale = env
-        .v3
-        .collection::<mongodb::bson::Document>("upvote")
+    let upvotes = env.v3.collection::<mongodb::bson::Document>("upvote");
+    let upvote = upvotes
+        .find_one(mongodb::bson::doc! {"viz": LEAF})
+        .await
+        .unwrap()
+        .expect("the leaf has an upvote");
+    let upvote_id = upvote.get_str("_id").unwrap().to_string();
+    let stale = upvotes
         .update_one(
-            mongodb::bson::doc! {"viz": LEAF},
+            mongodb::bson::doc! {"_id": &upvote_id},
             mongodb::bson::doc! {"$set": {"timestamp": 1_i64}},
         )
         .await
         .unwrap();
     assert_eq!(stale.modified_count, 1);
+    // As the crashed attempt wrote it: its create op says the same (verify replays op logs).
+    let stale_op = env
+        .v3
+        .collection::<mongodb::bson::Document>("o_upvote")
+        .update_one(
+            mongodb::bson::doc! {"d": &upvote_id, "v": 0},
+            mongodb::bson::doc! {"$set": {"create.data.timestamp": 1_i64}},
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale_op.modified_count, 1);
 
     let done = m.migrate(LEAF, None).await.unwrap();
     assert_eq!(done.outcome, Outcome::Migrated, "{:?}", done.reason);
