@@ -1244,21 +1244,37 @@ impl Migrator {
                 docs: raced,
             });
         }
-        if content_ours && w.resync.as_ref().is_some_and(|d| d.interrupted) {
+        // Commits an attempt of ours appended before it stopped (before its content op, its info
+        // or its ledger record) that the chain just written does not reach: taken back, or the
+        // viz's chain would fork (one more read per job that appended commits to a viz it read).
+        let interrupted = w.resync.as_ref().is_some_and(|d| d.interrupted);
+        if content_ours && (interrupted || (w.known.read && !t.commits.is_empty())) {
             self.drop_orphan_commits(viz, &t.info.end).await?;
         }
         // Info there before this job with no ledger record of it, or a re-sync after a stopped
         // attempt: an op of ours a stopped writer left in its log (this job's earlier attempt,
         // a batch's move of its count) is overtaken now, and taken back.
+        // A first migration that read V3 is a rerun (the ledger had no record, or a create found
+        // a doc there): an attempt that stopped between a create op and its snapshot, while V2
+        // moved on, left an op this job's create did not find (another body, another id).
         let recovering = match &w.resync {
-            None => live.is_some(),
+            None => w.known.read,
             Some(d) => d.interrupted || d.last.is_none(),
         };
         if recovering {
-            self.v3
-                .take_back_orphans(c3::INFO, viz)
-                .await
-                .map_err(v3_err(viz))?;
+            let analytics = t
+                .analytics
+                .as_ref()
+                .map(|a| (c3::ANALYTICS_EVENT, a.id.as_str()));
+            for (coll, id) in [(c3::INFO, viz), (c3::CONTENT, viz)]
+                .into_iter()
+                .chain(analytics)
+            {
+                self.v3
+                    .take_back_orphans(coll, id)
+                    .await
+                    .map_err(v3_err(viz))?;
+            }
         }
         let mut conflicts = w
             .resync
