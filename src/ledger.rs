@@ -304,12 +304,7 @@ impl Ledger {
         Ok(docs
             .iter()
             .filter_map(|d| {
-                let n = match d.get("n")? {
-                    bson::Bson::Int32(n) => i64::from(*n),
-                    bson::Bson::Int64(n) => *n,
-                    bson::Bson::Double(n) => *n as i64,
-                    _ => return None,
-                };
+                let n = crate::v3::store::bson_i64(d.get("n"))?;
                 Some((d.get_str("_id").ok()?.to_string(), n))
             })
             .collect())
@@ -346,12 +341,7 @@ impl Ledger {
                 .await?;
             rows.extend(docs.into_iter().filter_map(|d| {
                 let key = d.get_document("_id").ok()?;
-                let int = |k: &str| match d.get(k) {
-                    Some(bson::Bson::Int32(n)) => *n as i64,
-                    Some(bson::Bson::Int64(n)) => *n,
-                    Some(bson::Bson::Double(n)) => *n as i64,
-                    _ => 0,
-                };
+                let int = |k: &str| crate::v3::store::bson_i64(d.get(k)).unwrap_or(0);
                 let batch = if by_batch {
                     // A record without any batch (a job published by hand) is only counted overall.
                     Some(key.get_str("batch").ok()?.to_string())

@@ -36,10 +36,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Fields ours always rewrite (recounted from V3, or the migration's own stamp): a change of
 /// ours to them never undoes V3.
-pub const RECOMPUTED: [&str; 3] = ["forksCount", "upvotesCount", "migratedTimestamp"];
+pub const RECOMPUTED: [&str; 3] = [
+    crate::merge::RECOUNTED[0],
+    crate::merge::RECOUNTED[1],
+    crate::merge::STAMP,
+];
 
 /// A field whose change alone is not a change worth an op.
-pub const STAMP: &str = "migratedTimestamp";
+pub const STAMP: &str = crate::merge::STAMP;
 
 /// Which op bodies [`Store::op_logs`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -565,12 +569,7 @@ pub fn analyze(head: &Head, ops: &[LoggedOp], rules: Rules) -> Analysis {
 
 /// An op as read by [`Store::op_logs`]: `(doc id, op)`.
 fn logged_op(d: &Document) -> Option<(String, LoggedOp)> {
-    let int = |b: Option<&Bson>| match b {
-        Some(Bson::Int32(n)) => Some(i64::from(*n)),
-        Some(Bson::Int64(n)) => Some(*n),
-        Some(Bson::Double(n)) if n.is_finite() => Some(*n as i64),
-        _ => None,
-    };
+    let int = crate::v3::store::bson_i64;
     let ours = d.get_str("src") == Ok(OP_SRC);
     let read = d.get_document("body").ok();
     let to_json = |b: &Bson| crate::v3::store::to_json(b.clone());

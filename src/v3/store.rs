@@ -439,7 +439,7 @@ fn op_id_salted(
 /// two runs of the same job (it says when). Left out of op ids, so a job run again after it
 /// stopped between an op and its snapshot finds that op (same id) and adopts it instead of
 /// writing a second op at the same version and leaving the first an orphan.
-const STAMP: &str = "migratedTimestamp";
+const STAMP: &str = crate::merge::STAMP;
 
 /// `body` as its op id sees it: without the [`STAMP`] (in a `create`'s data, or a json1
 /// component at it).
@@ -1177,11 +1177,8 @@ impl Store {
         else {
             return Ok(0);
         };
-        let version = match snap.get("_v") {
-            Some(Bson::Int32(v)) => i64::from(*v),
-            Some(Bson::Int64(v)) => *v,
-            Some(Bson::Double(v)) => *v as i64,
-            _ => return Ok(0),
+        let Some(version) = bson_i64(snap.get("_v")) else {
+            return Ok(0);
         };
         self.trip();
         let mut pipeline = indexed_then(doc! {"d": id}, Document::new());
@@ -1201,16 +1198,10 @@ impl Store {
         while let Some(oid) = at.filter(|oid| linked.insert(*oid)) {
             at = prev.get(&oid).copied().flatten();
         }
-        let v_of = |o: &Document| match o.get("v") {
-            Some(Bson::Int32(v)) => Some(i64::from(*v)),
-            Some(Bson::Int64(v)) => Some(*v),
-            Some(Bson::Double(v)) => Some(*v as i64),
-            _ => None,
-        };
         let orphans: Vec<ObjectId> = ops
             .iter()
             .filter(|o| o.get_str("src") == Ok(OP_SRC))
-            .filter(|o| v_of(o).is_some_and(|v| v < version))
+            .filter(|o| bson_i64(o.get("v")).is_some_and(|v| v < version))
             .filter_map(|o| o.get_object_id("_id").ok())
             .filter(|oid| !linked.contains(oid))
             .collect();
@@ -1408,15 +1399,7 @@ impl Store {
 
     /// Every commit of a viz, in chain order (start first). One query.
     pub async fn commits_of(&self, viz: &str) -> Result<Vec<Commit>, StoreError> {
-        self.trip();
-        let docs: Vec<Document> = self
-            .coll(collections::COMMIT)
-            .find(doc! {"viz": viz})
-            .await?
-            .try_collect()
-            .await?;
-        let commits: Vec<Commit> = docs.into_iter().filter_map(commit_of).collect();
-        Ok(chain_order(commits))
+        Ok(chain_order(self.commits_all_of(viz).await?))
     }
 
     /// The commit chains of several vizzes (one `$in` query), each in chain order; a viz
@@ -1685,25 +1668,24 @@ fn snapshot_doc(
     Ok(snap)
 }
 
+/// A stored number as an integer, whichever BSON type the writer gave it (ShareDB's Node
+/// driver writes doubles where we write 64-bit integers).
+pub(crate) fn bson_i64(b: Option<&Bson>) -> Option<i64> {
+    match b {
+        Some(Bson::Int32(n)) => Some(i64::from(*n)),
+        Some(Bson::Int64(n)) => Some(*n),
+        Some(Bson::Double(n)) if n.is_finite() => Some(*n as i64),
+        _ => None,
+    }
+}
+
 /// Payload of a stored snapshot.
 fn snapshot_of(mut d: Document) -> Option<Snapshot> {
     let id = d.get_str("_id").ok()?.to_string();
-    let version = match d.get("_v") {
-        Some(Bson::Int32(v)) => *v as i64,
-        Some(Bson::Int64(v)) => *v,
-        Some(Bson::Double(v)) => *v as i64,
-        _ => 0,
-    };
+    let version = bson_i64(d.get("_v")).unwrap_or(0);
     let doc_type = d.get_str("_type").ok().map(str::to_string);
     let last_op = d.get_object_id("_o").ok();
-    let time = |key: &str| {
-        d.get_document("_m").ok().and_then(|m| match m.get(key) {
-            Some(Bson::Int64(t)) => Some(*t),
-            Some(Bson::Int32(t)) => Some(i64::from(*t)),
-            Some(Bson::Double(t)) if t.is_finite() => Some(*t as i64),
-            _ => None,
-        })
-    };
+    let time = |key: &str| d.get_document("_m").ok().and_then(|m| bson_i64(m.get(key)));
     let (ctime, mtime) = (time("ctime"), time("mtime"));
     for k in ENVELOPE {
         d.remove(k);
