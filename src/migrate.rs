@@ -14,13 +14,16 @@ use crate::translate::{
 use crate::v2::reader::Reader;
 use crate::v3::store::{is_transient_mongo, Policy, Snapshot, Store, StoreError, SyncReport};
 use crate::v3::{collections as c3, Commit};
-use crate::{history, ids, v2, v3, Disposition, Outcome, PRIMORDIAL_VIZ_ID};
+use crate::{ids, v2, v3, Disposition, Outcome, PRIMORDIAL_VIZ_ID};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 mod batch;
 mod expected;
+mod write;
+
+use write::{Known, Ready};
 
 /// How many times a fork recounts its parent's `forksCount` after losing the race for the
 /// parent's info to a sibling, before its job re-runs.
@@ -236,26 +239,6 @@ struct ParentLink {
     info: Option<Snapshot>,
 }
 
-/// Everything [`Migrator::write`] needs besides the translation.
-struct WriteSet<'a> {
-    p: &'a Prepared,
-    t: &'a Translation,
-    batch: Option<&'a str>,
-    attempts: i64,
-    fingerprint: String,
-    analytics_fingerprint: Option<String>,
-    parent: Option<&'a ParentLink>,
-    previous_upvoters: bool,
-    /// The Info the migration last wrote, when V3 holds the viz's info: the three-way base
-    /// every info write merges against (see [`crate::merge`]).
-    info_base: Option<Value>,
-    /// What the re-sync decided about the content (`None` on a first migration).
-    resync: Option<ResyncDecision>,
-    /// Snapshots read before translating (this viz's info and content, its analytics event):
-    /// the writes reuse them instead of reading them again.
-    known: Known<'a>,
-}
-
 /// What V3 holds of a viz whose info it has, against what the migration last wrote there
 /// (spec 3.4).
 struct V3Side {
@@ -335,14 +318,24 @@ struct Walk {
     trust_ledger: bool,
 }
 
-struct Known<'a> {
-    /// Whether the viz's own documents were read. Not when the ledger has no record of it:
-    /// nothing of it was written (the maps are empty), and a create that finds a doc of it
-    /// there anyway (left by an attempt that stopped half-way) makes the job run again, reading.
+/// What a job read of one viz, in V2 and the ledger: with the V3 snapshots it read
+/// ([`Known`]), what translating it takes ([`Migrator::translated`]).
+struct Reading<'a> {
+    p: Prepared,
+    batch: Option<String>,
+    attempts: i64,
+    /// What the ledger says the migration last wrote.
+    migrated: Option<Migrated>,
+    fingerprint: String,
+    analytics_fingerprint: Option<String>,
+    /// V2's page-view record of the viz.
+    analytics: Option<&'a Value>,
+    /// V2 `user` docs by id (the viz's, or its whole batch's).
+    users: &'a HashMap<String, Value>,
+    /// Users whose V3 account is deleted.
+    deleted_users: &'a BTreeSet<String>,
+    /// Whether the viz's own V3 documents were read (see [`Ready::read`]).
     read: bool,
-    info: &'a HashMap<String, Snapshot>,
-    content: &'a HashMap<String, Snapshot>,
-    analytics: &'a HashMap<String, Snapshot>,
 }
 
 impl Migrator {
@@ -505,8 +498,6 @@ impl Migrator {
                 )
                 .map_err(v3_err(viz))?
             };
-            let info_now = info_snaps.get(viz).filter(|s| s.doc_type.is_some());
-            let content_now = content_snaps.get(viz).filter(|s| s.doc_type.is_some());
             let migrated = last_migrated(last.as_ref());
             let plan = plan_of(
                 migrated.as_ref(),
@@ -593,78 +584,111 @@ impl Migrator {
                     } else {
                         self.resolve_parent(&p, batch, walk).await?
                     };
-                    // What V3 holds of the viz against what the migration last wrote: the
-                    // re-sync's three-way base (spec 3.4).
-                    let theirs = match info_now {
-                        Some(info) => Some(
-                            self.v3_side(viz, migrated.as_ref(), info, content_now)
-                                .await?,
-                        ),
-                        None => None,
-                    };
-                    let previous = match (resync, &migrated, &theirs) {
-                        (
-                            true,
-                            Some(m),
-                            Some(V3Side {
-                                base_content: Some(c),
-                                ..
-                            }),
-                        ) => Some(Previous {
-                            content_v: m.content_v as u64,
-                            start_commit: m.start.clone(),
-                            end_commit: m.end.clone(),
-                            end_timestamp: m.end_timestamp,
-                            content: c.clone(),
-                            file_ids: m.file_ids.clone(),
-                            analytics: m.analytics.clone(),
-                            forked_from: m.forked_from.clone(),
-                            forked_from_is_backfilled: m.forked_from_is_backfilled,
-                        }),
-                        _ => None,
-                    };
-                    let ctx = Context {
-                        parent: match &parent {
-                            None => Parent::Root,
-                            Some(l) => Parent::Fork {
-                                viz: &l.viz,
-                                commit: &l.commit,
-                                content: &l.content,
-                                backfilled: l.backfilled,
-                            },
-                        },
-                        users: &users,
-                        analytics: analytics.as_ref(),
-                        v3_analytics,
-                        previous: previous.as_ref(),
-                        deleted_users: &deleted_users,
-                        now: now_secs(),
-                    };
-                    let t = translate::translate(&p, &ctx, &self.cfg)?;
-                    let resync = theirs
-                        .as_ref()
-                        .map(|side| side.decide(&t, previous.as_ref(), migrated.clone()));
-                    let set = WriteSet {
-                        p: &p,
-                        t: &t,
-                        batch,
+                    let read = !(walk.trust_ledger && last.is_none());
+                    let reading = Reading {
+                        p,
+                        batch: batch.map(str::to_string),
                         attempts,
+                        migrated,
                         fingerprint,
                         analytics_fingerprint,
-                        parent: parent.as_ref(),
-                        previous_upvoters: previous.is_some(),
-                        info_base: theirs.map(|s| s.base_info),
-                        resync,
-                        known: Known {
-                            read: !(walk.trust_ledger && last.is_none()),
-                            info: &info_snaps,
-                            content: &content_snaps,
-                            analytics: &analytics_snaps,
-                        },
+                        analytics: analytics.as_ref(),
+                        users: &users,
+                        deleted_users: &deleted_users,
+                        read,
                     };
-                    self.write(set).await
+                    let known = Known {
+                        info: &info_snaps,
+                        content: &content_snaps,
+                        analytics: &analytics_snaps,
+                    };
+                    let ready = self.translated(reading, parent, resync, known).await?;
+                    let mut done = self.write_many(vec![ready], known).await;
+                    done.pop().expect("one result per viz written")
                 }
             }
+        })
+    }
+
+    /// Translate a viz for [`Migrator::write_many`]: what V3 holds of it decided against what
+    /// the migration last wrote there (a re-sync's three-way base, spec 3.4), V2 translated
+    /// from the last migration's content (`resync`) or from `parent` (a first migration).
+    async fn translated(
+        &self,
+        r: Reading<'_>,
+        parent: Option<ParentLink>,
+        resync: bool,
+        known: Known<'_>,
+    ) -> Result<Ready, JobError> {
+        let viz = r.p.viz.as_str();
+        let theirs = match known.info.get(viz).filter(|s| s.doc_type.is_some()) {
+            Some(info) => Some(
+                self.v3_side(viz, r.migrated.as_ref(), info, known.live_content(viz))
+                    .await?,
+            ),
+            None => None,
+        };
+        let previous = match (resync, &r.migrated, &theirs) {
+            (
+                true,
+                Some(m),
+                Some(V3Side {
+                    base_content: Some(c),
+                    ..
+                }),
+            ) => Some(Previous {
+                content_v: m.content_v as u64,
+                start_commit: m.start.clone(),
+                end_commit: m.end.clone(),
+                end_timestamp: m.end_timestamp,
+                content: c.clone(),
+                file_ids: m.file_ids.clone(),
+                analytics: m.analytics.clone(),
+                forked_from: m.forked_from.clone(),
+                forked_from_is_backfilled: m.forked_from_is_backfilled,
+            }),
+            _ => None,
+        };
+        let v3_analytics = known
+            .analytics
+            .get(&r.p.analytics_id)
+            .filter(|s| s.doc_type.is_some())
+            .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data));
+        let t = {
+            let ctx = Context {
+                parent: match &parent {
+                    None => Parent::Root,
+                    Some(l) => Parent::Fork {
+                        viz: &l.viz,
+                        commit: &l.commit,
+                        content: &l.content,
+                        backfilled: l.backfilled,
+                    },
+                },
+                users: r.users,
+                analytics: r.analytics,
+                v3_analytics: v3_analytics.as_ref(),
+                previous: previous.as_ref(),
+                deleted_users: r.deleted_users,
+                now: now_secs(),
+            };
+            translate::translate(&r.p, &ctx, &self.cfg)?
+        };
+        let decision = theirs
+            .as_ref()
+            .map(|side| side.decide(&t, previous.as_ref(), r.migrated.clone()));
+        Ok(Ready {
+            p: r.p,
+            t,
+            batch: r.batch,
+            attempts: r.attempts,
+            fingerprint: r.fingerprint,
+            analytics_fingerprint: r.analytics_fingerprint,
+            parent,
+            previous_upvoters: previous.is_some(),
+            info_base: theirs.map(|s| s.base_info),
+            resync: decision,
+            read: r.read,
         })
     }
 
@@ -1118,277 +1142,6 @@ impl Migrator {
         Ok(cached)
     }
 
-    /// Write a translation in the order that keeps a half-done job invisible, then the ledger.
-    /// On a re-sync, V3's side decides: content V3 owns is left as it is, the info is merged
-    /// three-way (see [`crate::merge`]), and fields both sides changed end the job `conflict`.
-    async fn write(&self, w: WriteSet<'_>) -> Result<Done, JobError> {
-        let (p, t) = (w.p, w.t);
-        let viz = p.viz.as_str();
-        let ts = now_ms();
-        let err = v3_err(viz);
-        let content_ours = w.resync.as_ref().is_none_or(|d| d.content_ours);
-        // Docs another writer got to between our read and our write. For this viz's own
-        // content, analytics and info, a create that found the doc there counts too: we went
-        // by no snapshot, or by one read before the other writer's. So do its upvotes and
-        // permissions when they were not read (the ledger had no record of the viz); users are
-        // shared docs whose creates are identical.
-        let mut raced = Vec::new();
-        let note = |raced: &mut Vec<String>, r: SyncReport, own: bool| {
-            raced.extend(r.lost_races);
-            if own {
-                raced.extend(r.existed);
-            }
-        };
-        let report = self.sync_users(&t.users, ts).await.map_err(err)?;
-        note(&mut raced, report, false);
-        let known_content = w.known.content.get(viz);
-        let v3_content_v = if content_ours {
-            self.write_content(&w, &mut raced).await?
-        } else {
-            known_content.map_or(0, |s| s.version)
-        };
-        let upvotes: Vec<(String, Value, i64)> = t
-            .upvotes
-            .iter()
-            .map(|u| (u.id.clone(), to_value(u), u.timestamp))
-            .collect();
-        let perms: Vec<(String, Value, i64)> = t
-            .permissions
-            .iter()
-            .map(|u| (u.id.clone(), to_value(u), u.timestamp))
-            .collect();
-        note(
-            &mut raced,
-            self.sync_set(c3::UPVOTE, "viz", viz, &upvotes, &w, ts)
-                .await?,
-            !w.known.read,
-        );
-        note(
-            &mut raced,
-            self.sync_set(c3::PERMISSION, "resource", viz, &perms, &w, ts)
-                .await?,
-            !w.known.read,
-        );
-        if let Some(a) = &t.analytics {
-            note(
-                &mut raced,
-                self.v3
-                    .sync_known(
-                        c3::ANALYTICS_EVENT,
-                        &[(a.id.clone(), to_value(a))],
-                        w.known.analytics,
-                        Policy::Update,
-                        ts,
-                    )
-                    .await
-                    .map_err(v3_err(viz))?,
-                true,
-            );
-        }
-        // Info last: it makes the viz visible, so not while a document of the viz is not ours.
-        // Counts are recomputed from V3, never incremented.
-        if !raced.is_empty() {
-            return Err(JobError::Raced {
-                viz: viz.to_string(),
-                docs: raced,
-            });
-        }
-        let mut info = t.info.clone();
-        // A viz V3 never had cannot have V3-native forks or upvotes; its migrated forks hang
-        // from it only once it is visible (their jobs recount it then).
-        let unseen = !w.known.info.contains_key(viz);
-        info.forks_count = if unseen {
-            0
-        } else {
-            self.v3.forks_count(viz).await.map_err(v3_err(viz))?
-        };
-        info.upvotes_count = if unseen {
-            t.upvotes.len() as i64
-        } else {
-            self.v3.upvotes_count(viz).await.map_err(v3_err(viz))?
-        };
-        let ours = to_value(&info);
-        let live = w.known.info.get(viz).filter(|s| s.doc_type.is_some());
-        let (data, field_conflicts) = match (live, &w.info_base) {
-            (Some(s), Some(base)) => {
-                let m = crate::merge::info(base, &ours, &s.data, content_ours);
-                (m.data, m.conflicts)
-            }
-            _ => (ours, Vec::new()),
-        };
-        note(
-            &mut raced,
-            self.v3
-                .sync_known(
-                    c3::INFO,
-                    &[(viz.to_string(), data)],
-                    w.known.info,
-                    Policy::Update,
-                    ts,
-                )
-                .await
-                .map_err(v3_err(viz))?,
-            true,
-        );
-        if let Some(parent) = w.parent {
-            note(
-                &mut raced,
-                self.recount_forks(viz, &parent.viz, parent.info.as_ref(), ts)
-                    .await?,
-                false,
-            );
-        }
-        if !raced.is_empty() {
-            return Err(JobError::Raced {
-                viz: viz.to_string(),
-                docs: raced,
-            });
-        }
-        // Commits an attempt of ours appended before it stopped (before its content op, its info
-        // or its ledger record) that the chain just written does not reach: taken back, or the
-        // viz's chain would fork (one more read per job that appended commits to a viz it read).
-        let interrupted = w.resync.as_ref().is_some_and(|d| d.interrupted);
-        if content_ours && (interrupted || (w.known.read && !t.commits.is_empty())) {
-            self.drop_orphan_commits(viz, &t.info.end).await?;
-        }
-        // Info there before this job with no ledger record of it, or a re-sync after a stopped
-        // attempt: an op of ours a stopped writer left in its log (this job's earlier attempt,
-        // a batch's move of its count) is overtaken now, and taken back.
-        // A first migration that read V3 is a rerun (the ledger had no record, or a create found
-        // a doc there): an attempt that stopped between a create op and its snapshot, while V2
-        // moved on, left an op this job's create did not find (another body, another id).
-        let recovering = match &w.resync {
-            None => w.known.read,
-            Some(d) => d.interrupted || d.last.is_none(),
-        };
-        if recovering {
-            let analytics = t
-                .analytics
-                .as_ref()
-                .map(|a| (c3::ANALYTICS_EVENT, a.id.as_str()));
-            for (coll, id) in [(c3::INFO, viz), (c3::CONTENT, viz)]
-                .into_iter()
-                .chain(analytics)
-            {
-                self.v3
-                    .take_back_orphans(coll, id)
-                    .await
-                    .map_err(v3_err(viz))?;
-            }
-        }
-        let mut conflicts = w
-            .resync
-            .as_ref()
-            .map(|d| d.conflicts.clone())
-            .unwrap_or_default();
-        conflicts.extend(field_conflicts);
-        let (mut done, mut migrated, skipped) =
-            migrated_of(p, t, w.fingerprint, w.analytics_fingerprint, v3_content_v);
-        let last = w.resync.as_ref().and_then(|d| d.last.as_ref());
-        keep_base(
-            &mut migrated,
-            last,
-            w.info_base.as_ref(),
-            &conflicts,
-            content_ours,
-        );
-        if !conflicts.is_empty() {
-            let reason = crate::merge::conflict_reason(&conflicts);
-            tracing::warn!(viz, %reason, "conflict: V2 and V3 both changed the viz; V3's kept");
-            done.outcome = Outcome::Conflict;
-            done.reason = Some(reason);
-        }
-        let kind = (done.outcome == Outcome::Conflict).then_some("conflict");
-        self.record(&done, kind, w.batch, w.attempts, Some(migrated), skipped)
-            .await?;
-        Ok(done)
-    }
-
-    /// Delete the commits of `viz` its chain no longer reaches from `end` (where its info now
-    /// ends): appended by an attempt that stopped, then overtaken by a re-sync that appended
-    /// elsewhere. Left, the chain would fork there (`commits_of` follows one branch at
-    /// random, and a later fork could hang from a commit V3 never showed). Kept, all of them,
-    /// when any other commit hangs from one (a V3 fork made while it was shown).
-    async fn drop_orphan_commits(&self, viz: &str, end: &str) -> Result<(), JobError> {
-        let all = self.v3.commits_all_of(viz).await.map_err(v3_err(viz))?;
-        let parents: HashMap<&str, Option<&str>> = all
-            .iter()
-            .map(|c| (c.id.as_str(), c.parent.as_deref()))
-            .collect();
-        let mut reached = HashSet::new();
-        let mut at = Some(end);
-        while let Some(id) = at.filter(|id| reached.insert(*id)) {
-            at = parents.get(id).copied().flatten();
-        }
-        let orphans: Vec<String> = all
-            .iter()
-            .filter(|c| !reached.contains(c.id.as_str()))
-            .map(|c| c.id.clone())
-            .collect();
-        if orphans.is_empty() {
-            return Ok(());
-        }
-        let children = self
-            .v3
-            .commits_with_parent(&orphans)
-            .await
-            .map_err(v3_err(viz))?;
-        if children.iter().any(|c| !orphans.contains(&c.id)) {
-            tracing::warn!(
-                viz,
-                orphans = orphans.len(),
-                "commits of a stopped attempt have a child elsewhere; kept"
-            );
-            return Ok(());
-        }
-        tracing::info!(
-            viz,
-            orphans = orphans.len(),
-            "taking back the commits of a stopped attempt"
-        );
-        self.v3.delete_commits(&orphans).await.map_err(v3_err(viz))
-    }
-
-    /// Commits, then the content: the part of a job's writes that is the content's. Returns
-    /// the version the content is at now. A re-sync whose content update lost its race to a
-    /// V3 edit takes back the commits it appended: nothing links them (its info still ends at
-    /// the migration's last end), and left there V3's next commit would give that end a
-    /// second child.
-    async fn write_content(
-        &self,
-        w: &WriteSet<'_>,
-        raced: &mut Vec<String>,
-    ) -> Result<i64, JobError> {
-        let (p, t) = (w.p, w.t);
-        let viz = p.viz.as_str();
-        let ts = now_ms();
-        self.v3
-            .insert_commits(&t.commits)
-            .await
-            .map_err(v3_err(viz))?;
-        let content = [(viz.to_string(), t.content.clone())];
-        let report = self
-            .v3
-            .sync_known(c3::CONTENT, &content, w.known.content, Policy::Update, ts)
-            .await
-            .map_err(v3_err(viz))?;
-        // The version the content is at now (a create makes v1, an op the next version).
-        let v = match (w.known.content.get(viz), &report) {
-            (_, r) if r.created > 0 => 1,
-            (Some(s), r) if r.updated > 0 => s.version + 1,
-            (Some(s), _) => s.version,
-            (None, _) => 0,
-        };
-        let lost = !report.lost_races.is_empty();
-        raced.extend(report.lost_races);
-        raced.extend(report.existed);
-        if lost && w.resync.as_ref().is_some_and(|d| d.end_unmoved) {
-            let ids: Vec<String> = t.commits.iter().map(|c| c.id.clone()).collect();
-            self.v3.delete_commits(&ids).await.map_err(v3_err(viz))?;
-        }
-        Ok(v)
-    }
-
     /// Of `ids`, the users whose V3 account is deleted (a `user` tombstone): asked of V3 for
     /// those this worker has not seen live within [`USERS_LIVE_FOR`] (one query, none when all
     /// were).
@@ -1408,124 +1161,6 @@ impl Migrator {
             self.users_live.insert(id, now, 16);
         }
         Ok(deleted.into_iter().collect())
-    }
-
-    /// Sync `users` (V3 `user` docs: shared, their creates identical) that this worker has not
-    /// synced as they are now, each once; remembers the ones it synced.
-    async fn sync_users<'u>(
-        &self,
-        users: impl IntoIterator<Item = &'u v3::User>,
-        ts: i64,
-    ) -> Result<SyncReport, StoreError> {
-        let (mut wanted, mut prints) = (Vec::new(), Vec::new());
-        let mut seen = HashSet::new();
-        for u in users {
-            if !seen.insert(u.id.as_str()) {
-                continue;
-            }
-            let v = to_value(u);
-            let f = ids::fingerprint(&v);
-            if self.users_synced.get(&u.id).as_ref() != Some(&f) {
-                wanted.push((u.id.clone(), v));
-                prints.push(f);
-            }
-        }
-        let report = self
-            .v3
-            .sync(
-                c3::USER,
-                &wanted,
-                Policy::UpdateIfOurs {
-                    v3_owned: &v3::USER_V3_OWNED,
-                },
-                ts,
-            )
-            .await?;
-        for ((id, _), f) in wanted.into_iter().zip(prints) {
-            if !report.lost_races.contains(&id) {
-                let bytes = f.len();
-                self.users_synced.insert(id, f, bytes);
-            }
-        }
-        Ok(report)
-    }
-
-    /// Make the migrated docs of a per-viz set (upvotes, permissions) match V2: create new ones,
-    /// delete migrated ones that left V2, never touch V3-native ones. A viz whose own documents
-    /// were not read (see [`Known::read`]) has none: they are created without reading.
-    ///
-    /// `wanted`: id, payload, and the V2 entry's time (seconds). An entry V3 deleted (a
-    /// tombstone) stays deleted (spec 3.4) unless the migration deleted it itself (V2 dropped
-    /// it, then gave it again) or it is an upvote V2 gave after V3's removal.
-    async fn sync_set(
-        &self,
-        coll: &str,
-        field: &str,
-        viz: &str,
-        wanted: &[(String, Value, i64)],
-        w: &WriteSet<'_>,
-        ts: i64,
-    ) -> Result<SyncReport, JobError> {
-        let payloads: Vec<(String, Value)> = wanted
-            .iter()
-            .map(|(id, v, _)| (id.clone(), v.clone()))
-            .collect();
-        let existing = if w.known.read && !wanted.is_empty() {
-            let ids: Vec<String> = wanted.iter().map(|(id, _, _)| id.clone()).collect();
-            self.v3.snapshots(coll, &ids).await.map_err(v3_err(viz))?
-        } else {
-            HashMap::new()
-        };
-        let tombstones: Vec<&Snapshot> =
-            existing.values().filter(|s| s.doc_type.is_none()).collect();
-        let mut revive = HashSet::new();
-        if !tombstones.is_empty() {
-            let ours = self
-                .v3
-                .last_op_is_ours(coll, &tombstones)
-                .await
-                .map_err(v3_err(viz))?;
-            for s in tombstones {
-                let given = wanted.iter().find(|(id, _, _)| *id == s.id).map(|x| x.2);
-                let newer = coll == c3::UPVOTE
-                    && given
-                        .zip(s.mtime)
-                        .is_some_and(|(at, removed)| at * 1000 > removed);
-                if ours.contains(&s.id) || newer {
-                    revive.insert(s.id.clone());
-                }
-            }
-        }
-        let mut report = self
-            .v3
-            .sync_reviving(
-                coll,
-                &payloads,
-                &existing,
-                Policy::UpdateIfMigrated,
-                &revive,
-                ts,
-            )
-            .await
-            .map_err(v3_err(viz))?;
-        if w.previous_upvoters {
-            let filter =
-                mongodb::bson::doc! {field: viz, "migratedFromV2": true, "_type": v3::OT_TYPE};
-            let existing = self
-                .v3
-                .find_snapshots(coll, filter)
-                .await
-                .map_err(v3_err(viz))?;
-            for (id, s) in existing {
-                if !wanted.iter().any(|(w, _, _)| w == &id) {
-                    self.v3
-                        .delete(coll, &s, ts, &mut report)
-                        .await
-                        .map_err(v3_err(viz))?;
-                }
-            }
-        }
-        Ok(report)
     }
 
     /// Recompute the parent's `forksCount` from V3 (a json1 op on its Info if it changed).
@@ -1738,101 +1373,6 @@ fn unchanged(viz: &str, batch: Option<&str>, last: Option<&VizRecord>) -> Done {
         },
         reason: earlier_in_batch
             .then(|| "migrated earlier in this batch, as a fork's parent".into()),
-    }
-}
-
-/// A migration's end: its [`Done`], its ledger [`Migrated`] and the skipped entries' reasons.
-fn migrated_of(
-    p: &Prepared,
-    t: &Translation,
-    fingerprint: String,
-    analytics_fingerprint: Option<String>,
-    v3_content_v: i64,
-) -> (Done, Migrated, Vec<String>) {
-    let viz = p.viz.as_str();
-    let history = match &t.history {
-        history::Mode::Replayed { base_v, ops } => format!(
-            "replayed {ops} ops from v{base_v}, {} new commits",
-            t.commits.len()
-        ),
-        history::Mode::Fallback { reason } => {
-            format!("fallback ({reason}), {} new commits", t.commits.len())
-        }
-    };
-    let migrated = Migrated {
-        fingerprint,
-        analytics_fingerprint,
-        info_v: p.info_v as i64,
-        content_v: p.content_v as i64,
-        start: t.info.start.clone(),
-        end: t.info.end.clone(),
-        end_timestamp: t.info.updated,
-        v3_content_v,
-        file_ids: t.file_ids.clone(),
-        analytics: t.analytics_v2.clone(),
-        forked_from: t.info.forked_from.clone(),
-        forked_from_is_backfilled: t.info.forked_from_is_backfilled,
-        history: history.clone(),
-        source: Some(p.source().fields()),
-        info: Some(t.info.clone()),
-    };
-    let skipped: Vec<String> = t.skipped.iter().map(|s| s.reason.clone()).collect();
-    for s in &skipped {
-        tracing::warn!(viz, "{s}");
-    }
-    let reason = match (&t.history, skipped.len()) {
-        (history::Mode::Fallback { .. }, _) => Some(history),
-        (_, 0) => None,
-        (_, n) => Some(format!(
-            "{n} upvotes/collaborators skipped (user missing from V2, or no userId)"
-        )),
-    };
-    let done = Done {
-        viz: viz.to_string(),
-        outcome: Outcome::Migrated,
-        reason,
-    };
-    (done, migrated, skipped)
-}
-
-/// What the ledger keeps of `last` in a re-sync's record `m` (spec 3.4). Content V3 owns was
-/// not written: the content's part of the record stays the last migration's. A conflict keeps,
-/// for the fields that conflicted, the base they had (`base_info`), and the old V2 fingerprint
-/// and inputs: every later catch-up plans the viz again and meets the conflict again, until V2
-/// and V3 agree, while what was applied moves on.
-fn keep_base(
-    m: &mut Migrated,
-    last: Option<&Migrated>,
-    base_info: Option<&Value>,
-    conflicts: &[String],
-    content_ours: bool,
-) {
-    let Some(last) = last else { return };
-    if !content_ours {
-        m.content_v = last.content_v;
-        m.start = last.start.clone();
-        m.end = last.end.clone();
-        m.end_timestamp = last.end_timestamp;
-        m.v3_content_v = last.v3_content_v;
-        m.file_ids = last.file_ids.clone();
-        m.history = last.history.clone();
-    }
-    if conflicts.is_empty() {
-        return;
-    }
-    m.fingerprint = last.fingerprint.clone();
-    m.source = last.source.clone();
-    let (Some(info), Some(base)) = (m.info.as_mut(), base_info) else {
-        return;
-    };
-    let mut v = to_value(&*info);
-    for f in conflicts {
-        if let Some(was) = base.get(f) {
-            v[f.as_str()] = was.clone();
-        }
-    }
-    if let Ok(kept) = serde_json::from_value(v) {
-        *info = kept;
     }
 }
 

@@ -1059,3 +1059,117 @@ async fn a_parent_created_with_its_forks_moves_its_count_without_a_recount() {
     verify_clean(&env.migrator(), fixtures + ids.len()).await;
     env.cleanup().await;
 }
+
+/// A migrator of `env` whose commands (V2 and V3 alike) are counted per database name.
+async fn counting_migrator(
+    env: &TestEnv,
+) -> (
+    Migrator,
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+) {
+    use mongodb::event::command::CommandEvent;
+    let counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+        Default::default();
+    let seen = counts.clone();
+    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
+        .await
+        .unwrap();
+    o.command_event_handler = Some(mongodb::event::EventHandler::callback(
+        move |e: CommandEvent| {
+            if let CommandEvent::Started(s) = e {
+                *seen.lock().unwrap().entry(s.db.clone()).or_default() += 1;
+            }
+        },
+    ));
+    let client = mongodb::Client::with_options(o).unwrap();
+    let m = Migrator::new(
+        vizhub_migrate::v2::reader::Reader::new(
+            client.database(env.v2.name()),
+            std::num::NonZeroU32::new(10_000).unwrap(),
+        ),
+        vizhub_migrate::v3::store::Store::new(client.database(env.v3.name())),
+        vizhub_migrate::ledger::Ledger::new(client.database(env.v3.name())),
+        vizhub_migrate::translate::Config::default(),
+    );
+    (m, counts)
+}
+
+/// The daily catch-up: V2 changed half of a migrated set (content edited through its op log,
+/// made private, retitled, upvoted), and the changed vizzes are planned again. Run in batches
+/// they end as one job at a time ends them (snapshots, commits, op logs, ledger outcomes), at
+/// most 1 V2 and 3 V3 commands per changed viz (one job at a time spends ~7 and ~13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_resyncs_what_one_job_at_a_time_resyncs() {
+    let mut env = TestEnv::new("batchresync").await;
+    let ids = load(&env, 60).await;
+    let base = env.v3.clone();
+    let other = env.client.database(&format!("{}_b", base.name()));
+    for db in [&base, &other] {
+        env.v3 = db.clone();
+        let first = run_batches(&env.migrator(), &ids, 32).await;
+        assert!(first.iter().all(|o| *o == Outcome::Migrated), "{first:?}");
+    }
+    env.v3 = base.clone();
+    let upvoter = "resyncupvoter";
+    env.insert_v2("user", vec![common::v2_user(upvoter)]).await;
+    let at = 1_900_000_000;
+    let changed: Vec<String> = ids.iter().step_by(2).cloned().collect();
+    for (i, viz) in changed.iter().enumerate() {
+        match i % 4 {
+            0 => env.edit_v2_content(viz, "<!-- daily -->", at).await,
+            1 => {
+                env.edit_v2_info(viz, |d| d["privacy"] = json!("private"))
+                    .await
+            }
+            2 => env.edit_v2_info(viz, |d| d["title"] = json!("Renamed in V2")).await,
+            _ => {
+                env.edit_v2_info(viz, |d| {
+                    let entry = json!({"userId": upvoter, "timestamp": at});
+                    match d["upvotes"].as_array_mut() {
+                        Some(u) => u.push(entry),
+                        None => d["upvotes"] = json!([entry]),
+                    }
+                    d["lastUpdatedTimestamp"] = json!(at);
+                })
+                .await
+            }
+        }
+    }
+    // One job at a time.
+    let alone = env.migrator();
+    for viz in &changed {
+        let done = alone
+            .migrate(viz, Some("b2"))
+            .await
+            .unwrap_or_else(|e| panic!("{viz}: {e}"));
+        assert_eq!(done.outcome, Outcome::Migrated, "{viz}: {:?}", done.reason);
+    }
+    let (state, ops, ledger) = (
+        env.v3_state().await,
+        op_logs(&env).await,
+        outcomes(&env).await,
+    );
+    // In batches, counted.
+    env.v3 = other.clone();
+    let (m, counts) = counting_migrator(&env).await;
+    let done = run_batches_of(&m, &changed, 32, "b2").await;
+    assert!(done.iter().all(|o| *o == Outcome::Migrated), "{done:?}");
+    let c = counts.lock().unwrap().clone();
+    let per = |db: &str| *c.get(db).unwrap_or(&0) as f64 / changed.len() as f64;
+    let (v2, v3) = (per(env.v2.name()), per(other.name()));
+    println!("a batched catch-up: {v2:.2} V2 and {v3:.2} V3 commands per changed viz");
+    let diff = TestEnv::state_diff(&env.v3_state().await, &state);
+    assert!(diff.is_empty(), "batched re-sync differs:\n{}", diff.join("\n"));
+    assert_eq!(op_logs(&env).await, ops);
+    assert_eq!(outcomes(&env).await, ledger);
+    assert!(
+        v2 <= 1.0 && v3 <= 3.0,
+        "a batched catch-up of {} vizzes: {v2:.2} V2 and {v3:.2} V3 commands per viz",
+        changed.len()
+    );
+    verify_clean(&env.migrator(), ids.len()).await;
+    env.check_v2().await;
+    env.v3.drop().await.unwrap();
+    env.v3 = base;
+    env.cleanup().await;
+}

@@ -44,27 +44,6 @@ fn synthetic(i: i64) -> vizhub_migrate::translate::V2Viz {
     )
 }
 
-impl TestEnv {
-    /// V2's `documentInfo` of `id` as stored now, changed by `edit`, written back (as V2's
-    /// ShareDB would, less the op: the planner does not read info ops).
-    async fn edit_info(&self, id: &str, edit: impl FnOnce(&mut Value)) {
-        let mut info = self.v2_doc("documentInfo", id).await;
-        edit(&mut info);
-        self.put_v2("documentInfo", info).await;
-    }
-
-    async fn v2_doc(&self, coll: &str, id: &str) -> Value {
-        let d = self
-            .v2
-            .collection::<Document>(coll)
-            .find_one(doc! {"_id": id})
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("{coll}/{id} in V2"));
-        mongodb::bson::Bson::Document(d).into_relaxed_extjson()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_run_plans_every_changed_viz_and_only_those() {
     let env = TestEnv::new("daily").await;
@@ -87,9 +66,9 @@ async fn the_daily_run_plans_every_changed_viz_and_only_those() {
     }
 
     // V2 changes four vizzes; three of them without moving any timestamp a window reads.
-    env.edit_info(PENGUIN, |i| i["privacy"] = json!("private"))
+    env.edit_v2_info(PENGUIN, |i| i["privacy"] = json!("private"))
         .await;
-    env.edit_info(PRIMORDIAL_VIZ_ID, |i| i["collaborators"] = json!([]))
+    env.edit_v2_info(PRIMORDIAL_VIZ_ID, |i| i["collaborators"] = json!([]))
         .await;
     let csv_views = vizhub_migrate::v2::pageview_event_id("68416", LOADING_CSV);
     let mut record = views[&csv_views].clone();
@@ -106,7 +85,7 @@ async fn the_daily_run_plans_every_changed_viz_and_only_those() {
         .unwrap();
     env.wrote_v2().await;
     // The case a window always saw: a rename re-runs the code, which moves lastUpdatedTimestamp.
-    env.edit_info(&renamed, |i| {
+    env.edit_v2_info(&renamed, |i| {
         i["title"] = json!("Renamed in V2");
         i["lastUpdatedTimestamp"] = json!(now_secs() - 120);
     })

@@ -497,7 +497,7 @@ async fn resync_appends_commits_and_conflicts_keep_v3_edits() {
 
     // V2 changes: one more op on index.html, and a later lastUpdatedTimestamp.
     let t1 = 1_700_000_000;
-    change_viz(&env, LOADING_CSV, "<!-- resync 👋 -->", t1).await;
+    env.edit_v2_content(LOADING_CSV, "<!-- resync 👋 -->", t1).await;
     env.plan(Selection::Window {
         from: t1,
         to: t1 + 1,
@@ -545,7 +545,7 @@ async fn resync_appends_commits_and_conflicts_keep_v3_edits() {
         &[&env.v3_uri(), env.v3.name(), LOADING_CSV, "// edited in V3"],
     );
     assert!(ok, "{out}");
-    change_viz(&env, LOADING_CSV, "<!-- second -->", t1 + 100).await;
+    env.edit_v2_content(LOADING_CSV, "<!-- second -->", t1 + 100).await;
     env.plan(Selection::Window {
         from: t1 + 100,
         to: t1 + 101,
@@ -694,7 +694,7 @@ async fn a_job_cut_off_before_its_ledger_record_is_finished_with_v2_as_it_is_now
         .delete_many(mongodb::bson::doc! {"d": LEAF})
         .await
         .unwrap();
-    change_viz(&env, LEAF, "<!-- after the crash 💥 -->", 1_700_000_000).await;
+    env.edit_v2_content(LEAF, "<!-- after the crash 💥 -->", 1_700_000_000).await;
     // And an upvote the crashed attempt wrote as V2 had it then: a create finds it, so the job
     // reads and updates it rather than leaving it stale.
     let upvotes = env.v3.collection::<mongodb::bson::Document>("upvote");
@@ -736,42 +736,6 @@ async fn a_job_cut_off_before_its_ledger_record_is_finished_with_v2_as_it_is_now
         .unwrap();
     assert!(check.mismatches.is_empty(), "{}", check.render());
     env.cleanup().await;
-}
-
-/// V2 changes a viz: one more op on index.html, and a later `lastUpdatedTimestamp`.
-async fn change_viz(env: &TestEnv, viz: &str, text: &str, at: i64) {
-    let coll = env
-        .v2
-        .collection::<mongodb::bson::Document>("documentContent");
-    let c = coll
-        .find_one(mongodb::bson::doc! {"_id": viz})
-        .await
-        .unwrap()
-        .unwrap();
-    let mut c: Value = mongodb::bson::Bson::Document(c).into_relaxed_extjson();
-    let v = c["_v"].as_i64().unwrap();
-    let i = c["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|f| f["name"] == "index.html")
-        .unwrap();
-    let old = c["files"][i]["text"].as_str().unwrap().to_string();
-    c["files"][i]["text"] = json!(format!("{text}{old}"));
-    c["_v"] = json!(v + 1);
-    env.put_v2("documentContent", c).await;
-    let op = json!({"_id": format!("op-{v}"), "v": v, "d": viz, "m": {"ts": at * 1000}, "op": [{"p": ["files", i, "text", 0], "si": text}]});
-    env.insert_v2("o_documentContent", vec![op]).await;
-    let info = env
-        .v2
-        .collection::<mongodb::bson::Document>("documentInfo")
-        .find_one(mongodb::bson::doc! {"_id": viz})
-        .await
-        .unwrap()
-        .unwrap();
-    let mut info: Value = mongodb::bson::Bson::Document(info).into_relaxed_extjson();
-    info["lastUpdatedTimestamp"] = json!(at);
-    env.put_v2("documentInfo", info).await;
 }
 
 /// Many forks of one parent migrating at once all recount its `forksCount`, racing at the same

@@ -29,11 +29,13 @@
 //! some of its documents written; redelivered, its creates find those documents and it runs
 //! alone, reading them (as a re-run of the per-viz path does).
 
+use super::write::Known;
 use super::{
-    last_migrated, migrated_of, now_ms, now_secs, plan_of, record_of, to_value, unchanged,
+    Reading, last_migrated, now_ms, now_secs, plan_of, record_of, to_value, unchanged,
     v2_bytes, v3_now, Done, JobError, Migrator, ParentLink, JOB_MEMORY_KIB, RECOUNT_TRIES,
     WORKING_COPIES,
 };
+use super::write::migrated_of;
 use crate::job::Job;
 use crate::ledger::VizRecord;
 use crate::outcome::Plan;
@@ -137,6 +139,8 @@ struct Decided {
     /// Vizzes of `done` the ledger had no record of when the batch read it (fresh ones).
     unrecorded: HashSet<String>,
     alone: Vec<(usize, Alone)>,
+    /// Jobs written and recorded already (the batch's re-syncs), or failed.
+    finished: Vec<(usize, Result<Done, JobError>)>,
 }
 
 impl Decided {
@@ -151,6 +155,17 @@ impl Decided {
             self.alone(at, how);
         }
     }
+}
+
+/// A viz of the batch the ledger has a record of: its place in the batch, prepared, its
+/// record, and its V2 fingerprints now.
+type KnownViz = (usize, Prepared, VizRecord, String, Option<String>);
+
+/// The batch's re-syncs, and the info and content snapshots of them it read.
+struct Resyncs {
+    todo: Vec<KnownViz>,
+    infos: HashMap<String, Snapshot>,
+    contents: HashMap<String, Snapshot>,
 }
 
 /// How many generations of parents missing from V3 a batch fetches for its forks.
@@ -192,6 +207,9 @@ impl Migrator {
             alone = d.alone.len(),
             "batch fast path done"
         );
+        for (at, r) in std::mem::take(&mut d.finished) {
+            out[at] = Some(r);
+        }
         let alone = futures_util::stream::iter(d.alone)
             .map(|(at, how)| async move {
                 let j = &jobs[at];
@@ -352,7 +370,7 @@ impl Migrator {
             .collect();
         all.extend(fresh);
         let fresh = all;
-        self.unchanged_ones(jobs, known, d).await;
+        let resyncs = self.unchanged_ones(jobs, known, d).await;
         // Parents before their forks: a fork of a viz in the batch is translated from its
         // parent's translation (the commits V3 is about to hold), and all are written at once.
         let mut ordered = Vec::with_capacity(fresh.len());
@@ -372,13 +390,19 @@ impl Migrator {
             ordered.extend(ready);
             waiting = rest;
         }
-        if !ordered.is_empty() {
+        let wrote = !ordered.is_empty();
+        if wrote {
             let read = BatchReads {
                 users: &users,
                 events: &events,
                 deleted_users: &deleted_users,
             };
             self.fresh_ones(ordered, &read, &fetched, d).await;
+        }
+        // After the fresh ones, as the jobs alone ran after them: a fresh fork of a viz
+        // re-synced here links to the chain it had when the batch read it.
+        if let Some(r) = resyncs {
+            self.resync_ones(jobs, r, wrote, &users, &events, d).await;
         }
     }
 
@@ -459,15 +483,16 @@ impl Migrator {
     }
 
     /// Vizzes the ledger has recorded: those whose plan is `Unchanged` are done (their record
-    /// joins the batch's); any other plan runs alone.
+    /// joins the batch's); re-syncs are returned, with the snapshots read, for
+    /// [`Migrator::resync_ones`]; any other plan runs alone.
     async fn unchanged_ones(
         &self,
         jobs: &[Job],
-        known: Vec<(usize, Prepared, VizRecord, String, Option<String>)>,
+        known: Vec<KnownViz>,
         d: &mut Decided,
-    ) {
+    ) -> Option<Resyncs> {
         if known.is_empty() {
-            return;
+            return None;
         }
         let ids: Vec<String> = known.iter().map(|k| k.1.viz.clone()).collect();
         let snaps = tokio::try_join!(
@@ -481,23 +506,32 @@ impl Migrator {
                 for k in known {
                     d.alone(k.0, Alone::Trusting);
                 }
-                return;
+                return None;
             }
         };
-        for (at, p, last, fingerprint, analytics_fingerprint) in known {
-            let migrated = last_migrated(Some(&last));
+        let mut todo = Vec::new();
+        for k in known {
+            let (at, p, last, fingerprint, analytics_fingerprint) = &k;
+            let migrated = last_migrated(Some(last));
             let plan = plan_of(
                 migrated.as_ref(),
                 v3_now(infos.get(&p.viz), contents.get(&p.viz)),
-                &fingerprint,
+                fingerprint,
                 analytics_fingerprint.as_deref(),
             );
-            if plan != Plan::Unchanged {
-                d.alone(at, Alone::Trusting);
-                continue;
+            match plan {
+                Plan::Unchanged => {}
+                Plan::Resync => {
+                    todo.push(k);
+                    continue;
+                }
+                _ => {
+                    d.alone(*at, Alone::Trusting);
+                    continue;
+                }
             }
-            let batch = jobs[at].batch.as_deref();
-            let done = unchanged(&p.viz, batch, Some(&last));
+            let batch = jobs[*at].batch.as_deref();
+            let done = unchanged(&p.viz, batch, Some(last));
             let rec = record_of(
                 &done,
                 None,
@@ -506,7 +540,104 @@ impl Migrator {
                 migrated,
                 last.skipped_entries.clone(),
             );
-            d.done.push((Some(at), done, rec));
+            d.done.push((Some(*at), done, rec));
+        }
+        (!todo.is_empty()).then_some(Resyncs {
+            todo,
+            infos,
+            contents,
+        })
+    }
+
+    /// The batch's re-syncs, translated one by one and written together ([`Migrator::write_many`],
+    /// the writer of a job run alone). Their page-view snapshots and the accounts V3 deleted
+    /// are read for all of them at once; their info and content snapshots again only when the
+    /// batch wrote fresh vizzes (`wrote`: a fresh fork moved its parent's count). A job whose
+    /// translation fails, or that lost a race, runs alone (which records or reports it).
+    async fn resync_ones(
+        &self,
+        jobs: &[Job],
+        mut r: Resyncs,
+        wrote: bool,
+        users: &HashMap<String, Value>,
+        events: &HashMap<String, Value>,
+        d: &mut Decided,
+    ) {
+        let ids: Vec<String> = r.todo.iter().map(|k| k.1.viz.clone()).collect();
+        let analytics_ids: Vec<String> = r
+            .todo
+            .iter()
+            .map(|k| k.1.analytics_id.clone())
+            .filter(|id| events.contains_key(id))
+            .collect();
+        let user_ids: Vec<String> = r
+            .todo
+            .iter()
+            .flat_map(|k| k.1.user_ids.iter().cloned())
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let reads = tokio::try_join!(
+            self.v3.snapshots(c3::ANALYTICS_EVENT, &analytics_ids),
+            self.deleted_users(&user_ids),
+            async {
+                if !wrote {
+                    return Ok(None);
+                }
+                let snaps = tokio::try_join!(
+                    self.v3.snapshots(c3::INFO, &ids),
+                    self.v3.snapshots(c3::CONTENT, &ids),
+                )?;
+                Ok(Some(snaps))
+            },
+        );
+        let (analytics, deleted_users, again) = match reads {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the batch's re-syncs in V3; their jobs run alone");
+                for k in r.todo {
+                    d.alone(k.0, Alone::Trusting);
+                }
+                return;
+            }
+        };
+        if let Some((infos, contents)) = again {
+            (r.infos, r.contents) = (infos, contents);
+        }
+        let known = Known {
+            info: &r.infos,
+            content: &r.contents,
+            analytics: &analytics,
+        };
+        let mut ready = Vec::new();
+        let mut at_of = Vec::new();
+        for (at, p, last, fingerprint, analytics_fingerprint) in r.todo {
+            let reading = Reading {
+                analytics: events.get(&p.analytics_id),
+                p,
+                batch: jobs[at].batch.clone(),
+                attempts: last.attempts + 1,
+                migrated: last_migrated(Some(&last)),
+                fingerprint,
+                analytics_fingerprint,
+                users,
+                deleted_users: &deleted_users,
+                read: true,
+            };
+            match self.translated(reading, None, true, known).await {
+                Ok(r) => {
+                    at_of.push(at);
+                    ready.push(r);
+                }
+                Err(_) => d.alone(at, Alone::Trusting),
+            }
+        }
+        for (at, r) in at_of.into_iter().zip(self.write_many(ready, known).await) {
+            match r {
+                // As a job alone runs again at once: never trusting the ledger.
+                Err(e) if e.is_collision() => d.alone(at, Alone::Reading),
+                r => d.finished.push((at, r)),
+            }
         }
     }
 

@@ -47,7 +47,7 @@ pub const DUPLICATE_KEY: i32 = 11000;
 /// Fields of a ShareDB snapshot that are envelope, not payload.
 const ENVELOPE: [&str; 5] = ["_id", "_type", "_v", "_m", "_o"];
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("V3 MongoDB: {}", describe_mongo(.0))]
     Mongo(#[from] mongodb::error::Error),
@@ -1253,9 +1253,12 @@ impl Store {
 
     /// Insert commits (plain docs, `_id = id`); commits already there are left as they are —
     /// commits are immutable and ids deterministic.
-    pub async fn insert_commits(&self, commits: &[Commit]) -> Result<(), StoreError> {
+    pub async fn insert_commits<'c>(
+        &self,
+        commits: impl IntoIterator<Item = &'c Commit>,
+    ) -> Result<(), StoreError> {
         let docs = commits
-            .iter()
+            .into_iter()
             .map(|c| {
                 let v = serde_json::to_value(c).expect("commits serialize");
                 let mut d = to_document(collections::COMMIT, &c.id, &v)?;

@@ -229,6 +229,47 @@ impl TestEnv {
         self.v2_guard.lock().await.dirty = true;
     }
 
+    /// V2 changes a viz as its ShareDB would: one more op on index.html (the op, then the
+    /// snapshot), and a later `lastUpdatedTimestamp` (seconds `at`).
+    pub async fn edit_v2_content(&self, viz: &str, text: &str, at: i64) {
+        let mut c = self.v2_doc("documentContent", viz).await;
+        let v = c["_v"].as_i64().unwrap();
+        let i = c["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|f| f["name"] == "index.html")
+            .unwrap();
+        let old = c["files"][i]["text"].as_str().unwrap().to_string();
+        c["files"][i]["text"] = json!(format!("{text}{old}"));
+        c["_v"] = json!(v + 1);
+        let op = json!({"_id": format!("{viz}-op-{v}"), "v": v, "d": viz, "m": {"ts": at * 1000},
+                        "op": [{"p": ["files", i, "text", 0], "si": text}]});
+        self.insert_v2("o_documentContent", vec![op]).await;
+        self.put_v2("documentContent", c).await;
+        self.edit_v2_info(viz, |info| info["lastUpdatedTimestamp"] = json!(at))
+            .await;
+    }
+
+    /// V2 changes a viz's `documentInfo` (no timestamp moves unless `edit` moves one).
+    pub async fn edit_v2_info(&self, viz: &str, edit: impl FnOnce(&mut Value)) {
+        let mut info = self.v2_doc("documentInfo", viz).await;
+        edit(&mut info);
+        self.put_v2("documentInfo", info).await;
+    }
+
+    /// One V2 doc as V2 has it now.
+    pub async fn v2_doc(&self, coll: &str, id: &str) -> Value {
+        let d = self
+            .v2
+            .collection::<Document>(coll)
+            .find_one(doc! {"_id": id})
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no V2 {coll} {id}"));
+        bson::Bson::Document(d).into_relaxed_extjson()
+    }
+
     /// The test wrote V2 itself (a live V2 writer): the next checkpoint takes V2's hash anew.
     pub async fn wrote_v2(&self) {
         self.v2_guard.lock().await.dirty = true;
