@@ -14,7 +14,7 @@ use crate::translate::{
 use crate::v2::reader::Reader;
 use crate::v3::store::{is_transient_mongo, Policy, Snapshot, Store, StoreError, SyncReport};
 use crate::v3::{collections as c3, Commit};
-use crate::{ids, v2, v3, Disposition, Outcome, PRIMORDIAL_VIZ_ID};
+use crate::{ids, v3, Disposition, Outcome, PRIMORDIAL_VIZ_ID};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ mod batch;
 mod expected;
 mod write;
 
-use write::{Known, Ready};
+use write::{Known, PageViews, Ready};
 
 /// How many times a fork recounts its parent's `forksCount` after losing the race for the
 /// parent's info to a sibling, before its job re-runs.
@@ -318,6 +318,31 @@ struct Walk {
     trust_ledger: bool,
 }
 
+/// Info, content and page-view snapshots read of a viz, by id.
+type Snapshots = (
+    HashMap<String, Snapshot>,
+    HashMap<String, Snapshot>,
+    HashMap<String, Snapshot>,
+);
+
+/// What a job alone read of its viz (see [`Migrator::read_alone`]).
+struct AloneRead {
+    /// Its share of the memory budget, held until the job ends.
+    _memory: Option<tokio::sync::OwnedSemaphorePermit>,
+    p: Prepared,
+    last: Option<VizRecord>,
+    /// V2's page-view record of the viz.
+    analytics: Option<Value>,
+    known: Snapshots,
+}
+
+/// Where reading a job's viz got to.
+enum Step {
+    Read(Box<AloneRead>),
+    /// The job ended there (a viz the spec skips), with its ledger record.
+    Ended((Done, VizRecord)),
+}
+
 /// What a job read of one viz, in V2 and the ledger: with the V3 snapshots it read
 /// ([`Known`]), what translating it takes ([`Migrator::translated`]).
 struct Reading<'a> {
@@ -433,181 +458,176 @@ impl Migrator {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, JobError>> + Send + 'a>>
     {
         Box::pin(async move {
-            // The job's own viz waits for its share of the memory budget *before* it reads:
-            // its content and op log can be 16 MiB each, and jobs that read first and waited
-            // after held them all at once past the pod's limit. The share comes from the
-            // documents' sizes (one query, see [`Reader::sizes`]). Parents it migrates first
-            // run under that share (waiting there could deadlock against the child).
-            let (_memory, sizes) = if walk.visiting.len() == 1 {
-                let sizes = self.v2.sizes(viz).await.map_err(v2_err(viz))?;
-                let bytes = sizes.in_memory(self.v2.max_op_log_bytes());
-                (Some(self.memory_for_bytes(bytes).await), Some(sizes))
-            } else {
-                (None, None)
+            let r = match self.read_alone(viz, batch, walk).await? {
+                Step::Read(r) => r,
+                Step::Ended(end) => return self.recorded(end).await,
             };
-            let raw = self
-                .v2
-                .viz_sized(viz, sizes)
-                .await
-                .map_err(v2_err(viz))?
-                .ok_or_else(|| JobError::NotFound {
-                    viz: viz.to_string(),
-                })?;
-            let last = self.ledger.get(viz).await.map_err(ledger_err(viz))?;
-            let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
-            let p = match translate::prepare(&raw, &self.cfg) {
-                Ok(p) => p,
-                Err(e) if e.disposition() == Disposition::Skip => {
-                    let done = Done {
-                        viz: viz.to_string(),
-                        outcome: Outcome::Skipped,
-                        reason: Some(e.to_string()),
-                    };
-                    self.record(
-                        &done,
-                        Some(e.kind()),
-                        batch,
-                        attempts,
-                        last.and_then(|l| l.migrated),
-                        Vec::new(),
-                    )
-                    .await?;
-                    return Ok(done);
-                }
-                Err(e) => return Err(e.into()),
-            };
-            // The raw documents are parsed into `p` now: free them before the job (and the
-            // parents it migrates first) goes on.
-            drop(raw);
-            let analytics = self
-                .v2
-                .event_record(&p.analytics_id)
-                .await
-                .map_err(v2_err(viz))?;
+            let AloneRead {
+                p,
+                last,
+                analytics,
+                known: snaps,
+                ..
+            } = *r;
+            let (info_snaps, content_snaps, analytics_snaps) = snaps;
+            let migrated = last_migrated(last.as_ref());
             let fingerprint = p.source_fingerprint();
             let analytics_fingerprint = analytics.as_ref().map(ids::fingerprint);
-            // The ledger is written after every other document of a job: a viz it has never
-            // recorded has nothing in V3, unless an attempt stopped half-way, whose documents
-            // our creates then find (and the job runs again, reading them).
-            let (info_snaps, content_snaps) = if walk.trust_ledger && last.is_none() {
-                Default::default()
-            } else {
-                tokio::try_join!(
-                    self.v3.snapshots(c3::INFO, std::slice::from_ref(&p.viz)),
-                    self.v3.snapshots(c3::CONTENT, std::slice::from_ref(&p.viz)),
-                )
-                .map_err(v3_err(viz))?
-            };
-            let migrated = last_migrated(last.as_ref());
             let plan = plan_of(
                 migrated.as_ref(),
                 v3_now(info_snaps.get(viz), content_snaps.get(viz)),
                 &fingerprint,
                 analytics_fingerprint.as_deref(),
             );
-            if plan == Plan::DeletedInV3 {
-                // V3's users deleted it: an act, never undone (spec 3.4). What the ledger knew
-                // of the migration is kept, so a later run still knows it was ours.
-                let done = Done {
+            if let Some(end) = ended_unwritten(&plan, viz, batch, last.as_ref()) {
+                return self.recorded(end).await;
+            }
+            let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
+            if plan == Plan::AnalyticsOnly {
+                let views = PageViews {
                     viz: viz.to_string(),
-                    outcome: Outcome::Skipped,
-                    reason: Some(outcome::DELETED_IN_V3.to_string()),
-                };
-                tracing::info!(viz, "deleted in V3: not re-created");
-                let kept = last.and_then(|l| l.migrated);
-                self.record(
-                    &done,
-                    Some("deleted_in_v3"),
-                    batch,
+                    analytics_id: p.analytics_id.clone(),
+                    batch: batch.map(str::to_string),
                     attempts,
-                    kept,
-                    Vec::new(),
-                )
-                .await?;
-                return Ok(done);
+                    m: migrated.expect("analytics-only implies a migration"),
+                    analytics: analytics.as_ref(),
+                    analytics_fingerprint,
+                };
+                let mut done = self.merge_page_views(vec![views], &analytics_snaps).await;
+                return done.pop().expect("one result per viz merged");
             }
             let (users, deleted_users) = tokio::try_join!(
                 async { self.v2.users(&p.user_ids).await.map_err(v2_err(viz)) },
                 async { self.deleted_users(&p.user_ids).await.map_err(v3_err(viz)) },
             )?;
-            // A viz V3 has never had (no info snapshot, not even a tombstone) is invisible to
-            // V3's users: nothing in V3 can count its page views, fork it or upvote it yet. An
-            // attempt that stopped before its info may have left the analytics doc: a re-run
-            // reads it.
-            let unseen = !info_snaps.contains_key(viz);
-            let analytics_snaps = match &analytics {
-                Some(_) if !unseen || !walk.trust_ledger => self
-                    .v3
-                    .snapshots(c3::ANALYTICS_EVENT, std::slice::from_ref(&p.analytics_id))
-                    .await
-                    .map_err(v3_err(viz))?,
-                _ => HashMap::new(),
+            let resync = plan == Plan::Resync;
+            let parent = if resync {
+                None
+            } else {
+                self.resolve_parent(&p, batch, walk).await?
             };
-            let v3_analytics = analytics_snaps
-                .get(&p.analytics_id)
-                .filter(|s| s.doc_type.is_some())
-                .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data));
-            let v3_analytics = v3_analytics.as_ref();
-            match plan {
-                Plan::DeletedInV3 => unreachable!("returned above"),
-                Plan::Unchanged => {
-                    let done = unchanged(viz, batch, last.as_ref());
-                    self.record(
-                        &done,
-                        None,
-                        batch,
-                        attempts,
-                        migrated,
-                        last.map(|l| l.skipped_entries).unwrap_or_default(),
-                    )
-                    .await?;
-                    Ok(done)
-                }
-                Plan::AnalyticsOnly => {
-                    let m = migrated.expect("analytics-only implies a migration");
-                    self.merge_analytics_only(
-                        viz,
-                        batch,
-                        attempts,
-                        m,
-                        analytics.as_ref(),
-                        analytics_fingerprint,
-                        v3_analytics,
-                        &analytics_snaps,
-                    )
-                    .await
-                }
-                Plan::Fresh | Plan::Resync => {
-                    let resync = plan == Plan::Resync;
-                    let parent = if resync {
-                        None
-                    } else {
-                        self.resolve_parent(&p, batch, walk).await?
-                    };
-                    let read = !(walk.trust_ledger && last.is_none());
-                    let reading = Reading {
-                        p,
-                        batch: batch.map(str::to_string),
-                        attempts,
-                        migrated,
-                        fingerprint,
-                        analytics_fingerprint,
-                        analytics: analytics.as_ref(),
-                        users: &users,
-                        deleted_users: &deleted_users,
-                        read,
-                    };
-                    let known = Known {
-                        info: &info_snaps,
-                        content: &content_snaps,
-                        analytics: &analytics_snaps,
-                    };
-                    let ready = self.translated(reading, parent, resync, known).await?;
-                    let mut done = self.write_many(vec![ready], known).await;
-                    done.pop().expect("one result per viz written")
-                }
-            }
+            let reading = Reading {
+                p,
+                batch: batch.map(str::to_string),
+                attempts,
+                migrated,
+                fingerprint,
+                analytics_fingerprint,
+                analytics: analytics.as_ref(),
+                users: &users,
+                deleted_users: &deleted_users,
+                read: !(walk.trust_ledger && last.is_none()),
+            };
+            let known = Known {
+                info: &info_snaps,
+                content: &content_snaps,
+                analytics: &analytics_snaps,
+            };
+            let ready = self.translated(reading, parent, resync, known).await?;
+            let mut done = self.write_many(vec![ready], known).await;
+            done.pop().expect("one result per viz written")
         })
+    }
+
+    /// Record a job's end alone.
+    async fn recorded(&self, end: (Done, VizRecord)) -> Result<Done, JobError> {
+        let mut done = self.record_all(vec![Ok(end)]).await;
+        done.pop().expect("one result per end recorded")
+    }
+
+    /// What a job alone reads of its viz: its share of the memory budget first, then V2's
+    /// documents (prepared), the ledger's record, V2's page views, and V3's snapshots of the
+    /// viz. A viz V2 holds but the spec skips ends here.
+    async fn read_alone(
+        &self,
+        viz: &str,
+        batch: Option<&str>,
+        walk: &Walk,
+    ) -> Result<Step, JobError> {
+        // The job's own viz waits for its share of the memory budget *before* it reads: its
+        // content and op log can be 16 MiB each, and jobs that read first and waited after
+        // held them all at once past the pod's limit. The share comes from the documents'
+        // sizes (one query, see [`Reader::sizes`]). Parents it migrates first run under that
+        // share (waiting there could deadlock against the child).
+        let (memory, sizes) = if walk.visiting.len() == 1 {
+            let sizes = self.v2.sizes(viz).await.map_err(v2_err(viz))?;
+            let bytes = sizes.in_memory(self.v2.max_op_log_bytes());
+            (Some(self.memory_for_bytes(bytes).await), Some(sizes))
+        } else {
+            (None, None)
+        };
+        let raw = self.v2.viz_sized(viz, sizes).await.map_err(v2_err(viz))?;
+        let raw = raw.ok_or_else(|| JobError::NotFound {
+            viz: viz.to_string(),
+        })?;
+        let last = self.ledger.get(viz).await.map_err(ledger_err(viz))?;
+        let p = match translate::prepare(&raw, &self.cfg) {
+            Ok(p) => p,
+            Err(e) if e.disposition() == Disposition::Skip => {
+                let done = Done {
+                    viz: viz.to_string(),
+                    outcome: Outcome::Skipped,
+                    reason: Some(e.to_string()),
+                };
+                let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
+                let kept = last.and_then(|l| l.migrated);
+                let rec = record_of(&done, Some(e.kind()), batch, attempts, kept, Vec::new());
+                return Ok(Step::Ended((done, rec)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // The raw documents are parsed into `p` now: free them before the job (and the
+        // parents it migrates first) goes on.
+        drop(raw);
+        let analytics = self
+            .v2
+            .event_record(&p.analytics_id)
+            .await
+            .map_err(v2_err(viz))?;
+        let known = self
+            .snapshots_alone(&p, analytics.is_some(), walk.trust_ledger, last.is_none())
+            .await?;
+        Ok(Step::Read(Box::new(AloneRead {
+            _memory: memory,
+            p,
+            last,
+            analytics,
+            known,
+        })))
+    }
+
+    /// V3's info, content and page-view snapshots of a viz run alone. The ledger is written
+    /// after every other document of a job: a viz it has never recorded (`unrecorded`) has
+    /// nothing in V3, unless an attempt stopped half-way, whose documents our creates then
+    /// find (and the job runs again, reading them). A viz V3 has never had (no info snapshot,
+    /// not even a tombstone) is invisible to V3's users: nothing in V3 can count its page
+    /// views yet; but an attempt that stopped before its info may have left the page-view
+    /// doc: a re-run (not `trust_ledger`) reads it.
+    async fn snapshots_alone(
+        &self,
+        p: &Prepared,
+        has_views: bool,
+        trust_ledger: bool,
+        unrecorded: bool,
+    ) -> Result<Snapshots, JobError> {
+        let viz = p.viz.as_str();
+        if trust_ledger && unrecorded {
+            return Ok(Default::default());
+        }
+        let one = std::slice::from_ref(&p.viz);
+        let (info, content) = tokio::try_join!(
+            self.v3.snapshots(c3::INFO, one),
+            self.v3.snapshots(c3::CONTENT, one),
+        )
+        .map_err(v3_err(viz))?;
+        let analytics = if has_views && (info.contains_key(viz) || !trust_ledger) {
+            let id = std::slice::from_ref(&p.analytics_id);
+            let snaps = self.v3.snapshots(c3::ANALYTICS_EVENT, id).await;
+            snaps.map_err(v3_err(viz))?
+        } else {
+            HashMap::new()
+        };
+        Ok((info, content, analytics))
     }
 
     /// Translate a viz for [`Migrator::write_many`]: what V3 holds of it decided against what
@@ -765,65 +785,6 @@ impl Migrator {
                 reason: "the migration's last end commit is missing from V3".into(),
             })?;
         Ok((*self.replayed_content(viz, at, &chain).await?).clone())
-    }
-
-    /// [`Plan::AnalyticsOnly`]: merge V2's page-view delta into V3's record, nothing else.
-    #[allow(clippy::too_many_arguments)]
-    async fn merge_analytics_only(
-        &self,
-        viz: &str,
-        batch: Option<&str>,
-        attempts: i64,
-        mut m: Migrated,
-        analytics: Option<&Value>,
-        analytics_fingerprint: Option<String>,
-        v3_analytics: Option<&v3::AnalyticsEvent>,
-        analytics_snaps: &HashMap<String, Snapshot>,
-    ) -> Result<Done, JobError> {
-        let rec = analytics
-            .map(v2::parse_event_record)
-            .transpose()
-            .map_err(|source| TranslateError::Malformed {
-                viz: viz.to_string(),
-                source,
-            })?;
-        if let Some(rec) = rec {
-            let merged = crate::analytics::merge_record(v3_analytics, &rec, m.analytics.as_ref());
-            // Conditional on the version read with `v3_analytics`: a V3 page view landing in
-            // between makes this a lost race, and the job runs again.
-            let report = self
-                .v3
-                .sync_known(
-                    c3::ANALYTICS_EVENT,
-                    &[(rec.id, to_value(&merged))],
-                    analytics_snaps,
-                    Policy::Update,
-                    now_ms(),
-                )
-                .await
-                .map_err(v3_err(viz))?;
-            let raced: Vec<String> = report
-                .lost_races
-                .into_iter()
-                .chain(report.existed)
-                .collect();
-            if !raced.is_empty() {
-                return Err(JobError::Raced {
-                    viz: viz.to_string(),
-                    docs: raced,
-                });
-            }
-            m.analytics = Some(rec.intervals);
-        }
-        m.analytics_fingerprint = analytics_fingerprint;
-        let done = Done {
-            viz: viz.to_string(),
-            outcome: Outcome::Migrated,
-            reason: Some("analytics merged".into()),
-        };
-        self.record(&done, None, batch, attempts, Some(m), Vec::new())
-            .await?;
-        Ok(done)
     }
 
     /// Find (or first migrate) the parent and its commit at the fork point (spec 3.1, 3.2).
@@ -1344,6 +1305,46 @@ fn plan_of(
         analytics: m.analytics_fingerprint.as_deref(),
     });
     outcome::plan(last_view.as_ref(), fingerprint, analytics_fingerprint, v3)
+}
+
+/// The end of a job whose plan writes nothing to V3 ([`Plan::Unchanged`],
+/// [`Plan::DeletedInV3`]) and its ledger record; `None` for a plan that writes.
+fn ended_unwritten(
+    plan: &Plan,
+    viz: &str,
+    batch: Option<&str>,
+    last: Option<&VizRecord>,
+) -> Option<(Done, VizRecord)> {
+    let attempts = last.map_or(0, |r| r.attempts) + 1;
+    match plan {
+        Plan::Unchanged => {
+            let done = unchanged(viz, batch, last);
+            let skipped = last.map(|l| l.skipped_entries.clone()).unwrap_or_default();
+            let rec = record_of(&done, None, batch, attempts, last_migrated(last), skipped);
+            Some((done, rec))
+        }
+        Plan::DeletedInV3 => {
+            // V3's users deleted it: an act, never undone (spec 3.4). What the ledger knew of
+            // the migration is kept, so a later run still knows it was ours.
+            let done = Done {
+                viz: viz.to_string(),
+                outcome: Outcome::Skipped,
+                reason: Some(outcome::DELETED_IN_V3.to_string()),
+            };
+            tracing::info!(viz, "deleted in V3: not re-created");
+            let kept = last.and_then(|l| l.migrated.clone());
+            let rec = record_of(
+                &done,
+                Some("deleted_in_v3"),
+                batch,
+                attempts,
+                kept,
+                Vec::new(),
+            );
+            Some((done, rec))
+        }
+        Plan::Fresh | Plan::Resync | Plan::AnalyticsOnly => None,
+    }
 }
 
 /// What V3 holds of a viz, from its info and content snapshots as read (tombstones included).

@@ -1095,7 +1095,8 @@ async fn counting_migrator(
 }
 
 /// The daily catch-up: V2 changed half of a migrated set (content edited through its op log,
-/// made private, retitled, upvoted), and the changed vizzes are planned again. Run in batches
+/// made private, retitled, upvoted, page views counted), V3's users deleted one of them, and
+/// the changed vizzes are planned again. Run in batches
 /// they end as one job at a time ends them (snapshots, commits, op logs, ledger outcomes), at
 /// most 1 V2 and 3 V3 commands per changed viz (one job at a time spends ~7 and ~13).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1114,14 +1115,34 @@ async fn a_batch_resyncs_what_one_job_at_a_time_resyncs() {
     env.insert_v2("user", vec![common::v2_user(upvoter)]).await;
     let at = 1_900_000_000;
     let changed: Vec<String> = ids.iter().step_by(2).cloned().collect();
+    let views = env.v2.collection::<mongodb::bson::Document>("eventRecords");
     for (i, viz) in changed.iter().enumerate() {
-        match i % 4 {
+        match i % 5 {
             0 => env.edit_v2_content(viz, "<!-- daily -->", at).await,
+            4 => {
+                // Page views only: no timestamp moves.
+                let owner = env.v2_doc("documentInfo", viz).await["owner"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let id = vizhub_migrate::v2::pageview_event_id(&owner, viz);
+                let more = mongodb::bson::doc! {"$inc": {"all.all": 5, "years.2021": 5,
+                    "months.2021-03": 5, "days.2021-03-02": 5}};
+                let r = views
+                    .update_one(mongodb::bson::doc! {"id": &id}, more)
+                    .await
+                    .unwrap();
+                assert_eq!(r.matched_count, 1, "{viz}: page views {id}");
+                env.wrote_v2().await;
+            }
             1 => {
                 env.edit_v2_info(viz, |d| d["privacy"] = json!("private"))
                     .await
             }
-            2 => env.edit_v2_info(viz, |d| d["title"] = json!("Renamed in V2")).await,
+            2 => {
+                env.edit_v2_info(viz, |d| d["title"] = json!("Renamed in V2"))
+                    .await
+            }
             _ => {
                 env.edit_v2_info(viz, |d| {
                     let entry = json!({"userId": upvoter, "timestamp": at});
@@ -1133,8 +1154,24 @@ async fn a_batch_resyncs_what_one_job_at_a_time_resyncs() {
                 })
                 .await
             }
+            _ => unreachable!(),
         }
     }
+    // V3's users deleted one of the vizzes V2 edited: it stays deleted.
+    let deleted = &changed[5];
+    for db in [&base, &other] {
+        let acts = json!([{"act": "deleteViz", "viz": deleted}]);
+        let uri = env::with_db(&env.mongo_base, db.name());
+        let (ok, report) = env::node("sharedb-v3-acts.js", &[&uri, db.name(), &acts.to_string()]);
+        assert!(ok, "V3's acts: {report:#}");
+    }
+    let expected = |viz: &String| {
+        if viz == deleted {
+            Outcome::Skipped
+        } else {
+            Outcome::Migrated
+        }
+    };
     // One job at a time.
     let alone = env.migrator();
     for viz in &changed {
@@ -1142,7 +1179,7 @@ async fn a_batch_resyncs_what_one_job_at_a_time_resyncs() {
             .migrate(viz, Some("b2"))
             .await
             .unwrap_or_else(|e| panic!("{viz}: {e}"));
-        assert_eq!(done.outcome, Outcome::Migrated, "{viz}: {:?}", done.reason);
+        assert_eq!(done.outcome, expected(viz), "{viz}: {:?}", done.reason);
     }
     let (state, ops, ledger) = (
         env.v3_state().await,
@@ -1153,13 +1190,18 @@ async fn a_batch_resyncs_what_one_job_at_a_time_resyncs() {
     env.v3 = other.clone();
     let (m, counts) = counting_migrator(&env).await;
     let done = run_batches_of(&m, &changed, 32, "b2").await;
-    assert!(done.iter().all(|o| *o == Outcome::Migrated), "{done:?}");
+    let want: Vec<Outcome> = changed.iter().map(expected).collect();
+    assert_eq!(done, want);
     let c = counts.lock().unwrap().clone();
     let per = |db: &str| *c.get(db).unwrap_or(&0) as f64 / changed.len() as f64;
     let (v2, v3) = (per(env.v2.name()), per(other.name()));
     println!("a batched catch-up: {v2:.2} V2 and {v3:.2} V3 commands per changed viz");
     let diff = TestEnv::state_diff(&env.v3_state().await, &state);
-    assert!(diff.is_empty(), "batched re-sync differs:\n{}", diff.join("\n"));
+    assert!(
+        diff.is_empty(),
+        "batched re-sync differs:\n{}",
+        diff.join("\n")
+    );
     assert_eq!(op_logs(&env).await, ops);
     assert_eq!(outcomes(&env).await, ledger);
     assert!(
@@ -1167,7 +1209,8 @@ async fn a_batch_resyncs_what_one_job_at_a_time_resyncs() {
         "a batched catch-up of {} vizzes: {v2:.2} V2 and {v3:.2} V3 commands per viz",
         changed.len()
     );
-    verify_clean(&env.migrator(), ids.len()).await;
+    // Every viz but the one V3's users deleted.
+    verify_clean(&env.migrator(), ids.len() - 1).await;
     env.check_v2().await;
     env.v3.drop().await.unwrap();
     env.v3 = base;

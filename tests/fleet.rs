@@ -497,7 +497,8 @@ async fn resync_appends_commits_and_conflicts_keep_v3_edits() {
 
     // V2 changes: one more op on index.html, and a later lastUpdatedTimestamp.
     let t1 = 1_700_000_000;
-    env.edit_v2_content(LOADING_CSV, "<!-- resync 👋 -->", t1).await;
+    env.edit_v2_content(LOADING_CSV, "<!-- resync 👋 -->", t1)
+        .await;
     env.plan(Selection::Window {
         from: t1,
         to: t1 + 1,
@@ -545,7 +546,8 @@ async fn resync_appends_commits_and_conflicts_keep_v3_edits() {
         &[&env.v3_uri(), env.v3.name(), LOADING_CSV, "// edited in V3"],
     );
     assert!(ok, "{out}");
-    env.edit_v2_content(LOADING_CSV, "<!-- second -->", t1 + 100).await;
+    env.edit_v2_content(LOADING_CSV, "<!-- second -->", t1 + 100)
+        .await;
     env.plan(Selection::Window {
         from: t1 + 100,
         to: t1 + 101,
@@ -694,7 +696,8 @@ async fn a_job_cut_off_before_its_ledger_record_is_finished_with_v2_as_it_is_now
         .delete_many(mongodb::bson::doc! {"d": LEAF})
         .await
         .unwrap();
-    env.edit_v2_content(LEAF, "<!-- after the crash 💥 -->", 1_700_000_000).await;
+    env.edit_v2_content(LEAF, "<!-- after the crash 💥 -->", 1_700_000_000)
+        .await;
     // And an upvote the crashed attempt wrote as V2 had it then: a create finds it, so the job
     // reads and updates it rather than leaving it stale.
     let upvotes = env.v3.collection::<mongodb::bson::Document>("upvote");

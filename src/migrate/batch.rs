@@ -29,13 +29,13 @@
 //! some of its documents written; redelivered, its creates find those documents and it runs
 //! alone, reading them (as a re-run of the per-viz path does).
 
-use super::write::Known;
+use super::write::migrated_of;
+use super::write::{Known, PageViews};
 use super::{
-    Reading, last_migrated, now_ms, now_secs, plan_of, record_of, to_value, unchanged,
-    v2_bytes, v3_now, Done, JobError, Migrator, ParentLink, JOB_MEMORY_KIB, RECOUNT_TRIES,
+    ended_unwritten, last_migrated, now_ms, now_secs, plan_of, record_of, to_value, v2_bytes,
+    v3_now, Done, JobError, Migrator, ParentLink, Reading, JOB_MEMORY_KIB, RECOUNT_TRIES,
     WORKING_COPIES,
 };
-use super::write::migrated_of;
 use crate::job::Job;
 use crate::ledger::VizRecord;
 use crate::outcome::Plan;
@@ -161,9 +161,10 @@ impl Decided {
 /// record, and its V2 fingerprints now.
 type KnownViz = (usize, Prepared, VizRecord, String, Option<String>);
 
-/// The batch's re-syncs, and the info and content snapshots of them it read.
+/// The batch's re-syncs and page-view merges, and the info and content snapshots of them it
+/// read.
 struct Resyncs {
-    todo: Vec<KnownViz>,
+    todo: Vec<(Plan, KnownViz)>,
     infos: HashMap<String, Snapshot>,
     contents: HashMap<String, Snapshot>,
 }
@@ -512,35 +513,21 @@ impl Migrator {
         let mut todo = Vec::new();
         for k in known {
             let (at, p, last, fingerprint, analytics_fingerprint) = &k;
-            let migrated = last_migrated(Some(last));
             let plan = plan_of(
-                migrated.as_ref(),
+                last_migrated(Some(last)).as_ref(),
                 v3_now(infos.get(&p.viz), contents.get(&p.viz)),
                 fingerprint,
                 analytics_fingerprint.as_deref(),
             );
-            match plan {
-                Plan::Unchanged => {}
-                Plan::Resync => {
-                    todo.push(k);
-                    continue;
-                }
-                _ => {
-                    d.alone(*at, Alone::Trusting);
-                    continue;
-                }
-            }
             let batch = jobs[*at].batch.as_deref();
-            let done = unchanged(&p.viz, batch, Some(last));
-            let rec = record_of(
-                &done,
-                None,
-                batch,
-                last.attempts + 1,
-                migrated,
-                last.skipped_entries.clone(),
-            );
-            d.done.push((Some(*at), done, rec));
+            if let Some((done, rec)) = ended_unwritten(&plan, &p.viz, batch, Some(last)) {
+                d.done.push((Some(*at), done, rec));
+                continue;
+            }
+            match plan {
+                Plan::Resync | Plan::AnalyticsOnly => todo.push((plan, k)),
+                _ => d.alone(*at, Alone::Trusting),
+            }
         }
         (!todo.is_empty()).then_some(Resyncs {
             todo,
@@ -563,17 +550,18 @@ impl Migrator {
         events: &HashMap<String, Value>,
         d: &mut Decided,
     ) {
-        let ids: Vec<String> = r.todo.iter().map(|k| k.1.viz.clone()).collect();
+        let ids: Vec<String> = r.todo.iter().map(|(_, k)| k.1.viz.clone()).collect();
         let analytics_ids: Vec<String> = r
             .todo
             .iter()
-            .map(|k| k.1.analytics_id.clone())
+            .map(|(_, k)| k.1.analytics_id.clone())
             .filter(|id| events.contains_key(id))
             .collect();
         let user_ids: Vec<String> = r
             .todo
             .iter()
-            .flat_map(|k| k.1.user_ids.iter().cloned())
+            .filter(|(plan, _)| *plan == Plan::Resync)
+            .flat_map(|(_, k)| k.1.user_ids.iter().cloned())
             .collect::<BTreeSet<String>>()
             .into_iter()
             .collect();
@@ -595,7 +583,7 @@ impl Migrator {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the batch's re-syncs in V3; their jobs run alone");
-                for k in r.todo {
+                for (_, k) in r.todo {
                     d.alone(k.0, Alone::Trusting);
                 }
                 return;
@@ -609,15 +597,29 @@ impl Migrator {
             content: &r.contents,
             analytics: &analytics,
         };
-        let mut ready = Vec::new();
-        let mut at_of = Vec::new();
-        for (at, p, last, fingerprint, analytics_fingerprint) in r.todo {
+        let (mut ready, mut at_of) = (Vec::new(), Vec::new());
+        let (mut views, mut views_at) = (Vec::new(), Vec::new());
+        for (plan, (at, p, last, fingerprint, analytics_fingerprint)) in r.todo {
+            let migrated = last_migrated(Some(&last));
+            if plan == Plan::AnalyticsOnly {
+                views_at.push(at);
+                views.push(PageViews {
+                    viz: p.viz.clone(),
+                    analytics: events.get(&p.analytics_id),
+                    analytics_id: p.analytics_id,
+                    batch: jobs[at].batch.clone(),
+                    attempts: last.attempts + 1,
+                    m: migrated.expect("analytics-only implies a migration"),
+                    analytics_fingerprint,
+                });
+                continue;
+            }
             let reading = Reading {
                 analytics: events.get(&p.analytics_id),
                 p,
                 batch: jobs[at].batch.clone(),
                 attempts: last.attempts + 1,
-                migrated: last_migrated(Some(&last)),
+                migrated,
                 fingerprint,
                 analytics_fingerprint,
                 users,
@@ -632,7 +634,10 @@ impl Migrator {
                 Err(_) => d.alone(at, Alone::Trusting),
             }
         }
-        for (at, r) in at_of.into_iter().zip(self.write_many(ready, known).await) {
+        let written = self.write_many(ready, known).await;
+        let merged = self.merge_page_views(views, &analytics).await;
+        let ends = at_of.into_iter().zip(written);
+        for (at, r) in ends.chain(views_at.into_iter().zip(merged)) {
             match r {
                 // As a job alone runs again at once: never trusting the ledger.
                 Err(e) if e.is_collision() => d.alone(at, Alone::Reading),

@@ -20,7 +20,7 @@ use super::{
     ResyncDecision,
 };
 use crate::ledger::{Migrated, VizRecord};
-use crate::translate::{Prepared, Translation};
+use crate::translate::{Prepared, TranslateError, Translation};
 use crate::v3::store::{Policy, Snapshot, StoreError, SyncReport};
 use crate::v3::{self, collections as c3, Commit};
 use crate::{history, ids, Outcome};
@@ -126,13 +126,8 @@ impl Slot {
             .map(|d| d.conflicts.clone())
             .unwrap_or_default();
         conflicts.extend(self.field_conflicts);
-        let (mut done, mut migrated, skipped) = migrated_of(
-            &p,
-            &t,
-            fingerprint,
-            analytics_fingerprint,
-            self.content_v,
-        );
+        let (mut done, mut migrated, skipped) =
+            migrated_of(&p, &t, fingerprint, analytics_fingerprint, self.content_v);
         let last = resync.as_ref().and_then(|d| d.last.as_ref());
         keep_base(
             &mut migrated,
@@ -366,10 +361,7 @@ impl Migrator {
             .filter(|s| s.live() && known.info.contains_key(s.viz()))
             .map(|s| s.viz().to_string())
             .collect();
-        let counts = tokio::try_join!(
-            self.v3.forks_counts(&seen),
-            self.v3.upvotes_counts(&seen)
-        );
+        let counts = tokio::try_join!(self.v3.forks_counts(&seen), self.v3.upvotes_counts(&seen));
         let (forks, upvotes) = match counts {
             Ok(c) => c,
             Err(e) => return fail(slots, |s| seen.iter().any(|v| v == s.viz()), &e),
@@ -448,7 +440,9 @@ impl Migrator {
             Ok(chains) => {
                 for s in slots.iter_mut().filter(|s| appended(s)) {
                     let all = chains.get(s.viz()).map_or(&[][..], Vec::as_slice);
-                    if let Err(e) = self.drop_orphan_commits(s.viz(), &s.r.t.info.end, all).await
+                    if let Err(e) = self
+                        .drop_orphan_commits(s.viz(), &s.r.t.info.end, all)
+                        .await
                     {
                         s.failed = Some(e);
                     }
@@ -476,17 +470,30 @@ impl Migrator {
 
     /// The ledger records of the vizzes written (one command); the results in order.
     async fn record_written(&self, slots: Vec<Slot>) -> Vec<Result<Done, JobError>> {
-        let mut out = Vec::with_capacity(slots.len());
+        let ends = slots
+            .into_iter()
+            .map(|s| match s.failed {
+                Some(e) => Err(e),
+                None => Ok(s.finish()),
+            })
+            .collect();
+        self.record_all(ends).await
+    }
+
+    /// Record the jobs that ended (one command for all of them; the only way a job's end
+    /// reaches the ledger but a failure's, see [`Migrator::record_failure`]), in order: a
+    /// record the ledger refused or could not take makes its job's result that error.
+    pub(super) async fn record_all(
+        &self,
+        ends: Vec<Result<(Done, VizRecord), JobError>>,
+    ) -> Vec<Result<Done, JobError>> {
+        let mut out = Vec::with_capacity(ends.len());
         let mut recs = Vec::new();
-        for s in slots {
-            match s.failed {
-                Some(e) => out.push(Err(e)),
-                None => {
-                    let (done, rec) = s.finish();
-                    out.push(Ok(done));
-                    recs.push(rec);
-                }
-            }
+        for end in ends {
+            out.push(end.map(|(done, rec)| {
+                recs.push(rec);
+                done
+            }));
         }
         match self.ledger.record_many(&recs, &HashSet::new()).await {
             Ok(refused) => {
@@ -502,12 +509,100 @@ impl Migrator {
             Err(e) => {
                 for r in out.iter_mut() {
                     if let Ok(d) = r {
-                        *r = Err(ledger_err(&d.viz)(e.clone()));
+                        let err = ledger_err(&d.viz)(e.clone());
+                        *r = Err(err);
                     }
                 }
             }
         }
         out
+    }
+
+    /// [`Plan::AnalyticsOnly`](crate::outcome::Plan::AnalyticsOnly): V2's page-view delta
+    /// merged into V3's record, nothing else, for each of `views` (one sync for all, then
+    /// their records). Each merge is conditional on the version read in `known`: a V3 page
+    /// view landing in between makes it a lost race, and the job runs again.
+    pub(super) async fn merge_page_views(
+        &self,
+        views: Vec<PageViews<'_>>,
+        known: &HashMap<String, Snapshot>,
+    ) -> Vec<Result<Done, JobError>> {
+        let mut ends: Vec<Result<(Done, VizRecord), JobError>> = Vec::new();
+        let mut wanted = Vec::new();
+        let mut owners: HashMap<String, usize> = HashMap::new();
+        for mut v in views {
+            let rec = match v.analytics.map(crate::v2::parse_event_record).transpose() {
+                Ok(rec) => rec,
+                Err(source) => {
+                    let viz = v.viz.clone();
+                    ends.push(Err(TranslateError::Malformed { viz, source }.into()));
+                    continue;
+                }
+            };
+            if let Some(rec) = rec {
+                let v3 = known
+                    .get(&v.analytics_id)
+                    .filter(|s| s.doc_type.is_some())
+                    .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data));
+                let merged =
+                    crate::analytics::merge_record(v3.as_ref(), &rec, v.m.analytics.as_ref());
+                owners.insert(rec.id.clone(), ends.len());
+                wanted.push((rec.id, to_value(&merged)));
+                v.m.analytics = Some(rec.intervals);
+            }
+            v.m.analytics_fingerprint = v.analytics_fingerprint;
+            let done = Done {
+                viz: v.viz,
+                outcome: Outcome::Migrated,
+                reason: Some("analytics merged".into()),
+            };
+            let rec = record_of(
+                &done,
+                None,
+                v.batch.as_deref(),
+                v.attempts,
+                Some(v.m),
+                Vec::new(),
+            );
+            ends.push(Ok((done, rec)));
+        }
+        let synced = self
+            .v3
+            .sync_known(
+                c3::ANALYTICS_EVENT,
+                &wanted,
+                known,
+                Policy::Update,
+                now_ms(),
+            )
+            .await;
+        let raced: Vec<(usize, String)> = match synced {
+            Ok(r) => r
+                .lost_races
+                .into_iter()
+                .chain(r.existed)
+                .filter_map(|id| Some((*owners.get(&id)?, id)))
+                .collect(),
+            Err(e) => {
+                for &at in owners.values() {
+                    if let Ok((d, _)) = &ends[at] {
+                        let err = v3_err(&d.viz)(e.clone());
+                        ends[at] = Err(err);
+                    }
+                }
+                Vec::new()
+            }
+        };
+        for (at, doc) in raced {
+            if let Ok((d, _)) = &ends[at] {
+                let viz = d.viz.clone();
+                ends[at] = Err(JobError::Raced {
+                    viz,
+                    docs: vec![doc],
+                });
+            }
+        }
+        self.record_all(ends).await
     }
 
     /// Delete the commits of `viz` (`all` of them) its chain no longer reaches from `end`
@@ -644,7 +739,11 @@ impl Migrator {
         if e.previous.is_empty() {
             return Ok(report);
         }
-        let field = if coll == c3::UPVOTE { "viz" } else { "resource" };
+        let field = if coll == c3::UPVOTE {
+            "viz"
+        } else {
+            "resource"
+        };
         // On the indexed field alone (see `Store::counts_by`), the rest checked here.
         let selected = match e.previous.as_slice() {
             [one] => mongodb::bson::Bson::from(one.as_str()),
@@ -661,6 +760,20 @@ impl Migrator {
         }
         Ok(report)
     }
+}
+
+/// A viz whose only change is V2's page views.
+pub(super) struct PageViews<'a> {
+    pub viz: String,
+    /// Its V3 page-view record's id.
+    pub analytics_id: String,
+    pub batch: Option<String>,
+    pub attempts: i64,
+    /// What the ledger says the migration last wrote.
+    pub m: Migrated,
+    /// V2's page-view record now.
+    pub analytics: Option<&'a Value>,
+    pub analytics_fingerprint: Option<String>,
 }
 
 /// The upvotes or permissions of the vizzes written together.
