@@ -340,7 +340,7 @@ struct AloneRead {
 enum Step {
     Read(Box<AloneRead>),
     /// The job ended there (a viz the spec skips), with its ledger record.
-    Ended((Done, VizRecord)),
+    Ended(Box<(Done, VizRecord)>),
 }
 
 /// What a job read of one viz, in V2 and the ledger: with the V3 snapshots it read
@@ -460,7 +460,7 @@ impl Migrator {
         Box::pin(async move {
             let r = match self.read_alone(viz, batch, walk).await? {
                 Step::Read(r) => r,
-                Step::Ended(end) => return self.recorded(end).await,
+                Step::Ended(end) => return self.recorded(*end).await,
             };
             let AloneRead {
                 p,
@@ -572,7 +572,7 @@ impl Migrator {
                 let attempts = last.as_ref().map_or(0, |r| r.attempts) + 1;
                 let kept = last.and_then(|l| l.migrated);
                 let rec = record_of(&done, Some(e.kind()), batch, attempts, kept, Vec::new());
-                return Ok(Step::Ended((done, rec)));
+                return Ok(Step::Ended(Box::new((done, rec))));
             }
             Err(e) => return Err(e.into()),
         };

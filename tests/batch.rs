@@ -1127,7 +1127,7 @@ async fn a_batch_resyncs_what_one_job_at_a_time_resyncs() {
                     .to_string();
                 let id = vizhub_migrate::v2::pageview_event_id(&owner, viz);
                 let more = mongodb::bson::doc! {"$inc": {"all.all": 5, "years.2021": 5,
-                    "months.2021-03": 5, "days.2021-03-02": 5}};
+                "months.2021-03": 5, "days.2021-03-02": 5}};
                 let r = views
                     .update_one(mongodb::bson::doc! {"id": &id}, more)
                     .await
@@ -1154,7 +1154,6 @@ async fn a_batch_resyncs_what_one_job_at_a_time_resyncs() {
                 })
                 .await
             }
-            _ => unreachable!(),
         }
     }
     // V3's users deleted one of the vizzes V2 edited: it stays deleted.
