@@ -12,7 +12,7 @@ use crate::translate::{
     self, Config, Context, Parent, ParentRequest, Prepared, Previous, TranslateError, Translation,
 };
 use crate::v2::reader::Reader;
-use crate::v3::store::{is_transient_mongo, Policy, Snapshot, Store, StoreError, SyncReport};
+use crate::v3::store::{is_transient_mongo, Snapshot, Store, StoreError};
 use crate::v3::{collections as c3, Commit};
 use crate::{ids, v3, Disposition, Outcome, PRIMORDIAL_VIZ_ID};
 use serde_json::Value;
@@ -23,7 +23,7 @@ mod batch;
 mod expected;
 mod write;
 
-use write::{Known, PageViews, Ready};
+use write::{Counting, Known, PageViews, Ready};
 
 /// How many times a fork recounts its parent's `forksCount` after losing the race for the
 /// parent's info to a sibling, before its job re-runs.
@@ -524,14 +524,14 @@ impl Migrator {
                 analytics: &analytics_snaps,
             };
             let ready = self.translated(reading, parent, resync, known).await?;
-            let mut done = self.write_many(vec![ready], known).await;
+            let mut done = self.write_many(vec![ready], known, Counting::Recount).await;
             done.pop().expect("one result per viz written")
         })
     }
 
     /// Record a job's end alone.
     async fn recorded(&self, end: (Done, VizRecord)) -> Result<Done, JobError> {
-        let mut done = self.record_all(vec![Ok(end)]).await;
+        let mut done = self.record_all(vec![Ok(end)], &HashSet::new()).await;
         done.pop().expect("one result per end recorded")
     }
 
@@ -1124,71 +1124,6 @@ impl Migrator {
         Ok(deleted.into_iter().collect())
     }
 
-    /// Recompute the parent's `forksCount` from V3 (a json1 op on its Info if it changed).
-    ///
-    /// `found` is the parent's info as this job read it before writing: current unless a sibling
-    /// fork recounted in between, so it saves reading it again. When it is not current the op
-    /// loses the race and the recount is taken again from a fresh read, here, rather than by
-    /// re-running the whole job; after [`RECOUNT_TRIES`] lost races the job re-runs.
-    async fn recount_forks(
-        &self,
-        viz: &str,
-        parent: &str,
-        found: Option<&Snapshot>,
-        ts: i64,
-    ) -> Result<SyncReport, JobError> {
-        let mut found = found.cloned();
-        let mut report = SyncReport::default();
-        for _ in 0..RECOUNT_TRIES {
-            // The snapshot first, then the count: the write is conditional on the snapshot, so
-            // any writer between the two (a batch moving the count by its forks) makes it lose
-            // and we count again. Read the other way round, a count taken before another fork
-            // appeared could agree with a snapshot taken after that fork was counted into it,
-            // and the fork counted in neither would be lost for good
-            // (`tests/batch.rs::a_recount_racing_batches_counts_every_fork`).
-            let (s, fresh) = match found.take() {
-                Some(s) => (s, false),
-                None => match self.live_info(viz, parent).await? {
-                    Some(s) => (s, true),
-                    None => return Ok(SyncReport::default()),
-                },
-            };
-            // Two commands, not one `$or` aggregate: SecantusDB answers an `$or` by scanning
-            // the collection (hundreds of ms at 5,000 vizzes, measured), a count by the index.
-            let count = self.v3.forks_count(parent).await.map_err(v3_err(viz))?;
-            if s.info_forks_count() == Some(count) {
-                if fresh {
-                    return Ok(SyncReport::default());
-                }
-                // Already right in what we read (a re-run): make sure it still is.
-                continue;
-            }
-            let data = s.info_with_forks_count(count);
-            let known = HashMap::from([(parent.to_string(), s)]);
-            report = self
-                .v3
-                .sync_known(
-                    c3::INFO,
-                    &[(parent.to_string(), data)],
-                    &known,
-                    Policy::Update,
-                    ts,
-                )
-                .await
-                .map_err(v3_err(viz))?;
-            if report.lost_races.is_empty() {
-                // A recount may overtake a batch's move of this count that stopped between
-                // its op and its snapshot: that op is taken back.
-                self.v3
-                    .take_back_orphans(c3::INFO, parent)
-                    .await
-                    .map_err(v3_err(viz))?;
-                return Ok(report);
-            }
-        }
-        Ok(report)
-    }
-
     /// Record a job's outcome in the ledger.
     pub async fn record(
         &self,
@@ -1248,7 +1183,10 @@ impl Migrator {
             }
         };
         let Some(parent) = parent else { return };
-        if let Err(e) = self.recount_forks(viz, &parent, None, now_ms()).await {
+        if let Err(e) = self
+            .recount(vec![parent.clone()], HashMap::new(), now_ms())
+            .await
+        {
             tracing::warn!(viz, parent, error = %e, "cannot recount the failed fork's parent");
         }
     }

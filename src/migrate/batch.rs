@@ -29,23 +29,20 @@
 //! some of its documents written; redelivered, its creates find those documents and it runs
 //! alone, reading them (as a re-run of the per-viz path does).
 
-use super::write::migrated_of;
-use super::write::{Known, PageViews};
+use super::write::{Counting, Known, PageViews, Ready};
 use super::{
-    ended_unwritten, last_migrated, now_ms, now_secs, plan_of, record_of, to_value, v2_bytes,
-    v3_now, Done, JobError, Migrator, ParentLink, Reading, JOB_MEMORY_KIB, RECOUNT_TRIES,
-    WORKING_COPIES,
+    ended_unwritten, last_migrated, now_secs, plan_of, v2_bytes, v3_now, Done, JobError, Migrator,
+    ParentLink, Reading, JOB_MEMORY_KIB, WORKING_COPIES,
 };
 use crate::job::Job;
 use crate::ledger::VizRecord;
 use crate::outcome::Plan;
 use crate::translate::{self, Context, Parent, ParentRequest, Prepared};
-use crate::v3::store::{Policy, Snapshot, SyncReport};
+use crate::v3::store::Snapshot;
 use crate::v3::{self, collections as c3};
 use crate::{ids, PRIMORDIAL_VIZ_ID};
 use futures_util::StreamExt;
 use serde_json::Value;
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -121,13 +118,6 @@ struct BatchReads<'a> {
     events: &'a HashMap<String, Value>,
     /// Users whose V3 account is deleted.
     deleted_users: &'a BTreeSet<String>,
-}
-
-/// A translated fresh viz, and its parent.
-struct Translated {
-    f: Fresh,
-    t: translate::Translation,
-    parent: Option<String>,
 }
 
 /// What the fast path decided: jobs done (with their ledger records, not yet written) and jobs
@@ -634,7 +624,7 @@ impl Migrator {
                 Err(_) => d.alone(at, Alone::Trusting),
             }
         }
-        let written = self.write_many(ready, known).await;
+        let written = self.write_many(ready, known, Counting::Recount).await;
         let merged = self.merge_page_views(views, &analytics).await;
         let ends = at_of.into_iter().zip(written);
         for (at, r) in ends.chain(views_at.into_iter().zip(merged)) {
@@ -691,7 +681,7 @@ impl Migrator {
     /// earlier in `ready`), translated, written per collection.
     async fn fresh_ones(
         &self,
-        ready: Vec<Fresh>,
+        ready_vizzes: Vec<Fresh>,
         read: &BatchReads<'_>,
         fetched: &Fetched,
         d: &mut Decided,
@@ -701,8 +691,8 @@ impl Migrator {
             events,
             deleted_users,
         } = *read;
-        let in_batch: HashSet<String> = ready.iter().map(|f| f.p.viz.clone()).collect();
-        let mut parents: BTreeSet<String> = ready
+        let in_batch: HashSet<String> = ready_vizzes.iter().map(|f| f.p.viz.clone()).collect();
+        let mut parents: BTreeSet<String> = ready_vizzes
             .iter()
             .filter_map(|f| f.wanted.as_ref().map(|(w, _)| w.clone()))
             .filter(|w| !in_batch.contains(w))
@@ -757,32 +747,17 @@ impl Migrator {
         };
         // The chains of the vizzes translated so far: V3 holds exactly these once written.
         let mut chains: HashMap<String, Arc<Vec<v3::Commit>>> = HashMap::new();
-        let mut translated = Vec::new();
-        for f in ready {
+        let (mut ready, mut ats) = (Vec::new(), Vec::new());
+        for f in ready_vizzes {
             let at = Parents {
                 in_batch: &in_batch,
                 chains: &chains,
                 infos: &infos,
                 missing: &missing,
             };
-            let link = match &f.wanted {
-                None => None,
-                Some((parent, backfilled)) => match self.link(&f, parent, *backfilled, &at).await {
-                    Linked::At(l) => Some(*l),
-                    Linked::Primordial if parent != PRIMORDIAL_VIZ_ID => {
-                        match self.link(&f, PRIMORDIAL_VIZ_ID, true, &at).await {
-                            Linked::At(l) => Some(*l),
-                            Linked::Primordial | Linked::Alone => {
-                                d.alone_fresh(&f, Alone::Trusting);
-                                continue;
-                            }
-                        }
-                    }
-                    Linked::Primordial | Linked::Alone => {
-                        d.alone_fresh(&f, Alone::Trusting);
-                        continue;
-                    }
-                },
+            let Some(link) = self.hang(&f, &at).await else {
+                d.alone_fresh(&f, Alone::Trusting);
+                continue;
             };
             let ctx = Context {
                 parent: match &link {
@@ -801,53 +776,74 @@ impl Migrator {
                 deleted_users,
                 now: now_secs(),
             };
-            match translate::translate(&f.p, &ctx, &self.cfg) {
-                Ok(t) => {
-                    chains.insert(f.p.viz.clone(), Arc::new(t.commits.clone()));
-                    translated.push(Translated {
-                        parent: link.map(|l| l.viz),
-                        f,
-                        t,
-                    })
-                }
-                Err(_) => d.alone_fresh(&f, Alone::Trusting),
-            }
-        }
-        if translated.is_empty() {
-            return;
-        }
-        let raced = match self.write_fresh(&translated, &infos).await {
-            Ok(raced) => raced,
-            Err(e) => {
-                tracing::warn!(error = %e, jobs = translated.len(), "writing the batch failed; its jobs run alone");
-                for x in translated {
-                    d.alone_fresh(&x.f, Alone::Reading);
-                }
-                return;
-            }
-        };
-        for x in translated {
-            if raced.contains(&x.f.p.viz) {
-                d.alone_fresh(&x.f, Alone::Reading);
+            let Ok(t) = translate::translate(&f.p, &ctx, &self.cfg) else {
+                d.alone_fresh(&f, Alone::Trusting);
                 continue;
+            };
+            chains.insert(f.p.viz.clone(), Arc::new(t.commits.clone()));
+            ats.push((f.at, f.p.viz.clone(), t.info.end.clone()));
+            ready.push(Ready {
+                p: f.p,
+                t,
+                batch: f.batch,
+                attempts: f.attempts,
+                fingerprint: f.fingerprint,
+                analytics_fingerprint: f.analytics_fingerprint,
+                parent: link,
+                previous_upvoters: false,
+                info_base: None,
+                resync: None,
+                read: false,
+            });
+        }
+        let none = HashMap::new();
+        let known = Known {
+            info: &none,
+            content: &none,
+            analytics: &none,
+        };
+        let counting = Counting::Move { before: &infos };
+        let written = self.write_many(ready, known, counting).await;
+        for ((at, viz, end), r) in ats.into_iter().zip(written) {
+            match r {
+                Ok(done) => {
+                    // Its forks in later batches of this worker find its chain here, not in
+                    // V3 (commit ids are content-derived: what V3 holds now, ending where its
+                    // info ends).
+                    if let Some(chain) = chains.get(&viz) {
+                        self.cache_chain(&viz, Some(&end), chain);
+                    }
+                    if let Some(at) = at {
+                        d.finished.push((at, Ok(done)));
+                    }
+                }
+                // Another writer got to one of its documents, or a write failed: the job runs
+                // alone, reading what is there.
+                Err(e) => {
+                    tracing::debug!(viz, error = %e, "fresh viz not finished in its batch; running it alone");
+                    if let Some(at) = at {
+                        d.alone(at, Alone::Reading);
+                    }
+                }
             }
-            // Its forks in later batches of this worker find its chain here, not in V3 (commit
-            // ids are content-derived: what V3 holds now, ending where its info ends).
-            if let Some(chain) = chains.get(&x.f.p.viz) {
-                self.cache_chain(&x.f.p.viz, Some(&x.t.info.end), chain);
+        }
+    }
+
+    /// Where a fresh viz hangs: `Some(None)` a root, `Some(Some(link))` its parent (V2's, or
+    /// the primordial viz when V2's cannot be used), `None` when it must run alone.
+    async fn hang(&self, f: &Fresh, at: &Parents<'_>) -> Option<Option<ParentLink>> {
+        let Some((parent, backfilled)) = &f.wanted else {
+            return Some(None);
+        };
+        match self.link(f, parent, *backfilled, at).await {
+            Linked::At(l) => Some(Some(*l)),
+            Linked::Primordial if parent != PRIMORDIAL_VIZ_ID => {
+                match self.link(f, PRIMORDIAL_VIZ_ID, true, at).await {
+                    Linked::At(l) => Some(Some(*l)),
+                    Linked::Primordial | Linked::Alone => None,
+                }
             }
-            let batch = x.f.batch.as_deref();
-            // A create makes content version 1.
-            let (done, migrated, skipped) = migrated_of(
-                &x.f.p,
-                &x.t,
-                x.f.fingerprint.clone(),
-                x.f.analytics_fingerprint.clone(),
-                1,
-            );
-            let rec = record_of(&done, None, batch, x.f.attempts, Some(migrated), skipped);
-            d.unrecorded.insert(done.viz.clone());
-            d.done.push((x.f.at, done, rec));
+            Linked::Primordial | Linked::Alone => None,
         }
     }
 
@@ -880,236 +876,6 @@ impl Migrator {
                 }
             }
             Err(e) => tracing::debug!(error = %e, "cannot read the parents' chains at once"),
-        }
-    }
-
-    /// The fresh vizzes' writes, per collection in the spec's order. Returns the vizzes another writer
-    /// got to first (a document of theirs was already there, or a parent recount kept losing):
-    /// they did not get their info written (or their parent recounted) and run alone.
-    ///
-    /// `before`: the info snapshots of the parents outside the batch, read before any of its
-    /// writes (see [`Migrator::recount_parents`]).
-    async fn write_fresh(
-        &self,
-        wave: &[Translated],
-        before: &HashMap<String, Snapshot>,
-    ) -> Result<HashSet<String>, crate::v3::store::StoreError> {
-        let ts = now_ms();
-        let none = HashMap::new();
-        let mut raced: HashSet<String> = HashSet::new();
-        // Per-document results back to their viz.
-        let note = |raced: &mut HashSet<String>, r: SyncReport, owner: &HashMap<String, String>| {
-            for id in r.existed.iter().chain(r.lost_races.iter()) {
-                if let Some(viz) = owner.get(id) {
-                    raced.insert(viz.clone());
-                }
-            }
-        };
-        self.sync_users(wave.iter().flat_map(|x| x.t.users.iter()), ts)
-            .await?;
-        let commits: Vec<v3::Commit> = wave.iter().flat_map(|x| x.t.commits.clone()).collect();
-        self.v3.insert_commits(&commits).await?;
-        let by_viz: HashMap<String, String> = wave
-            .iter()
-            .map(|x| (x.f.p.viz.clone(), x.f.p.viz.clone()))
-            .collect();
-        let content: Vec<(String, Value)> = wave
-            .iter()
-            .map(|x| (x.f.p.viz.clone(), x.t.content.clone()))
-            .collect();
-        let r = self
-            .v3
-            .sync_known(c3::CONTENT, &content, &none, Policy::Update, ts)
-            .await?;
-        note(&mut raced, r, &by_viz);
-        let mut owner = HashMap::new();
-        let mut upvotes = Vec::new();
-        let mut perms = Vec::new();
-        let mut analytics = Vec::new();
-        for x in wave {
-            let viz = &x.f.p.viz;
-            for u in &x.t.upvotes {
-                owner.insert(u.id.clone(), viz.clone());
-                upvotes.push((u.id.clone(), to_value(u)));
-            }
-            for u in &x.t.permissions {
-                owner.insert(u.id.clone(), viz.clone());
-                perms.push((u.id.clone(), to_value(u)));
-            }
-            if let Some(a) = &x.t.analytics {
-                owner.insert(a.id.clone(), viz.clone());
-                analytics.push((a.id.clone(), to_value(a)));
-            }
-        }
-        for (coll, wanted, policy) in [
-            (c3::UPVOTE, &upvotes, Policy::UpdateIfMigrated),
-            (c3::PERMISSION, &perms, Policy::UpdateIfMigrated),
-            (c3::ANALYTICS_EVENT, &analytics, Policy::Update),
-        ] {
-            let r = self.v3.sync_known(coll, wanted, &none, policy, ts).await?;
-            note(&mut raced, r, &owner);
-        }
-        // A fork of a viz of this batch that is not made visible now waits for it (alone).
-        propagate(wave, &mut raced);
-        // Info last, and only for vizzes whose every document is ours: it makes them visible.
-        // A viz V3 never had has no V3-native forks or upvotes.
-        let infos: Vec<(String, Value)> = wave
-            .iter()
-            .filter(|x| !raced.contains(&x.f.p.viz))
-            .map(|x| {
-                let mut info = x.t.info.clone();
-                info.forks_count = 0;
-                info.upvotes_count = x.t.upvotes.len() as i64;
-                (x.f.p.viz.clone(), to_value(&info))
-            })
-            .collect();
-        let r = self
-            .v3
-            .sync_known(c3::INFO, &infos, &none, Policy::Update, ts)
-            .await?;
-        note(&mut raced, r, &by_viz);
-        propagate(wave, &mut raced);
-        // Each parent's forksCount once for all its forks of the batch.
-        let mut forks_of: HashMap<&str, Vec<&str>> = HashMap::new();
-        for x in wave.iter().filter(|x| !raced.contains(&x.f.p.viz)) {
-            if let Some(parent) = &x.parent {
-                forks_of.entry(parent).or_default().push(&x.f.p.viz);
-            }
-        }
-        // Parents this batch created (its own vizzes, and parents fetched for their forks)
-        // move by their forks like the ones outside it, from their info as created: read
-        // back, and used only while still at version 1 with no fork counted. Then no one has
-        // written them since, so no recount has counted the batch's forks (visible since the
-        // insert above); one written since is recounted in full.
-        let created: Vec<String> = forks_of
-            .keys()
-            .filter(|p| !before.contains_key(**p) && by_viz.contains_key(**p))
-            .map(|p| p.to_string())
-            .collect();
-        let mut before = Cow::Borrowed(before);
-        if !created.is_empty() {
-            match self.v3.snapshots(c3::INFO, &created).await {
-                Ok(read) => before.to_mut().extend(
-                    read.into_iter()
-                        .filter(|(_, s)| s.version == 1 && s.info_forks_count() == Some(0)),
-                ),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot read back the batch's parents; recounting them");
-                }
-            }
-        }
-        let lost = match self.recount_parents(&forks_of, &before, ts).await {
-            Ok(lost) => lost,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot recount the batch's parents; their forks run alone");
-                forks_of.keys().map(|p| p.to_string()).collect()
-            }
-        };
-        for parent in lost {
-            raced.extend(forks_of[parent.as_str()].iter().map(|f| f.to_string()));
-        }
-        Ok(raced)
-    }
-
-    /// Bring the `forksCount` of the batch's parents up to date, one op per parent for all its
-    /// forks in the batch (`forks_of`: the forks whose info the batch made visible). Returns the
-    /// parents whose update kept losing races.
-    ///
-    /// A parent in `before` moves by its new forks, on the condition that its snapshot is still
-    /// the one there: then no one has written the parent since, so its count is the one read
-    /// (it did not include the batch's forks) plus these forks. `before` holds the snapshots
-    /// read before any of the batch's writes, and those of parents the batch created, as
-    /// created (no fork counted). A recount costs the server a read of every fork (SecantusDB
-    /// fetches each matched document), so a template's recount grows with its forks and a
-    /// catch-up's recounts with the square of the vizzes; this keeps them flat. A parent
-    /// written since (another worker's recount, a V3 edit) loses that race and is recounted
-    /// in full, as is a parent missing from `before`.
-    async fn recount_parents(
-        &self,
-        forks_of: &HashMap<&str, Vec<&str>>,
-        before: &HashMap<String, Snapshot>,
-        ts: i64,
-    ) -> Result<Vec<String>, crate::v3::store::StoreError> {
-        let mut full = Vec::new();
-        let mut moved = Vec::new();
-        for (parent, forks) in forks_of {
-            let read = before
-                .get(*parent)
-                .filter(|s| s.doc_type.is_some())
-                .and_then(|s| Some((s, s.info_forks_count()?)));
-            match read {
-                Some((s, n)) => {
-                    // The move stands for these forks: another batch's move of the same count
-                    // by as many other forks is not ours (see `Store::move_known`).
-                    let mut counted: Vec<&str> = forks.clone();
-                    counted.sort_unstable();
-                    moved.push((
-                        parent.to_string(),
-                        s.info_with_forks_count(n + forks.len() as i64),
-                        format!("forks {}", counted.join(" ")),
-                    ))
-                }
-                None => full.push(parent.to_string()),
-            }
-        }
-        if !moved.is_empty() {
-            let report = self.v3.move_known(c3::INFO, &moved, before, ts).await?;
-            full.extend(report.lost_races);
-        }
-        self.recount_fully(full, ts).await
-    }
-
-    /// Recompute the `forksCount` of several parents from V3 at once (one aggregate, one `$in`
-    /// read, their ops in one insert, a conditional replace each), reading again the ones whose
-    /// update lost a race, up to [`RECOUNT_TRIES`] times. Returns those that kept losing.
-    /// Read fresh just before the write, so a hot parent's op loses only to a write landing
-    /// in that short window.
-    async fn recount_fully(
-        &self,
-        mut parents: Vec<String>,
-        ts: i64,
-    ) -> Result<Vec<String>, crate::v3::store::StoreError> {
-        for _ in 0..RECOUNT_TRIES {
-            if parents.is_empty() {
-                break;
-            }
-            // The snapshots before the counts, not at once: see `Migrator::recount_forks`.
-            let infos = self.v3.snapshots(c3::INFO, &parents).await?;
-            let counts = self.v3.forks_counts(&parents).await?;
-            let wanted: Vec<(String, Value)> = parents
-                .iter()
-                .filter_map(|p| {
-                    let s = infos.get(p).filter(|s| s.doc_type.is_some())?;
-                    let count = counts.get(p).copied().unwrap_or(0);
-                    if s.info_forks_count() == Some(count) {
-                        return None;
-                    }
-                    Some((p.clone(), s.info_with_forks_count(count)))
-                })
-                .collect();
-            let report = self
-                .v3
-                .sync_known(c3::INFO, &wanted, &infos, Policy::Update, ts)
-                .await?;
-            // See `Migrator::recount_forks`: a stopped move of these counts is taken back.
-            for (p, _) in wanted
-                .iter()
-                .filter(|(p, _)| !report.lost_races.contains(p))
-            {
-                self.v3.take_back_orphans(c3::INFO, p).await?;
-            }
-            parents = report.lost_races;
-        }
-        Ok(parents)
-    }
-}
-
-/// Forks (in `wave`, parents first) of a raced viz are raced too: their parent is not ours to
-/// make visible, so they run alone after it.
-fn propagate(wave: &[Translated], raced: &mut HashSet<String>) {
-    for x in wave {
-        if x.parent.as_ref().is_some_and(|p| raced.contains(p)) {
-            raced.insert(x.f.p.viz.clone());
         }
     }
 }

@@ -17,7 +17,7 @@
 
 use super::{
     ledger_err, now_ms, record_of, to_value, v3_err, Done, JobError, Migrator, ParentLink,
-    ResyncDecision,
+    ResyncDecision, RECOUNT_TRIES,
 };
 use crate::ledger::{Migrated, VizRecord};
 use crate::translate::{Prepared, TranslateError, Translation};
@@ -186,13 +186,23 @@ fn note(slots: &mut [Slot], owners: &Owners, r: SyncReport, own: impl Fn(&Ready)
     }
 }
 
-/// A slot that raced ends here, before its info: its job runs again.
+/// A slot that raced ends here: its job runs again. So does a fork of a viz written here that
+/// ended (its parents come first in `slots`): it waits for that viz.
 fn settle_races(slots: &mut [Slot]) {
-    for s in slots.iter_mut().filter(|s| s.live() && !s.raced.is_empty()) {
-        s.failed = Some(JobError::Raced {
-            viz: s.viz().to_string(),
-            docs: std::mem::take(&mut s.raced),
-        });
+    let mut ended: HashSet<String> = HashSet::new();
+    for s in slots.iter_mut() {
+        if let Some(p) = s.r.parent.as_ref().filter(|p| ended.contains(&p.viz)) {
+            s.raced.push(format!("{}/{}", c3::INFO, p.viz));
+        }
+        if s.live() && !s.raced.is_empty() {
+            s.failed = Some(JobError::Raced {
+                viz: s.viz().to_string(),
+                docs: std::mem::take(&mut s.raced),
+            });
+        }
+        if !s.live() {
+            ended.insert(s.viz().to_string());
+        }
     }
 }
 
@@ -202,6 +212,7 @@ impl Migrator {
         &self,
         ready: Vec<Ready>,
         known: Known<'_>,
+        counting: Counting<'_>,
     ) -> Vec<Result<Done, JobError>> {
         let ts = now_ms();
         let mut slots: Vec<Slot> = ready
@@ -220,10 +231,12 @@ impl Migrator {
             self.write_entries(&mut slots, coll, ts).await;
         }
         self.write_analytics(&mut slots, known, ts).await;
-        // Info last: it makes the viz visible, so not while a document of the viz is not ours.
+        // Info last: it makes the viz visible, so not while a document of the viz is not ours,
+        // nor while its parent written here is not visible.
         settle_races(&mut slots);
         self.write_infos(&mut slots, known, ts).await;
-        self.recount_parents_of(&mut slots, ts).await;
+        settle_races(&mut slots);
+        self.count_forks(&mut slots, counting, ts).await;
         settle_races(&mut slots);
         self.take_back_stopped(&mut slots).await;
         self.record_written(slots).await
@@ -402,19 +415,178 @@ impl Migrator {
         }
     }
 
-    /// The parents' `forksCount`, for the vizzes a first migration hung from one.
-    async fn recount_parents_of(&self, slots: &mut [Slot], ts: i64) {
-        for s in slots.iter_mut().filter(|s| s.live()) {
-            let Some(parent) = &s.r.parent else { continue };
-            let viz = s.r.viz();
-            match self
-                .recount_forks(viz, &parent.viz, parent.info.as_ref(), ts)
-                .await
-            {
-                Ok(r) => s.raced.extend(r.lost_races),
-                Err(e) => s.failed = Some(e),
+    /// The parents' `forksCount`, for the vizzes a first migration hung from one, as
+    /// `counting` says; a fork whose parent's count kept losing its race runs again.
+    async fn count_forks(&self, slots: &mut [Slot], counting: Counting<'_>, ts: i64) {
+        let mut forks_of: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in slots.iter().enumerate().filter(|(_, s)| s.live()) {
+            if let Some(parent) = &s.r.parent {
+                forks_of.entry(parent.viz.clone()).or_default().push(i);
             }
         }
+        if forks_of.is_empty() {
+            return;
+        }
+        let lost = match counting {
+            Counting::Recount => {
+                let mut lost = Vec::new();
+                // One fork at a time, from the parent's info as the job found it.
+                for &i in forks_of.values().flatten() {
+                    let parent = slots[i].r.parent.as_ref().expect("grouped by parent");
+                    let found = parent.info.iter().map(|s| (parent.viz.clone(), s.clone()));
+                    match self
+                        .recount(vec![parent.viz.clone()], found.collect(), ts)
+                        .await
+                    {
+                        Ok(still) => lost.extend(still),
+                        Err(e) => fail(&mut slots[i..=i], |_| true, &e),
+                    }
+                }
+                lost
+            }
+            Counting::Move { before } => {
+                let written: HashSet<&str> = slots.iter().map(Slot::viz).collect();
+                let names: HashMap<String, Vec<&str>> = forks_of
+                    .iter()
+                    .map(|(p, forks)| (p.clone(), forks.iter().map(|&i| slots[i].viz()).collect()))
+                    .collect();
+                match self.move_counts(&names, before, &written, ts).await {
+                    Ok(lost) => lost,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot recount the batch's parents; their forks run again");
+                        forks_of.keys().cloned().collect()
+                    }
+                }
+            }
+        };
+        for parent in lost {
+            for &i in forks_of.get(&parent).into_iter().flatten() {
+                slots[i].raced.push(format!("{}/{parent}", c3::INFO));
+            }
+        }
+    }
+
+    /// Each parent's `forksCount` moved once for all its forks of a batch (`forks_of`), from
+    /// its info as the batch read it (`before`); the ones that cannot be moved so are
+    /// recounted. Returns the parents whose count kept losing its race.
+    ///
+    /// Parents written here (`written`: the batch's own vizzes, and parents fetched for
+    /// their forks) move by their forks like the ones outside it, from their info as
+    /// created: read back, and used only while still at version 1 with no fork counted. Then
+    /// no one has written them since, so no recount has counted the batch's forks (visible
+    /// since their infos); one written since is recounted in full.
+    async fn move_counts(
+        &self,
+        forks_of: &HashMap<String, Vec<&str>>,
+        before: &HashMap<String, Snapshot>,
+        written: &HashSet<&str>,
+        ts: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let created: Vec<String> = forks_of
+            .keys()
+            .filter(|p| !before.contains_key(*p) && written.contains(p.as_str()))
+            .cloned()
+            .collect();
+        let mut before = std::borrow::Cow::Borrowed(before);
+        if !created.is_empty() {
+            match self.v3.snapshots(c3::INFO, &created).await {
+                Ok(read) => before.to_mut().extend(
+                    read.into_iter()
+                        .filter(|(_, s)| s.version == 1 && s.info_forks_count() == Some(0)),
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read back the batch's parents; recounting them");
+                }
+            }
+        }
+        let mut full = Vec::new();
+        let mut moved = Vec::new();
+        for (parent, forks) in forks_of {
+            let read = before
+                .get(parent)
+                .filter(|s| s.doc_type.is_some())
+                .and_then(|s| Some((s, s.info_forks_count()?)));
+            let Some((s, n)) = read else {
+                full.push(parent.clone());
+                continue;
+            };
+            // The move stands for these forks: another batch's move of the same count by as
+            // many other forks is not ours (see `Store::move_known`).
+            let mut counted: Vec<&str> = forks.clone();
+            counted.sort_unstable();
+            let data = s.info_with_forks_count(n + forks.len() as i64);
+            moved.push((parent.clone(), data, format!("forks {}", counted.join(" "))));
+        }
+        if !moved.is_empty() {
+            let report = self.v3.move_known(c3::INFO, &moved, &before, ts).await?;
+            full.extend(report.lost_races);
+        }
+        self.recount(full, HashMap::new(), ts).await
+    }
+
+    /// Recompute each of `parents`' `forksCount` from V3 (a json1 op on its Info where it
+    /// changed): the one recount loop, for a fork alone, a batch's parents and a failed fork's
+    /// parent. `found` holds infos as a job read them before writing: current unless a sibling
+    /// recounted in between, they save a read; a write from one that is not current loses its
+    /// race, and the count is taken again from a fresh read, here, rather than by re-running
+    /// the job. Returns the parents still losing after [`RECOUNT_TRIES`] rounds.
+    pub(super) async fn recount(
+        &self,
+        mut parents: Vec<String>,
+        mut found: HashMap<String, Snapshot>,
+        ts: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        for _ in 0..RECOUNT_TRIES {
+            if parents.is_empty() {
+                break;
+            }
+            // The snapshots first, then the counts: each write is conditional on its
+            // snapshot, so any writer between the two (a batch moving the count by its forks)
+            // makes it lose and we count again. Read the other way round, a count taken before
+            // another fork appeared could agree with a snapshot taken after that fork was
+            // counted into it, and the fork counted in neither would be lost for good
+            // (`tests/batch.rs::a_recount_racing_batches_counts_every_fork`).
+            let unread: Vec<String> = parents
+                .iter()
+                .filter(|p| !found.contains_key(*p))
+                .cloned()
+                .collect();
+            let mut infos = self.v3.snapshots(c3::INFO, &unread).await?;
+            let given: HashSet<String> = found.keys().cloned().collect();
+            infos.extend(found.drain());
+            // Two commands, not one `$or` aggregate: SecantusDB answers an `$or` by scanning
+            // the collection (hundreds of ms at 5,000 vizzes, measured), a count by the index.
+            let counts = self.v3.forks_counts(&parents).await?;
+            let mut again = Vec::new();
+            let mut wanted = Vec::new();
+            for p in &parents {
+                let Some(s) = infos.get(p).filter(|s| s.doc_type.is_some()) else {
+                    continue;
+                };
+                let count = counts.get(p).copied().unwrap_or(0);
+                if s.info_forks_count() != Some(count) {
+                    wanted.push((p.clone(), s.info_with_forks_count(count)));
+                } else if given.contains(p) {
+                    // Already right in what a job read (a re-run): make sure it still is.
+                    again.push(p.clone());
+                }
+            }
+            let report = self
+                .v3
+                .sync_known(c3::INFO, &wanted, &infos, Policy::Update, ts)
+                .await?;
+            // A recount may overtake a batch's move of this count that stopped between its op
+            // and its snapshot: that op is taken back.
+            for (p, _) in wanted
+                .iter()
+                .filter(|(p, _)| !report.lost_races.contains(p))
+            {
+                self.v3.take_back_orphans(c3::INFO, p).await?;
+            }
+            parents = report.lost_races;
+            parents.extend(again);
+        }
+        Ok(parents)
     }
 
     /// What stopped attempts of ours left. Commits appended before a stop (before the content
@@ -470,6 +642,12 @@ impl Migrator {
 
     /// The ledger records of the vizzes written (one command); the results in order.
     async fn record_written(&self, slots: Vec<Slot>) -> Vec<Result<Done, JobError>> {
+        // A viz whose documents were not read had no record (see [`Ready::read`]).
+        let unrecorded = slots
+            .iter()
+            .filter(|s| !s.r.read)
+            .map(|s| s.viz().to_string())
+            .collect();
         let ends = slots
             .into_iter()
             .map(|s| match s.failed {
@@ -477,15 +655,17 @@ impl Migrator {
                 None => Ok(s.finish()),
             })
             .collect();
-        self.record_all(ends).await
+        self.record_all(ends, &unrecorded).await
     }
 
-    /// Record the jobs that ended (one command for all of them; the only way a job's end
-    /// reaches the ledger but a failure's, see [`Migrator::record_failure`]), in order: a
+    /// Record the jobs that ended (one command for all of them, two with `unrecorded` ones:
+    /// see [`Ledger::record_many`](crate::ledger::Ledger::record_many); the only way a job's
+    /// end reaches the ledger but a failure's, see [`Migrator::record_failure`]), in order: a
     /// record the ledger refused or could not take makes its job's result that error.
     pub(super) async fn record_all(
         &self,
         ends: Vec<Result<(Done, VizRecord), JobError>>,
+        unrecorded: &HashSet<String>,
     ) -> Vec<Result<Done, JobError>> {
         let mut out = Vec::with_capacity(ends.len());
         let mut recs = Vec::new();
@@ -495,7 +675,7 @@ impl Migrator {
                 done
             }));
         }
-        match self.ledger.record_many(&recs, &HashSet::new()).await {
+        match self.ledger.record_many(&recs, unrecorded).await {
             Ok(refused) => {
                 for (viz, message) in refused {
                     let at = out
@@ -602,7 +782,7 @@ impl Migrator {
                 });
             }
         }
-        self.record_all(ends).await
+        self.record_all(ends, &HashSet::new()).await
     }
 
     /// Delete the commits of `viz` (`all` of them) its chain no longer reaches from `end`
@@ -760,6 +940,19 @@ impl Migrator {
         }
         Ok(report)
     }
+}
+
+/// How [`Migrator::write_many`] brings the parents' `forksCount` up to the forks it made
+/// visible.
+#[derive(Clone, Copy)]
+pub(super) enum Counting<'a> {
+    /// Each fork recounts its parent from V3 ([`Migrator::recount`]): a job alone.
+    Recount,
+    /// Each parent's count moves once by all its forks written, from its info as read before
+    /// (`before`; see [`Migrator::move_counts`]): a batch.
+    Move {
+        before: &'a HashMap<String, Snapshot>,
+    },
 }
 
 /// A viz whose only change is V2's page views.
