@@ -126,8 +126,6 @@ struct BatchReads<'a> {
 struct Decided {
     /// `None`: a parent migrated for its forks, not a job of the batch.
     done: Vec<(Option<usize>, Done, VizRecord)>,
-    /// Vizzes of `done` the ledger had no record of when the batch read it (fresh ones).
-    unrecorded: HashSet<String>,
     alone: Vec<(usize, Alone)>,
     /// Jobs written and recorded already (the batch's re-syncs), or failed.
     finished: Vec<(usize, Result<Done, JobError>)>,
@@ -145,6 +143,23 @@ impl Decided {
             self.alone(at, how);
         }
     }
+}
+
+/// A viz of the batch read and prepared: its place in the batch, and its ledger record.
+type PreparedJob = (usize, Prepared, Option<VizRecord>);
+
+/// A fresh viz written by the batch: its place in the batch (`None`: a parent fetched for its
+/// forks), its id and its `info.end`.
+type FreshAt = (Option<usize>, String, String);
+
+/// What the batch read besides its vizzes' own documents.
+struct Around {
+    /// V2 page-view records by id.
+    events: HashMap<String, Value>,
+    /// V2 `user` docs by id.
+    users: HashMap<String, Value>,
+    /// Users whose V3 account is deleted.
+    deleted_users: BTreeSet<String>,
 }
 
 /// A viz of the batch the ledger has a record of: its place in the batch, prepared, its
@@ -170,7 +185,7 @@ impl Migrator {
         self.fast(jobs, &mut d).await;
         let mut out: Vec<Option<Result<Done, JobError>>> = (0..jobs.len()).map(|_| None).collect();
         let records: Vec<VizRecord> = d.done.iter().map(|(_, _, r)| r.clone()).collect();
-        match self.ledger.record_many(&records, &d.unrecorded).await {
+        match self.ledger.record_many(&records, &HashSet::new()).await {
             Ok(refused) => {
                 let refused: HashMap<String, String> = refused.into_iter().collect();
                 for (at, done, _) in d.done {
@@ -222,8 +237,51 @@ impl Migrator {
     /// The fast path: reads for the whole batch, then its fresh vizzes (parents first), and
     /// the unchanged ones. Everything it does not finish is in `d.alone`.
     async fn fast(&self, jobs: &[Job], d: &mut Decided) {
-        // A viz twice in a batch (a redelivered copy beside the original): the copy runs alone,
-        // after the first, and finds it migrated.
+        let Some((prepared, _memory)) = self.read_batch(jobs, d).await else {
+            return;
+        };
+        // From here to its last write the batch holds the worker's write turn: what it reads of
+        // V3 (parents, their counts) is what the batch before it wrote, and no batch of this
+        // worker writes in between. The reads above, most of a batch's V2 queries, overlap the
+        // batch before.
+        let _turn = self.writing.lock().await;
+        // Parents neither in the batch nor in V3 are migrated with it, once for all their forks
+        // (the per-viz path migrates them first, one fork at a time).
+        let mut fetched = self.parents_to_fetch(jobs, &prepared).await;
+        let extras = std::mem::take(&mut fetched.extras);
+        let Some(around) = self.read_around(&prepared, &extras, d).await else {
+            return;
+        };
+        let (fresh, known) = split_fresh(jobs, prepared, extras, &around.events);
+        let resyncs = self.unchanged_ones(jobs, known, d).await;
+        let ordered = parents_first(fresh, d);
+        let wrote = !ordered.is_empty();
+        if wrote {
+            let read = BatchReads {
+                users: &around.users,
+                events: &around.events,
+                deleted_users: &around.deleted_users,
+            };
+            self.fresh_ones(ordered, &read, &fetched, d).await;
+        }
+        // After the fresh ones, as the jobs alone ran after them: a fresh fork of a viz
+        // re-synced here links to the chain it had when the batch read it.
+        if let Some(r) = resyncs {
+            let (users, events) = (&around.users, &around.events);
+            self.resync_ones(jobs, r, wrote, users, events, d).await;
+        }
+    }
+
+    /// The batch's V2 documents (one read for all, within [`BATCH_READ_BYTES`]) and ledger
+    /// records, each viz prepared, with the batch's share of the memory budget. A viz twice in
+    /// the batch (a redelivered copy beside the original), deferred past the byte budget, not
+    /// in V2, or that does not prepare (a skip, a malformed viz) runs alone, which records or
+    /// reports it; so does every job when a read fails.
+    async fn read_batch(
+        &self,
+        jobs: &[Job],
+        d: &mut Decided,
+    ) -> Option<(Vec<PreparedJob>, tokio::sync::OwnedSemaphorePermit)> {
         let mut first: HashMap<&str, usize> = HashMap::new();
         for (at, j) in jobs.iter().enumerate() {
             if first.contains_key(j.viz.as_str()) {
@@ -232,30 +290,23 @@ impl Migrator {
                 first.insert(&j.viz, at);
             }
         }
-        let all = |d: &mut Decided, first: &HashMap<&str, usize>| {
-            for at in first.values() {
-                d.alone(*at, Alone::Trusting);
-            }
-        };
         let ids: Vec<String> = first.keys().map(|v| v.to_string()).collect();
         let read = match self.v2.vizzes(&ids, BATCH_READ_BYTES).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the batch from V2; its jobs run alone");
-                return all(d, &first);
+                first.values().for_each(|at| d.alone(*at, Alone::Trusting));
+                return None;
             }
         };
         let mut raws = read.vizzes;
-        // Deferred (past the byte budget) or without a documentInfo (the job reports it).
-        for id in &ids {
-            if !raws.contains_key(id) {
-                d.alone(first[id.as_str()], Alone::Trusting);
-            }
+        for id in ids.iter().filter(|id| !raws.contains_key(*id)) {
+            d.alone(first[id.as_str()], Alone::Trusting);
         }
         if raws.is_empty() {
-            return;
+            return None;
         }
-        let _memory = self
+        let memory = self
             .memory_for_bytes(raws.values().map(v2_bytes).sum())
             .await;
         let read_ids: Vec<String> = raws.keys().cloned().collect();
@@ -266,7 +317,7 @@ impl Migrator {
                 for id in &read_ids {
                     d.alone(first[id.as_str()], Alone::Trusting);
                 }
-                return;
+                return None;
             }
         };
         let mut prepared = Vec::new();
@@ -275,37 +326,31 @@ impl Migrator {
             let raw = raws.remove(&id).expect("read");
             match translate::prepare(&raw, &self.cfg) {
                 Ok(p) => prepared.push((at, p, ledger.remove(&id))),
-                // Skips and malformed vizzes: the job alone records or reports them.
                 Err(_) => d.alone(at, Alone::Trusting),
             }
         }
-        drop(raws);
-        // From here to its last write the batch holds the worker's write turn: what it reads of
-        // V3 (parents, their counts) is what the batch before it wrote, and no batch of this
-        // worker writes in between. The reads above, most of a batch's V2 queries, overlap the
-        // batch before.
-        let _turn = self.writing.lock().await;
-        // Parents neither in the batch nor in V3 are migrated with it, once for all their forks
-        // (the per-viz path migrates them first, one fork at a time).
-        let mut fetched = self.parents_to_fetch(jobs, &prepared).await;
-        let extras = std::mem::take(&mut fetched.extras);
-        let analytics_ids: Vec<String> = prepared
-            .iter()
-            .map(|(_, p, _)| p)
-            .chain(extras.iter().map(|(p, _)| p))
-            .map(|p| p.analytics_id.clone())
-            .collect();
-        let user_ids: Vec<String> = prepared
-            .iter()
-            .map(|(_, p, _)| p)
-            .chain(extras.iter().map(|(p, _)| p))
-            .flat_map(|p| p.user_ids.iter().cloned())
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect();
-        // V3 accounts their users deleted are never re-created: their vizzes and entries are
-        // skipped in translation (their jobs run alone and record it).
-        // Only the fresh vizzes translate here (a daily re-run of unchanged ones asks nothing).
+        Some((prepared, memory))
+    }
+
+    /// The V2 users and page-view records of the batch's vizzes and the parents fetched for
+    /// them (one query each), and which of those users' V3 accounts are deleted (their vizzes
+    /// and entries are skipped in translation; only when a fresh viz translates here: a daily
+    /// re-run of unchanged ones asks nothing). `None` (every job alone) when a read fails.
+    async fn read_around(
+        &self,
+        prepared: &[PreparedJob],
+        extras: &[(Prepared, Option<String>)],
+        d: &mut Decided,
+    ) -> Option<Around> {
+        let all = || {
+            prepared
+                .iter()
+                .map(|(_, p, _)| p)
+                .chain(extras.iter().map(|(p, _)| p))
+        };
+        let analytics_ids: Vec<String> = all().map(|p| p.analytics_id.clone()).collect();
+        let user_ids: BTreeSet<String> = all().flat_map(|p| p.user_ids.iter().cloned()).collect();
+        let user_ids: Vec<String> = user_ids.into_iter().collect();
         let translating = !extras.is_empty() || prepared.iter().any(|(_, _, l)| l.is_none());
         let deleted_users = async {
             if !translating {
@@ -315,85 +360,24 @@ impl Migrator {
                 .await
                 .map_err(|e| mongodb::error::Error::custom(e.to_string()))
         };
-        let (events, users, deleted_users) = match tokio::try_join!(
+        let read = tokio::try_join!(
             self.v2.event_records(&analytics_ids),
             self.v2.users(&user_ids),
             deleted_users,
-        ) {
-            Ok(r) => r,
+        );
+        match read {
+            Ok((events, users, deleted_users)) => Some(Around {
+                events,
+                users,
+                deleted_users,
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the batch's users and page views from V2; its jobs run alone");
-                for (at, _, _) in prepared {
-                    d.alone(at, Alone::Trusting);
-                }
-                return;
+                prepared
+                    .iter()
+                    .for_each(|(at, _, _)| d.alone(*at, Alone::Trusting));
+                None
             }
-        };
-        let mut fresh = Vec::new();
-        let mut known = Vec::new();
-        let fresh_of = |at: Option<usize>, batch: Option<String>, p: Prepared, attempts: i64| {
-            let fingerprint = p.source_fingerprint();
-            let analytics_fingerprint = events.get(&p.analytics_id).map(ids::fingerprint);
-            Fresh {
-                at,
-                batch,
-                wanted: wanted_parent(&p),
-                p,
-                attempts,
-                fingerprint,
-                analytics_fingerprint,
-            }
-        };
-        for (at, p, last) in prepared {
-            match last {
-                None => fresh.push(fresh_of(Some(at), jobs[at].batch.clone(), p, 1)),
-                Some(last) => {
-                    let fingerprint = p.source_fingerprint();
-                    let analytics_fingerprint = events.get(&p.analytics_id).map(ids::fingerprint);
-                    known.push((at, p, last, fingerprint, analytics_fingerprint))
-                }
-            }
-        }
-        // Parents first in the order below: extras go before the batch's own vizzes.
-        let mut all: Vec<Fresh> = extras
-            .into_iter()
-            .map(|(p, batch)| fresh_of(None, batch, p, 1))
-            .collect();
-        all.extend(fresh);
-        let fresh = all;
-        let resyncs = self.unchanged_ones(jobs, known, d).await;
-        // Parents before their forks: a fork of a viz in the batch is translated from its
-        // parent's translation (the commits V3 is about to hold), and all are written at once.
-        let mut ordered = Vec::with_capacity(fresh.len());
-        let mut waiting = fresh;
-        while !waiting.is_empty() {
-            let in_batch: HashSet<String> = waiting.iter().map(|f| f.p.viz.clone()).collect();
-            let (ready, rest): (Vec<Fresh>, Vec<Fresh>) = waiting
-                .into_iter()
-                .partition(|f| f.wanted.as_ref().is_none_or(|(w, _)| !in_batch.contains(w)));
-            if ready.is_empty() {
-                // A fork cycle within the batch: the per-viz path decides who is its root.
-                for f in rest {
-                    d.alone_fresh(&f, Alone::Trusting);
-                }
-                break;
-            }
-            ordered.extend(ready);
-            waiting = rest;
-        }
-        let wrote = !ordered.is_empty();
-        if wrote {
-            let read = BatchReads {
-                users: &users,
-                events: &events,
-                deleted_users: &deleted_users,
-            };
-            self.fresh_ones(ordered, &read, &fetched, d).await;
-        }
-        // After the fresh ones, as the jobs alone ran after them: a fresh fork of a viz
-        // re-synced here links to the chain it had when the batch read it.
-        if let Some(r) = resyncs {
-            self.resync_ones(jobs, r, wrote, &users, &events, d).await;
         }
     }
 
@@ -540,48 +524,13 @@ impl Migrator {
         events: &HashMap<String, Value>,
         d: &mut Decided,
     ) {
-        let ids: Vec<String> = r.todo.iter().map(|(_, k)| k.1.viz.clone()).collect();
-        let analytics_ids: Vec<String> = r
-            .todo
-            .iter()
-            .map(|(_, k)| k.1.analytics_id.clone())
-            .filter(|id| events.contains_key(id))
-            .collect();
-        let user_ids: Vec<String> = r
-            .todo
-            .iter()
-            .filter(|(plan, _)| *plan == Plan::Resync)
-            .flat_map(|(_, k)| k.1.user_ids.iter().cloned())
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect();
-        let reads = tokio::try_join!(
-            self.v3.snapshots(c3::ANALYTICS_EVENT, &analytics_ids),
-            self.deleted_users(&user_ids),
-            async {
-                if !wrote {
-                    return Ok(None);
-                }
-                let snaps = tokio::try_join!(
-                    self.v3.snapshots(c3::INFO, &ids),
-                    self.v3.snapshots(c3::CONTENT, &ids),
-                )?;
-                Ok(Some(snaps))
-            },
-        );
-        let (analytics, deleted_users, again) = match reads {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the batch's re-syncs in V3; their jobs run alone");
-                for (_, k) in r.todo {
-                    d.alone(k.0, Alone::Trusting);
-                }
-                return;
+        let Some((analytics, deleted_users)) = self.resync_reads(&mut r, wrote, events).await
+        else {
+            for (_, k) in r.todo {
+                d.alone(k.0, Alone::Trusting);
             }
+            return;
         };
-        if let Some((infos, contents)) = again {
-            (r.infos, r.contents) = (infos, contents);
-        }
         let known = Known {
             info: &r.infos,
             content: &r.contents,
@@ -636,6 +585,57 @@ impl Migrator {
         }
     }
 
+    /// What the batch's re-syncs read besides the batch: their page-view snapshots, the
+    /// accounts V3 deleted among their users, and their info and content snapshots again when
+    /// the batch wrote fresh vizzes (`wrote`). `None` when a read fails.
+    async fn resync_reads(
+        &self,
+        r: &mut Resyncs,
+        wrote: bool,
+        events: &HashMap<String, Value>,
+    ) -> Option<(HashMap<String, Snapshot>, BTreeSet<String>)> {
+        let ids: Vec<String> = r.todo.iter().map(|(_, k)| k.1.viz.clone()).collect();
+        let analytics_ids: Vec<String> = r
+            .todo
+            .iter()
+            .map(|(_, k)| k.1.analytics_id.clone())
+            .filter(|id| events.contains_key(id))
+            .collect();
+        let user_ids: BTreeSet<String> = r
+            .todo
+            .iter()
+            .filter(|(plan, _)| *plan == Plan::Resync)
+            .flat_map(|(_, k)| k.1.user_ids.iter().cloned())
+            .collect();
+        let user_ids: Vec<String> = user_ids.into_iter().collect();
+        let reads = tokio::try_join!(
+            self.v3.snapshots(c3::ANALYTICS_EVENT, &analytics_ids),
+            self.deleted_users(&user_ids),
+            async {
+                if !wrote {
+                    return Ok(None);
+                }
+                let snaps = tokio::try_join!(
+                    self.v3.snapshots(c3::INFO, &ids),
+                    self.v3.snapshots(c3::CONTENT, &ids),
+                )?;
+                Ok(Some(snaps))
+            },
+        );
+        match reads {
+            Ok((analytics, deleted_users, again)) => {
+                if let Some((infos, contents)) = again {
+                    (r.infos, r.contents) = (infos, contents);
+                }
+                Some((analytics, deleted_users))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the batch's re-syncs in V3; their jobs run alone");
+                None
+            }
+        }
+    }
+
     /// Where a fresh viz hangs when its parent is `parent`, decided as the per-viz path
     /// decides it (`resolve_parent`, `parent_link`): the parent translated earlier in the batch
     /// (its `chains` entry) or visible in V3 (`infos`) links the viz at its fork point; one
@@ -686,12 +686,58 @@ impl Migrator {
         fetched: &Fetched,
         d: &mut Decided,
     ) {
-        let BatchReads {
-            users,
-            events,
-            deleted_users,
-        } = *read;
         let in_batch: HashSet<String> = ready_vizzes.iter().map(|f| f.p.viz.clone()).collect();
+        let (infos, missing) = self.fresh_parents(&ready_vizzes, &in_batch, fetched).await;
+        let at = Parents {
+            in_batch: &in_batch,
+            chains: &HashMap::new(),
+            infos: &infos,
+            missing: &missing,
+        };
+        let (ready, ats, chains) = self.translate_fresh(ready_vizzes, at, read, d).await;
+        let none = HashMap::new();
+        let known = Known {
+            info: &none,
+            content: &none,
+            analytics: &none,
+        };
+        let counting = Counting::Move { before: &infos };
+        let written = self.write_many(ready, known, counting).await;
+        for ((at, viz, end), r) in ats.into_iter().zip(written) {
+            match r {
+                Ok(done) => {
+                    // Its forks in later batches of this worker find its chain here, not in
+                    // V3 (commit ids are content-derived: what V3 holds now, ending where its
+                    // info ends).
+                    if let Some(chain) = chains.get(&viz) {
+                        self.cache_chain(&viz, Some(&end), chain);
+                    }
+                    if let Some(at) = at {
+                        d.finished.push((at, Ok(done)));
+                    }
+                }
+                // Another writer got to one of its documents, or a write failed: the job runs
+                // alone, reading what is there.
+                Err(e) => {
+                    tracing::debug!(viz, error = %e, "fresh viz not finished in its batch; running it alone");
+                    if let Some(at) = at {
+                        d.alone(at, Alone::Reading);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The parents of a batch's fresh vizzes outside it: their infos (read while fetching
+    /// parents, or now: one query), their chains prefetched, and those V2 lacks too (deleted
+    /// vizzes: their forks hang from the primordial viz; the others run their forks alone,
+    /// their migration first). A parent whose info cannot be read counts as not visible.
+    async fn fresh_parents(
+        &self,
+        ready_vizzes: &[Fresh],
+        in_batch: &HashSet<String>,
+        fetched: &Fetched,
+    ) -> (HashMap<String, Snapshot>, HashSet<String>) {
         let mut parents: BTreeSet<String> = ready_vizzes
             .iter()
             .filter_map(|f| f.wanted.as_ref().map(|(w, _)| w.clone()))
@@ -702,8 +748,6 @@ impl Migrator {
             parents.insert(PRIMORDIAL_VIZ_ID.to_string());
         }
         let parents: Vec<String> = parents.into_iter().collect();
-        // Infos read while fetching parents are not read again. A parent whose info cannot be
-        // read counts as not visible: its forks run alone.
         let unread: Vec<String> = parents
             .iter()
             .filter(|p| !fetched.read.contains(*p))
@@ -722,9 +766,6 @@ impl Migrator {
             }
         }
         self.prefetch_chains(&parents, &infos).await;
-        // Parents neither in the batch nor visible in V3: those V2 lacks too (deleted vizzes)
-        // leave their forks to the primordial viz; the others run their forks alone (their
-        // migration comes first).
         let unseen: Vec<String> = parents
             .iter()
             .filter(|p| infos.get(*p).is_none_or(|s| s.doc_type.is_none()))
@@ -745,15 +786,37 @@ impl Migrator {
                 HashSet::new()
             }
         };
+        (infos, missing)
+    }
+
+    /// The batch's fresh vizzes, parents first, each hung from its parent (see
+    /// [`Migrator::hang`]; a fork of a viz in the batch from its parent's translation) and
+    /// translated: ready to write, with each one's place in the batch, id and `info.end`, and
+    /// the chains V3 holds of them once written. One that cannot be hung here or does not
+    /// translate runs alone.
+    async fn translate_fresh(
+        &self,
+        ready_vizzes: Vec<Fresh>,
+        parents: Parents<'_>,
+        read: &BatchReads<'_>,
+        d: &mut Decided,
+    ) -> (
+        Vec<Ready>,
+        Vec<FreshAt>,
+        HashMap<String, Arc<Vec<v3::Commit>>>,
+    ) {
+        let BatchReads {
+            users,
+            events,
+            deleted_users,
+        } = *read;
         // The chains of the vizzes translated so far: V3 holds exactly these once written.
         let mut chains: HashMap<String, Arc<Vec<v3::Commit>>> = HashMap::new();
         let (mut ready, mut ats) = (Vec::new(), Vec::new());
         for f in ready_vizzes {
             let at = Parents {
-                in_batch: &in_batch,
                 chains: &chains,
-                infos: &infos,
-                missing: &missing,
+                ..parents
             };
             let Some(link) = self.hang(&f, &at).await else {
                 d.alone_fresh(&f, Alone::Trusting);
@@ -796,37 +859,7 @@ impl Migrator {
                 read: false,
             });
         }
-        let none = HashMap::new();
-        let known = Known {
-            info: &none,
-            content: &none,
-            analytics: &none,
-        };
-        let counting = Counting::Move { before: &infos };
-        let written = self.write_many(ready, known, counting).await;
-        for ((at, viz, end), r) in ats.into_iter().zip(written) {
-            match r {
-                Ok(done) => {
-                    // Its forks in later batches of this worker find its chain here, not in
-                    // V3 (commit ids are content-derived: what V3 holds now, ending where its
-                    // info ends).
-                    if let Some(chain) = chains.get(&viz) {
-                        self.cache_chain(&viz, Some(&end), chain);
-                    }
-                    if let Some(at) = at {
-                        d.finished.push((at, Ok(done)));
-                    }
-                }
-                // Another writer got to one of its documents, or a write failed: the job runs
-                // alone, reading what is there.
-                Err(e) => {
-                    tracing::debug!(viz, error = %e, "fresh viz not finished in its batch; running it alone");
-                    if let Some(at) = at {
-                        d.alone(at, Alone::Reading);
-                    }
-                }
-            }
-        }
+        (ready, ats, chains)
     }
 
     /// Where a fresh viz hangs: `Some(None)` a root, `Some(Some(link))` its parent (V2's, or
@@ -878,6 +911,68 @@ impl Migrator {
             Err(e) => tracing::debug!(error = %e, "cannot read the parents' chains at once"),
         }
     }
+}
+
+/// The batch's prepared vizzes split: fresh ones (the ledger has no record of them; the
+/// parents fetched for them first) and the ones the ledger knows, with their V2 fingerprints.
+fn split_fresh(
+    jobs: &[Job],
+    prepared: Vec<PreparedJob>,
+    extras: Vec<(Prepared, Option<String>)>,
+    events: &HashMap<String, Value>,
+) -> (Vec<Fresh>, Vec<KnownViz>) {
+    let fresh_of = |at: Option<usize>, batch: Option<String>, p: Prepared| {
+        let fingerprint = p.source_fingerprint();
+        let analytics_fingerprint = events.get(&p.analytics_id).map(ids::fingerprint);
+        Fresh {
+            at,
+            batch,
+            wanted: wanted_parent(&p),
+            p,
+            attempts: 1,
+            fingerprint,
+            analytics_fingerprint,
+        }
+    };
+    let mut fresh: Vec<Fresh> = extras
+        .into_iter()
+        .map(|(p, batch)| fresh_of(None, batch, p))
+        .collect();
+    let mut known = Vec::new();
+    for (at, p, last) in prepared {
+        match last {
+            None => fresh.push(fresh_of(Some(at), jobs[at].batch.clone(), p)),
+            Some(last) => {
+                let fingerprint = p.source_fingerprint();
+                let analytics_fingerprint = events.get(&p.analytics_id).map(ids::fingerprint);
+                known.push((at, p, last, fingerprint, analytics_fingerprint))
+            }
+        }
+    }
+    (fresh, known)
+}
+
+/// Parents before their forks: a fork of a viz in the batch is translated from its parent's
+/// translation (the commits V3 is about to hold), and all are written at once. A fork cycle
+/// within the batch runs alone (the per-viz path decides who is its root).
+fn parents_first(fresh: Vec<Fresh>, d: &mut Decided) -> Vec<Fresh> {
+    let mut ordered = Vec::with_capacity(fresh.len());
+    let mut waiting = fresh;
+    while !waiting.is_empty() {
+        let in_batch: HashSet<String> = waiting.iter().map(|f| f.p.viz.clone()).collect();
+        let (ready, rest): (Vec<Fresh>, Vec<Fresh>) = waiting
+            .into_iter()
+            .partition(|f| f.wanted.as_ref().is_none_or(|(w, _)| !in_batch.contains(w)));
+        if ready.is_empty() {
+            for f in rest {
+                d.alone_fresh(&f, Alone::Trusting);
+            }
+            break;
+        }
+        ordered.extend(ready);
+        waiting = rest;
+    }
+    ordered
 }
 
 /// The parent a fresh viz asks for (V2's, or the primordial viz), and whether the link is
