@@ -17,7 +17,7 @@
 //!
 //! Not here, as they are not retries of a failed operation: the delayed-retry queues
 //! ([`crate::broker::Topology::retry_delays_ms`]: the broker holds the job, across workers), the
-//! forks recount (`Migrator::recount_forks`: re-reads and recomputes at once, no pause), and the
+//! forks recount (`Migrator::recount`: re-reads and recomputes at once, no pause), and the
 //! polling loops (the worker's batch, idle and queue-depth timers, `broker`'s wait for returned
 //! messages, `planner status --watch`).
 

@@ -1,29 +1,32 @@
 //! Migrating a batch of jobs together ([`Migrator::migrate_batch`], what the worker runs): the
-//! database I/O of the common cases is shared by the whole batch, so a batch of B vizzes costs a
-//! few queries per collection instead of a few per viz.
+//! database I/O is shared by the whole batch, so a batch of B vizzes costs a few queries per
+//! collection instead of a few per viz. The stages, each a function of its own:
 //!
-//! - **Read** V2 once per collection for the batch (`$in` on ids; op logs in `(d, v)` order,
-//!   within a byte budget), users and page-view records likewise; the ledger and the V3
-//!   snapshots the plans need with `$in`.
-//! - **Fast path**: a viz the ledger has never recorded (the catch-up) whose parent is in V3 or
-//!   in the batch, and a viz whose plan is `Unchanged` (the daily re-run). The batch's fresh
-//!   vizzes are translated parents first: a fork of a viz in the batch is translated from its
-//!   parent's translation (the commits V3 is about to hold; commit ids are content-derived, so
-//!   they are the ones a read would return), a fork of a viz in V3 from the parent's chain
-//!   (all the parents' chains read in one query). Then they are written together, per
-//!   collection in the spec's order (users → commits → content → upvotes, permissions,
-//!   analytics → info → parents' `forksCount`), one unordered insert per collection, every
-//!   per-document result mapped back to its viz (a fork of a viz another writer got to first
-//!   waits for it); each parent's `forksCount` moves by one op for all its forks in the batch
-//!   ([`Migrator::recount_parents`]). The ledger records of the whole batch go in at the end,
-//!   after every other write: one insert for the fresh vizzes' (no lookup: the batch read that
-//!   they had none), one upsert command for the others'.
-//! - **Alone**: everything else, and every viz the fast path could not finish (a doc another
-//!   writer got to first, a parent that is neither in V3 nor in the batch, a write error, an
-//!   unreadable viz, a re-sync, a conflict), runs through [`Migrator::migrate`]'s own logic,
-//!   after the fast path, a few at a time. So the fast path decides nothing the per-viz path
-//!   would decide differently: it writes exactly what that path writes for a fresh viz (same
-//!   translation, same documents, same order per viz), and leaves every other case to it.
+//! - **Read** ([`Migrator::read_batch`], [`Migrator::read_around`]): V2 once per collection for
+//!   the batch (`$in` on ids; op logs in `(d, v)` order, within a byte budget), users and
+//!   page-view records likewise; the ledger with `$in`.
+//! - **Decide** ([`Migrator::unchanged_ones`]): the plan of every viz the ledger knows, from
+//!   its info and content snapshots (two `$in` reads). `Unchanged` and `DeletedInV3` end there
+//!   ([`ended_unwritten`](super::ended_unwritten), as for a job alone).
+//! - **Link and translate fresh vizzes** ([`Migrator::fresh_parents`],
+//!   [`Migrator::translate_fresh`]): parents first; a fork of a viz in the batch from its
+//!   parent's translation (the commits V3 is about to hold; commit ids are content-derived),
+//!   a fork of a viz in V3 from the parent's chain (all parents' chains read in one query);
+//!   parents missing from V3 are fetched and migrated with the batch
+//!   ([`Migrator::parents_to_fetch`]).
+//! - **Write** ([`Migrator::write_many`], the one writer, also a job alone's): per collection in
+//!   the spec's order, every per-document result mapped back to its viz. Fresh vizzes first,
+//!   each parent's `forksCount` moved by one op for all its forks in the batch
+//!   ([`Counting::Move`]); then the re-syncs ([`Migrator::resync_ones`]: translated from the
+//!   last migration, V3's side decided, spec 3.4) and page-view merges
+//!   ([`Migrator::merge_page_views`]), after the fresh ones as jobs alone ran after them.
+//! - **Record**: the writer records what it wrote; the unchanged ones' records go in at the
+//!   end in one command.
+//! - **Alone**: what the batch cannot finish (a viz twice in the batch, past the byte budget,
+//!   that does not prepare or translate, whose parent is neither in V3 nor in the batch, a
+//!   fork cycle, a document another writer got to first, a write error) runs through
+//!   [`Migrator::migrate`], after the batch, a few at a time; it reads, decides and writes
+//!   through the same functions, one viz at a time.
 //!
 //! A crash between two writes leaves each job of the batch either recorded or unrecorded with
 //! some of its documents written; redelivered, its creates find those documents and it runs

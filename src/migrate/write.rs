@@ -10,10 +10,11 @@
 //! [`crate::merge`]), fields both sides changed end the job `conflict`, and what a stopped
 //! attempt of ours left is taken back.
 //!
-//! A job run alone writes through it as a batch of one; the worker's batch writes its
-//! re-syncs through it. A batch's fresh vizzes (creates only, parents in the same batch) go
-//! through `batch::write_fresh`, which writes what this writer writes for a fresh viz
-//! (`tests/batch.rs::a_batch_writes_what_one_job_at_a_time_writes`).
+//! A job run alone writes through it as a batch of one; the worker's batch writes its fresh
+//! vizzes and its re-syncs through it (`tests/batch.rs::a_batch_writes_what_one_job_at_a_time_writes`,
+//! `a_batch_resyncs_what_one_job_at_a_time_resyncs`). The parents' `forksCount` is recounted
+//! from V3 per fork for a job alone, moved once per parent by all its forks for a batch
+//! ([`Counting`]); both fall back to the one recount loop, [`Migrator::recount`].
 
 use super::{
     ledger_err, now_ms, record_of, to_value, v3_err, Done, JobError, Migrator, ParentLink,
