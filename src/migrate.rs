@@ -228,6 +228,19 @@ fn ledger_err(viz: &str) -> impl FnOnce(mongodb::error::Error) -> JobError + '_ 
     }
 }
 
+/// What translating a viz hangs it from: its parent's link, or nothing (a root).
+fn parent_of(link: Option<&ParentLink>) -> Parent<'_> {
+    match link {
+        None => Parent::Root,
+        Some(l) => Parent::Fork {
+            viz: &l.viz,
+            commit: &l.commit,
+            content: &l.content,
+            backfilled: l.backfilled,
+        },
+    }
+}
+
 /// The parent a viz hangs from, resolved in V3.
 struct ParentLink {
     viz: String,
@@ -676,15 +689,7 @@ impl Migrator {
             .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data));
         let t = {
             let ctx = Context {
-                parent: match &parent {
-                    None => Parent::Root,
-                    Some(l) => Parent::Fork {
-                        viz: &l.viz,
-                        commit: &l.commit,
-                        content: &l.content,
-                        backfilled: l.backfilled,
-                    },
-                },
+                parent: parent_of(parent.as_ref()),
                 users: r.users,
                 analytics: r.analytics,
                 v3_analytics: v3_analytics.as_ref(),

@@ -247,25 +247,37 @@ impl Hold {
     }
 }
 
+/// A client of `env`'s server whose commands pass through `handler`.
+async fn client_with(
+    env: &TestEnv,
+    handler: mongodb::event::EventHandler<mongodb::event::command::CommandEvent>,
+) -> mongodb::Client {
+    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
+        .await
+        .unwrap();
+    o.command_event_handler = Some(handler);
+    mongodb::Client::with_options(o).unwrap()
+}
+
+/// A migrator of `env` reading V2 through `v2` and writing V3 through `v3`.
+fn migrator_on(env: &TestEnv, v2: &mongodb::Client, v3: &mongodb::Client) -> Migrator {
+    Migrator::new(
+        vizhub_migrate::v2::reader::Reader::new(
+            v2.database(env.v2.name()),
+            std::num::NonZeroU32::new(10_000).unwrap(),
+        ),
+        vizhub_migrate::v3::store::Store::new(v3.database(env.v3.name())),
+        vizhub_migrate::ledger::Ledger::new(v3.database(env.v3.name())),
+        vizhub_migrate::translate::Config::default(),
+    )
+}
+
 /// A migrator of `env` whose V3 commands pass through `handler` (V2 unmonitored).
 async fn monitored_migrator(
     env: &TestEnv,
     handler: mongodb::event::EventHandler<mongodb::event::command::CommandEvent>,
 ) -> Migrator {
-    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
-        .await
-        .unwrap();
-    o.command_event_handler = Some(handler);
-    let client = mongodb::Client::with_options(o).unwrap();
-    Migrator::new(
-        vizhub_migrate::v2::reader::Reader::new(
-            env.v2.clone(),
-            std::num::NonZeroU32::new(10_000).unwrap(),
-        ),
-        vizhub_migrate::v3::store::Store::new(client.database(env.v3.name())),
-        vizhub_migrate::ledger::Ledger::new(client.database(env.v3.name())),
-        vizhub_migrate::translate::Config::default(),
-    )
+    migrator_on(env, &env.client, &client_with(env, handler).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1071,27 +1083,13 @@ async fn counting_migrator(
     let counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
         Default::default();
     let seen = counts.clone();
-    let mut o = mongodb::options::ClientOptions::parse(&env.mongo_base)
-        .await
-        .unwrap();
-    o.command_event_handler = Some(mongodb::event::EventHandler::callback(
-        move |e: CommandEvent| {
-            if let CommandEvent::Started(s) = e {
-                *seen.lock().unwrap().entry(s.db.clone()).or_default() += 1;
-            }
-        },
-    ));
-    let client = mongodb::Client::with_options(o).unwrap();
-    let m = Migrator::new(
-        vizhub_migrate::v2::reader::Reader::new(
-            client.database(env.v2.name()),
-            std::num::NonZeroU32::new(10_000).unwrap(),
-        ),
-        vizhub_migrate::v3::store::Store::new(client.database(env.v3.name())),
-        vizhub_migrate::ledger::Ledger::new(client.database(env.v3.name())),
-        vizhub_migrate::translate::Config::default(),
-    );
-    (m, counts)
+    let handler = mongodb::event::EventHandler::callback(move |e: CommandEvent| {
+        if let CommandEvent::Started(s) = e {
+            *seen.lock().unwrap().entry(s.db.clone()).or_default() += 1;
+        }
+    });
+    let client = client_with(env, handler).await;
+    (migrator_on(env, &client, &client), counts)
 }
 
 /// The daily catch-up: V2 changed half of a migrated set (content edited through its op log,

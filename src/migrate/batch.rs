@@ -34,13 +34,13 @@
 
 use super::write::{Counting, Known, PageViews, Ready};
 use super::{
-    ended_unwritten, last_migrated, now_secs, plan_of, v2_bytes, v3_now, Done, JobError, Migrator,
-    ParentLink, Reading, JOB_MEMORY_KIB, WORKING_COPIES,
+    ended_unwritten, last_migrated, now_secs, parent_of, plan_of, v2_bytes, v3_now, Done, JobError,
+    Migrator, ParentLink, Reading, JOB_MEMORY_KIB, WORKING_COPIES,
 };
 use crate::job::Job;
 use crate::ledger::VizRecord;
 use crate::outcome::Plan;
-use crate::translate::{self, Context, Parent, ParentRequest, Prepared};
+use crate::translate::{self, Context, ParentRequest, Prepared};
 use crate::v3::store::Snapshot;
 use crate::v3::{self, collections as c3};
 use crate::{ids, PRIMORDIAL_VIZ_ID};
@@ -826,15 +826,7 @@ impl Migrator {
                 continue;
             };
             let ctx = Context {
-                parent: match &link {
-                    None => Parent::Root,
-                    Some(l) => Parent::Fork {
-                        viz: &l.viz,
-                        commit: &l.commit,
-                        content: &l.content,
-                        backfilled: l.backfilled,
-                    },
-                },
+                parent: parent_of(link.as_ref()),
                 users,
                 analytics: events.get(&f.p.analytics_id),
                 v3_analytics: None,

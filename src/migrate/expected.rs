@@ -10,8 +10,8 @@
 //! same functions a job runs.
 
 use super::batch::{wanted_parent, BATCH_READ_BYTES};
-use super::{now_secs, v2_err, v3_err, JobError, Migrator, ParentLink};
-use crate::translate::{self, Context, Parent, ParentRequest, Prepared, Translation, V2Viz};
+use super::{now_secs, parent_of, v2_err, v3_err, JobError, Migrator, ParentLink};
+use crate::translate::{self, Context, ParentRequest, Prepared, Translation, V2Viz};
 use crate::v3::collections as c3;
 use crate::v3::store::Snapshot;
 use crate::PRIMORDIAL_VIZ_ID;
@@ -147,15 +147,7 @@ impl Migrator {
             });
         }
         let ctx = Context {
-            parent: match &link {
-                None => Parent::Root,
-                Some(l) => Parent::Fork {
-                    viz: &l.viz,
-                    commit: &l.commit,
-                    content: &l.content,
-                    backfilled: l.backfilled,
-                },
-            },
+            parent: parent_of(link.as_ref()),
             users,
             analytics: events.get(&p.analytics_id),
             v3_analytics: None,
