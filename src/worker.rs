@@ -310,11 +310,26 @@ impl Scheduling<'_> {
         let idle = idle_watch(&link.channel, &watched, jobs, self.until_idle);
         tokio::pin!(idle);
         loop {
+            // Biased, in this order: nothing is scheduled once shutdown has come; a failed idle
+            // check (a deleted queue, say, which also closes the consumer's channel) ends the
+            // session with its error rather than as a lost consumer; finished batches are
+            // reaped before the next one starts.
             tokio::select! {
+                biased;
                 _ = shutdown.as_mut() => {
                     tracing::info!(in_flight = jobs.in_flight(), buffered = batches.buffered_len(), "shutting down: no new jobs; draining");
                     let _ = link.channel.basic_cancel(link.tag.as_str().into(), BasicCancelOptions::default()).await;
                     return Ok(Exit::Done);
+                }
+                idle = &mut idle => {
+                    idle?;
+                    tracing::info!("queues empty and nothing in flight; exiting (--until-idle)");
+                    return Ok(Exit::Done);
+                }
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = joined {
+                        tracing::error!(error = %e, "batch task failed outside its jobs");
+                    }
                 }
                 batch = batches.next() => match batch {
                     Some(Ok(batch)) => {
@@ -329,16 +344,6 @@ impl Scheduling<'_> {
                         return Ok(Exit::Reconnect);
                     }
                 },
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Err(e) = joined {
-                        tracing::error!(error = %e, "batch task failed outside its jobs");
-                    }
-                }
-                idle = &mut idle => {
-                    idle?;
-                    tracing::info!("queues empty and nothing in flight; exiting (--until-idle)");
-                    return Ok(Exit::Done);
-                }
             }
         }
     }
