@@ -13,7 +13,8 @@
 #
 # There is no ENTRYPOINT: the command names the binary (`worker`, `planner plan --all`,
 # `dlq stats`, and in the dev image `seed --synthetic 3000`), in docker-compose.yml and in the
-# Kubernetes manifests alike. Configuration comes from the environment (README "Configuration").
+# Kubernetes manifests alike. Configuration comes from the environment
+# (docs/runbook.md#configuration).
 #
 # V2 fixtures: `seed` loads the real V2 fixtures from SEED_FIXTURES_DIR. They live outside this
 # repository (../shared/fixtures/v2), hence outside the build context, so neither image contains

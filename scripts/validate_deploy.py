@@ -15,9 +15,10 @@ What it checks, beyond "it parses":
     `--no-default-features`, its list of binaries = Cargo.toml's [[bin]]s without
     required-features, and not derived from the `dev` stage; the `dev` stage (development image)
     adds the others (`seed`: feature `dev-data`);
-  - docker-compose.yml: the services README and spec rely on, commands naming real binaries,
-    a service running a development binary builds the `dev` target under its own image name,
-    the management UI port of the header comment = the published one, a RabbitMQ 4.x image,
+  - docker-compose.yml: the services the spec and docs/runbook.md#packaging-and-deployment-files
+    rely on, commands naming real binaries, a service running a development binary builds the
+    `dev` target under its own image name, the management UI port of the header comment = the
+    published one, a RabbitMQ 4.x image,
     the seed service's exit-code mapping (run in bash with a stub `seed`: 3 = already seeded is
     success, everything else non-zero fails);
   - k8s/ (subdirectories included): every *.yaml / *.json parses; commands name binaries of the

@@ -152,7 +152,8 @@ pub async fn connect(uri: &str) -> Result<Connection, BrokerError> {
 pub const DLQ_DELIVERY_LIMIT: i32 = i32::MAX;
 
 /// Every queue of the topology with the arguments it is declared with. Nothing is left to a
-/// broker default that differs across RabbitMQ 3.13, 4.0–4.2 and 4.3+ (README: version matrix).
+/// broker default that differs across RabbitMQ 3.13, 4.0–4.2 and 4.3+ (the version matrix:
+/// docs/runbook.md#queues-and-rabbitmq-versions).
 pub fn queue_arguments(t: &Topology) -> Vec<(String, FieldTable)> {
     let quorum = ("x-queue-type", long("quorum"));
     // Broker dead-lettering (delivery limit, retry TTL) is at-most-once by default: a move to a

@@ -37,7 +37,7 @@
 
 use crate::v2::reader::Reader;
 use crate::v3::store::WriteTimes;
-use crate::worker::{KindCounts, QueueRole, Stats};
+use crate::worker::stats::{KindCounts, QueueRole, Stats};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;

@@ -10,19 +10,25 @@
 //! What a delivery says (its body, our headers, the broker's delivery count) and the headers it
 //! is moved with are the job message's contract, read and written through [`crate::job`].
 //!
-//! Batching works the way batch sinks do: the loop buffers deliveries and hands them to a batch
-//! task when the buffer holds the batch size (`batch_size`, at most `concurrency`), when the
-//! oldest buffered delivery has waited `batch_wait` (a timer armed by the first delivery of the
-//! buffer), or on shutdown (the buffer then runs as a last batch, drained like the others).
-//! Several batches run at once as long as the prefetch lets deliveries in; a buffered delivery
-//! counts as in flight from its receipt. A batch task parses its deliveries (`prepare`: a bad
-//! body, or a delivery the broker is about to give up on, never runs), migrates the runnable jobs
-//! together in a task of their own (`migrate_contained`: should that task panic, each job runs
-//! again alone, so the panic is pinned on the viz that causes it), decides every delivery's fate
-//! from its job's result alone (`decide`, no I/O), then records and settles each delivery on
-//! its own (`finish`), so a batch's jobs hold their prefetch slots until its slowest job ends.
-//! Counters, the histogram and the `job done` log line (with `batch_jobs`, the size of the
-//! batch the job ran in) stay per job.
+//! A broker session (`consume`) only connects, schedules and settles. Its stages:
+//!
+//! - the batcher ([`batcher::Batches`]), which works the way batch sinks do: it buffers
+//!   deliveries and hands them on when the buffer holds the batch size (`batch_size`, at most
+//!   `concurrency`) or when the oldest buffered delivery has waited `batch_wait` (a timer armed
+//!   by the first delivery of the buffer); on shutdown what it still holds runs as a last batch,
+//!   drained like the others. A delivery counts as in flight from its receipt;
+//! - the loop (`Scheduling::run`), which runs each batch as a task of its own (several at once
+//!   as long as the prefetch lets deliveries in) until shutdown, idle or a lost consumer;
+//! - beside it, the idle watch (`idle_watch`, with `until_idle`) and the queue sampler
+//!   (`sample_queues_every`, a task of its own);
+//! - a batch's task (`run_batch`): it parses its deliveries (`prepare`: a bad body, or a
+//!   delivery the broker is about to give up on, never runs), migrates the runnable jobs
+//!   together in a task of their own (`migrate_contained`: should that task panic, each job runs
+//!   again alone, so the panic is pinned on the viz that causes it), decides every delivery's
+//!   fate from its job's result alone (`decide`, no I/O), then records and settles each delivery
+//!   on its own (`finish`), so a batch's jobs hold their prefetch slots until its slowest job
+//!   ends. Counters, the histogram and the `job done` log line (with `batch_jobs`, the size of
+//!   the batch the job ran in) stay per job.
 //!
 //! Publishing always comes before the ack, so a crash in between duplicates a message (harmless:
 //! jobs are idempotent) but never loses one. An ack that lapin refuses because the channel died
@@ -34,23 +40,30 @@
 //! and with `until_idle` exits once the work and retry queues stayed empty with nothing in
 //! flight (buffered included) for that long.
 //!
-//! Everything it counts lives in [`Stats`], the one place of the worker's counters (failures by
-//! [`ErrorKind`], and its queues' depths sampled every [`QUEUE_SAMPLE_EVERY`] so alerts can tell
-//! "idle" from "stuck"); the `/metrics` endpoint ([`crate::metrics`]) only reads them.
+//! Everything it counts lives in [`Stats`] (module [`stats`]), the one place of the worker's
+//! counters (failures by [`ErrorKind`](crate::outcome::ErrorKind), and its queues' depths sampled
+//! every [`QUEUE_SAMPLE_EVERY`] so alerts can tell "idle" from "stuck"); the `/metrics` endpoint
+//! ([`crate::metrics`]) only reads them.
+
+pub mod batcher;
+pub mod stats;
+
+pub use stats::Stats;
 
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::job::{self, Failure, Headers, Job};
 use crate::migrate::{Done, JobError, Migrator};
-use crate::outcome::ErrorKind;
 use crate::retry::{self, BackoffBuilder, Retryable};
 use crate::{Disposition, Outcome};
-use futures_util::StreamExt;
+use batcher::Batches;
+use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use stats::{QueueDepths, QueueRole};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -102,240 +115,11 @@ impl Options {
     }
 }
 
-/// Counters of a worker run: the one place they are kept ([`crate::metrics`] exports them).
-#[derive(Debug)]
-pub struct Stats {
-    /// Jobs that ended in a recorded outcome other than `failed` (and were acked).
-    pub done: AtomicU64,
-    /// Jobs sent to a delayed-retry queue.
-    pub retried: AtomicU64,
-    /// Jobs published to the dead-letter queue.
-    pub dead_lettered: AtomicU64,
-    /// `retried`, by the kind of error that sent them there.
-    pub retried_by_kind: KindCounts,
-    /// `dead_lettered`, by the kind of error that sent them there.
-    pub dead_lettered_by_kind: KindCounts,
-    /// Messages in the work queue, the retry queues (together) and the DLQ, as last sampled
-    /// (every [`QUEUE_SAMPLE_EVERY`] while connected; -1 until the first sample).
-    pub queue_messages: QueueDepths,
-    /// Acks refused or failed because the channel died since the delivery (redelivered later).
-    pub acks_lost: AtomicU64,
-    /// Jobs received and not yet settled: buffered for a batch, migrating, or being acked or
-    /// moved.
-    pub in_flight: AtomicU64,
-    /// Jobs migrating now (in their batch's task, or alone after the batch panicked), and the
-    /// most that ever migrated at once: never more than `--concurrency`, reconnects included.
-    pub migrations_running: AtomicU64,
-    pub max_migrations_running: AtomicU64,
-    /// Moves to a retry queue or the DLQ whose publish failed (the job was requeued instead).
-    pub moves_failed: AtomicU64,
-    /// Ended jobs by outcome (spec 3.5): `done` by outcome, plus the dead-lettered as `failed`.
-    pub outcomes: OutcomeCounts,
-    /// Connection attempts to the broker after the first (each follows a lost or failed session).
-    pub reconnects: AtomicU64,
-    /// True while the worker has a broker session and is consuming.
-    pub broker_connected: AtomicBool,
-    /// Seconds each delivery took, from receipt (its wait for a batch included) to its ack (or
-    /// its move to a retry queue or the DLQ). Retried jobs count once per attempt.
-    pub job_seconds: Histogram,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            done: AtomicU64::default(),
-            retried: AtomicU64::default(),
-            dead_lettered: AtomicU64::default(),
-            retried_by_kind: KindCounts::default(),
-            dead_lettered_by_kind: KindCounts::default(),
-            queue_messages: QueueDepths::default(),
-            acks_lost: AtomicU64::default(),
-            in_flight: AtomicU64::default(),
-            migrations_running: AtomicU64::default(),
-            max_migrations_running: AtomicU64::default(),
-            moves_failed: AtomicU64::default(),
-            outcomes: OutcomeCounts::default(),
-            reconnects: AtomicU64::default(),
-            broker_connected: AtomicBool::default(),
-            // 5 ms … ~164 s: a small viz takes milliseconds, one with a long op log minutes.
-            job_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
-        }
-    }
-}
-
-impl Stats {
-    /// A job ended with `outcome` (recorded in the ledger, or dead-lettered as `failed`).
-    fn ended(&self, outcome: Outcome) {
-        self.outcomes.add(outcome);
-        if outcome != Outcome::Failed {
-            self.done.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Ended jobs, one counter per [`Outcome`].
-#[derive(Debug, Default)]
-pub struct OutcomeCounts([AtomicU64; 5]);
-
-impl OutcomeCounts {
-    /// Every outcome, in the order [`OutcomeCounts::iter`] reports them.
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Migrated,
-        Outcome::Skipped,
-        Outcome::Failed,
-        Outcome::Conflict,
-        Outcome::Unchanged,
-    ];
-
-    fn slot(outcome: Outcome) -> usize {
-        match outcome {
-            Outcome::Migrated => 0,
-            Outcome::Skipped => 1,
-            Outcome::Failed => 2,
-            Outcome::Conflict => 3,
-            Outcome::Unchanged => 4,
-        }
-    }
-
-    pub fn add(&self, outcome: Outcome) {
-        self.0[Self::slot(outcome)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self, outcome: Outcome) -> u64 {
-        self.0[Self::slot(outcome)].load(Ordering::Relaxed)
-    }
-
-    /// `(outcome, count)` for every outcome, zeros included.
-    pub fn iter(&self) -> impl Iterator<Item = (Outcome, u64)> + '_ {
-        Self::ALL.into_iter().map(|o| (o, self.get(o)))
-    }
-}
-
-/// Jobs counted by [`ErrorKind`], one counter per kind.
-#[derive(Debug)]
-pub struct KindCounts([AtomicU64; ErrorKind::ALL.len()]);
-
-impl Default for KindCounts {
-    fn default() -> Self {
-        KindCounts(std::array::from_fn(|_| AtomicU64::default()))
-    }
-}
-
-impl KindCounts {
-    pub fn add(&self, kind: ErrorKind) {
-        self.0[kind.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self, kind: ErrorKind) -> u64 {
-        self.0[kind.index()].load(Ordering::Relaxed)
-    }
-
-    /// `(kind, count)` for every kind, zeros included.
-    pub fn iter(&self) -> impl Iterator<Item = (ErrorKind, u64)> + '_ {
-        ErrorKind::ALL.into_iter().map(|k| (k, self.get(k)))
-    }
-}
-
 /// How often a connected worker samples its queues' depths (one passive declare per queue).
 pub const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(15);
 
-/// The queues a worker samples, by role: the `queue` label of `vizhub_migrate_queue_messages`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueRole {
-    Work,
-    /// Every delayed-retry queue, summed.
-    Retry,
-    Dead,
-}
-
-impl QueueRole {
-    pub const ALL: [QueueRole; 3] = [QueueRole::Work, QueueRole::Retry, QueueRole::Dead];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueRole::Work => "work",
-            QueueRole::Retry => "retry",
-            QueueRole::Dead => "dead",
-        }
-    }
-}
-
-/// Last sampled depth per [`QueueRole`]; -1: not sampled yet.
-#[derive(Debug)]
-pub struct QueueDepths([AtomicI64; 3]);
-
-impl Default for QueueDepths {
-    fn default() -> Self {
-        QueueDepths(std::array::from_fn(|_| AtomicI64::new(-1)))
-    }
-}
-
-impl QueueDepths {
-    pub fn get(&self, role: QueueRole) -> i64 {
-        self.0[role as usize].load(Ordering::Relaxed)
-    }
-
-    fn set(&self, role: QueueRole, messages: u64) {
-        let n = i64::try_from(messages).unwrap_or(i64::MAX);
-        self.0[role as usize].store(n, Ordering::Relaxed);
-    }
-}
-
-/// Sample the depths of this worker's queues on `probe` (a channel of its own: a failed passive
-/// declare closes the channel it ran on, and the consumer's must survive).
-async fn sample_queues(
-    probe: &lapin::Channel,
-    topology: &Topology,
-    retry_queues: &[String],
-    depths: &QueueDepths,
-) -> Result<(), BrokerError> {
-    let work = broker::queue_depth(probe, &topology.work()).await?.0;
-    let mut retry = 0u64;
-    for q in retry_queues {
-        retry += u64::from(broker::queue_depth(probe, q).await?.0);
-    }
-    let dead = broker::queue_depth(probe, &topology.dead()).await?.0;
-    depths.set(QueueRole::Work, work.into());
-    depths.set(QueueRole::Retry, retry);
-    depths.set(QueueRole::Dead, dead.into());
-    Ok(())
-}
-
-/// Counts a job in flight (in this worker's [`Stats`] and in its broker session's count) for as
-/// long as it lives: from its receipt, through its wait in the buffer and its batch, to its
-/// settlement, including when its batch's task is aborted.
-struct InFlight(Arc<Stats>, Arc<AtomicU64>);
-
-impl InFlight {
-    fn new(stats: Arc<Stats>, session: Arc<AtomicU64>) -> Self {
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        session.fetch_add(1, Ordering::Relaxed);
-        InFlight(stats, session)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.1.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Marks the broker session up for as long as it lives.
-struct Connected<'a>(&'a AtomicBool);
-
-impl<'a> Connected<'a> {
-    fn new(flag: &'a AtomicBool) -> Self {
-        flag.store(true, Ordering::Relaxed);
-        Connected(flag)
-    }
-}
-
-impl Drop for Connected<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
-    }
-}
+/// How often `--until-idle` looks at the queues.
+const IDLE_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -393,21 +177,79 @@ struct Session {
     stats: Arc<Stats>,
 }
 
-/// A delivery waiting in the buffer or in its batch, counted in flight from its receipt.
-struct Pending {
-    delivery: Delivery,
-    received: Instant,
-    _in_flight: InFlight,
+/// A broker session's own ends, which only [`consume`] uses: the connection, the consumer's
+/// channel and tag, and the channel queue depths are sampled on.
+struct Link {
+    conn: lapin::Connection,
+    channel: lapin::Channel,
+    /// A channel of its own for sampling: a failed passive declare closes the channel it ran
+    /// on, and the consumer's must survive.
+    probe: lapin::Channel,
+    tag: String,
 }
 
+/// One broker session: connect, schedule batches until shutdown, idle or a lost consumer, then
+/// settle what is in flight (up to the drain deadline) and close.
 async fn consume(
     migrator: &Migrator,
     amqp_uri: &str,
     topology: &Topology,
     opts: &Options,
     stats: &Arc<Stats>,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Exit, BrokerError> {
+    let (link, consumer, session) = connect(migrator, amqp_uri, topology, opts, stats).await?;
+    let connected = Connected::new(&stats.broker_connected);
+    tracing::info!(
+        queue = %topology.work(),
+        concurrency = opts.prefetch(),
+        batch_size = opts.batch_jobs(),
+        batch_wait_ms = opts.batch_wait.as_millis() as u64,
+        "consuming"
+    );
+    // A task of its own, so a slow passive declare never holds up deliveries. It stops with the
+    // loop: its channel closes with this session's connection, and the next session samples anew.
+    let sampling = sample_queues_every(link.probe.clone(), topology.clone(), stats.clone());
+    let sampler = Aborting(tokio::spawn(sampling));
+    let jobs = Arc::new(SessionJobs::default());
+    let deliveries = {
+        let (stats, jobs) = (stats.clone(), jobs.clone());
+        consumer.map(move |d| d.map(|d| Pending::new(d, &stats, &jobs)))
+    };
+    let mut batches = Batches::new(deliveries, opts.batch_jobs(), opts.batch_wait);
+    let mut tasks = JoinSet::new();
+    let scheduling = Scheduling {
+        link: &link,
+        session: &session,
+        jobs: &jobs,
+        until_idle: opts.until_idle,
+    };
+    // A failed idle check ends the session at once: dropping `tasks` aborts its batches, whose
+    // deliveries the broker redelivers.
+    let exit = scheduling.run(&mut batches, &mut tasks, shutdown).await?;
+    drop(sampler);
+    // No longer consuming (shutting down, or the session is lost): not ready any more.
+    drop(connected);
+    // What is still buffered runs as a last batch, drained like the others (after a lost
+    // session its settlement fails and the broker redelivers it, as for the batches running).
+    let rest = batches.take_buffered();
+    if !rest.is_empty() {
+        tasks.spawn(run_batch(session, rest));
+    }
+    drain(&mut tasks, opts.drain_deadline, &jobs).await;
+    let _ = link.conn.close(200, "bye".into()).await;
+    Ok(exit)
+}
+
+/// Open a session: the connection, the consumer's channel (queues declared, prefetch set), the
+/// publisher batch tasks move deliveries with, the probe channel, then the consumer.
+async fn connect(
+    migrator: &Migrator,
+    amqp_uri: &str,
+    topology: &Topology,
+    opts: &Options,
+    stats: &Arc<Stats>,
+) -> Result<(Link, lapin::Consumer, Arc<Session>), BrokerError> {
     let conn = broker::connect(amqp_uri).await?;
     let channel = conn.create_channel().await?;
     broker::declare(&channel, topology).await?;
@@ -423,11 +265,9 @@ async fn consume(
         topology: topology.clone(),
         stats: stats.clone(),
     });
-    let mut probe = Some(conn.create_channel().await?);
-    let mut sample = tokio::time::interval(QUEUE_SAMPLE_EVERY);
-    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let probe = conn.create_channel().await?;
     let tag = format!("worker-{}-{}", std::process::id(), now_secs());
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             topology.work().as_str().into(),
             tag.as_str().into(),
@@ -435,122 +275,262 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    let connected = Connected::new(&stats.broker_connected);
-    let batch_jobs = opts.batch_jobs();
-    tracing::info!(
-        queue = %topology.work(),
-        concurrency = opts.prefetch(),
-        batch_size = batch_jobs,
-        batch_wait_ms = opts.batch_wait.as_millis() as u64,
-        "consuming"
-    );
-    // Batch tasks; `jobs` counts this session's deliveries from receipt to settlement.
-    let mut tasks = JoinSet::new();
-    let jobs = Arc::new(AtomicU64::new(0));
-    let mut buffer: Vec<Pending> = Vec::with_capacity(batch_jobs);
-    // Fires `batch_wait` after the first delivery of the buffer arrived (reset then; only
-    // polled while the buffer holds something).
-    let flush = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(flush);
-    let mut idle_since: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let retry_queues: Vec<String> = (0..topology.retry_delays_ms.len())
-        .map(|i| topology.retry(i))
-        .collect();
-    let exit = loop {
-        tokio::select! {
-            _ = shutdown.as_mut() => {
-                tracing::info!(in_flight = jobs.load(Ordering::Relaxed), buffered = buffer.len(), "shutting down: no new jobs; draining");
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                break Exit::Done;
-            }
-            delivery = consumer.next() => match delivery {
-                Some(Ok(d)) => {
-                    idle_since = None;
-                    if buffer.is_empty() {
-                        flush.as_mut().reset(tokio::time::Instant::now() + opts.batch_wait);
-                    }
-                    buffer.push(Pending {
-                        delivery: d,
-                        received: Instant::now(),
-                        _in_flight: InFlight::new(stats.clone(), jobs.clone()),
-                    });
-                    if buffer.len() >= batch_jobs {
-                        let batch = std::mem::replace(&mut buffer, Vec::with_capacity(batch_jobs));
-                        tasks.spawn(run_batch(session.clone(), batch));
-                    }
+    let link = Link {
+        conn,
+        channel,
+        probe,
+        tag,
+    };
+    Ok((link, consumer, session))
+}
+
+/// What the session's loop reads.
+struct Scheduling<'a> {
+    link: &'a Link,
+    session: &'a Arc<Session>,
+    jobs: &'a SessionJobs,
+    until_idle: Option<Duration>,
+}
+
+impl Scheduling<'_> {
+    /// The session's loop: each batch the batcher hands on runs as a task of its own, until
+    /// shutdown (consuming cancelled), idle (`--until-idle`) or the consumer's end (reconnect).
+    /// Only a failed idle check is an error.
+    async fn run<S>(
+        &self,
+        batches: &mut Batches<S, Pending>,
+        tasks: &mut JoinSet<()>,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Exit, BrokerError>
+    where
+        S: Stream<Item = Result<Pending, lapin::Error>> + Unpin,
+    {
+        let (link, jobs) = (self.link, self.jobs);
+        let watched = watched_queues(&self.session.topology);
+        let idle = idle_watch(&link.channel, &watched, jobs, self.until_idle);
+        tokio::pin!(idle);
+        loop {
+            // Biased, in this order: nothing is scheduled once shutdown has come; a failed idle
+            // check (a deleted queue, say, which also closes the consumer's channel) ends the
+            // session with its error rather than as a lost consumer; finished batches are
+            // reaped before the next one starts.
+            tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => {
+                    tracing::info!(in_flight = jobs.in_flight(), buffered = batches.buffered_len(), "shutting down: no new jobs; draining");
+                    let _ = link.channel.basic_cancel(link.tag.as_str().into(), BasicCancelOptions::default()).await;
+                    return Ok(Exit::Done);
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer failed; reconnecting");
-                    break Exit::Reconnect;
-                }
-                None => {
-                    tracing::warn!("consumer stream ended; reconnecting");
-                    break Exit::Reconnect;
-                }
-            },
-            _ = &mut flush, if !buffer.is_empty() => {
-                let batch = std::mem::replace(&mut buffer, Vec::with_capacity(batch_jobs));
-                tasks.spawn(run_batch(session.clone(), batch));
-            }
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = joined {
-                    tracing::error!(error = %e, "batch task failed outside its jobs");
-                }
-            }
-            _ = sample.tick(), if probe.is_some() => {
-                let p = probe.as_ref().expect("checked by the guard");
-                if let Err(e) = sample_queues(p, topology, &retry_queues, &stats.queue_messages).await {
-                    // Sampled again after the next reconnect; jobs are unaffected.
-                    tracing::warn!(error = %e, "cannot sample queue depths; stopped until the next broker session");
-                    probe = None;
-                }
-            }
-            _ = tick.tick(), if opts.until_idle.is_some() => {
-                if !tasks.is_empty() || !buffer.is_empty() {
-                    idle_since = None;
-                    continue;
-                }
-                let mut empty = true;
-                for q in std::iter::once(topology.work()).chain(retry_queues.iter().cloned()) {
-                    if broker::queue_depth(&channel, &q).await?.0 > 0 {
-                        empty = false;
-                        break;
-                    }
-                }
-                if !empty {
-                    idle_since = None;
-                } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= opts.until_idle.unwrap_or_default() {
+                idle = &mut idle => {
+                    idle?;
                     tracing::info!("queues empty and nothing in flight; exiting (--until-idle)");
-                    break Exit::Done;
+                    return Ok(Exit::Done);
                 }
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = joined {
+                        tracing::error!(error = %e, "batch task failed outside its jobs");
+                    }
+                }
+                batch = batches.next() => match batch {
+                    Some(Ok(batch)) => {
+                        tasks.spawn(run_batch(self.session.clone(), batch));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer failed; reconnecting");
+                        return Ok(Exit::Reconnect);
+                    }
+                    None => {
+                        tracing::warn!("consumer stream ended; reconnecting");
+                        return Ok(Exit::Reconnect);
+                    }
+                },
             }
         }
-    };
-    // No longer consuming (shutting down, or the session is lost): not ready any more.
-    drop(connected);
-    // What is still buffered runs as a last batch, drained like the others (after a lost
-    // session its settlement fails and the broker redelivers it, as for the batches running).
-    if !buffer.is_empty() {
-        tasks.spawn(run_batch(session.clone(), std::mem::take(&mut buffer)));
     }
-    // Drain: let in-flight jobs finish, up to the deadline. Whatever is still running then is
-    // abandoned (its batch's task aborted, which stops its migrations); its unacked deliveries
-    // return to the queue when the connection closes.
-    let deadline = tokio::time::sleep(opts.drain_deadline);
+}
+
+/// Let the batches in flight finish, up to `deadline`. Whatever is still running then is
+/// abandoned (its batch's task aborted, which stops its migrations); its unacked deliveries
+/// return to the queue when the connection closes.
+async fn drain(tasks: &mut JoinSet<()>, deadline: Duration, jobs: &SessionJobs) {
+    let deadline = tokio::time::sleep(deadline);
     tokio::pin!(deadline);
     while !tasks.is_empty() {
         tokio::select! {
             _ = &mut deadline => {
-                tracing::warn!(abandoned = jobs.load(Ordering::Relaxed), batches = tasks.len(), "drain deadline reached; unfinished jobs return to the queue");
+                tracing::warn!(abandoned = jobs.in_flight(), batches = tasks.len(), "drain deadline reached; unfinished jobs return to the queue");
                 tasks.abort_all();
                 break;
             }
             _ = tasks.join_next() => {}
         }
     }
-    let _ = conn.close(200, "bye".into()).await;
-    Ok(exit)
+}
+
+/// The queues whose jobs this worker runs: the work queue and every delayed-retry queue (each
+/// comes back to the work queue).
+fn watched_queues(topology: &Topology) -> Vec<String> {
+    std::iter::once(topology.work())
+        .chain(retry_queues(topology))
+        .collect()
+}
+
+fn retry_queues(topology: &Topology) -> Vec<String> {
+    (0..topology.retry_delays_ms.len())
+        .map(|i| topology.retry(i))
+        .collect()
+}
+
+/// With `until_idle`: resolves once `queues` stayed empty, with no delivery of this session
+/// received or in flight (buffered included), for that long; looks every [`IDLE_CHECK_EVERY`],
+/// on `channel`. Without it, never resolves. A failed look is the session's error.
+async fn idle_watch(
+    channel: &lapin::Channel,
+    queues: &[String],
+    jobs: &SessionJobs,
+    until_idle: Option<Duration>,
+) -> Result<(), BrokerError> {
+    let Some(idle) = until_idle else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(IDLE_CHECK_EVERY);
+    let mut idle_since: Option<Instant> = None;
+    let mut seen = jobs.received();
+    loop {
+        tick.tick().await;
+        // A delivery since the last look restarts the wait, even one settled already.
+        if jobs.received() != seen {
+            seen = jobs.received();
+            idle_since = None;
+        }
+        if jobs.in_flight() > 0 {
+            idle_since = None;
+            continue;
+        }
+        let mut empty = true;
+        for q in queues {
+            if broker::queue_depth(channel, q).await?.0 > 0 {
+                empty = false;
+                break;
+            }
+        }
+        if !empty {
+            idle_since = None;
+        } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= idle {
+            return Ok(());
+        }
+    }
+}
+
+/// Sample this worker's queue depths into `stats` every [`QUEUE_SAMPLE_EVERY`], the first at
+/// once, until the session ends (the task is aborted) or a sample fails (sampled again from the
+/// next session on; jobs are unaffected).
+async fn sample_queues_every(probe: lapin::Channel, topology: Topology, stats: Arc<Stats>) {
+    let retry_queues = retry_queues(&topology);
+    let mut every = tokio::time::interval(QUEUE_SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let depths = &stats.queue_messages;
+        if let Err(e) = sample_queues(&probe, &topology, &retry_queues, depths).await {
+            tracing::warn!(error = %e, "cannot sample queue depths; stopped until the next broker session");
+            return;
+        }
+    }
+}
+
+/// Sample the depths of this worker's queues on `probe` (see [`Link::probe`]).
+async fn sample_queues(
+    probe: &lapin::Channel,
+    topology: &Topology,
+    retry_queues: &[String],
+    depths: &QueueDepths,
+) -> Result<(), BrokerError> {
+    let work = broker::queue_depth(probe, &topology.work()).await?.0;
+    let mut retry = 0u64;
+    for q in retry_queues {
+        retry += u64::from(broker::queue_depth(probe, q).await?.0);
+    }
+    let dead = broker::queue_depth(probe, &topology.dead()).await?.0;
+    depths.set(QueueRole::Work, work.into());
+    depths.set(QueueRole::Retry, retry);
+    depths.set(QueueRole::Dead, dead.into());
+    Ok(())
+}
+
+/// A broker session's deliveries: how many it received, and how many are in flight (received
+/// and not settled: buffered for a batch, migrating, or being acked or moved). What
+/// `--until-idle` and the drain look at.
+#[derive(Debug, Default)]
+struct SessionJobs {
+    received: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl SessionJobs {
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// A delivery waiting in the batcher or in its batch, counted in flight from its receipt.
+struct Pending {
+    delivery: Delivery,
+    received: Instant,
+    _in_flight: InFlight,
+}
+
+impl Pending {
+    /// A delivery just received: counted as received, and in flight from now on. A delivery
+    /// waiting for its batch holds a prefetch slot like one migrating.
+    fn new(delivery: Delivery, stats: &Arc<Stats>, jobs: &Arc<SessionJobs>) -> Self {
+        jobs.received.fetch_add(1, Ordering::Relaxed);
+        Pending {
+            delivery,
+            received: Instant::now(),
+            _in_flight: InFlight::new(stats.clone(), jobs.clone()),
+        }
+    }
+}
+
+/// Counts a job in flight (in this worker's [`Stats`] and in its broker session's count) for as
+/// long as it lives: from its receipt, through its wait in the batcher and its batch, to its
+/// settlement, including when its batch's task is aborted.
+struct InFlight(Arc<Stats>, Arc<SessionJobs>);
+
+impl InFlight {
+    fn new(stats: Arc<Stats>, session: Arc<SessionJobs>) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        session.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(stats, session)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.1.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks the broker session up for as long as it lives.
+struct Connected<'a>(&'a AtomicBool);
+
+impl<'a> Connected<'a> {
+    fn new(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Connected(flag)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// How a delivery ends. Every path of [`finish`] ends in exactly one of these, and [`settle`]
@@ -566,12 +546,12 @@ enum Settle {
     Requeue,
 }
 
-/// A migration's task, aborted when this is dropped: when a batch's task is aborted (drain
-/// deadline, lost session), its migrations stop with it instead of running on beside the
-/// redelivered copies and beyond `--concurrency`.
-struct JobTask<T>(tokio::task::JoinHandle<T>);
+/// A task aborted when this is dropped. A migration's task: when its batch's task is aborted
+/// (drain deadline, lost session), its migrations stop with it instead of running on beside the
+/// redelivered copies and beyond `--concurrency`. The queue sampler: it stops with its session.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
 
-impl<T> Drop for JobTask<T> {
+impl<T> Drop for Aborting<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -725,7 +705,7 @@ where
     }
     let running: Vec<Running> = (0..n).map(|_| Running::new(stats.clone())).collect();
     let migration = batch(jobs.clone());
-    let mut task = JobTask(tokio::spawn(async move {
+    let mut task = Aborting(tokio::spawn(async move {
         let _running = running;
         migration.await
     }));
@@ -750,7 +730,7 @@ where
             let viz = job.viz.clone();
             let running = Running::new(stats.clone());
             let migration = single(job.clone());
-            let mut task = JobTask(tokio::spawn(async move {
+            let mut task = Aborting(tokio::spawn(async move {
                 let _running = running;
                 migration.await
             }));
@@ -850,27 +830,32 @@ struct Ended {
     result: Result<Done, JobError>,
 }
 
-/// The I/O of one delivery once its verdict is known: the ledger records a failure needs (with
-/// retries for a dead letter), the counters and the log line, then [`settle`] (publish first,
-/// ack second). The delivery stops counting in flight when this returns.
+/// The I/O of one delivery once its verdict is known: the ledger records a failure needs, the
+/// counters and the log line ([`conclude`]), then [`settle`] (publish first, ack second). The
+/// delivery stops counting in flight when this returns.
 async fn finish(s: &Session, p: Pending, ended: Ended, verdict: Verdict) {
-    let Ended {
-        viz,
-        batch,
-        attempts,
-        batch_jobs,
-        result,
-    } = ended;
-    let (stats, migrator) = (&s.stats, &s.migrator);
     // Until the outcome is known (what the job itself took, its wait for the batch included);
     // the histogram's value also counts the ack or the move.
     let duration_ms = p.received.elapsed().as_millis() as u64;
-    let batch_field = batch.as_deref().unwrap_or("");
-    let how = match (verdict, &result) {
+    let how = conclude(s, &ended, verdict, duration_ms).await;
+    settle(&s.publisher, &s.stats, &p.delivery, &ended.viz, how).await;
+    s.stats
+        .job_seconds
+        .observe(p.received.elapsed().as_secs_f64());
+}
+
+/// What a verdict asks of the ledger, the counters and the log, before the delivery is settled
+/// as this returns.
+async fn conclude(s: &Session, ended: &Ended, verdict: Verdict, duration_ms: u64) -> Settle {
+    let stats = &s.stats;
+    let (viz, batch) = (ended.viz.as_str(), ended.batch.as_deref());
+    let (attempts, batch_jobs) = (ended.attempts, ended.batch_jobs);
+    let batch_field = batch.unwrap_or("");
+    match (verdict, &ended.result) {
         (Verdict::Ack(outcome), r) => {
             let (viz, reason) = match r {
                 Ok(done) => (done.viz.as_str(), done.reason.as_deref().unwrap_or("")),
-                Err(_) => (viz.as_str(), ""),
+                Err(_) => (viz, ""),
             };
             tracing::info!(
                 viz,
@@ -887,7 +872,7 @@ async fn finish(s: &Session, p: Pending, ended: Ended, verdict: Verdict) {
         }
         (Verdict::Skip, Err(e)) => {
             let kind = e.error_kind();
-            match migrator.record_failure(&viz, e, batch.as_deref()).await {
+            match s.migrator.record_failure(viz, e, batch).await {
                 Ok(()) => {
                     tracing::info!(viz, batch = batch_field, attempts, duration_ms, batch_jobs, kind = kind.as_str(), reason = %e, "job skipped");
                     stats.ended(e.disposition().final_outcome());
@@ -909,18 +894,7 @@ async fn finish(s: &Session, p: Pending, ended: Ended, verdict: Verdict) {
         (Verdict::DeadLetter { queue, extra }, Err(e)) => {
             let kind = e.error_kind();
             tracing::error!(viz, batch = batch_field, attempts, duration_ms, batch_jobs, kind = kind.as_str(), error = %e, "job failed; dead-lettering");
-            // The dead letter is the record of last resort; try hard to have the ledger agree
-            // (a V3 hiccup should not leave the job without a recorded outcome).
-            let in_batch = batch.as_deref();
-            let recorded = (|| migrator.record_failure(&viz, e, in_batch))
-                .retry(retry::record())
-                .await;
-            if let Err(le) = recorded {
-                tracing::error!(viz, error = %le, "cannot record the failure in the ledger");
-            }
-            stats.ended(Outcome::Failed);
-            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            stats.dead_lettered_by_kind.add(kind);
+            record_dead_letter(s, viz, e, batch).await;
             Settle::Move { queue, extra }
         }
         // `decide` acks every job that is done; nothing else is reached.
@@ -929,11 +903,22 @@ async fn finish(s: &Session, p: Pending, ended: Ended, verdict: Verdict) {
             stats.ended(done.outcome);
             Settle::Ack
         }
-    };
-    settle(&s.publisher, stats, &p.delivery, &viz, how).await;
-    stats
-        .job_seconds
-        .observe(p.received.elapsed().as_secs_f64());
+    }
+}
+
+/// A dead letter's ledger record and counters. The dead letter is the record of last resort;
+/// try hard to have the ledger agree (a V3 hiccup should not leave the job without a recorded
+/// outcome).
+async fn record_dead_letter(s: &Session, viz: &str, e: &JobError, batch: Option<&str>) {
+    let recorded = (|| s.migrator.record_failure(viz, e, batch))
+        .retry(retry::record())
+        .await;
+    if let Err(le) = recorded {
+        tracing::error!(viz, error = %le, "cannot record the failure in the ledger");
+    }
+    s.stats.ended(Outcome::Failed);
+    s.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    s.stats.dead_lettered_by_kind.add(e.error_kind());
 }
 
 /// End a delivery as decided: ack, or move (publish first, ack second), or nack with requeue.
@@ -995,6 +980,7 @@ mod tests {
     use super::*;
     use crate::broker::HeaderValue;
     use crate::job::{fingerprint, headers};
+    use stats::OutcomeCounts;
     use std::collections::BTreeMap;
 
     fn done(viz: &str, outcome: Outcome) -> Result<Done, JobError> {
