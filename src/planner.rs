@@ -162,6 +162,8 @@ struct Resolved {
     window: Option<(i64, i64)>,
 }
 
+/// What a selection means now: its batch's mode and parameters, the `documentInfo` filter and
+/// limit, and its window; cursors read from the ledger.
 async fn resolve(selection: &Selection, ledger: &Ledger) -> Result<Resolved, PlanError> {
     Ok(match selection {
         Selection::Window { from, to } => {
@@ -179,47 +181,11 @@ async fn resolve(selection: &Selection, ledger: &Ledger) -> Result<Resolved, Pla
                 window: Some((*from, *to)),
             }
         }
-        Selection::NextBatch(n) => {
-            let cursor = ledger.state(NEXT_BATCH).await.map_err(PlanError::Ledger)?;
-            let filter = match cursor.as_ref().and_then(|c| {
-                Some((
-                    c.get("created")?.as_i64()?,
-                    c.get("id")?.as_str()?.to_string(),
-                ))
-            }) {
-                None => doc! {"createdTimestamp": {"$exists": true}},
-                Some((created, id)) => doc! {"$or": [
-                    {"createdTimestamp": {"$gt": created}},
-                    {"createdTimestamp": created, "_id": {"$gt": id}},
-                ]},
-            };
-            Resolved {
-                mode: "next-batch",
-                params: serde_json::json!({"n": n, "after": cursor}),
-                filter,
-                limit: Some(*n as i64),
-                window: None,
-            }
-        }
+        Selection::NextBatch(n) => next_batch(*n, ledger).await?,
         Selection::SinceLast {
             overlap_secs,
             settle_secs,
-        } => {
-            let hwm = ledger
-                .state(SINCE_LAST)
-                .await
-                .map_err(PlanError::Ledger)?
-                .and_then(|v| v.as_i64());
-            let to = (now_secs() - settle_secs).div_euclid(60) * 60;
-            let from = hwm.map_or(0, |h| (h - overlap_secs).max(0));
-            Resolved {
-                mode: "since-last",
-                params: serde_json::json!({"from": from, "to": to}),
-                filter: window_filter(from, to.max(from + 1)),
-                limit: None,
-                window: Some((from, to)),
-            }
-        }
+        } => since_last(*overlap_secs, *settle_secs, ledger).await?,
         Selection::All => {
             let minute = now_secs().div_euclid(60) * 60;
             Resolved {
@@ -244,6 +210,54 @@ async fn resolve(selection: &Selection, ledger: &Ledger) -> Result<Resolved, Pla
             }
         }
         Selection::Forced(inner) => return Box::pin(resolve(inner, ledger)).await,
+    })
+}
+
+/// `--next-batch n`: the `n` vizzes after the ledger's cursor, in `(createdTimestamp, _id)`
+/// order (from the start without a cursor).
+async fn next_batch(n: u64, ledger: &Ledger) -> Result<Resolved, PlanError> {
+    let cursor = ledger.state(NEXT_BATCH).await.map_err(PlanError::Ledger)?;
+    let filter = match cursor.as_ref().and_then(|c| {
+        Some((
+            c.get("created")?.as_i64()?,
+            c.get("id")?.as_str()?.to_string(),
+        ))
+    }) {
+        None => doc! {"createdTimestamp": {"$exists": true}},
+        Some((created, id)) => doc! {"$or": [
+            {"createdTimestamp": {"$gt": created}},
+            {"createdTimestamp": created, "_id": {"$gt": id}},
+        ]},
+    };
+    Ok(Resolved {
+        mode: "next-batch",
+        params: serde_json::json!({"n": n, "after": cursor}),
+        filter,
+        limit: Some(n as i64),
+        window: None,
+    })
+}
+
+/// `--since-last`: the window from the ledger's high-water mark (less `overlap_secs`) to the
+/// last whole minute `settle_secs` ago.
+async fn since_last(
+    overlap_secs: i64,
+    settle_secs: i64,
+    ledger: &Ledger,
+) -> Result<Resolved, PlanError> {
+    let hwm = ledger
+        .state(SINCE_LAST)
+        .await
+        .map_err(PlanError::Ledger)?
+        .and_then(|v| v.as_i64());
+    let to = (now_secs() - settle_secs).div_euclid(60) * 60;
+    let from = hwm.map_or(0, |h| (h - overlap_secs).max(0));
+    Ok(Resolved {
+        mode: "since-last",
+        params: serde_json::json!({"from": from, "to": to}),
+        filter: window_filter(from, to.max(from + 1)),
+        limit: None,
+        window: Some((from, to)),
     })
 }
 
@@ -345,34 +359,8 @@ pub async fn plan(
 ) -> Result<PlanReport, PlanError> {
     let (selection, forced) = selection.peel();
     let mut r = resolve(selection, ledger).await?;
-    let mut batch_id = format!(
-        "{}-{}",
-        r.mode,
-        &ids::fingerprint(&serde_json::json!([r.mode, r.params]))[..16]
-    );
-    if forced {
-        let run = run_id();
-        batch_id = format!("{batch_id}-{run}");
-        r.params["run"] = serde_json::json!(run);
-    }
-    let mut infos = reader
-        .scan_infos(r.filter, r.limit)
-        .await
-        .map_err(PlanError::V2)?;
-    let detection = match selection {
-        Selection::SinceLast { .. } => Some(detect(reader, ledger, &mut infos).await?),
-        _ => None,
-    };
-    if let Selection::Vizzes(wanted) = selection {
-        let found: std::collections::HashSet<String> = infos.iter().filter_map(id_of).collect();
-        let unknown: Vec<String> = unique(wanted)
-            .into_iter()
-            .filter(|id| !found.contains(id))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(PlanError::UnknownVizzes(unknown));
-        }
-    }
+    let batch_id = batch_id(&mut r, forced);
+    let (infos, detection) = select(reader, ledger, selection, r.filter, r.limit).await?;
     let mut report = PlanReport {
         batch: batch_id.clone(),
         mode: r.mode.to_string(),
@@ -393,10 +381,81 @@ pub async fn plan(
         report.already_published = true;
         return Ok(report);
     }
+    let publisher = publisher.expect("a publisher unless dry-run");
+    let published = publish(
+        ledger, publisher, topology, &batch_id, r.mode, &r.params, &infos,
+    )
+    .await?;
+    // Cursors move only now that every job is confirmed.
+    advance_cursors(ledger, selection, r.window, &infos).await?;
+    report.published = published as u64;
+    tracing::info!(batch = %batch_id, planned = report.planned, published, "batch published");
+    Ok(report)
+}
+
+/// The batch's id: its mode and a fingerprint of its parameters, so that planning the same
+/// selection again is the same batch; a forced one also names its run (recorded in
+/// `r.params`), so that it is a new batch every time.
+fn batch_id(r: &mut Resolved, forced: bool) -> String {
+    let batch_id = format!(
+        "{}-{}",
+        r.mode,
+        &ids::fingerprint(&serde_json::json!([r.mode, r.params]))[..16]
+    );
+    if !forced {
+        return batch_id;
+    }
+    let run = run_id();
+    r.params["run"] = serde_json::json!(run);
+    format!("{batch_id}-{run}")
+}
+
+/// The selection's `documentInfo` docs (`filter`, `limit`: the resolved selection's), with the
+/// change detection of `--since-last`. `--viz` ids V2 does not have refuse the whole plan.
+async fn select(
+    reader: &Reader,
+    ledger: &Ledger,
+    selection: &Selection,
+    filter: Document,
+    limit: Option<i64>,
+) -> Result<(Vec<Document>, Option<Detection>), PlanError> {
+    let mut infos = reader
+        .scan_infos(filter, limit)
+        .await
+        .map_err(PlanError::V2)?;
+    let detection = match selection {
+        Selection::SinceLast { .. } => Some(detect(reader, ledger, &mut infos).await?),
+        _ => None,
+    };
+    if let Selection::Vizzes(wanted) = selection {
+        let found: std::collections::HashSet<String> = infos.iter().filter_map(id_of).collect();
+        let unknown: Vec<String> = unique(wanted)
+            .into_iter()
+            .filter(|id| !found.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(PlanError::UnknownVizzes(unknown));
+        }
+    }
+    Ok((infos, detection))
+}
+
+/// Publish a job per viz of `infos` and wait for the broker's confirms; the ledger's batch
+/// (`mode`, `params`: the resolved selection's) says `publishing` until then, `published`
+/// after. Returns how many were published.
+async fn publish(
+    ledger: &Ledger,
+    publisher: &Publisher,
+    topology: &Topology,
+    batch_id: &str,
+    mode: &str,
+    params: &serde_json::Value,
+    infos: &[Document],
+) -> Result<usize, PlanError> {
     let mut batch = Batch {
-        id: batch_id.clone(),
-        mode: r.mode.to_string(),
-        params: r.params.clone(),
+        id: batch_id.to_string(),
+        mode: mode.to_string(),
+        params: params.clone(),
         planned: infos.len() as i64,
         published: 0,
         status: "publishing".into(),
@@ -407,20 +466,29 @@ pub async fn plan(
     let messages = infos.iter().filter_map(|d| {
         let job = Job {
             viz: id_of(d)?,
-            batch: Some(batch_id.clone()),
+            batch: Some(batch_id.to_string()),
         };
         Some(job.message())
     });
-    let publisher = publisher.expect("a publisher unless dry-run");
     let published = publisher.publish_all(&topology.work(), messages).await?;
     batch.published = published as i64;
     batch.status = "published".into();
     batch.published_at = Some(now_secs());
     ledger.put_batch(&batch).await.map_err(PlanError::Ledger)?;
-    // Cursors move only now that every job is confirmed.
+    Ok(published)
+}
+
+/// Move the selection's cursor past what was published: `--since-last` to its window's end,
+/// `--next-batch` to its last viz (`infos` in publish order). Other selections have none.
+async fn advance_cursors(
+    ledger: &Ledger,
+    selection: &Selection,
+    window: Option<(i64, i64)>,
+    infos: &[Document],
+) -> Result<(), PlanError> {
     match selection {
         Selection::SinceLast { .. } => {
-            let to = r.window.map_or(0, |w| w.1);
+            let to = window.map_or(0, |w| w.1);
             ledger
                 .set_state(SINCE_LAST, &serde_json::json!(to))
                 .await
@@ -442,9 +510,7 @@ pub async fn plan(
         Selection::Window { .. } | Selection::All | Selection::Vizzes(_) | Selection::Forced(_) => {
         }
     }
-    report.published = published as u64;
-    tracing::info!(batch = %batch_id, planned = report.planned, published, "batch published");
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -309,17 +309,7 @@ impl<'a> Generator<'a> {
             title.push_str(" 🐧");
         }
         let description = s["description"].as_str().unwrap_or("").to_string();
-        let parent = match self.rng.random_range(0..100) {
-            0..10 => None,
-            10..40 if !self.roots.is_empty() => {
-                Some((self.roots.choose(&mut self.rng).cloned(), None))
-            }
-            _ if !self.made.is_empty() => {
-                let (pid, files) = self.made.choose(&mut self.rng).expect("made").clone();
-                Some((Some(pid), Some(files)))
-            }
-            _ => None,
-        };
+        let parent = self.parent();
         let files = match &parent {
             Some((_, Some(files))) => files.clone(),
             _ => self.fresh_files(&description),
@@ -343,6 +333,39 @@ impl<'a> Generator<'a> {
                 info["forkFromBackfilled"] = json!(true);
             }
         }
+        self.social(&mut info, created);
+        self.page_views(&owner, &id);
+        let final_files = content["files"].clone();
+        self.made.push((id.clone(), final_files));
+        V2Viz {
+            info,
+            content: Some(content),
+            ops,
+            ..Default::default()
+        }
+    }
+
+    /// The fork parent of a new viz: none (10 %), a root of another V2 (30 %, when given: its
+    /// files unknown here), or a viz made before (its files, copied); `(parent id, files)`.
+    fn parent(&mut self) -> Option<(Option<String>, Option<Value>)> {
+        match self.rng.random_range(0..100) {
+            0..10 => None,
+            10..40 if !self.roots.is_empty() => {
+                Some((self.roots.choose(&mut self.rng).cloned(), None))
+            }
+            _ if !self.made.is_empty() => {
+                let (pid, files) = self.made.choose(&mut self.rng).expect("made").clone();
+                Some((Some(pid), Some(files)))
+            }
+            _ => None,
+        }
+    }
+
+    /// What other users did with a viz, into its `info`: upvotes (half the vizzes, newest
+    /// first), a collaborator (8 %), and its privacy (4 % private, 3 % null, 43 % public, the
+    /// rest unset). Drawn in this order after the viz's own fields: the same seed makes the
+    /// same dataset.
+    fn social(&mut self, info: &mut Value, created: i64) {
         if self.rng.random_bool(0.5) {
             let k = self.rng.random_range(1..9);
             let mut ups: Vec<Value> = (0..k)
@@ -365,6 +388,10 @@ impl<'a> Generator<'a> {
             7..50 => info["privacy"] = json!("public"),
             _ => {}
         }
+    }
+
+    /// A page-view record of the viz (60 % of them), into the dataset's `events`.
+    fn page_views(&mut self, owner: &str, id: &str) {
         if self.rng.random_bool(0.6) {
             let views = self.rng.random_range(1..5_000);
             self.out.events.push(json!({
@@ -372,14 +399,6 @@ impl<'a> Generator<'a> {
                 "days": {"2019-05-01": views / 3, "2019-05-02": views - views / 3},
                 "months": {"2019-05": views}, "years": {"2019": views}, "all": {"all": views},
             }));
-        }
-        let final_files = content["files"].clone();
-        self.made.push((id.clone(), final_files));
-        V2Viz {
-            info,
-            content: Some(content),
-            ops,
-            ..Default::default()
         }
     }
 

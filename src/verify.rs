@@ -453,6 +453,7 @@ fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Verify one viz: its expected outcome or its V3 state, reported in `report`.
 #[allow(clippy::too_many_arguments)]
 async fn check(
     m: &Migrator,
@@ -464,65 +465,11 @@ async fn check(
     report: &mut Report,
 ) -> Result<(), VerifyError> {
     let outcome = rec.map(|r| r.outcome);
-    let t = match expected {
-        Ok(t) => t,
-        Err(e) if outcome.is_none() && e.disposition() != Disposition::Retry => {
-            // Never ran: whatever it would end in, the run did not cover it.
-            report.compared += 1;
-            report.mismatch(
-                viz,
-                "not-migrated",
-                format!("never ran (it would end: {e})"),
-            );
-            return Ok(());
-        }
-        Err(e) => {
-            match e.disposition() {
-                Disposition::Retry => return Err(VerifyError::Job(e)),
-                Disposition::Skip => {
-                    if held.info.get(viz).is_some_and(|s| s.doc_type.is_some()) {
-                        report.deleted_in_v2.push(viz.to_string());
-                    }
-                    if outcome == Some(Outcome::Skipped) || outcome == Some(Outcome::Migrated) {
-                        report.expected("skipped");
-                    } else {
-                        report.mismatch(
-                            viz,
-                            "outcome",
-                            format!("expected skipped ({e}), ledger says {}", said(outcome)),
-                        );
-                    }
-                }
-                Disposition::DeadLetter => {
-                    if outcome == Some(Outcome::Failed) {
-                        report.expected("failed");
-                    } else {
-                        report.mismatch(
-                            viz,
-                            "outcome",
-                            format!("expected failed ({e}), ledger says {}", said(outcome)),
-                        );
-                    }
-                }
-            }
-            return Ok(());
-        }
+    let Some(t) = translation(viz, outcome, expected, held, report)? else {
+        return Ok(());
     };
-    // Deleted in V3 (the viz, or its owner's account): acts of V3's users, never re-created.
-    let deleted = [c3::INFO, c3::CONTENT]
-        .iter()
-        .any(|c| held.deleted_by_v3(c, viz).is_some());
-    let owner_deleted = held.deleted_by_v3(c3::USER, &t.info.owner).is_some();
-    let ran = matches!(
-        outcome,
-        Some(Outcome::Migrated | Outcome::Unchanged | Outcome::Conflict)
-    );
-    // Skipped for a deletion in V3 (its logs tell whether the migration undid it since).
-    let skipped_for_v3 = outcome == Some(Outcome::Skipped)
-        && rec
-            .and_then(|r| r.reason.as_deref())
-            .is_some_and(|r| r == DELETED_IN_V3 || r == OWNER_DELETED_IN_V3);
-    if !ran && !deleted && !owner_deleted && !skipped_for_v3 {
+    let standing = Standing::of(viz, rec, &t, held);
+    if !standing.ran && !standing.deleted && !standing.owner_deleted && !standing.skipped_for_v3 {
         report.compared += 1;
         report.mismatch(
             viz,
@@ -531,58 +478,216 @@ async fn check(
         );
         return Ok(());
     }
-
-    // The op logs of every doc the viz's migration writes: no act of V3's undone, no stray op.
-    let info_log = held.analysis(c3::INFO, viz);
-    let content_log = held.analysis(c3::CONTENT, viz);
-    // An act undone on the viz's own docs (info, content), or on any doc of it.
-    let mut viz_undone = false;
-    for (collection, a) in [(c3::INFO, &info_log), (c3::CONTENT, &content_log)] {
-        if let Some(a) = a {
-            viz_undone |= report_log(report, viz, collection, viz, a);
+    // The logs are checked before anything else: a viz V3 deleted whose doc the migration
+    // re-created is `undone`, not an expected outcome.
+    let logs = Logs::report(viz, &t, held, seen_users, report);
+    if !to_compare(viz, rec, &standing, &logs, report) {
+        return Ok(());
+    }
+    report.compared += 1;
+    let (Some(info), Some(content)) = (
+        held.info.get(viz).filter(|s| s.doc_type.is_some()),
+        held.content.get(viz).filter(|s| s.doc_type.is_some()),
+    ) else {
+        report.mismatch(viz, "missing", "V3 info or content doc absent");
+        return Ok(());
+    };
+    let (v3_content, have) = compare_content(viz, &t, content, logs.content.as_ref(), report);
+    compare_info(viz, &t, rec, info, logs.info.as_ref(), report);
+    compare_counts(viz, info, held, report);
+    compare_history(m, viz, held, info, content, &have, v3_content, report).await?;
+    compare_docs(viz, &t, held, report);
+    if let Some(a) = &t.analytics {
+        if let Some(problem) = analytics_problem(a, held) {
+            report.mismatch(viz, "analytics", problem);
         }
     }
-    let mut undone = viz_undone;
-    for (collection, ids) in [
-        (
-            c3::UPVOTE,
-            t.upvotes.iter().map(|u| &u.id).collect::<Vec<_>>(),
-        ),
-        (
-            c3::PERMISSION,
-            t.permissions.iter().map(|p| &p.id).collect(),
-        ),
-        (
-            c3::USER,
-            t.users
-                .iter()
-                .map(|u| &u.id)
-                .filter(|u| seen_users.insert(u.to_string()))
-                .collect(),
-        ),
-    ] {
-        for id in ids {
-            if let Some(a) = held.analysis(collection, id) {
-                undone |= report_log(report, viz, collection, id, &a);
+    for collection in [c3::INFO, c3::CONTENT] {
+        if let Some(problem) = held.envelopes.get(collection).and_then(|p| p.get(viz)) {
+            report.mismatch(viz, "envelope", format!("{collection}: {problem}"));
+        }
+    }
+    Ok(())
+}
+
+/// The translation to compare V3 with, or `None` when the viz does not translate and its
+/// outcome is reported already: expected (skipped, failed) or a mismatch (the ledger says
+/// otherwise, or it never ran). A transient failure stops the verification: it is incomplete.
+fn translation(
+    viz: &str,
+    outcome: Option<Outcome>,
+    expected: Result<Translation, JobError>,
+    held: &Held,
+    report: &mut Report,
+) -> Result<Option<Translation>, VerifyError> {
+    let e = match expected {
+        Ok(t) => return Ok(Some(t)),
+        Err(e) => e,
+    };
+    if outcome.is_none() && e.disposition() != Disposition::Retry {
+        // Never ran: whatever it would end in, the run did not cover it.
+        report.compared += 1;
+        report.mismatch(
+            viz,
+            "not-migrated",
+            format!("never ran (it would end: {e})"),
+        );
+        return Ok(None);
+    }
+    match e.disposition() {
+        Disposition::Retry => return Err(VerifyError::Job(e)),
+        Disposition::Skip => {
+            // Deleted in V2 after migration: V3 keeps it (spec 3.4), a notice.
+            if held.info.get(viz).is_some_and(|s| s.doc_type.is_some()) {
+                report.deleted_in_v2.push(viz.to_string());
+            }
+            if outcome == Some(Outcome::Skipped) || outcome == Some(Outcome::Migrated) {
+                report.expected("skipped");
+            } else {
+                report.mismatch(
+                    viz,
+                    "outcome",
+                    format!("expected skipped ({e}), ledger says {}", said(outcome)),
+                );
+            }
+        }
+        Disposition::DeadLetter => {
+            if outcome == Some(Outcome::Failed) {
+                report.expected("failed");
+            } else {
+                report.mismatch(
+                    viz,
+                    "outcome",
+                    format!("expected failed ({e}), ledger says {}", said(outcome)),
+                );
             }
         }
     }
-    if deleted {
+    Ok(None)
+}
+
+/// Where a viz that translates stands: what the ledger says of it and what V3 deleted.
+struct Standing {
+    /// Deleted in V3 (its info or content): an act of V3's users, never re-created.
+    deleted: bool,
+    /// Its owner's V3 account deleted: likewise.
+    owner_deleted: bool,
+    /// The migration ran it (migrated, unchanged, or left as a conflict).
+    ran: bool,
+    /// Skipped for a deletion in V3 (its logs tell whether the migration undid it since).
+    skipped_for_v3: bool,
+}
+
+impl Standing {
+    fn of(viz: &str, rec: Option<&VizRecord>, t: &Translation, held: &Held) -> Standing {
+        let outcome = rec.map(|r| r.outcome);
+        Standing {
+            deleted: [c3::INFO, c3::CONTENT]
+                .iter()
+                .any(|c| held.deleted_by_v3(c, viz).is_some()),
+            owner_deleted: held.deleted_by_v3(c3::USER, &t.info.owner).is_some(),
+            ran: matches!(
+                outcome,
+                Some(Outcome::Migrated | Outcome::Unchanged | Outcome::Conflict)
+            ),
+            skipped_for_v3: outcome == Some(Outcome::Skipped)
+                && rec
+                    .and_then(|r| r.reason.as_deref())
+                    .is_some_and(|r| r == DELETED_IN_V3 || r == OWNER_DELETED_IN_V3),
+        }
+    }
+}
+
+/// What the op logs of the docs a viz's migration writes say, once reported.
+struct Logs {
+    info: Option<Analysis>,
+    content: Option<Analysis>,
+    /// An act of V3's undone on the viz's own docs (info, content).
+    viz_undone: bool,
+    /// An act of V3's undone on any doc of the viz.
+    undone: bool,
+}
+
+impl Logs {
+    /// Analyze and report the op logs of every doc the viz's migration writes: no act of V3's
+    /// undone, no stray op. Users are shared by vizzes: each is reported once, on the first
+    /// viz (`seen_users`).
+    fn report(
+        viz: &str,
+        t: &Translation,
+        held: &Held,
+        seen_users: &mut HashSet<String>,
+        report: &mut Report,
+    ) -> Logs {
+        let info = held.analysis(c3::INFO, viz);
+        let content = held.analysis(c3::CONTENT, viz);
+        let mut viz_undone = false;
+        for (collection, a) in [(c3::INFO, &info), (c3::CONTENT, &content)] {
+            if let Some(a) = a {
+                viz_undone |= report_log(report, viz, collection, viz, a);
+            }
+        }
+        let mut undone = viz_undone;
+        for (collection, ids) in [
+            (
+                c3::UPVOTE,
+                t.upvotes.iter().map(|u| &u.id).collect::<Vec<_>>(),
+            ),
+            (
+                c3::PERMISSION,
+                t.permissions.iter().map(|p| &p.id).collect(),
+            ),
+            (
+                c3::USER,
+                t.users
+                    .iter()
+                    .map(|u| &u.id)
+                    .filter(|u| seen_users.insert(u.to_string()))
+                    .collect(),
+            ),
+        ] {
+            for id in ids {
+                if let Some(a) = held.analysis(collection, id) {
+                    undone |= report_log(report, viz, collection, id, &a);
+                }
+            }
+        }
+        Logs {
+            info,
+            content,
+            viz_undone,
+            undone,
+        }
+    }
+}
+
+/// Whether the viz's V3 state is to be compared; when not, its expected outcome (deleted in
+/// V3, owner deleted, conflict) or the mismatch (the ledger says V3 deleted it, V3 holds it
+/// live) is reported.
+fn to_compare(
+    viz: &str,
+    rec: Option<&VizRecord>,
+    standing: &Standing,
+    logs: &Logs,
+    report: &mut Report,
+) -> bool {
+    let outcome = rec.map(|r| r.outcome);
+    if standing.deleted {
         // A deletion the migration undid on the other doc (info or content re-created) is
         // `undone`, not a deletion V3 still shows.
-        if !viz_undone {
+        if !logs.viz_undone {
             report.expected("deleted-in-v3");
         }
-        return Ok(());
+        return false;
     }
-    if owner_deleted {
+    if standing.owner_deleted {
         report.expected("owner-deleted-in-v3");
-        return Ok(());
+        return false;
     }
-    if !ran {
-        // The ledger says V3 deleted it, and V3 holds it live: undone (reported above), or
+    if !standing.ran {
+        // The ledger says V3 deleted it, and V3 holds it live: undone (reported already), or
         // something else brought it back.
-        if !undone {
+        if !logs.undone {
             report.compared += 1;
             report.mismatch(
                 viz,
@@ -594,23 +699,26 @@ async fn check(
                 ),
             );
         }
-        return Ok(());
+        return false;
     }
     if outcome == Some(Outcome::Conflict) {
         report.expected("conflict");
-        return Ok(());
+        return false;
     }
-    report.compared += 1;
-    let (Some(info), Some(content)) = (
-        held.info.get(viz).filter(|s| s.doc_type.is_some()),
-        held.content.get(viz).filter(|s| s.doc_type.is_some()),
-    ) else {
-        report.mismatch(viz, "missing", "V3 info or content doc absent");
-        return Ok(());
-    };
+    true
+}
 
-    // V3 edited the content since the migration's last op: the content is V3's (spec 3.4).
-    let v3_content = content_log.as_ref().is_some_and(|a| a.v3_since_ours);
+/// Compare V3's content with the translation's, unless V3 edited it since the migration's
+/// last op: then the content is V3's (spec 3.4). Returns whether it is V3's, and V3's content
+/// as compared (the history check reports against it).
+fn compare_content(
+    viz: &str,
+    t: &Translation,
+    content: &Snapshot,
+    content_log: Option<&Analysis>,
+    report: &mut Report,
+) -> (bool, ContentView) {
+    let v3_content = content_log.is_some_and(|a| a.v3_since_ours);
     let have = ContentView::of(&content.data);
     if v3_content {
         report.owned("content");
@@ -620,10 +728,21 @@ async fn check(
             report.mismatch(viz, "content", difference);
         }
     }
+    (v3_content, have)
+}
 
-    // A field V3 changed is V3's: it differs from what the migration last wrote (the ledger's
-    // base), or, without a base in the ledger, V3's op changed it last. A value an op of ours
-    // wrote last is never V3's, whatever the base says.
+/// Compare the info fields the translation produces. A field V3 changed is V3's: it differs
+/// from what the migration last wrote (the ledger's base), or, without a base in the ledger,
+/// V3's op changed it last. A value an op of ours wrote last is never V3's, whatever the base
+/// says.
+fn compare_info(
+    viz: &str,
+    t: &Translation,
+    rec: Option<&VizRecord>,
+    info: &Snapshot,
+    info_log: Option<&Analysis>,
+    report: &mut Report,
+) {
     let want = serde_json::to_value(&t.info).expect("Info serializes");
     let base = rec
         .and_then(|r| r.migrated.as_ref())
@@ -634,7 +753,7 @@ async fn check(
         if same_value(w, h) {
             continue;
         }
-        let last = info_log.as_ref().and_then(|a| a.last_change.of(field));
+        let last = info_log.and_then(|a| a.last_change.of(field));
         let v3s = match (&base, last) {
             (_, Some((true, _))) => false,
             (Some(base), _) => !same_value(&base[field], h),
@@ -646,7 +765,11 @@ async fn check(
             report.mismatch(viz, "info", format!("{field}: expected {w}, V3 has {h}"));
         }
     }
-    // The counts are V3's own (spec 2.2): what V3 holds now, V3-native forks and upvotes included.
+}
+
+/// The counts are V3's own (spec 2.2): info's must be what V3 holds now, V3-native forks and
+/// upvotes included.
+fn compare_counts(viz: &str, info: &Snapshot, held: &Held, report: &mut Report) {
     let counts = [
         (
             "forksCount",
@@ -669,46 +792,63 @@ async fn check(
             );
         }
     }
+}
 
+/// Check the commit chain: it replays to exactly the content and ends at `info.end`; when the
+/// content is V3's (`v3_content`), V3 commits it on its own schedule (it may not have yet), so
+/// only the chain up to `info.end` must replay, nothing more. `have`: V3's content as compared.
+#[allow(clippy::too_many_arguments)]
+async fn compare_history(
+    m: &Migrator,
+    viz: &str,
+    held: &Held,
+    info: &Snapshot,
+    content: &Snapshot,
+    have: &ContentView,
+    v3_content: bool,
+    report: &mut Report,
+) -> Result<(), VerifyError> {
     let own = held.chains.get(viz);
     if v3_content {
-        // V3's content is V3's to commit (it may not have yet): the chain up to info.end must
-        // replay, nothing more.
         if let Some(problem) = chain_to_end(m, viz, own, info.info_end()).await? {
             report.mismatch(viz, "history", problem);
         }
-    } else {
-        match chain_content(m, viz, own).await? {
-            Err(reason) => report.mismatch(viz, "history", reason),
-            Ok((end, replayed)) => {
-                if info.info_end() != Some(end.as_str()) {
-                    report.mismatch(
-                        viz,
-                        "history",
-                        format!(
-                            "info.end {} is not the chain end {end}",
-                            info.info_end().unwrap_or("(none)")
-                        ),
-                    );
-                }
-                if replayed != content.data {
-                    report.mismatch(
-                        viz,
-                        "history",
-                        format!(
-                            "commit chain replays to something else than content: {}",
-                            ContentView::of(&replayed)
-                                .first_difference(&have)
-                                .unwrap_or_else(|| "differs".into())
-                        ),
-                    );
-                }
+        return Ok(());
+    }
+    match chain_content(m, viz, own).await? {
+        Err(reason) => report.mismatch(viz, "history", reason),
+        Ok((end, replayed)) => {
+            if info.info_end() != Some(end.as_str()) {
+                report.mismatch(
+                    viz,
+                    "history",
+                    format!(
+                        "info.end {} is not the chain end {end}",
+                        info.info_end().unwrap_or("(none)")
+                    ),
+                );
+            }
+            if replayed != content.data {
+                report.mismatch(
+                    viz,
+                    "history",
+                    format!(
+                        "commit chain replays to something else than content: {}",
+                        ContentView::of(&replayed)
+                            .first_difference(have)
+                            .unwrap_or_else(|| "differs".into())
+                    ),
+                );
             }
         }
     }
+    Ok(())
+}
 
-    // Every doc the translation would write exists, except those V3 deleted (an upvote V2 gave
-    // again after V3's removal comes back) and those of users V3 deleted.
+/// Every user, upvote and permission doc the translation would write exists, except those V3
+/// deleted (an upvote V2 gave again after V3's removal comes back) and those of users V3
+/// deleted.
+fn compare_docs(viz: &str, t: &Translation, held: &Held, report: &mut Report) {
     let user_deleted = |user: &str| held.deleted_by_v3(c3::USER, user).is_some();
     let gone = |collection: &str, id: &str, user: &str, v2_time: Option<i64>| {
         if held.live(collection, id) || user_deleted(user) {
@@ -753,17 +893,6 @@ async fn check(
             );
         }
     }
-    if let Some(a) = &t.analytics {
-        if let Some(problem) = analytics_problem(a, held) {
-            report.mismatch(viz, "analytics", problem);
-        }
-    }
-    for collection in [c3::INFO, c3::CONTENT] {
-        if let Some(problem) = held.envelopes.get(collection).and_then(|p| p.get(viz)) {
-            report.mismatch(viz, "envelope", format!("{collection}: {problem}"));
-        }
-    }
-    Ok(())
 }
 
 /// What is wrong with V3's page-view record of a viz, compared with V2's now (`want`: V2's

@@ -342,6 +342,55 @@ impl Holding {
         let n = self.log_bytes.remove(id).unwrap_or(0);
         self.held.free(id, n);
     }
+
+    /// The vizzes of `ids` still held whose op log lacks the op their content snapshot names
+    /// (at `now`, ms).
+    fn lacking_head(&self, ids: &[String], now: i64) -> Vec<String> {
+        ids.iter()
+            .filter(|id| !self.held.dropped.contains(*id))
+            .filter(|id| {
+                self.contents.get(*id).is_some_and(|c| {
+                    let log = self.logs.get(*id).map_or(&[][..], Vec::as_slice);
+                    lacks_head(c, log, now).is_some()
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The batch read: each viz of `present` (in order) with its info (from `infos`), content
+    /// and op log in `v` order, or deferred when it was dropped.
+    fn into_read(self, present: Vec<String>, mut infos: HashMap<String, Value>) -> BatchRead {
+        let Holding {
+            held,
+            mut contents,
+            mut logs,
+            ..
+        } = self;
+        for log in logs.values_mut() {
+            // Stable: ops at one version (an orphan beside the chain's) keep the server's
+            // order; history tells them apart by their links.
+            log.sort_by_key(op_version);
+        }
+        let mut out = BatchRead::default();
+        for id in present {
+            if held.dropped.contains(&id) {
+                out.deferred.push(id);
+                continue;
+            }
+            let info = infos.remove(&id).expect("read only ids with an info");
+            out.vizzes.insert(
+                id.clone(),
+                V2Viz {
+                    info,
+                    content: contents.remove(&id),
+                    ops: logs.remove(&id).unwrap_or_default(),
+                    ops_withheld: None,
+                },
+            );
+        }
+        out
+    }
 }
 
 /// Read-only, rate-limited access to V2.
@@ -667,10 +716,37 @@ impl Reader {
     /// memory share), each by itself: the rest of the batch is still read. Ids without a
     /// `documentInfo` are in neither map.
     pub async fn vizzes(&self, ids: &[String], budget: usize) -> mongodb::error::Result<BatchRead> {
-        let mut out = BatchRead::default();
         if ids.is_empty() {
-            return Ok(out);
+            return Ok(BatchRead::default());
         }
+        let infos = self.batch_infos(ids).await?;
+        let present: Vec<String> = ids
+            .iter()
+            .filter(|i| infos.contains_key(*i))
+            .cloned()
+            .collect();
+        if present.is_empty() {
+            return Ok(BatchRead::default());
+        }
+        // Bytes held, per viz (its content, then its op log) and in all: a viz that would take
+        // the batch past `budget` is dropped (what it held freed) and deferred by itself, and
+        // the read goes on with the rest, so one large viz never sends its batch-mates to be
+        // read alone. (A document over the budget is still fetched, once, and dropped.)
+        let mut h = Holding::default();
+        self.batch_contents(&present, budget, &mut h).await?;
+        let read: Vec<String> = present
+            .iter()
+            .filter(|id| !h.held.dropped.contains(*id))
+            .cloned()
+            .collect();
+        self.batch_logs(&read, Node::Secondary, budget, &mut h)
+            .await?;
+        self.reread_lacking_heads(&read, budget, &mut h).await?;
+        Ok(h.into_read(present, infos))
+    }
+
+    /// The `documentInfo` of each of `ids` V2 has, by id (`info-by-id` with `$in`).
+    async fn batch_infos(&self, ids: &[String]) -> mongodb::error::Result<HashMap<String, Value>> {
         let mut infos: HashMap<String, Value> = HashMap::new();
         self.visit(
             collections::INFO,
@@ -685,22 +761,20 @@ impl Reader {
             },
         )
         .await?;
-        let present: Vec<String> = ids
-            .iter()
-            .filter(|i| infos.contains_key(*i))
-            .cloned()
-            .collect();
-        if present.is_empty() {
-            return Ok(out);
-        }
-        // Bytes held, per viz (its content, then its op log) and in all: a viz that would take
-        // the batch past `budget` is dropped (what it held freed) and deferred by itself, and
-        // the read goes on with the rest, so one large viz never sends its batch-mates to be
-        // read alone. (A document over the budget is still fetched, once, and dropped.)
-        let mut h = Holding::default();
+        Ok(infos)
+    }
+
+    /// The contents of `ids` into `h` (`content-by-id` with `$in`), within `budget` (see
+    /// [`Reader::vizzes`]).
+    async fn batch_contents(
+        &self,
+        ids: &[String],
+        budget: usize,
+        h: &mut Holding,
+    ) -> mongodb::error::Result<()> {
         self.visit(
             collections::CONTENT,
-            doc! {"_id": {"$in": &present}},
+            doc! {"_id": {"$in": ids}},
             FindOptions::default(),
             |raw: RawDocumentBuf| {
                 // A string: matched by `$in` on the batch's ids.
@@ -712,29 +786,20 @@ impl Reader {
             },
         )
         .await?;
-        let read: Vec<String> = present
-            .iter()
-            .filter(|id| !h.held.dropped.contains(*id))
-            .cloned()
-            .collect();
-        self.batch_logs(&read, Node::Secondary, budget, &mut h)
-            .await?;
-        // A log read from a secondary behind its snapshot's lacks the op the snapshot names
-        // (see [`Reader::with_head`]): those few logs are read again, together, from the
-        // primary. Queries only for them, so a batch of logs that are whole costs none.
-        let lacking = |h: &Holding, ids: &[String], now: i64| -> Vec<String> {
-            ids.iter()
-                .filter(|id| !h.held.dropped.contains(*id))
-                .filter(|id| {
-                    h.contents.get(*id).is_some_and(|c| {
-                        let log = h.logs.get(*id).map_or(&[][..], Vec::as_slice);
-                        lacks_head(c, log, now).is_some()
-                    })
-                })
-                .cloned()
-                .collect()
-        };
-        let mut again = lacking(&h, &read, now_ms());
+        Ok(())
+    }
+
+    /// A log read from a secondary behind its snapshot's lacks the op the snapshot names (see
+    /// [`Reader::with_head`]): those few logs of `read` are read again, together, from the
+    /// primary, up to [`HEAD_OP_REREADS`] times. Queries only for them, so a batch of logs that
+    /// are whole costs none.
+    async fn reread_lacking_heads(
+        &self,
+        read: &[String],
+        budget: usize,
+        h: &mut Holding,
+    ) -> mongodb::error::Result<()> {
+        let mut again = h.lacking_head(read, now_ms());
         for attempt in 0..HEAD_OP_REREADS {
             if again.is_empty() {
                 break;
@@ -746,41 +811,13 @@ impl Reader {
             for id in &again {
                 h.forget_log(id);
             }
-            self.batch_logs(&again, Node::Primary, budget, &mut h)
-                .await?;
-            again = lacking(&h, &again, now_ms());
+            self.batch_logs(&again, Node::Primary, budget, h).await?;
+            again = h.lacking_head(&again, now_ms());
         }
         if !again.is_empty() {
             tracing::warn!(vizzes = ?again, rereads = HEAD_OP_REREADS, "op logs still lack their snapshot's head op: history falls back");
         }
-        let Holding {
-            held,
-            mut contents,
-            mut logs,
-            ..
-        } = h;
-        for log in logs.values_mut() {
-            // Stable: ops at one version (an orphan beside the chain's) keep the server's
-            // order; history tells them apart by their links.
-            log.sort_by_key(op_version);
-        }
-        for id in present {
-            if held.dropped.contains(&id) {
-                out.deferred.push(id);
-                continue;
-            }
-            let info = infos.remove(&id).expect("read only ids with an info");
-            out.vizzes.insert(
-                id.clone(),
-                V2Viz {
-                    info,
-                    content: contents.remove(&id),
-                    ops: logs.remove(&id).unwrap_or_default(),
-                    ops_withheld: None,
-                },
-            );
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// The op logs of `ids` into `h`, [`OP_LOG_IDS_PER_QUERY`] vizzes per query, within

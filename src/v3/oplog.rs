@@ -282,74 +282,132 @@ fn history<'a>(
     head_problem: &mut Option<String>,
     hygiene: &mut Vec<String>,
 ) -> Vec<&'a LoggedOp> {
-    let mut at: HashMap<i64, Vec<&LoggedOp>> = HashMap::new();
-    for op in ops {
-        at.entry(op.v).or_default().push(op);
-    }
-    let mut chosen: BTreeMap<i64, &LoggedOp> = BTreeMap::new();
-    let mut missing = Vec::new();
-    let mut want = head.last_op;
-    let mut broken = false;
     // Versions above the log's newest op are all missing: said as one range, not walked (a
     // corrupt `_v` must not cost its size).
     let newest = ops.iter().map(|o| o.v).max().unwrap_or(-1);
-    let mut missing_above = None;
-    if head.version - 1 > newest {
-        missing_above = Some((newest + 1, head.version - 1));
-        broken = true;
-        want = None;
-    }
-    for v in (0..head.version.min(newest + 1)).rev() {
-        let here = at.get(&v).map_or(&[][..], Vec::as_slice);
-        if here.is_empty() {
-            missing.push(v);
-            broken = true;
-            want = None;
-            continue;
+    let missing_above = (head.version - 1 > newest).then_some((newest + 1, head.version - 1));
+    let chain = Chain::walk(
+        head,
+        ops,
+        newest,
+        missing_above.is_some(),
+        head_problem,
+        hygiene,
+    );
+    report_missing(chain.missing, missing_above, hygiene);
+    report_orphans(head, ops, &chain.chosen, chain.broken, hygiene);
+    chain.chosen.into_values().collect()
+}
+
+/// A log's ops along the snapshot's chain of `o` links, as [`history`] walks it down.
+struct Chain<'a> {
+    /// The op of each version.
+    chosen: BTreeMap<i64, &'a LoggedOp>,
+    /// Versions (up to the newest op) with no op, newest first.
+    missing: Vec<i64>,
+    /// The links do not run from the snapshot's `_o` down to `v0`.
+    broken: bool,
+}
+
+impl<'a> Chain<'a> {
+    /// Walk down from the newest version the log can have (`_v - 1`, or the log's `newest` op)
+    /// following `o` links from the snapshot's `_o`; `broken`: the chain is broken already
+    /// (versions missing above `newest`). The first broken link is a problem: the snapshot's
+    /// `head_problem` at `_v - 1`, else a hygiene line; where no link reaches, the only op at a
+    /// version is taken.
+    fn walk(
+        head: &Head,
+        ops: &'a [LoggedOp],
+        newest: i64,
+        mut broken: bool,
+        head_problem: &mut Option<String>,
+        hygiene: &mut Vec<String>,
+    ) -> Chain<'a> {
+        let mut at: HashMap<i64, Vec<&LoggedOp>> = HashMap::new();
+        for op in ops {
+            at.entry(op.v).or_default().push(op);
         }
-        let linked = want.and_then(|w| here.iter().find(|o| o.id == w).copied());
-        let op = match linked {
-            Some(op) => Some(op),
-            None => {
-                if !broken {
-                    if v == head.version - 1 {
-                        *head_problem = Some(match head.last_op {
-                            Some(o) => format!("_o {o} is not an op at v{v}"),
-                            None => "_o is missing".into(),
-                        });
-                    } else {
-                        hygiene.push(format!(
-                            "the op at v{} does not link (o) to an op at v{v}",
-                            v + 1
-                        ));
-                    }
-                    broken = true;
-                }
-                (here.len() == 1).then(|| here[0])
+        let mut chosen: BTreeMap<i64, &LoggedOp> = BTreeMap::new();
+        let mut missing = Vec::new();
+        let mut want = if broken { None } else { head.last_op };
+        for v in (0..head.version.min(newest + 1)).rev() {
+            let here = at.get(&v).map_or(&[][..], Vec::as_slice);
+            if here.is_empty() {
+                missing.push(v);
+                broken = true;
+                want = None;
+                continue;
             }
+            let linked = want.and_then(|w| here.iter().find(|o| o.id == w).copied());
+            let op = match linked {
+                Some(op) => Some(op),
+                None => {
+                    if !broken {
+                        if v == head.version - 1 {
+                            *head_problem = Some(match head.last_op {
+                                Some(o) => format!("_o {o} is not an op at v{v}"),
+                                None => "_o is missing".into(),
+                            });
+                        } else {
+                            hygiene.push(format!(
+                                "the op at v{} does not link (o) to an op at v{v}",
+                                v + 1
+                            ));
+                        }
+                        broken = true;
+                    }
+                    (here.len() == 1).then(|| here[0])
+                }
+            };
+            if let Some(op) = op {
+                chosen.insert(v, op);
+            }
+            want = op.and_then(|o| o.prev);
+        }
+        Chain {
+            chosen,
+            missing,
+            broken,
+        }
+    }
+}
+
+/// `no op at v1..v3, v7`: the versions with no op (`missing`, newest first), and the range
+/// above the log's newest op (`missing_above`), as one hygiene line.
+fn report_missing(
+    mut missing: Vec<i64>,
+    missing_above: Option<(i64, i64)>,
+    hygiene: &mut Vec<String>,
+) {
+    if missing.is_empty() && missing_above.is_none() {
+        return;
+    }
+    missing.reverse();
+    let mut said = ranges(&missing);
+    if let Some((a, b)) = missing_above {
+        let above = if a == b {
+            format!("v{a}")
+        } else {
+            format!("v{a}..v{b}")
         };
-        if let Some(op) = op {
-            chosen.insert(v, op);
-        }
-        want = op.and_then(|o| o.prev);
+        said = if said.is_empty() {
+            above
+        } else {
+            format!("{said}, {above}")
+        };
     }
-    if !missing.is_empty() || missing_above.is_some() {
-        missing.reverse();
-        let mut said = ranges(&missing);
-        if let Some((a, b)) = missing_above {
-            let above = if a == b {
-                format!("v{a}")
-            } else {
-                format!("v{a}..v{b}")
-            };
-            said = if said.is_empty() {
-                above
-            } else {
-                format!("{said}, {above}")
-            };
-        }
-        hygiene.push(format!("no op at {said}"));
-    }
+    hygiene.push(format!("no op at {said}"));
+}
+
+/// Ops of ours the snapshot does not link (`chosen`: the ops it does). Where the chain is
+/// `broken`, ops below `_v` are not called orphans: the chain cannot tell.
+fn report_orphans(
+    head: &Head,
+    ops: &[LoggedOp],
+    chosen: &BTreeMap<i64, &LoggedOp>,
+    broken: bool,
+    hygiene: &mut Vec<String>,
+) {
     let on_chain: HashSet<ObjectId> = chosen.values().map(|o| o.id).collect();
     let mut orphans: Vec<&LoggedOp> = ops
         .iter()
@@ -362,7 +420,6 @@ fn history<'a>(
             o.v, o.id, head.version
         ));
     }
-    chosen.into_values().collect()
 }
 
 /// `[1, 2, 3, 7]` → `v1..v3, v7`.
@@ -388,183 +445,252 @@ fn ranges(vs: &[i64]) -> String {
 pub fn analyze(head: &Head, ops: &[LoggedOp], rules: Rules) -> Analysis {
     let mut a = Analysis::default();
     let history = history(head, ops, &mut a.head_problem, &mut a.hygiene);
-    // The doc as replayed (`known`: the replay so far holds), what our last op left (the
-    // three-way base; `None` before our first op, or unknown), and what V3 touched since.
-    let mut known = rules.granularity == Granularity::Field;
-    let mut state: Option<Value> = None;
-    let mut base: Option<Option<Value>> = None;
-    let mut v3_since = LastChange::default();
-    // The last `del`: (ours, version, time); the last create: (ours, version).
-    let mut last_del: Option<(bool, i64, Option<i64>)> = None;
-    let mut created_by: Option<(bool, i64)> = None;
-    let mut expected_v = 0;
+    let mut walk = Walk::new(rules);
     for op in history {
-        if op.v != expected_v {
-            known = false; // a gap: the replay cannot go on
+        walk.step(op, &mut a);
+    }
+    a.v3_since_ours = walk.v3_since.all.is_some() || !walk.v3_since.fields.is_empty();
+    if !head.live {
+        if let Some((false, _, ts)) = walk.last_del {
+            a.deleted_by_v3 = Some(ts);
         }
-        expected_v = op.v + 1;
-        let before = state.clone();
+    }
+    a
+}
+
+/// [`analyze`]'s walk through a log in history order: the doc as replayed so far and who
+/// did what since, op by op.
+struct Walk {
+    rules: Rules,
+    /// The replay so far holds (only tried with [`Granularity::Field`]).
+    known: bool,
+    /// The doc as replayed (`None`: deleted, not created, or unknown).
+    state: Option<Value>,
+    /// What our last op left: the three-way base; `None` before our first op, `Some(None)`
+    /// when unknown.
+    base: Option<Option<Value>>,
+    /// What V3 touched since our last op.
+    v3_since: LastChange,
+    /// The last `del`: (ours, version, time).
+    last_del: Option<(bool, i64, Option<i64>)>,
+    /// The last create: (ours, version).
+    created_by: Option<(bool, i64)>,
+    /// The version the next op should have: a gap ends the replay.
+    expected_v: i64,
+}
+
+impl Walk {
+    fn new(rules: Rules) -> Walk {
+        Walk {
+            rules,
+            known: rules.granularity == Granularity::Field,
+            state: None,
+            base: None,
+            v3_since: LastChange::default(),
+            last_del: None,
+            created_by: None,
+            expected_v: 0,
+        }
+    }
+
+    /// Take one op: replay it, report what it undid or what is wrong with it in `a`, and
+    /// record who changed what.
+    fn step(&mut self, op: &LoggedOp, a: &mut Analysis) {
+        if op.v != self.expected_v {
+            self.known = false; // a gap: the replay cannot go on
+        }
+        self.expected_v = op.v + 1;
+        let before = self.state.clone();
         let touched = match &op.body {
-            Body::Del => {
-                if op.ours {
-                    // Deleting what V3 created, or changed since our last op, undoes V3.
-                    let by_v3 = match (
-                        created_by,
-                        v3_since.all,
-                        v3_since.fields.values().map(|(_, v)| *v).max(),
-                    ) {
-                        (Some((false, v)), _, _) => Some(format!("created it at v{v}")),
-                        (_, Some((_, v)), _) | (_, None, Some(v)) => {
-                            Some(format!("changed it at v{v}"))
-                        }
-                        _ => None,
-                    };
-                    if let Some(by_v3) = by_v3 {
-                        a.undone
-                            .push(format!("op v{} of ours deletes it (V3 {by_v3})", op.v));
-                    }
-                }
-                state = None;
-                last_del = Some((op.ours, op.v, op.ts));
-                Touched::All
-            }
-            Body::Create(_) | Body::NotRead { create: true } => {
-                let data = match &op.body {
-                    Body::Create(c) => c.get("data"),
-                    _ => None,
-                };
-                if let (true, Some((false, dv, dts))) = (op.ours, last_del) {
-                    let when = data.and_then(|d| d.get("timestamp"));
-                    let newer = match (when.and_then(Value::as_f64), dts) {
-                        (Some(t), Some(d)) => t * 1000.0 > d as f64,
-                        _ => false,
-                    };
-                    if !(rules.revive_when_newer && newer) {
-                        a.undone.push(format!(
-                            "op v{} of ours re-creates it after V3 deleted it at v{dv}",
-                            op.v
-                        ));
-                    }
-                }
-                last_del = None;
-                created_by = Some((op.ours, op.v));
-                state = data.cloned();
-                if state.is_none() {
-                    known = false;
-                }
-                Touched::All
-            }
+            Body::Del => self.delete(op, &mut a.undone),
+            Body::Create(_) | Body::NotRead { create: true } => self.create(op, &mut a.undone),
             Body::NotRead { create: false } => {
-                known = false;
+                self.known = false;
                 Touched::All
             }
-            Body::Op(o) => {
-                let by_keys = touched_by(o);
-                if known {
-                    match state.take().map(|s| json1::apply(s, o)) {
-                        Some(Ok(s)) => {
-                            state = Some(s);
-                            differing(before.as_ref(), state.as_ref())
-                        }
-                        _ => {
-                            known = false;
-                            by_keys
-                        }
-                    }
-                } else {
-                    by_keys
-                }
-            }
+            Body::Op(o) => self.edit(o, before.as_ref()),
         };
-        let touched = if !op.ours && rules.granularity == Granularity::Doc {
+        let touched = if !op.ours && self.rules.granularity == Granularity::Doc {
             Touched::All
         } else {
             touched
         };
         if op.ours {
             if let Body::Op(o) = &op.body {
-                if o.is_null() || o.as_array().is_some_and(Vec::is_empty) || touched.is_empty() {
-                    a.hygiene
-                        .push(format!("op v{} of ours changes nothing", op.v));
-                } else if without(&touched, &[STAMP]).is_empty() {
-                    a.hygiene
-                        .push(format!("op v{} of ours only moves {STAMP}", op.v));
-                }
-                // What V3 had changed since our previous op, by value where the log replays.
-                let v3_changed = match (&base, known) {
-                    (Some(base), true) => differing(base.as_ref(), before.as_ref()),
-                    (None, true) => Touched::All,
-                    _ => match v3_since.all {
-                        Some(_) => Touched::All,
-                        None => Touched::Fields(v3_since.fields.keys().cloned().collect()),
-                    },
-                };
-                let undone = match (&without(&touched, &RECOMPUTED), &v3_changed) {
-                    (Touched::All, Touched::All) => Touched::All,
-                    (Touched::All, Touched::Fields(f)) | (Touched::Fields(f), Touched::All) => {
-                        without(&Touched::Fields(f.clone()), &RECOMPUTED)
-                    }
-                    (Touched::Fields(f), Touched::Fields(g)) => {
-                        Touched::Fields(f.intersection(g).cloned().collect())
-                    }
-                };
-                if !undone.is_empty() {
-                    let at = match (&undone, v3_since.all) {
-                        (_, Some((_, v))) => format!(" (V3 changed it at v{v})"),
-                        (Touched::Fields(f), None) => {
-                            let vs: BTreeSet<i64> = f
-                                .iter()
-                                .filter_map(|k| v3_since.fields.get(k).map(|(_, v)| *v))
-                                .collect();
-                            if vs.is_empty() {
-                                String::new()
-                            } else {
-                                let vs: Vec<String> = vs.iter().map(|v| format!("v{v}")).collect();
-                                format!(" (V3 changed it at {})", vs.join(", "))
-                            }
-                        }
-                        (Touched::All, None) => String::new(),
-                    };
-                    let values = match (&undone, known) {
-                        (Touched::Fields(f), true) => values(f, before.as_ref(), state.as_ref()),
-                        _ => String::new(),
-                    };
-                    a.undone.push(format!(
-                        "op v{} of ours overwrites {}{at}{values}",
-                        op.v,
-                        names(&undone)
-                    ));
-                }
+                changes_nothing(op, o, &touched, &mut a.hygiene);
+                self.overwrites(op, &touched, before.as_ref(), &mut a.undone);
             }
-            // The base moves only where our op wrote: a field V3 changed before an op of ours
-            // that left it alone is still V3's at our next op (a catch-up's merge op between
-            // V3's trash and an undo of it must not hide the undo).
-            base = Some(match (known, base.take(), &touched) {
-                (false, _, _) => None,
-                (true, Some(Some(Value::Object(mut b))), Touched::Fields(f)) => {
-                    for k in f {
-                        match state.as_ref().and_then(|s| s.get(k)) {
-                            Some(x) => b.insert(k.clone(), x.clone()),
-                            None => b.remove(k),
-                        };
-                    }
-                    Some(Value::Object(b))
-                }
-                (true, _, _) => state.clone(),
-            });
-            v3_since.clear();
+            self.move_base(&touched);
+            self.v3_since.clear();
         } else {
-            v3_since.set(&touched, false, op.v);
+            self.v3_since.set(&touched, false, op.v);
         }
         a.last_change.set(&touched, op.ours, op.v);
     }
-    a.v3_since_ours = v3_since.all.is_some() || !v3_since.fields.is_empty();
-    if !head.live {
-        if let Some((false, _, ts)) = last_del {
-            a.deleted_by_v3 = Some(ts);
+
+    /// A `del`. Ours deleting what V3 created, or changed since our last op, undoes V3.
+    fn delete(&mut self, op: &LoggedOp, undone: &mut Vec<String>) -> Touched {
+        if op.ours {
+            let by_v3 = match (
+                self.created_by,
+                self.v3_since.all,
+                self.v3_since.fields.values().map(|(_, v)| *v).max(),
+            ) {
+                (Some((false, v)), _, _) => Some(format!("created it at v{v}")),
+                (_, Some((_, v)), _) | (_, None, Some(v)) => Some(format!("changed it at v{v}")),
+                _ => None,
+            };
+            if let Some(by_v3) = by_v3 {
+                undone.push(format!("op v{} of ours deletes it (V3 {by_v3})", op.v));
+            }
+        }
+        self.state = None;
+        self.last_del = Some((op.ours, op.v, op.ts));
+        Touched::All
+    }
+
+    /// A create (its body read or not). Ours re-creating what V3 deleted undoes V3, unless the
+    /// rules let a payload newer than the removal come back.
+    fn create(&mut self, op: &LoggedOp, undone: &mut Vec<String>) -> Touched {
+        let data = match &op.body {
+            Body::Create(c) => c.get("data"),
+            _ => None,
+        };
+        if let (true, Some((false, dv, dts))) = (op.ours, self.last_del) {
+            let when = data.and_then(|d| d.get("timestamp"));
+            let newer = match (when.and_then(Value::as_f64), dts) {
+                (Some(t), Some(d)) => t * 1000.0 > d as f64,
+                _ => false,
+            };
+            if !(self.rules.revive_when_newer && newer) {
+                undone.push(format!(
+                    "op v{} of ours re-creates it after V3 deleted it at v{dv}",
+                    op.v
+                ));
+            }
+        }
+        self.last_del = None;
+        self.created_by = Some((op.ours, op.v));
+        self.state = data.cloned();
+        if self.state.is_none() {
+            self.known = false;
+        }
+        Touched::All
+    }
+
+    /// A json1 edit: the fields it changed, by value while the replay holds (`before`: the doc
+    /// before it), else by the keys it touches.
+    fn edit(&mut self, o: &Value, before: Option<&Value>) -> Touched {
+        let by_keys = touched_by(o);
+        if !self.known {
+            return by_keys;
+        }
+        match self.state.take().map(|s| json1::apply(s, o)) {
+            Some(Ok(s)) => {
+                self.state = Some(s);
+                differing(before, self.state.as_ref())
+            }
+            _ => {
+                self.known = false;
+                by_keys
+            }
         }
     }
-    a
+
+    /// What V3 had changed since our previous op, by value where the log replays (`before`:
+    /// the doc before our op).
+    fn v3_changed(&self, before: Option<&Value>) -> Touched {
+        match (&self.base, self.known) {
+            (Some(base), true) => differing(base.as_ref(), before),
+            (None, true) => Touched::All,
+            _ => match self.v3_since.all {
+                Some(_) => Touched::All,
+                None => Touched::Fields(self.v3_since.fields.keys().cloned().collect()),
+            },
+        }
+    }
+
+    /// Report the fields an edit of ours (`touched`) overwrote that V3 had changed since our
+    /// previous op (recomputed fields aside).
+    fn overwrites(
+        &self,
+        op: &LoggedOp,
+        touched: &Touched,
+        before: Option<&Value>,
+        undone: &mut Vec<String>,
+    ) {
+        let overwritten = match (&without(touched, &RECOMPUTED), &self.v3_changed(before)) {
+            (Touched::All, Touched::All) => Touched::All,
+            (Touched::All, Touched::Fields(f)) | (Touched::Fields(f), Touched::All) => {
+                without(&Touched::Fields(f.clone()), &RECOMPUTED)
+            }
+            (Touched::Fields(f), Touched::Fields(g)) => {
+                Touched::Fields(f.intersection(g).cloned().collect())
+            }
+        };
+        if overwritten.is_empty() {
+            return;
+        }
+        let values = match (&overwritten, self.known) {
+            (Touched::Fields(f), true) => values(f, before, self.state.as_ref()),
+            _ => String::new(),
+        };
+        undone.push(format!(
+            "op v{} of ours overwrites {}{}{values}",
+            op.v,
+            names(&overwritten),
+            self.v3_changed_at(&overwritten)
+        ));
+    }
+
+    /// ` (V3 changed it at v3, v5)`: the versions of V3's changes to `overwritten`, if known.
+    fn v3_changed_at(&self, overwritten: &Touched) -> String {
+        match (overwritten, self.v3_since.all) {
+            (_, Some((_, v))) => format!(" (V3 changed it at v{v})"),
+            (Touched::Fields(f), None) => {
+                let vs: BTreeSet<i64> = f
+                    .iter()
+                    .filter_map(|k| self.v3_since.fields.get(k).map(|(_, v)| *v))
+                    .collect();
+                if vs.is_empty() {
+                    String::new()
+                } else {
+                    let vs: Vec<String> = vs.iter().map(|v| format!("v{v}")).collect();
+                    format!(" (V3 changed it at {})", vs.join(", "))
+                }
+            }
+            (Touched::All, None) => String::new(),
+        }
+    }
+
+    /// After an op of ours: the base moves only where our op wrote. A field V3 changed before
+    /// an op of ours that left it alone is still V3's at our next op (a catch-up's merge op
+    /// between V3's trash and an undo of it must not hide the undo).
+    fn move_base(&mut self, touched: &Touched) {
+        self.base = Some(match (self.known, self.base.take(), touched) {
+            (false, _, _) => None,
+            (true, Some(Some(Value::Object(mut b))), Touched::Fields(f)) => {
+                for k in f {
+                    match self.state.as_ref().and_then(|s| s.get(k)) {
+                        Some(x) => b.insert(k.clone(), x.clone()),
+                        None => b.remove(k),
+                    };
+                }
+                Some(Value::Object(b))
+            }
+            (true, _, _) => self.state.clone(),
+        });
+    }
+}
+
+/// Hygiene of an edit of ours: one that changes nothing, or only moves [`STAMP`], is an op
+/// the migration should not have written.
+fn changes_nothing(op: &LoggedOp, o: &Value, touched: &Touched, hygiene: &mut Vec<String>) {
+    if o.is_null() || o.as_array().is_some_and(Vec::is_empty) || touched.is_empty() {
+        hygiene.push(format!("op v{} of ours changes nothing", op.v));
+    } else if without(touched, &[STAMP]).is_empty() {
+        hygiene.push(format!("op v{} of ours only moves {STAMP}", op.v));
+    }
 }
 
 /// An op as read by [`Store::op_logs`]: `(doc id, op)`.

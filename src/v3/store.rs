@@ -971,8 +971,8 @@ impl Store {
         ts_ms: i64,
         report: &mut SyncReport,
     ) -> Result<(), StoreError> {
-        let salt = |id: &str| salts.and_then(|s| s.get(id)).map(String::as_str);
         if updates.len() < 2 {
+            let salt = |id: &str| salts.and_then(|s| s.get(id)).map(String::as_str);
             for (s, data, op) in updates {
                 let body = doc! {"op": to_bson(collection, &s.id, op)?};
                 self.append(collection, s, body, Some(data), ts_ms, salt(&s.id), report)
@@ -980,6 +980,25 @@ impl Store {
             }
             return Ok(());
         }
+        let (oids, adopted) = self.insert_ops(collection, updates, salts, ts_ms).await?;
+        let matched = self
+            .replace_snapshots(collection, updates, &oids, &adopted, ts_ms)
+            .await?;
+        self.settle_races(collection, updates, oids, matched, report)
+            .await
+    }
+
+    /// [`Store::submit_many`]'s first step: every update's op in one unordered insert. Returns
+    /// the ops' ids, in `updates`' order, and, for info, the data to write instead of the
+    /// update's where its op existed already (see [`Store::adopted`]), by index.
+    async fn insert_ops(
+        &self,
+        collection: &str,
+        updates: &[(&Snapshot, Cow<'_, Value>, Value)],
+        salts: Option<&HashMap<String, String>>,
+        ts_ms: i64,
+    ) -> Result<(Vec<ObjectId>, HashMap<usize, Value>), StoreError> {
+        let salt = |id: &str| salts.and_then(|s| s.get(id)).map(String::as_str);
         let mut ops = Vec::with_capacity(updates.len());
         let mut oids = Vec::with_capacity(updates.len());
         for (s, _, op) in updates {
@@ -996,9 +1015,8 @@ impl Store {
             ops.push(op);
             oids.push(oid);
         }
-        let ops_coll = format!("o_{collection}");
         let existed = self
-            .insert_ignoring_duplicates(&ops_coll, ops, WriteKind::OpInsert)
+            .insert_ignoring_duplicates(&format!("o_{collection}"), ops, WriteKind::OpInsert)
             .await?;
         let mut adopted: HashMap<usize, Value> = HashMap::new();
         if collection == collections::INFO {
@@ -1011,12 +1029,23 @@ impl Store {
                 }
             }
         }
-        // Every snapshot in one `update` command, each replacement conditional on the version
-        // read. The reply counts matches, not which matched: when all did (the common case)
-        // that is enough; otherwise the snapshots are read back, and one whose newest op is
-        // not ours lost its race.
+        Ok((oids, adopted))
+    }
+
+    /// [`Store::submit_many`]'s second step: every snapshot in one `update` command, each
+    /// replacement conditional on the version read, linking its op (`oids`) and holding the
+    /// update's data (or the `adopted` one). Returns how many matched: the reply counts
+    /// matches, not which matched.
+    async fn replace_snapshots(
+        &self,
+        collection: &str,
+        updates: &[(&Snapshot, Cow<'_, Value>, Value)],
+        oids: &[ObjectId],
+        adopted: &HashMap<usize, Value>,
+        ts_ms: i64,
+    ) -> Result<usize, StoreError> {
         let mut statements = Vec::with_capacity(updates.len());
-        for (i, ((s, data, _), oid)) in updates.iter().zip(&oids).enumerate() {
+        for (i, ((s, data, _), oid)) in updates.iter().zip(oids).enumerate() {
             let data = adopted.get(&i).unwrap_or(data);
             let snap = snapshot_doc(collection, s, *oid, Some(data), ts_ms)?;
             statements.push(doc! {"q": {"_id": &s.id, "_v": s.version}, "u": snap});
@@ -1036,11 +1065,25 @@ impl Store {
         if let Some((_, code, message)) = write_errors(&reply).into_iter().next() {
             return Err(StoreError::Refused { code, message });
         }
-        let matched = match reply.get("n") {
+        Ok(match reply.get("n") {
             Some(Bson::Int32(n)) => *n as usize,
             Some(Bson::Int64(n)) => *n as usize,
             _ => 0,
-        };
+        })
+    }
+
+    /// [`Store::submit_many`]'s last step: when all `matched` (the common case) every update
+    /// is in; otherwise the snapshots are read back, and one whose newest op is not ours lost
+    /// its race: its op, an orphan, is deleted and the doc reported in `lost_races`.
+    async fn settle_races(
+        &self,
+        collection: &str,
+        updates: &[(&Snapshot, Cow<'_, Value>, Value)],
+        oids: Vec<ObjectId>,
+        matched: usize,
+        report: &mut SyncReport,
+    ) -> Result<(), StoreError> {
+        let ops_coll = format!("o_{collection}");
         for ((s, _, _), oid) in updates.iter().zip(oids) {
             // Not every statement matched: ours won exactly when its op is in the doc's
             // history now (an identical op that won is as good as ours).
