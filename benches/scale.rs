@@ -36,8 +36,9 @@ use vizhub_migrate::ledger::Ledger;
 use vizhub_migrate::migrate::Migrator;
 use vizhub_migrate::planner::{self, Selection};
 use vizhub_migrate::seed::{self, Dataset, Options};
-use vizhub_migrate::translate::{self, Config, Context, Parent, V2Viz};
+use vizhub_migrate::translate::{self, Config, Context, Parent};
 use vizhub_migrate::v2::reader::Reader;
+use vizhub_migrate::v2::V2Viz;
 use vizhub_migrate::v3::store::Store;
 
 /// How long any one phase may take before the benchmark gives up.

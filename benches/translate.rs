@@ -54,7 +54,7 @@ fn main() {
             let v: Value = serde_json::from_str(black_box(&text)).unwrap();
             black_box(v2::parse_viz_docs(&v).unwrap());
         });
-        let docs = translate::V2Viz::from_fixture(&raw);
+        let docs = vizhub_migrate::fixtures::v2_viz(&raw);
         let t = &world.translations[&id];
         let fork = t.commits[0].parent.as_ref().map(|c| {
             (

@@ -6,6 +6,20 @@
 use serde_json::Value;
 use std::path::PathBuf;
 
+/// A fixture file's `{info, content, ops}` as the V2 documents of one viz.
+pub fn v2_viz(raw: &Value) -> crate::v2::V2Viz {
+    crate::v2::V2Viz {
+        info: raw.get("info").cloned().unwrap_or(Value::Null),
+        content: raw.get("content").filter(|c| !c.is_null()).cloned(),
+        ops: raw
+            .get("ops")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        ops_withheld: None,
+    }
+}
+
 /// The primordial viz, "Hello VizHub": root of every fork chain.
 pub const PRIMORDIAL_VIZ: &str = crate::PRIMORDIAL_VIZ_ID;
 

@@ -602,7 +602,8 @@ fn replayed(req: &Request) -> Result<History, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::{self, V2Viz};
+    use crate::translate;
+    use crate::v2::V2Viz;
     use serde_json::json;
 
     const PRIMORDIAL: &str = crate::PRIMORDIAL_VIZ_ID;
@@ -631,7 +632,7 @@ mod tests {
 
     /// The primordial fixture, changed by `edit`, prepared.
     fn prepared(edit: impl FnOnce(&mut V2Viz)) -> translate::Prepared {
-        let mut raw = V2Viz::from_fixture(&crate::fixtures::viz_fixture(PRIMORDIAL));
+        let mut raw = crate::fixtures::v2_viz(&crate::fixtures::viz_fixture(PRIMORDIAL));
         edit(&mut raw);
         translate::prepare(&raw, &translate::Config::default()).expect("prepares")
     }

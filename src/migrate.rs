@@ -1321,7 +1321,7 @@ fn unchanged(viz: &str, batch: Option<&str>, last: Option<&VizRecord>) -> Done {
 }
 
 /// Roughly what a viz's V2 documents hold in memory.
-fn v2_bytes(raw: &translate::V2Viz) -> usize {
+fn v2_bytes(raw: &crate::v2::V2Viz) -> usize {
     raw.content.as_ref().map_or(0, approx_bytes) + raw.ops.iter().map(approx_bytes).sum::<usize>()
 }
 

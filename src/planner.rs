@@ -29,7 +29,7 @@ use crate::broker::{Publisher, Topology};
 use crate::ids;
 use crate::job::Job;
 use crate::ledger::{Batch, Ledger};
-use crate::v2::reader::Reader;
+use crate::v2::reader::{window_filter, Reader};
 use mongodb::bson::{doc, Bson, Document};
 use serde::Serialize;
 
@@ -142,16 +142,6 @@ fn run_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     format!("{ms:011x}{:06x}", rand::random::<u32>() & 0x00ff_ffff)
-}
-
-/// The `documentInfo` filter of a window (half-open).
-pub fn window_filter(from: i64, to: i64) -> Document {
-    let range = doc! {"$gte": from, "$lt": to};
-    doc! {"$or": [
-        {"createdTimestamp": range.clone()},
-        {"lastUpdatedTimestamp": range.clone()},
-        {"upvotes": {"$elemMatch": {"timestamp": range}}},
-    ]}
 }
 
 struct Resolved {

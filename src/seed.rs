@@ -12,8 +12,9 @@
 //! written with unordered bulk inserts.
 
 use crate::json0;
-use crate::translate::{self, Config, V2Viz};
+use crate::translate::{self, Config};
 use crate::v2::reader::collections;
+use crate::v2::V2Viz;
 use mongodb::bson::{self, doc, Document};
 use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
@@ -88,7 +89,7 @@ impl Dataset {
     pub fn fixtures() -> Dataset {
         let mut d = Dataset::default();
         for (_, raw) in crate::fixtures::viz_fixtures() {
-            d.vizzes.push(V2Viz::from_fixture(&raw));
+            d.vizzes.push(crate::fixtures::v2_viz(&raw));
         }
         for (id, raw) in crate::fixtures::user_fixtures() {
             d.users.insert(id, raw);

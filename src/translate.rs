@@ -26,7 +26,7 @@
 //!   fallback form.
 
 use crate::history::{self, InitialIds, Mode, Stamp};
-use crate::v2::{self, DocumentContent, DocumentInfo, Intervals};
+use crate::v2::{self, DocumentContent, DocumentInfo, Intervals, V2Viz};
 use crate::{analytics, ids, v3, Disposition, PRIMORDIAL_VIZ_ID};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -133,33 +133,6 @@ impl TranslateError {
             T::OwnerDeletedInV3 { .. } => K::OwnerDeletedInV3,
             T::Malformed { .. } => K::Malformed,
             T::BadContent { .. } => K::BadContent,
-        }
-    }
-}
-
-/// The raw V2 documents of one viz, as read (or as stored in a fixture).
-#[derive(Debug, Clone, Default)]
-pub struct V2Viz {
-    pub info: Value,
-    pub content: Option<Value>,
-    pub ops: Vec<Value>,
-    /// Why the op log was not loaded (it is larger than the reader's cap): history falls back,
-    /// with this as the reason.
-    pub ops_withheld: Option<String>,
-}
-
-impl V2Viz {
-    /// A fixture file's `{info, content, ops}`.
-    pub fn from_fixture(raw: &Value) -> Self {
-        V2Viz {
-            info: raw.get("info").cloned().unwrap_or(Value::Null),
-            content: raw.get("content").filter(|c| !c.is_null()).cloned(),
-            ops: raw
-                .get("ops")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-            ops_withheld: None,
         }
     }
 }
@@ -930,7 +903,7 @@ mod tests {
     #[test]
     fn the_source_fingerprint_keeps_its_layout() {
         for (name, raw) in crate::fixtures::viz_fixtures() {
-            let Ok(p) = prepare(&V2Viz::from_fixture(&raw), &Config::default()) else {
+            let Ok(p) = prepare(&crate::fixtures::v2_viz(&raw), &Config::default()) else {
                 continue;
             };
             let i = &p.info;

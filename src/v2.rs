@@ -16,6 +16,17 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The raw V2 documents of one viz, as read (or as stored in a fixture).
+#[derive(Debug, Clone, Default)]
+pub struct V2Viz {
+    pub info: Value,
+    pub content: Option<Value>,
+    pub ops: Vec<Value>,
+    /// Why the op log was not loaded (it is larger than the reader's cap): history falls back,
+    /// with this as the reason.
+    pub ops_withheld: Option<String>,
+}
+
 /// The `_type` of a live V2 snapshot.
 pub const JSON0_TYPE: &str = "http://sharejs.org/types/JSONv0";
 

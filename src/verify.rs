@@ -70,8 +70,8 @@
 use crate::ledger::VizRecord;
 use crate::migrate::{JobError, Migrator};
 use crate::outcome::{DELETED_IN_V3, OWNER_DELETED_IN_V3};
-use crate::planner::window_filter;
 use crate::translate::Translation;
+use crate::v2::reader::window_filter;
 use crate::v3::collections as c3;
 use crate::v3::oplog::{self, Analysis, Bodies, Granularity, Head, LoggedOp, Rules};
 use crate::v3::store::Snapshot;

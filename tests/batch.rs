@@ -13,7 +13,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use vizhub_migrate::job::Job;
 use vizhub_migrate::migrate::Migrator;
-use vizhub_migrate::translate::V2Viz;
+use vizhub_migrate::v2::V2Viz;
 use vizhub_migrate::verify::{self, Scope};
 use vizhub_migrate::{Outcome, PRIMORDIAL_VIZ_ID};
 

@@ -11,7 +11,7 @@ mod env;
 use env::TestEnv;
 use serde_json::{json, Value};
 use vizhub_migrate::migrate::Migrator;
-use vizhub_migrate::translate::V2Viz;
+use vizhub_migrate::v2::V2Viz;
 use vizhub_migrate::verify::{self, Scope};
 use vizhub_migrate::PRIMORDIAL_VIZ_ID;
 

@@ -32,7 +32,7 @@ fn now_secs() -> i64 {
 }
 
 /// Synthetic vizzes beside the fixtures, forks of the primordial viz created long ago.
-fn synthetic(i: i64) -> vizhub_migrate::translate::V2Viz {
+fn synthetic(i: i64) -> vizhub_migrate::v2::V2Viz {
     let id = format!("5e1ec7ed{i:024x}");
     common::synthetic_viz(
         &id,

@@ -36,7 +36,7 @@ const LOADING_CSV: &str = "3fd333e335fe4ecb9ee0c819802443b7";
 
 /// `n` forks of Loading CSV created from `created` on, one second apart, each with a short
 /// editing history (two sessions).
-fn forks(n: u32, created: i64) -> Vec<vizhub_migrate::translate::V2Viz> {
+fn forks(n: u32, created: i64) -> Vec<vizhub_migrate::v2::V2Viz> {
     (0..n)
         .map(|i| {
             let id = format!("{:08x}{:024x}", created, i);
@@ -57,7 +57,7 @@ fn forks(n: u32, created: i64) -> Vec<vizhub_migrate::translate::V2Viz> {
 }
 
 impl TestEnv {
-    async fn load_all(&self, vizzes: &[vizhub_migrate::translate::V2Viz]) {
+    async fn load_all(&self, vizzes: &[vizhub_migrate::v2::V2Viz]) {
         for v in vizzes {
             self.load_viz(v).await;
         }

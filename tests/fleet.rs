@@ -154,7 +154,7 @@ async fn poison_inputs_dead_letter_and_requeue_after_fix() {
         &[],
     );
     let viz = |n: u32| format!("{n:032x}");
-    let mk = |n: u32, f: &dyn Fn(&mut vizhub_migrate::translate::V2Viz)| {
+    let mk = |n: u32, f: &dyn Fn(&mut vizhub_migrate::v2::V2Viz)| {
         let mut v = base.clone();
         let id = viz(n);
         v.info["_id"] = json!(id);

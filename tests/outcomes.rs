@@ -11,7 +11,7 @@ use vizhub_migrate::{Disposition, Outcome};
 
 const V: &str = "0123456789abcdef0123456789abcdef";
 
-fn base() -> translate::V2Viz {
+fn base() -> vizhub_migrate::v2::V2Viz {
     synthetic_viz(
         V,
         "68416",
@@ -22,14 +22,14 @@ fn base() -> translate::V2Viz {
     )
 }
 
-fn with(f: impl FnOnce(&mut translate::V2Viz)) -> translate::V2Viz {
+fn with(f: impl FnOnce(&mut vizhub_migrate::v2::V2Viz)) -> vizhub_migrate::v2::V2Viz {
     let mut v = base();
     f(&mut v);
     v
 }
 
 /// Outcome of a job for this input: the error's disposition, or migrated.
-fn outcome_of(w: &mut World, v: translate::V2Viz) -> (Outcome, String) {
+fn outcome_of(w: &mut World, v: vizhub_migrate::v2::V2Viz) -> (Outcome, String) {
     w.translations.remove(V);
     w.v2.insert(V.into(), v);
     match w.migrate(V) {
@@ -41,7 +41,7 @@ fn outcome_of(w: &mut World, v: translate::V2Viz) -> (Outcome, String) {
 #[test]
 fn outcomes_table() {
     let big = "x".repeat(Config::default().max_content_bytes + 1);
-    let rows: Vec<(&str, translate::V2Viz, Outcome, &str)> = vec![
+    let rows: Vec<(&str, vizhub_migrate::v2::V2Viz, Outcome, &str)> = vec![
         (
             "tombstone",
             with(|v| v.info = json!({"_id": V, "_type": null, "_v": 4, "forksCount": 1})),

@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use vizhub_migrate::history::Mode;
-use vizhub_migrate::translate::{self, Config, Context, Parent, V2Viz};
+use vizhub_migrate::translate::{self, Config, Context, Parent};
+use vizhub_migrate::v2::V2Viz;
 use vizhub_migrate::{json0, v3, PRIMORDIAL_VIZ_ID};
 
 const ALPHABET: &[&str] = &["a", "b", " ", "\n", "é", "🐧", "𝔘", "中", "👋🏽"];

@@ -27,7 +27,7 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn synthetic(n: u32) -> vizhub_migrate::translate::V2Viz {
+fn synthetic(n: u32) -> vizhub_migrate::v2::V2Viz {
     common::synthetic_viz(
         &format!("{n:032x}"),
         "68416",

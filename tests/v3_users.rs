@@ -165,7 +165,7 @@ fn live(d: &Option<Value>) -> bool {
 
 /// The synthetic V2 viz `i`: a fork of the primordial viz with two files and a one-op history,
 /// upvoted by two users, with a collaborator.
-fn synthetic(i: usize) -> vizhub_migrate::translate::V2Viz {
+fn synthetic(i: usize) -> vizhub_migrate::v2::V2Viz {
     let created = 1_600_000_000 + i as i64 * 1000;
     let owner = match i {
         OWNER_GONE => GONE,

@@ -33,7 +33,7 @@ fn now_ms() -> i64 {
 }
 
 /// A synthetic viz beside the fixtures: a fork of the primordial viz.
-fn synthetic(i: i64, owner: &str) -> vizhub_migrate::translate::V2Viz {
+fn synthetic(i: i64, owner: &str) -> vizhub_migrate::v2::V2Viz {
     let id = format!("0e1ec7ed{i:024x}");
     common::synthetic_viz(
         &id,

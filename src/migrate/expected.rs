@@ -11,7 +11,8 @@
 
 use super::batch::{wanted_parent, BATCH_READ_BYTES};
 use super::{now_secs, parent_of, v2_err, v3_err, JobError, Migrator, ParentLink};
-use crate::translate::{self, Context, ParentRequest, Prepared, Translation, V2Viz};
+use crate::translate::{self, Context, ParentRequest, Prepared, Translation};
+use crate::v2::V2Viz;
 use crate::v3::collections as c3;
 use crate::v3::store::Snapshot;
 use crate::PRIMORDIAL_VIZ_ID;

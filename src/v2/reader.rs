@@ -5,7 +5,7 @@
 //! counts its queries and the time they waited for the limiter (the worker's metrics read them).
 
 use crate::history::{self, MissingHead};
-use crate::translate::V2Viz;
+use crate::v2::V2Viz;
 use futures_util::TryStreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mongodb::bson::{doc, Document, RawDocumentBuf};
@@ -1102,6 +1102,16 @@ impl Reader {
             .cloned()
             .unwrap_or_default())
     }
+}
+
+/// The `documentInfo` filter of a window (half-open).
+pub fn window_filter(from: i64, to: i64) -> Document {
+    let range = doc! {"$gte": from, "$lt": to};
+    doc! {"$or": [
+        {"createdTimestamp": range.clone()},
+        {"lastUpdatedTimestamp": range.clone()},
+        {"upvotes": {"$elemMatch": {"timestamp": range}}},
+    ]}
 }
 
 #[cfg(test)]

@@ -328,7 +328,7 @@ impl TestEnv {
         ids
     }
 
-    pub async fn load_viz(&self, v: &vizhub_migrate::translate::V2Viz) {
+    pub async fn load_viz(&self, v: &vizhub_migrate::v2::V2Viz) {
         self.insert_v2("documentInfo", vec![v.info.clone()]).await;
         if let Some(c) = &v.content {
             self.insert_v2("documentContent", vec![c.clone()]).await;

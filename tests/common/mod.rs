@@ -6,8 +6,9 @@
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use vizhub_migrate::translate::{
-    self, Config, Context, Parent, ParentRequest, Previous, Translation, V2Viz,
+    self, Config, Context, Parent, ParentRequest, Previous, Translation,
 };
+use vizhub_migrate::v2::V2Viz;
 use vizhub_migrate::{v3, PRIMORDIAL_VIZ_ID};
 
 pub const NOW: i64 = 1_700_000_000;
@@ -36,7 +37,7 @@ impl World {
     pub fn with_fixtures(leave_out: &[&str]) -> World {
         let mut w = World::default();
         for (id, raw) in vizhub_migrate::fixtures::viz_fixtures() {
-            w.v2.insert(id, V2Viz::from_fixture(&raw));
+            w.v2.insert(id, vizhub_migrate::fixtures::v2_viz(&raw));
         }
         for (id, raw) in vizhub_migrate::fixtures::user_fixtures() {
             w.users.insert(id, raw);
