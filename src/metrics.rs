@@ -313,8 +313,16 @@ impl Collector for V3Writes {
 
 impl Collector for Counters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_labelled(&mut encoder)?;
+        self.encode_worker(&mut encoder)?;
+        self.encode_v2(&mut encoder)
+    }
+}
+
+impl Counters {
+    /// The labelled families: the build, the queues' depths, the jobs by outcome.
+    fn encode_labelled(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         {
             let mut family = encoder.encode_descriptor(
                 "build_info",
@@ -349,7 +357,13 @@ impl Collector for Counters {
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
-        let e = &mut encoder;
+        Ok(())
+    }
+
+    /// The worker's own counts: jobs in flight, retries and dead letters by kind, the broker.
+    fn encode_worker(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         gauge(
             e,
             "jobs_in_flight",
@@ -387,7 +401,11 @@ impl Collector for Counters {
             "broker_connected",
             "1 while the worker has a broker session and is consuming.",
             i64::from(s.broker_connected.load(Ordering::Relaxed)),
-        )?;
+        )
+    }
+
+    /// V2's reads and the rate limiter's waits.
+    fn encode_v2(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (reads, waits) = self.v2.counters();
         counter(e, "v2_reads", "Queries issued to V2 MongoDB.", None, reads)?;
         counter(

@@ -711,41 +711,13 @@ impl Migrator {
         let mut ends: Vec<Result<(Done, VizRecord), JobError>> = Vec::new();
         let mut wanted = Vec::new();
         let mut owners: HashMap<String, usize> = HashMap::new();
-        for mut v in views {
-            let rec = match v.analytics.map(crate::v2::parse_event_record).transpose() {
-                Ok(rec) => rec,
-                Err(source) => {
-                    let viz = v.viz.clone();
-                    ends.push(Err(TranslateError::Malformed { viz, source }.into()));
-                    continue;
-                }
-            };
-            if let Some(rec) = rec {
-                let v3 = known
-                    .get(&v.analytics_id)
-                    .filter(|s| s.doc_type.is_some())
-                    .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data));
-                let merged =
-                    crate::analytics::merge_record(v3.as_ref(), &rec, v.m.analytics.as_ref());
-                owners.insert(rec.id.clone(), ends.len());
-                wanted.push((rec.id, to_value(&merged)));
-                v.m.analytics = Some(rec.intervals);
+        for v in views {
+            let (end, merged) = page_views_merged(v, known);
+            if let Some((id, data)) = merged {
+                owners.insert(id.clone(), ends.len());
+                wanted.push((id, data));
             }
-            v.m.analytics_fingerprint = v.analytics_fingerprint;
-            let done = Done {
-                viz: v.viz,
-                outcome: Outcome::Migrated,
-                reason: Some("analytics merged".into()),
-            };
-            let rec = record_of(
-                &done,
-                None,
-                v.batch.as_deref(),
-                v.attempts,
-                Some(v.m),
-                Vec::new(),
-            );
-            ends.push(Ok((done, rec)));
+            ends.push(end);
         }
         let synced = self
             .v3
@@ -968,6 +940,47 @@ pub(super) struct PageViews<'a> {
     /// V2's page-view record now.
     pub analytics: Option<&'a Value>,
     pub analytics_fingerprint: Option<String>,
+}
+
+/// One viz's page-view merge: its end and ledger record, and V3's page-view record merged
+/// with V2's delta (none when V2 has no record), from V3's as `known` holds it.
+#[allow(clippy::type_complexity)]
+fn page_views_merged(
+    mut v: PageViews<'_>,
+    known: &HashMap<String, Snapshot>,
+) -> (Result<(Done, VizRecord), JobError>, Option<(String, Value)>) {
+    let rec = match v.analytics.map(crate::v2::parse_event_record).transpose() {
+        Ok(rec) => rec,
+        Err(source) => {
+            let viz = v.viz.clone();
+            return (Err(TranslateError::Malformed { viz, source }.into()), None);
+        }
+    };
+    let mut merged = None;
+    if let Some(rec) = rec {
+        let v3 = known
+            .get(&v.analytics_id)
+            .filter(|s| s.doc_type.is_some())
+            .and_then(|s| v3::AnalyticsEvent::from_payload(&s.data));
+        let data = crate::analytics::merge_record(v3.as_ref(), &rec, v.m.analytics.as_ref());
+        merged = Some((rec.id, to_value(&data)));
+        v.m.analytics = Some(rec.intervals);
+    }
+    v.m.analytics_fingerprint = v.analytics_fingerprint;
+    let done = Done {
+        viz: v.viz,
+        outcome: Outcome::Migrated,
+        reason: Some("analytics merged".into()),
+    };
+    let rec = record_of(
+        &done,
+        None,
+        v.batch.as_deref(),
+        v.attempts,
+        Some(v.m),
+        Vec::new(),
+    );
+    (Ok((done, rec)), merged)
 }
 
 /// The upvotes or permissions of the vizzes written together.
