@@ -127,10 +127,10 @@ struct BatchReads<'a> {
 /// to run alone.
 #[derive(Default)]
 struct Decided {
-    /// `None`: a parent migrated for its forks, not a job of the batch.
-    done: Vec<(Option<usize>, Done, VizRecord)>,
+    /// Jobs that end without a write (unchanged, deleted in V3), with their ledger records.
+    done: Vec<(usize, Done, VizRecord)>,
     alone: Vec<(usize, Alone)>,
-    /// Jobs written and recorded already (the batch's re-syncs), or failed.
+    /// Jobs written and recorded already (fresh ones, re-syncs, page-view merges), or failed.
     finished: Vec<(usize, Result<Done, JobError>)>,
 }
 
@@ -187,27 +187,22 @@ impl Migrator {
         let mut d = Decided::default();
         self.fast(jobs, &mut d).await;
         let mut out: Vec<Option<Result<Done, JobError>>> = (0..jobs.len()).map(|_| None).collect();
-        let records: Vec<VizRecord> = d.done.iter().map(|(_, _, r)| r.clone()).collect();
-        match self.ledger.record_many(&records, &HashSet::new()).await {
-            Ok(refused) => {
-                let refused: HashMap<String, String> = refused.into_iter().collect();
-                for (at, done, _) in d.done {
-                    let Some(at) = at else { continue };
-                    if let Some(why) = refused.get(&done.viz) {
-                        tracing::warn!(viz = %done.viz, error = %why, "ledger record refused; running the job alone");
-                        d.alone.push((at, Alone::Reading));
-                    } else {
-                        out[at] = Some(Ok(done));
-                    }
+        // The ends the batch decided without writing (unchanged, deleted in V3), recorded
+        // together; one the ledger refused or could not take runs alone.
+        let (ats, ends): (Vec<usize>, Vec<_>) = std::mem::take(&mut d.done)
+            .into_iter()
+            .map(|(at, done, rec)| (at, Ok((done, rec))))
+            .unzip();
+        for (at, r) in ats
+            .into_iter()
+            .zip(self.record_all(ends, &HashSet::new()).await)
+        {
+            match r {
+                Ok(done) => out[at] = Some(Ok(done)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the job in its batch; running it alone");
+                    d.alone.push((at, Alone::Reading));
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, jobs = d.done.len(), "cannot record the batch; running its jobs alone");
-                d.alone.extend(
-                    d.done
-                        .into_iter()
-                        .filter_map(|(at, _, _)| Some((at?, Alone::Reading))),
-                );
             }
         }
         tracing::debug!(
@@ -498,7 +493,7 @@ impl Migrator {
             );
             let batch = jobs[*at].batch.as_deref();
             if let Some((done, rec)) = ended_unwritten(&plan, &p.viz, batch, Some(last)) {
-                d.done.push((Some(*at), done, rec));
+                d.done.push((*at, done, rec));
                 continue;
             }
             match plan {
