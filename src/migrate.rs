@@ -880,10 +880,26 @@ impl Migrator {
             commits = Arc::new(self.v3.commits_of(parent).await.map_err(v3_err(viz))?);
             info = None;
         }
-        let Some(fork) = translate::fork_point(&commits, created) else {
+        let link = self.fork_link(viz, created, parent, &commits).await?;
+        Ok(link.map(|l| ParentLink { info, ..l }))
+    }
+
+    /// `viz` (created at `created`) linked to `parent`, whose chain is `commits`, at its fork
+    /// point (spec 3.1): the one place a fork's link is made, for a job alone, a batch and
+    /// `verify`. `None` when the parent has no commit before the viz was created, or when the
+    /// parent descends from the viz (a fork cycle, see [`Self::content_at`]). Not backfilled;
+    /// the caller says.
+    async fn fork_link(
+        &self,
+        viz: &str,
+        created: i64,
+        parent: &str,
+        commits: &[Commit],
+    ) -> Result<Option<ParentLink>, JobError> {
+        let Some(fork) = translate::fork_point(commits, created) else {
             return Ok(None);
         };
-        let Some(content) = self.content_at(viz, fork, &commits).await? else {
+        let Some(content) = self.content_at(viz, fork, commits).await? else {
             tracing::warn!(
                 viz,
                 parent,
@@ -896,7 +912,7 @@ impl Migrator {
             commit: fork.id.clone(),
             content,
             backfilled: false,
-            info,
+            info: None,
         }))
     }
 

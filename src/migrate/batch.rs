@@ -659,17 +659,11 @@ impl Migrator {
         if commits.is_empty() {
             return Linked::Alone;
         }
-        let Some(fork) = translate::fork_point(&commits, f.p.created) else {
-            return Linked::Primordial;
-        };
-        match self.content_at(&f.p.viz, fork, &commits).await {
-            Ok(Some(content)) => Linked::At(Box::new(ParentLink {
-                viz: parent.to_string(),
-                commit: fork.id.clone(),
-                content,
-                backfilled,
-                info: None,
-            })),
+        match self
+            .fork_link(&f.p.viz, f.p.created, parent, &commits)
+            .await
+        {
+            Ok(Some(l)) => Linked::At(Box::new(ParentLink { backfilled, ..l })),
             Ok(None) => Linked::Primordial,
             Err(_) => Linked::Alone,
         }

@@ -125,17 +125,11 @@ impl Migrator {
                     std::sync::Arc::new(self.v3.commits_of(&candidate).await.map_err(v3_err(viz))?)
                 }
             };
-            if let Some(fork) = translate::fork_point(&commits, p.created) {
-                let Some(content) = self.content_at(viz, fork, &commits).await? else {
-                    continue; // a fork cycle (see `content_at`)
-                };
+            if let Some(l) = self.fork_link(viz, p.created, &candidate, &commits).await? {
                 link = Some(ParentLink {
                     backfilled: candidate != p.info.forked_from.as_deref().unwrap_or_default()
                         || p.info.fork_from_backfilled == Some(true),
-                    viz: candidate,
-                    commit: fork.id.clone(),
-                    content,
-                    info: None,
+                    ..l
                 });
                 break;
             }
