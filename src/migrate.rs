@@ -329,6 +329,8 @@ struct Walk {
     /// read, and creates that find a doc there anyway make the job run again with
     /// `trust_ledger` off (see [`Migrator::migrate`]).
     trust_ledger: bool,
+    /// An earlier attempt of the job ran (see [`Migrator::migrate_again`]).
+    earlier: bool,
 }
 
 /// Info, content and page-view snapshots read of a viz, by id.
@@ -374,6 +376,8 @@ struct Reading<'a> {
     deleted_users: &'a BTreeSet<String>,
     /// Whether the viz's own V3 documents were read (see [`Ready::read`]).
     read: bool,
+    /// An earlier attempt of the job ran (see [`Ready::earlier`]).
+    earlier: bool,
 }
 
 impl Migrator {
@@ -415,7 +419,15 @@ impl Migrator {
     /// re-deriving is idempotent, and going through a delayed-retry queue for an optimistic-lock
     /// miss would only make the job wait seconds for nothing.
     pub async fn migrate(&self, viz: &str, batch: Option<&str>) -> Result<Done, JobError> {
-        self.run(viz, batch, true).await
+        self.run(viz, batch, true, false).await
+    }
+
+    /// [`Migrator::migrate`] of a job an earlier attempt ran (its delivery redelivered, or a
+    /// retry): that attempt may have stopped between an op and its snapshot, on the viz's own
+    /// documents or its parent's info, so what it left is taken back once this run wrote them
+    /// (see `write::Ready::earlier`).
+    pub async fn migrate_again(&self, viz: &str, batch: Option<&str>) -> Result<Done, JobError> {
+        self.run(viz, batch, true, true).await
     }
 
     /// [`Migrator::migrate`]; `trust_ledger` off reads the viz's V3 documents even when the
@@ -427,6 +439,7 @@ impl Migrator {
         viz: &str,
         batch: Option<&str>,
         trust_ledger: bool,
+        earlier: bool,
     ) -> Result<Done, JobError> {
         let mut first = true;
         let mut reruns = 0u32;
@@ -436,6 +449,7 @@ impl Migrator {
                 let mut walk = Walk {
                     visiting: HashSet::new(),
                     trust_ledger,
+                    earlier,
                 };
                 self.migrate_one(viz, batch, &mut walk).await
             }
@@ -530,6 +544,7 @@ impl Migrator {
                 users: &users,
                 deleted_users: &deleted_users,
                 read: !(walk.trust_ledger && last.is_none()),
+                earlier: walk.earlier,
             };
             let known = Known {
                 info: &info_snaps,
@@ -714,6 +729,7 @@ impl Migrator {
             info_base: theirs.map(|s| s.base_info),
             resync: decision,
             read: r.read,
+            earlier: r.earlier,
         })
     }
 

@@ -61,6 +61,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use stats::{QueueDepths, QueueRole};
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -755,6 +756,18 @@ where
 /// One batch of deliveries, end to end: prepare each, migrate the runnable jobs together,
 /// decide, then record and settle each delivery. Never panics out: a panicking migration is
 /// caught and dead-lettered.
+/// The vizzes of a batch whose job an earlier attempt ran (a redelivery after a pod died, a
+/// retry): what it may have left half-written is looked for (see `Migrator::migrate_again`).
+fn earlier_attempts(batch: &[Pending], prepared: &[Prepared], hdrs: &[Headers]) -> HashSet<String> {
+    batch
+        .iter()
+        .zip(prepared)
+        .zip(hdrs)
+        .filter(|((p, _), h)| p.delivery.redelivered || job::attempt(h) > 1)
+        .map(|((_, prep), _)| prep.viz.clone())
+        .collect()
+}
+
 async fn run_batch(s: Arc<Session>, batch: Vec<Pending>) {
     let hdrs: Vec<Headers> = batch
         .iter()
@@ -770,14 +783,22 @@ async fn run_batch(s: Arc<Session>, batch: Vec<Pending>) {
         .filter_map(|p| p.job.as_ref().ok())
         .cloned()
         .collect();
-    let (m, m1) = (s.migrator.clone(), s.migrator.clone());
+    let earlier = Arc::new(earlier_attempts(&batch, &prepared, &hdrs));
+    let (m, m1, again) = (s.migrator.clone(), s.migrator.clone(), earlier.clone());
     let mut ran = migrate_contained(
         &s.stats,
         runnable,
-        move |jobs| async move { m.migrate_batch(&jobs).await },
+        move |jobs| async move { m.migrate_batch_again(&jobs, &earlier).await },
         move |job| {
-            let m = m1.clone();
-            async move { m.migrate(&job.viz, job.batch.as_deref()).await }
+            let (m, again) = (m1.clone(), again.clone());
+            async move {
+                let batch = job.batch.as_deref();
+                if again.contains(&job.viz) {
+                    m.migrate_again(&job.viz, batch).await
+                } else {
+                    m.migrate(&job.viz, batch).await
+                }
+            }
         },
     )
     .await

@@ -1213,3 +1213,75 @@ async fn a_batch_resyncs_what_one_job_at_a_time_resyncs() {
     env.v3 = base;
     env.cleanup().await;
 }
+
+/// A batch stopped after any one of its writes (a pod killed), then overtaken: another pod's
+/// batch of forks of the same parent moves the parent's count, and only then are the stopped
+/// batch's jobs redelivered. An op the stopped attempt wrote without its snapshot now sits at a
+/// version another writer took; the redelivered jobs take it back, so no orphan op of ours is
+/// left in any log (`verify`'s `oplog`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stopped_then_overtaken_leaves_no_orphan_op() {
+    let mut env = TestEnv::new("batchovertaken").await;
+    let (forks, _, fixtures) = fixtures_then_forks(&env, 0x300, &[LOADING_CSV; 8]).await;
+    let mut first_ones: Vec<(i64, String)> = env
+        .v2_docs("documentInfo")
+        .await
+        .iter()
+        .map(|d| {
+            let id = d["_id"].as_str().unwrap().to_string();
+            (d["createdTimestamp"].as_f64().unwrap_or(0.0) as i64, id)
+        })
+        .filter(|(_, id)| !forks.contains(id))
+        .collect();
+    first_ones.sort();
+    let first_ones: Vec<String> = first_ones.into_iter().map(|(_, id)| id).collect();
+    let (forks_stopped, overtaking) = forks.split_at(4);
+    // The stopped batch also re-syncs the parent: V2 retitled it (its info alone changes).
+    let stopped: Vec<String> = std::iter::once(LOADING_CSV.to_string())
+        .chain(forks_stopped.iter().cloned())
+        .collect();
+    let stopped = stopped.as_slice();
+    let redelivered: std::collections::HashSet<String> = stopped.iter().cloned().collect();
+    let base = env.v3.clone();
+    let mut stops = 0;
+    for n in 0.. {
+        env.v3 = env.client.database(&format!("{}_o{n}", base.name()));
+        let title = |t: String| move |d: &mut serde_json::Value| d["title"] = json!(t);
+        env.edit_v2_info(LOADING_CSV, title(format!("Loading CSV {n}")))
+            .await;
+        run_batches(&env.migrator(), &first_ones, 8).await;
+        env.edit_v2_info(LOADING_CSV, title(format!("Loading CSV {n}, renamed")))
+            .await;
+        let m = env.migrator();
+        m.v3.stop_after_writes(Some(n));
+        let results = m.migrate_batch(&jobs(stopped)).await;
+        if results.iter().all(Result::is_ok) {
+            env.v3.drop().await.unwrap();
+            break;
+        }
+        m.v3.stop_after_writes(None);
+        run_batches(&env.migrator(), overtaking, 8).await;
+        let again = env.migrator();
+        for (job, r) in jobs(stopped).iter().zip(
+            again
+                .migrate_batch_again(&jobs(stopped), &redelivered)
+                .await,
+        ) {
+            r.unwrap_or_else(|e| panic!("stopped after write {n}: {}: {e}", job.viz));
+        }
+        let report = verify::verify(&env.migrator(), Scope::All, |_, _| {})
+            .await
+            .unwrap();
+        assert!(
+            report.mismatches.is_empty(),
+            "stopped after write {n}, overtaken, redelivered:\n{}",
+            report.render()
+        );
+        assert_eq!(report.compared as usize, fixtures + forks.len());
+        env.v3.drop().await.unwrap();
+        stops += 1;
+    }
+    assert!(stops >= 5, "the batch was stopped at only {stops} points");
+    env.v3 = base;
+    env.cleanup().await;
+}

@@ -132,6 +132,8 @@ struct Decided {
     alone: Vec<(usize, Alone)>,
     /// Jobs written and recorded already (fresh ones, re-syncs, page-view merges), or failed.
     finished: Vec<(usize, Result<Done, JobError>)>,
+    /// Vizzes whose jobs an earlier attempt ran (see [`Migrator::migrate_again`]).
+    earlier: HashSet<String>,
 }
 
 impl Decided {
@@ -184,7 +186,20 @@ impl Migrator {
     /// Migrate several jobs together (the worker's batch): one result per job, in the order of
     /// `jobs`, each what [`Migrator::migrate`] returns for that job alone (see the module doc).
     pub async fn migrate_batch(&self, jobs: &[Job]) -> Vec<Result<Done, JobError>> {
-        let mut d = Decided::default();
+        self.migrate_batch_again(jobs, &HashSet::new()).await
+    }
+
+    /// [`Migrator::migrate_batch`], where an earlier attempt of the jobs of `earlier` (by
+    /// viz) ran (see [`Migrator::migrate_again`]).
+    pub async fn migrate_batch_again(
+        &self,
+        jobs: &[Job],
+        earlier: &HashSet<String>,
+    ) -> Vec<Result<Done, JobError>> {
+        let mut d = Decided {
+            earlier: earlier.clone(),
+            ..Decided::default()
+        };
         self.fast(jobs, &mut d).await;
         let mut out: Vec<Option<Result<Done, JobError>>> = (0..jobs.len()).map(|_| None).collect();
         // The ends the batch decided without writing (unchanged, deleted in V3), recorded
@@ -214,11 +229,13 @@ impl Migrator {
         for (at, r) in std::mem::take(&mut d.finished) {
             out[at] = Some(r);
         }
+        let earlier = &d.earlier;
         let alone = futures_util::stream::iter(d.alone)
             .map(|(at, how)| async move {
                 let j = &jobs[at];
+                let again = earlier.contains(&j.viz);
                 let r = self
-                    .run(&j.viz, j.batch.as_deref(), how == Alone::Trusting)
+                    .run(&j.viz, j.batch.as_deref(), how == Alone::Trusting, again)
                     .await;
                 (at, r)
             })
@@ -551,6 +568,7 @@ impl Migrator {
                 });
                 continue;
             }
+            let earlier = d.earlier.contains(&p.viz);
             let reading = Reading {
                 analytics: events.get(&p.analytics_id),
                 p,
@@ -562,6 +580,7 @@ impl Migrator {
                 users,
                 deleted_users: &deleted_users,
                 read: true,
+                earlier,
             };
             match self.translated(reading, None, true, known).await {
                 Ok(r) => {
@@ -829,6 +848,7 @@ impl Migrator {
             };
             chains.insert(f.p.viz.clone(), Arc::new(t.commits.clone()));
             ats.push((f.at, f.p.viz.clone(), t.info.end.clone()));
+            let earlier = d.earlier.contains(&f.p.viz);
             ready.push(Ready {
                 p: f.p,
                 t,
@@ -841,6 +861,7 @@ impl Migrator {
                 info_base: None,
                 resync: None,
                 read: false,
+                earlier,
             });
         }
         (ready, ats, chains)

@@ -50,6 +50,11 @@ pub(super) struct Ready {
     /// nothing of it was written, and a create that finds a doc of it there anyway (left by
     /// an attempt that stopped half-way) makes the job run again, reading.
     pub read: bool,
+    /// An earlier attempt of the job ran (a redelivery, a retry): it may have stopped between
+    /// an op and its snapshot, on the viz's documents or its parent's info, where another
+    /// writer has moved on since (another op at that version); that op is taken back once
+    /// this run wrote there. Only such jobs pay the two reads a look costs.
+    pub earlier: bool,
 }
 
 impl Ready {
@@ -64,10 +69,11 @@ impl Ready {
     /// An attempt of ours may have stopped after some of its writes: a first migration that
     /// read V3 (a rerun), or a re-sync that found signs of one.
     fn recovering(&self) -> bool {
-        match &self.resync {
-            None => self.read,
-            Some(d) => d.interrupted || d.last.is_none(),
-        }
+        self.earlier
+            || match &self.resync {
+                None => self.read,
+                Some(d) => d.interrupted || d.last.is_none(),
+            }
     }
 }
 
@@ -622,6 +628,20 @@ impl Migrator {
                 }
             }
             Err(e) => fail(slots, appended, &e),
+        }
+        // The parents' infos a stopped attempt of a fork moved (or recounted).
+        let mut parents: Vec<String> = slots
+            .iter()
+            .filter(|s| s.live() && s.r.earlier)
+            .filter_map(|s| Some(s.r.parent.as_ref()?.viz.clone()))
+            .collect();
+        parents.sort();
+        parents.dedup();
+        for parent in parents {
+            if let Err(e) = self.v3.take_back_orphans(c3::INFO, &parent).await {
+                let forks_of = |s: &Slot| s.r.parent.as_ref().is_some_and(|p| p.viz == parent);
+                fail(slots, forks_of, &e);
+            }
         }
         for s in slots.iter_mut().filter(|s| s.live() && s.r.recovering()) {
             let (viz, t) = (s.r.viz(), &s.r.t);
