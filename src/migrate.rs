@@ -1161,23 +1161,6 @@ impl Migrator {
         Ok(deleted.into_iter().collect())
     }
 
-    /// Record a job's outcome in the ledger.
-    pub async fn record(
-        &self,
-        done: &Done,
-        kind: Option<&str>,
-        batch: Option<&str>,
-        attempts: i64,
-        migrated: Option<Migrated>,
-        skipped_entries: Vec<String>,
-    ) -> Result<(), JobError> {
-        let rec = record_of(done, kind, batch, attempts, migrated, skipped_entries);
-        self.ledger
-            .record(&rec)
-            .await
-            .map_err(ledger_err(&done.viz))
-    }
-
     /// Record a failure (after retries, before dead-lettering). Keeps what an earlier successful
     /// migration left, so a later re-sync still knows it.
     pub async fn record_failure(
@@ -1193,15 +1176,9 @@ impl Migrator {
             outcome: err.disposition().final_outcome(),
             reason: Some(err.to_string()),
         };
-        self.record(
-            &done,
-            Some(err.kind()),
-            batch,
-            attempts,
-            last.and_then(|l| l.migrated),
-            Vec::new(),
-        )
-        .await?;
+        let kept = last.and_then(|l| l.migrated);
+        let rec = record_of(&done, Some(err.kind()), batch, attempts, kept, Vec::new());
+        self.ledger.record(&rec).await.map_err(ledger_err(viz))?;
         self.settle_parent_count(viz).await;
         Ok(())
     }
